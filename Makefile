@@ -1,0 +1,55 @@
+# sciflow: `make demo` and `make test` do all set-up on a fresh machine.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+# Offline, embedded default: no telemetry from the client (the server's is off in pyproject.toml).
+export DO_NOT_TRACK := 1
+# The venv's bin (mpiexec, prefect) first, so subprocesses find the pinned tools.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: help install demo test test-fast lint format bench server worker clean
+
+help:  ## List the targets.
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+install: $(STAMP)  ## Make .venv and install sciflow editable with dev tools (idempotent).
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --editable '.[dev]'
+	# Migrate the local database now, so a first run on a fresh machine races nothing.
+	$(BIN)/prefect server database upgrade --yes > /dev/null
+	touch $@
+
+demo: install  ## Run the research pipeline on this machine and print where outputs are.
+	$(BIN)/python -m flows.pipeline
+
+test: install  ## Run the whole test suite.
+	$(BIN)/python -m pytest
+
+lint: install  ## Check style and common bugs with ruff.
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install  ## Rewrite files in ruff's style.
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: install  ## Run every benchmark and print one table of ratios.
+	$(BIN)/python -m benchmarks
+
+server: install  ## Start a Prefect server with its UI on http://127.0.0.1:4200.
+	$(BIN)/prefect server start --host 127.0.0.1 --port 4200
+
+worker: install  ## Start a process worker for the sciflow-local work pool (needs `make server`).
+	PREFECT_API_URL=http://127.0.0.1:4200/api $(BIN)/prefect worker start --pool sciflow-local --type process
+
+clean:  ## Remove local outputs and the local Prefect database (keeps .venv).
+	rm -rf .sciflow .prefect

@@ -1,0 +1,309 @@
+"""The ComputeUnit block: where a job may run, on this machine or in an AWS account."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any, Literal, Self
+
+from prefect.blocks.core import Block
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tasks.errors import InputError, describe_validation
+
+if TYPE_CHECKING:
+    import boto3
+
+    from tasks.storage.objects import ObjectStore
+
+SizeClass = Literal["small", "large", "multinode", "gpu"]
+SIZE_CLASSES: tuple[SizeClass, ...] = ("small", "large", "multinode", "gpu")
+LOCAL_UNIT = "local"
+LOCAL_WORK_POOL = "sciflow-local"
+UNIT_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+
+
+class DaskWorkers(BaseModel):
+    """Dask workers for one size class."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_workers: int = Field(2, ge=1, le=1000, description="Number of Dask workers.")
+    threads_per_worker: int = Field(1, ge=1, le=64, description="Threads in each worker.")
+    worker_cpu: int = Field(
+        1024, ge=256, le=16384, description="Fargate CPU units per worker (1024 = 1 vCPU)."
+    )
+    worker_mem: int = Field(4096, ge=512, le=122880, description="Memory per worker in MiB.")
+    worker_gpu: int = Field(0, ge=0, le=8, description="GPUs per worker (EC2-backed ECS only).")
+
+
+def _default_dask_workers() -> dict[SizeClass, DaskWorkers]:
+    return {
+        "small": DaskWorkers(n_workers=2, worker_cpu=1024, worker_mem=4096),
+        "large": DaskWorkers(n_workers=4, worker_cpu=4096, worker_mem=16384),
+        "multinode": DaskWorkers(n_workers=8, worker_cpu=4096, worker_mem=16384),
+        "gpu": DaskWorkers(n_workers=1, worker_cpu=4096, worker_mem=16384, worker_gpu=1),
+    }
+
+
+class FargateDask(BaseModel):
+    """Dask on ECS Fargate: the networking and images a unit's clusters use."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: str = Field(description="Container image for scheduler and workers.")
+    subnets: list[str] = Field(min_length=1, description="Subnet ids the tasks run in.")
+    security_groups: list[str] = Field(
+        min_length=1, description="Security group ids that let scheduler and workers talk."
+    )
+    public_subnets: bool = Field(
+        False,
+        description=(
+            "Whether the subnets route to an internet gateway; if not, the client reaches "
+            "the scheduler by its private IP."
+        ),
+    )
+    vpc: str | None = Field(None, description="VPC id; taken from the subnets if omitted.")
+    cluster_arn: str | None = Field(None, description="ECS cluster; a new one if omitted.")
+    task_role_arn: str | None = Field(None, description="IAM role the Dask tasks assume.")
+    execution_role_arn: str | None = Field(
+        None, description="IAM role ECS uses to pull the image and write logs."
+    )
+    log_group: str | None = Field(None, description="CloudWatch log group for the tasks.")
+    scheduler_cpu: int = Field(1024, ge=256, description="Scheduler CPU units (1024 = 1 vCPU).")
+    scheduler_mem: int = Field(4096, ge=512, description="Scheduler memory in MiB.")
+    scheduler_timeout: str = Field(
+        "15 minutes", description="Idle time after which the scheduler shuts itself down."
+    )
+    fargate_spot: bool = Field(False, description="Run workers on Fargate Spot.")
+
+
+class ComputeUnit(Block):
+    """Where a job may run: this machine, or an AWS account (Mode 1 managed, Mode 2 user).
+
+    A unit names the work pool for each size class, the storage root runs write under,
+    AWS Batch queue and job definitions, Dask-on-Fargate settings and a spending cap.
+    AWS units are made from ``terraform output -json`` with ``from_terraform_output``.
+    The unit ``local`` is built in and needs no registration.
+
+    Example:
+        ```python
+        from blocks.compute_unit import ComputeUnit
+
+        unit = ComputeUnit.load("BLOCK_NAME")
+        ```
+    """
+
+    _block_type_name = "sciflow Compute Unit"
+    _block_type_slug = "sciflow-compute-unit"
+
+    name: str = Field(
+        description="Unit name, used in storage paths and resource tags.",
+        pattern=UNIT_NAME_PATTERN,
+        examples=["local", "lab-aws"],
+    )
+    platform: Literal["local", "aws"] = Field(
+        "local", description="Where jobs run: this machine, or AWS."
+    )
+    mode: Literal["managed", "user"] = Field(
+        "managed",
+        description=(
+            "Who owns the AWS account: `managed` (Mode 1, the service's) or `user` "
+            "(Mode 2, the user's, reached by assuming `role_arn`)."
+        ),
+    )
+    region: str | None = Field(None, description="AWS region.", examples=["us-east-1"])
+    role_arn: str | None = Field(
+        None,
+        description="IAM role to assume in the user's account (Mode 2).",
+        examples=["arn:aws:iam::123456789012:role/sciflow-runner"],
+    )
+    aws_credentials_block: str | None = Field(
+        None,
+        description="Name of an AwsCredentials block; the ambient AWS credentials if unset.",
+    )
+    storage_root: str | None = Field(
+        None,
+        description=(
+            "Where runs write: a local path or s3://bucket/prefix; SCIFLOW_STORAGE_ROOT if unset."
+        ),
+        examples=["s3://lab-sciflow/runs"],
+    )
+    work_pools: dict[SizeClass, str] = Field(
+        default_factory=lambda: dict.fromkeys(SIZE_CLASSES, LOCAL_WORK_POOL),
+        description="Work pool for each size class (small, large, multinode, gpu).",
+    )
+    batch_job_queue: str | None = Field(None, description="AWS Batch job queue.")
+    batch_job_definitions: dict[str, str] = Field(
+        default_factory=dict,
+        description="AWS Batch job definition for each runtime image, by runtime name.",
+    )
+    efs_file_system_id: str | None = Field(
+        None, description="EFS file system shared by the nodes of multi-node jobs."
+    )
+    dask_workers: dict[SizeClass, DaskWorkers] = Field(
+        default_factory=_default_dask_workers,
+        description="Dask worker count and size for each size class.",
+    )
+    fargate: FargateDask | None = Field(
+        None, description="Dask-on-Fargate settings; required for Dask on an AWS unit."
+    )
+    spending_cap_usd: float | None = Field(
+        None, ge=0, description="Most a single run may spend, in US dollars."
+    )
+    tags: dict[str, str] = Field(
+        default_factory=dict, description="Extra tags on every resource the unit's runs create."
+    )
+
+    @model_validator(mode="after")
+    def _check_platform(self) -> Self:
+        if self.platform == "aws":
+            if not self.region:
+                raise ValueError("region is required when platform is 'aws'")
+            if not (self.storage_root or "").startswith("s3://"):
+                raise ValueError(
+                    f"storage_root={self.storage_root!r}: an AWS unit needs s3://bucket/prefix, "
+                    "since its jobs run on machines that cannot see this one's disk"
+                )
+        if self.mode == "user" and not self.role_arn:
+            raise ValueError("role_arn is required when mode is 'user' (Mode 2)")
+        if missing := set(SIZE_CLASSES) - self.dask_workers.keys():
+            raise ValueError(f"dask_workers lacks size classes {sorted(missing)}")
+        return self
+
+    @property
+    def is_local(self) -> bool:
+        """Whether jobs run on this machine."""
+        return self.platform == "local"
+
+    def work_pool(self, size: SizeClass) -> str:
+        """The work pool for a size class."""
+        try:
+            return self.work_pools[size]
+        except KeyError:
+            raise InputError(
+                f"compute unit {self.name!r} has no work pool for size {size!r}; "
+                f"it has {sorted(self.work_pools)}"
+            ) from None
+
+    def boto3_session(self) -> boto3.Session:
+        """A boto3 session in the unit's account: its credentials block, then its role."""
+        from prefect_aws import AwsCredentials
+
+        if self.aws_credentials_block:
+            credentials = AwsCredentials.load(self.aws_credentials_block)
+        else:
+            credentials = AwsCredentials()
+        updates: dict[str, Any] = {}
+        if self.region and not credentials.region_name:
+            updates["region_name"] = self.region
+        if self.role_arn:
+            updates["assume_role_arn"] = self.role_arn
+            updates["assume_role_kwargs"] = {"RoleSessionName": f"sciflow-{self.name}"}
+        return credentials.model_copy(update=updates).get_boto3_session()
+
+    def object_store(self) -> ObjectStore:
+        """Storage through this unit's credentials, sized by the process settings."""
+        from tasks.settings import get_settings
+        from tasks.storage.objects import ObjectStore
+
+        settings = get_settings()
+        session = None if self.is_local else self.boto3_session()
+        return ObjectStore(session, settings.part_size_mib, settings.transfer_concurrency)
+
+    @classmethod
+    def from_terraform_output(cls, outputs: dict[str, Any]) -> Self:
+        """A unit from ``terraform output -json`` of an environment.
+
+        Args:
+            outputs: The parsed JSON: each output is ``{"value": ..., "type": ...}``.
+                Required: ``unit_name``, ``mode``, ``region``, ``storage_root``,
+                ``work_pools``. Optional: ``role_arn``, ``batch_job_queue``,
+                ``batch_job_definitions``, ``efs_file_system_id``, ``dask_image``,
+                ``subnets``, ``security_groups``, ``public_subnets``, ``ecs_cluster_arn``,
+                ``task_role_arn``, ``execution_role_arn``, ``log_group``,
+                ``spending_cap_usd``, ``tags``.
+
+        Raises:
+            InputError: A required output is missing or a value is invalid.
+        """
+        required = {"unit_name", "mode", "region", "storage_root", "work_pools"}
+        if missing := required - outputs.keys():
+            raise InputError(
+                f"terraform output lacks {sorted(missing)}; expected {sorted(required)}"
+            )
+        try:
+            value = {key: out["value"] for key, out in outputs.items()}
+        except (TypeError, KeyError):
+            raise InputError(
+                "terraform output is not `terraform output -json`: expected "
+                '{"name": {"value": ...}} for every output'
+            ) from None
+        fargate = None
+        if value.get("dask_image"):
+            fargate = FargateDask(
+                image=value["dask_image"],
+                subnets=value.get("subnets") or [],
+                security_groups=value.get("security_groups") or [],
+                public_subnets=bool(value.get("public_subnets", False)),
+                cluster_arn=value.get("ecs_cluster_arn"),
+                task_role_arn=value.get("task_role_arn"),
+                execution_role_arn=value.get("execution_role_arn"),
+                log_group=value.get("log_group"),
+            )
+        try:
+            return cls(
+                name=value["unit_name"],
+                platform="aws",
+                mode=value["mode"],
+                region=value["region"],
+                role_arn=value.get("role_arn"),
+                storage_root=value["storage_root"],
+                work_pools=value["work_pools"],
+                batch_job_queue=value.get("batch_job_queue"),
+                batch_job_definitions=value.get("batch_job_definitions") or {},
+                efs_file_system_id=value.get("efs_file_system_id"),
+                fargate=fargate,
+                spending_cap_usd=value.get("spending_cap_usd"),
+                tags=value.get("tags") or {},
+            )
+        except ValueError as exc:
+            problem = describe_validation(exc)
+            raise InputError(
+                f"terraform output does not make a valid ComputeUnit: {problem}"
+            ) from None
+
+
+def local_unit() -> ComputeUnit:
+    """The built-in unit: this machine, storage under SCIFLOW_STORAGE_ROOT.
+
+    Dask worker counts are capped at this machine's cores.
+    """
+    cores = os.cpu_count() or 1
+    workers = {
+        size: spec.model_copy(update={"n_workers": min(spec.n_workers, cores)})
+        for size, spec in _default_dask_workers().items()
+    }
+    return ComputeUnit(name=LOCAL_UNIT, dask_workers=workers)
+
+
+def load_unit(name: str | None = None) -> ComputeUnit:
+    """The compute unit called ``name`` (SCIFLOW_DEFAULT_UNIT if omitted).
+
+    ``local`` is built in; any other name is a saved ComputeUnit block.
+
+    Raises:
+        InputError: No unit has that name.
+    """
+    from tasks.settings import get_settings
+
+    name = name or get_settings().default_unit
+    if name == LOCAL_UNIT:
+        return local_unit()
+    try:
+        unit = ComputeUnit.load(name)
+    except ValueError as exc:
+        raise InputError(
+            f"compute unit {name!r} not found ({exc}); expected {LOCAL_UNIT!r} or the name of "
+            "a saved ComputeUnit block (`prefect block ls`)"
+        ) from None
+    return unit

@@ -1,0 +1,1 @@
+"""Secure cleanup: scratch sweep and the record of what was checked."""

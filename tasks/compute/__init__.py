@@ -1,0 +1,1 @@
+"""Compute units, resource tags and task runners (local Dask or Dask on Fargate)."""

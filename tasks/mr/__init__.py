@@ -1,0 +1,1 @@
+"""MR readers, noise statistics, reconstructions, SNR maps and exports (plain numerics)."""

@@ -1,0 +1,72 @@
+"""Process settings read from ``SCIFLOW_*`` environment variables.
+
+Settings are process knobs; blocks hold shared named configuration; flow parameters hold
+per-run choices. This is the only module that reads the environment for sciflow.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from functools import cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tasks.errors import InputError, describe_validation
+
+ENV_PREFIX = "SCIFLOW_"
+
+
+class Settings(BaseSettings):
+    """sciflow's process settings; each field is ``SCIFLOW_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore", frozen=True
+    )
+
+    storage_root: str = Field(
+        ".sciflow",
+        description=(
+            "Where runs write when their compute unit names no storage root: a local path, "
+            "file:// URI or s3://bucket/prefix."
+        ),
+        min_length=1,
+    )
+    default_unit: str = Field(
+        "local",
+        description="Compute unit a flow uses when its `unit` parameter is not given.",
+        pattern=r"^[a-z0-9][a-z0-9-]*$",
+    )
+    scratch_root: Path = Field(
+        Path(tempfile.gettempdir()) / "sciflow-scratch",
+        description="Local scratch space for temporary files; each run's is swept at its end.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Level of sciflow's own loggers."
+    )
+    part_size_mib: int = Field(
+        64, ge=5, le=5120, description="S3 multipart part size and threshold, in MiB."
+    )
+    transfer_concurrency: int = Field(
+        8, ge=1, le=64, description="Parallel S3 part transfers per file."
+    )
+
+
+@cache
+def get_settings() -> Settings:
+    """The process's settings, read once.
+
+    Raises:
+        InputError: A ``SCIFLOW_*`` variable has a value the field does not accept; the
+            message names the variable, the value and what is expected.
+    """
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise InputError(describe_validation(exc, _variable)) from None
+
+
+def _variable(field: str) -> str:
+    return f"{ENV_PREFIX}{field.upper().replace('.', '__')}"

@@ -1,0 +1,1 @@
+"""Bloch simulation and MPI launchers."""

@@ -1,0 +1,1 @@
+"""Storage by URI (local paths, file://, s3://) and the per-run directory."""

@@ -1,0 +1,1 @@
+"""Models, data, distributed entrypoints and checkpoints."""
