@@ -188,6 +188,7 @@ class ComputeUnit(Block):
     def boto3_session(self) -> boto3.Session:
         """A boto3 session in the unit's account: its credentials block, then its role."""
         from prefect_aws import AwsCredentials
+        from prefect_aws.assume_role_parameters import AssumeRoleParameters
 
         if self.aws_credentials_block:
             credentials = AwsCredentials.load(self.aws_credentials_block)
@@ -198,7 +199,9 @@ class ComputeUnit(Block):
             updates["region_name"] = self.region
         if self.role_arn:
             updates["assume_role_arn"] = self.role_arn
-            updates["assume_role_kwargs"] = {"RoleSessionName": f"sciflow-{self.name}"}
+            updates["assume_role_kwargs"] = AssumeRoleParameters(
+                RoleSessionName=f"sciflow-{self.name}"
+            )
         return credentials.model_copy(update=updates).get_boto3_session()
 
     def object_store(self) -> ObjectStore:

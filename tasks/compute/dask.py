@@ -89,9 +89,9 @@ def current_api_url() -> str:
 
     context = FlowRunContext.get()
     if context is not None and context.client is not None:
-        return str(context.client.api_url)
+        return str(context.client.api_url).rstrip("/")
     with get_client(sync_client=True) as client:
-        return str(client.api_url)
+        return str(client.api_url).rstrip("/")
 
 
 def dask_task_runner(unit: ComputeUnit, size: SizeClass, tags: Mapping[str, str]) -> DaskTaskRunner:

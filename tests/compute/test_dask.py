@@ -1,0 +1,103 @@
+import pytest
+from prefect_dask import DaskTaskRunner
+
+from blocks.compute_unit import ComputeUnit, FargateDask, local_unit
+from tasks.compute.dask import FARGATE_CLUSTER, LOCAL_CLUSTER, cluster_spec, dask_task_runner
+from tasks.errors import InputError
+
+TAGS = {"sciflow:run-id": "r1", "sciflow:unit": "lab", "sciflow:flow": "f"}
+
+
+def aws_unit(public_subnets: bool) -> ComputeUnit:
+    return ComputeUnit(
+        name="lab",
+        platform="aws",
+        region="eu-west-1",
+        storage_root="s3://bucket/runs",
+        fargate=FargateDask(
+            image="repo/sciflow:1",
+            subnets=["subnet-a"],
+            security_groups=["sg-1"],
+            public_subnets=public_subnets,
+            cluster_arn="arn:aws:ecs:eu-west-1:123456789012:cluster/sciflow",
+            task_role_arn="arn:aws:iam::123456789012:role/task",
+            execution_role_arn="arn:aws:iam::123456789012:role/exec",
+            log_group="/sciflow/dask",
+        ),
+    )
+
+
+def test_local_cluster_listens_on_loopback_with_the_units_worker_count():
+    unit = local_unit()
+    cls, kwargs = cluster_spec(unit, "small", TAGS)
+    assert cls == LOCAL_CLUSTER
+    assert kwargs["host"] == "127.0.0.1"
+    assert kwargs["dashboard_address"].startswith("127.0.0.1:")
+    assert kwargs["n_workers"] == unit.dask_workers["small"].n_workers
+    assert kwargs["memory_limit"] == f"{unit.dask_workers['small'].worker_mem}MiB"
+
+
+def test_local_workers_report_to_this_processes_api():
+    from prefect.settings import PREFECT_API_URL
+
+    _, kwargs = cluster_spec(local_unit(), "small", TAGS)
+    assert kwargs["env"]["PREFECT_API_URL"] == PREFECT_API_URL.value()
+
+
+def test_fargate_cluster_gets_exactly_the_units_settings():
+    unit = aws_unit(public_subnets=False)
+    cls, kwargs = cluster_spec(unit, "large", TAGS)
+    assert cls == FARGATE_CLUSTER
+    assert kwargs == {
+        "image": "repo/sciflow:1",
+        "region_name": "eu-west-1",
+        "subnets": ["subnet-a"],
+        "security_groups": ["sg-1"],
+        "fargate_use_private_ip": True,
+        "cluster_arn": "arn:aws:ecs:eu-west-1:123456789012:cluster/sciflow",
+        "task_role_arn": "arn:aws:iam::123456789012:role/task",
+        "execution_role_arn": "arn:aws:iam::123456789012:role/exec",
+        "cloudwatch_logs_group": "/sciflow/dask",
+        "n_workers": 4,
+        "worker_nthreads": 1,
+        "worker_cpu": 4096,
+        "worker_mem": 16384,
+        "scheduler_cpu": 1024,
+        "scheduler_mem": 4096,
+        "scheduler_timeout": "15 minutes",
+        "fargate_spot": False,
+        "tags": TAGS,
+        "skip_cleanup": False,
+    }
+
+
+def test_public_subnets_let_the_client_use_public_addresses():
+    _, kwargs = cluster_spec(aws_unit(public_subnets=True), "small", TAGS)
+    assert kwargs["fargate_use_private_ip"] is False
+
+
+def test_gpu_size_asks_fargate_workers_for_gpus():
+    _, kwargs = cluster_spec(aws_unit(public_subnets=False), "gpu", TAGS)
+    assert kwargs["worker_gpu"] == 1
+
+
+def test_fargate_kwargs_are_accepted_by_fargate_cluster():
+    import inspect
+
+    from dask_cloudprovider.aws import ECSCluster
+
+    _, kwargs = cluster_spec(aws_unit(public_subnets=False), "gpu", TAGS)
+    accepted = set(inspect.signature(ECSCluster.__init__).parameters)
+    assert set(kwargs) <= accepted
+
+
+def test_aws_unit_without_fargate_settings_says_what_is_missing():
+    unit = aws_unit(public_subnets=False).model_copy(update={"fargate": None})
+    with pytest.raises(InputError, match="no `fargate` settings; expected image, subnets"):
+        cluster_spec(unit, "small", TAGS)
+
+
+def test_runner_wraps_the_cluster_spec():
+    runner = dask_task_runner(aws_unit(public_subnets=False), "small", TAGS)
+    assert isinstance(runner, DaskTaskRunner)
+    assert runner.cluster_kwargs["tags"] == TAGS

@@ -1,0 +1,81 @@
+import json
+from pathlib import Path
+
+import pytest
+from prefect import flow
+
+from flows.pipeline import research_pipeline
+from flows.preflight import preflight
+from flows.secure_cleanup import cleanup_on_exit, secure_cleanup
+from tasks.errors import InputError
+from tasks.settings import get_settings
+
+
+def test_research_pipeline_runs_every_stage_and_writes_a_manifest(sciflow_dirs):
+    result = research_pipeline(preflight_probes=2)
+    assert result.ok
+    run_dir = Path(result.run_dir)
+    assert run_dir.parent == sciflow_dirs / "runs" / "local"
+    manifest = json.loads(Path(result.manifest_uri).read_text())
+    assert set(manifest["stages"]) == {"preflight", "secure-cleanup"}
+    assert manifest["run_id"] == run_dir.name
+    cleanup = json.loads(Path(result.stages["secure-cleanup"]).read_text())
+    assert cleanup["ok"] is True
+    assert {c["name"] for c in cleanup["checks"]} == {"scratch removed", "no partial writes"}
+
+
+def test_preflight_checks_storage_dask_and_mpiexec():
+    result = preflight(probes=4)
+    assert result.ok, result.checks
+    assert [c["check"] for c in result.checks] == ["storage round trip", "mpiexec", "dask workers"]
+    assert "4 tasks on" in result.checks[2]["detail"]
+    assert json.loads(Path(result.report_uri).read_text()) == result.checks
+
+
+def test_pipeline_rejects_an_unknown_unit_before_doing_anything(sciflow_dirs):
+    with pytest.raises(InputError, match="compute unit 'mars' not found"):
+        research_pipeline(unit="mars")
+    assert not (sciflow_dirs / "runs" / "mars").exists()
+
+
+def test_secure_cleanup_sweeps_scratch_and_partial_writes(sciflow_dirs):
+    run_id = "11111111-2222-3333-4444-555555555555"
+    scratch = get_settings().scratch_root / run_id
+    (scratch / "deep").mkdir(parents=True)
+    (scratch / "deep" / "weights.bin").write_bytes(b"secret weights")
+    run_dir = sciflow_dirs / "runs" / "local" / run_id
+    run_dir.mkdir(parents=True)
+    (run_dir / ".snr.npy.abc.tmp").write_bytes(b"half")
+
+    result = secure_cleanup(run_id=run_id)
+
+    assert result.ok
+    assert not scratch.exists()
+    assert not (run_dir / ".snr.npy.abc.tmp").exists()
+    record = json.loads((run_dir / "cleanup.json").read_text())
+    details = {c["name"]: c["detail"] for c in record["checks"]}
+    assert details["scratch removed"].startswith("removed 1 files")
+    assert details["no partial writes"] == "removed 1 temporary files"
+
+
+def test_a_failing_flow_is_cleaned_up_by_its_hook(sciflow_dirs):
+    seen = {}
+
+    @flow(on_failure=[cleanup_on_exit])
+    def doomed(unit: str = "local") -> None:
+        from prefect.runtime import flow_run
+
+        seen["run_id"] = flow_run.get_id()
+        scratch = get_settings().scratch_root / seen["run_id"]
+        scratch.mkdir(parents=True)
+        (scratch / "tenant-data.npy").write_bytes(b"x" * 100)
+        raise RuntimeError("simulated failure mid-run")
+
+    with pytest.raises(RuntimeError, match="simulated failure"):
+        doomed()
+
+    assert not (get_settings().scratch_root / seen["run_id"]).exists()
+    record = json.loads(
+        (sciflow_dirs / "runs" / "local" / seen["run_id"] / "cleanup.json").read_text()
+    )
+    assert record["ok"] is True
