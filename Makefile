@@ -7,13 +7,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCAL_API := http://127.0.0.1:4200/api
 
 # Offline, embedded default: no telemetry from the client (the server's is off in pyproject.toml).
 export DO_NOT_TRACK := 1
 # The venv's bin (mpiexec, prefect) first, so subprocesses find the pinned tools.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help install demo test test-fast lint format bench server worker clean
+.PHONY: help install demo test lint format bench server worker deploy clean
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -49,7 +50,10 @@ server: install  ## Start a Prefect server with its UI on http://127.0.0.1:4200.
 	$(BIN)/prefect server start --host 127.0.0.1 --port 4200
 
 worker: install  ## Start a process worker for the sciflow-local work pool (needs `make server`).
-	PREFECT_API_URL=http://127.0.0.1:4200/api $(BIN)/prefect worker start --pool sciflow-local --type process
+	PREFECT_API_URL=$(LOCAL_API) $(BIN)/prefect worker start --pool sciflow-local --type process
+
+deploy: install  ## Register deployments/prefect.yaml with the server from `make server`.
+	PREFECT_API_URL=$(LOCAL_API) $(BIN)/prefect --no-prompt deploy --all --prefect-file deployments/prefect.yaml
 
 clean:  ## Remove local outputs and the local Prefect database (keeps .venv).
 	rm -rf .sciflow .prefect
