@@ -6,6 +6,7 @@ per-run choices. This is the only module that reads the environment for sciflow.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from functools import cache
 from pathlib import Path
@@ -70,3 +71,12 @@ def get_settings() -> Settings:
 
 def _variable(field: str) -> str:
     return f"{ENV_PREFIX}{field.upper().replace('.', '__')}"
+
+
+def disable_telemetry() -> None:
+    """Opt this process and its children out of Prefect's client telemetry.
+
+    The server's analytics are off in pyproject.toml; this covers flows started from
+    anywhere else (``DO_NOT_TRACK`` is the cross-tool convention Prefect honours).
+    """
+    os.environ.setdefault("DO_NOT_TRACK", "1")

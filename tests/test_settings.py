@@ -59,6 +59,19 @@ def test_only_the_settings_module_reads_sciflow_variables():
         path.relative_to(root).as_posix()
         for folder in ("flows", "tasks", "blocks")
         for path in (root / folder).rglob("*.py")
-        if "os.environ" in path.read_text() or "getenv(" in path.read_text()
+        if path.name != "settings.py"
+        and ("os.environ" in path.read_text() or "getenv(" in path.read_text())
     ]
     assert readers == []
+
+
+def test_importing_flows_opts_out_of_telemetry(monkeypatch):
+    import importlib
+
+    import flows
+
+    monkeypatch.delenv("DO_NOT_TRACK", raising=False)
+    importlib.reload(flows)
+    import os
+
+    assert os.environ["DO_NOT_TRACK"] == "1"
