@@ -8,16 +8,24 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from tasks.settings import get_settings
+
 
 def run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
-    """The Prefect run logger inside a flow or task run, sciflow's own logger outside."""
+    """The Prefect run logger inside a flow or task run, sciflow's own logger outside.
+
+    Outside a run the ``sciflow`` logger's level is ``SCIFLOW_LOG_LEVEL``; inside, Prefect's
+    logging settings decide what reaches the run's logs.
+    """
     from prefect.exceptions import MissingContextError
     from prefect.logging import get_run_logger
 
     try:
         return get_run_logger()
     except MissingContextError:
-        return logging.getLogger("sciflow")
+        logger = logging.getLogger("sciflow")
+        logger.setLevel(get_settings().log_level)
+        return logger
 
 
 def in_run() -> bool:

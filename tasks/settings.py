@@ -45,7 +45,8 @@ class Settings(BaseSettings):
         description="Local scratch space for temporary files; each run's is swept at its end.",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        "INFO", description="Level of sciflow's own loggers."
+        "INFO",
+        description="Level of sciflow's logger outside Prefect runs (inside, Prefect's applies).",
     )
     part_size_mib: int = Field(
         64, ge=5, le=5120, description="S3 multipart part size and threshold, in MiB."

@@ -64,3 +64,15 @@ def test_artifact_keys_are_made_valid():
 def test_markdown_table_escapes_pipes_and_unions_columns():
     table = markdown_table([{"a": "x|y"}, {"b": 2}])
     assert table.splitlines() == ["| a | b |", "|---|---|", "| x\\|y |  |", "|  | 2 |"]
+
+
+def test_sciflow_log_level_setting_filters_progress_outside_runs(monkeypatch, caplog):
+    from tasks.settings import get_settings
+
+    monkeypatch.setenv("SCIFLOW_LOG_LEVEL", "WARNING")
+    get_settings.cache_clear()
+    caplog.set_level(logging.DEBUG)
+    with Progress(total=2, what="quiet", every_s=0.0) as bar:
+        bar.advance(2)
+    assert not [r for r in caplog.records if r.name == "sciflow"]
+    logging.getLogger("sciflow").setLevel(logging.NOTSET)
