@@ -21,7 +21,7 @@ from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit
 from uuid import uuid4
 
-from tasks.errors import InputError, TransientError, classify
+from tasks.errors import THROTTLING, InputError, TransientError, classify
 
 if TYPE_CHECKING:
     import boto3
@@ -107,6 +107,8 @@ class ObjectStore:
         session: boto3 session for S3 (credentials, region); the default session if omitted.
         part_size_mib: Multipart threshold and part size in MiB (S3 minimum is 5).
         concurrency: Parallel part transfers.
+        max_attempts: Attempts per S3 request, first try included, before a throttle or
+            lost connection is raised.
 
     The store pickles without its S3 client, so it can travel to Dask workers.
     """
@@ -116,16 +118,23 @@ class ObjectStore:
         session: boto3.Session | None = None,
         part_size_mib: int = 64,
         concurrency: int = 8,
+        max_attempts: int = 8,
     ) -> None:
         if part_size_mib < 5:
             raise InputError(f"part_size_mib={part_size_mib} is below S3's 5 MiB minimum")
         self._session = session
         self.part_size = part_size_mib * MIB
         self.concurrency = concurrency
+        self.max_attempts = max_attempts
         self._client: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"_session": None, "part_size": self.part_size, "concurrency": self.concurrency}
+        return {
+            "_session": None,
+            "part_size": self.part_size,
+            "concurrency": self.concurrency,
+            "max_attempts": self.max_attempts,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state, _client=None)
@@ -183,15 +192,7 @@ class ObjectStore:
         loc = Location.parse(uri)
         if not loc.is_s3:
             return loc.path.exists()
-        from botocore.exceptions import ClientError
-
-        try:
-            self.s3.head_object(Bucket=loc.bucket, Key=loc.key)
-            return True
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
-                raise classify(exc, f"check {loc}") from exc
-        return next(iter(self.walk(str(loc))), None) is not None
+        return self._s3_has(loc) or next(iter(self.walk(str(loc))), None) is not None
 
     def walk(self, uri: str) -> Iterator[str]:
         """Relative paths of every file under a directory URI, sorted; temporaries hidden."""
@@ -203,14 +204,9 @@ class ObjectStore:
                 if not _is_temporary(path.name):
                     yield path.relative_to(loc.path).as_posix()
             return
-        prefix = loc.key.rstrip("/") + "/" if loc.key else ""
-        with s3_errors(f"list {loc}"):
-            pages = self.s3.get_paginator("list_objects_v2").paginate(
-                Bucket=loc.bucket, Prefix=prefix
-            )
-            for page in pages:
-                for item in page.get("Contents", []):
-                    yield item["Key"][len(prefix) :]
+        for rel in self._s3_list(loc):
+            if not rel.endswith("/"):  # a console "folder" marker, not a file
+                yield rel
 
     # --- writing -------------------------------------------------------------------------
 
@@ -300,12 +296,16 @@ class ObjectStore:
                 return 1
             return 0
         keys = [loc.key] if self._s3_has(loc) else []
-        keys += [loc.join(rel).key for rel in self.walk(str(loc))]
+        prefix = loc.key.rstrip("/") + "/" if loc.key else ""
+        keys += [prefix + rel for rel in self._s3_list(loc)]  # folder markers go too
         with s3_errors(f"delete {loc}"):
             for start in range(0, len(keys), 1000):  # DeleteObjects takes 1000 at most
                 batch = [{"Key": key} for key in keys[start : start + 1000]]
-                self.s3.delete_objects(Bucket=loc.bucket, Delete={"Objects": batch, "Quiet": True})
-        return len(keys)
+                response = self.s3.delete_objects(
+                    Bucket=loc.bucket, Delete={"Objects": batch, "Quiet": True}
+                )
+                _raise_for_refused_deletes(loc, response.get("Errors", []))
+        return sum(1 for key in keys if not key.endswith("/"))
 
     # --- S3 plumbing ---------------------------------------------------------------------
 
@@ -318,7 +318,7 @@ class ObjectStore:
 
             session = self._session or boto3.session.Session()
             config = Config(
-                retries={"mode": "adaptive", "max_attempts": 8},
+                retries={"mode": "adaptive", "max_attempts": self.max_attempts},
                 max_pool_connections=max(10, self.concurrency * 2),
             )
             self._client = session.client("s3", config=config)
@@ -335,33 +335,73 @@ class ObjectStore:
         return create_transfer_manager(self.s3, config)
 
     def _s3_has(self, loc: Location) -> bool:
+        """Whether an object sits exactly at ``loc`` (a missing one is not an error)."""
         from botocore.exceptions import ClientError
 
         if not loc.key or loc.key.endswith("/"):
             return False
-        try:
-            self.s3.head_object(Bucket=loc.bucket, Key=loc.key)
-            return True
-        except ClientError:
-            return False
+        with s3_errors(f"check {loc}"):
+            try:
+                self.s3.head_object(Bucket=loc.bucket, Key=loc.key)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                    return False
+                raise
+        return True
+
+    def _s3_list(self, loc: Location) -> Iterator[str]:
+        """Every key under ``loc`` as a directory, relative to it, folder markers included."""
+        prefix = loc.key.rstrip("/") + "/" if loc.key else ""
+        with s3_errors(f"list {loc}"):
+            pages = self.s3.get_paginator("list_objects_v2").paginate(
+                Bucket=loc.bucket, Prefix=prefix
+            )
+            for page in pages:
+                for item in page.get("Contents", []):
+                    yield item["Key"][len(prefix) :]
 
 
 @contextmanager
 def s3_errors(doing: str) -> Iterator[None]:
     """Turn boto3 failures into one-line sciflow errors naming what was being done."""
-    from botocore.exceptions import ClientError, ConnectionError, NoCredentialsError, NoRegionError
+    from botocore.exceptions import (
+        ClientError,
+        ConnectionError,
+        HTTPClientError,
+        NoCredentialsError,
+        NoRegionError,
+        ParamValidationError,
+    )
 
     try:
         yield
     except ClientError as exc:
         raise classify(exc, doing) from exc
+    except ParamValidationError as exc:  # e.g. an invalid bucket name
+        detail = " ".join(str(exc).split())
+        raise InputError(f"cannot {doing}: {detail}") from exc
     except (NoCredentialsError, NoRegionError) as exc:
         raise InputError(
             f"cannot {doing}: {exc}; expected AWS credentials and a region "
             "from the compute unit's AwsCredentials block or the environment"
         ) from exc
-    except ConnectionError as exc:
+    except (ConnectionError, HTTPClientError) as exc:  # refused, reset, timed out
         raise TransientError(f"cannot {doing}: {exc}") from exc
+
+
+def _raise_for_refused_deletes(loc: Location, errors: list[dict[str, str]]) -> None:
+    """DeleteObjects answers 200 and lists the keys it refused; those must not pass silently."""
+    if not errors:
+        return
+    first = errors[0]
+    code = first.get("Code", "Unknown")
+    message = (
+        f"cannot delete {loc}: S3 refused {len(errors)} object(s), first "
+        f"s3://{loc.bucket}/{first.get('Key', '')} with {code}: {first.get('Message', '')}"
+    )
+    if code in THROTTLING:
+        raise TransientError(message)
+    raise InputError(message)
 
 
 def _tagging(tags: Mapping[str, str]) -> str:
