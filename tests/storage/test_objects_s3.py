@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import pickle
 import re
 import socket
@@ -16,22 +15,10 @@ from botocore.exceptions import ClientError
 
 from tasks.errors import InputError, TransientError
 from tasks.storage.objects import ObjectStore
+from tests.storage.helpers import CrashingReader
 
 BUCKET = "sciflow-test"
 MIB = 1024 * 1024
-
-
-class CrashingReader(io.BytesIO):
-    """A file object whose read() fails once ``limit`` bytes have been handed out."""
-
-    def __init__(self, data: bytes, limit: int) -> None:
-        super().__init__(data)
-        self.limit = limit
-
-    def read(self, size: int | None = -1) -> bytes:
-        if size is None or size < 0 or self.tell() + size > self.limit:
-            raise OSError("simulated crash mid-upload")
-        return super().read(size)
 
 
 @pytest.fixture
