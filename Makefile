@@ -53,7 +53,7 @@ worker: install  ## Start a process worker for the sciflow-local work pool (need
 	PREFECT_API_URL=$(LOCAL_API) $(BIN)/prefect worker start --pool sciflow-local --type process
 
 deploy: install  ## Register deployments/prefect.yaml with the server from `make server`.
-	PREFECT_API_URL=$(LOCAL_API) $(BIN)/prefect --no-prompt deploy --all --prefect-file deployments/prefect.yaml
+	PWD=$(CURDIR) PREFECT_API_URL=$(LOCAL_API) $(BIN)/prefect --no-prompt deploy --all --prefect-file deployments/prefect.yaml
 
 clean:  ## Remove local outputs and the local Prefect database (keeps .venv).
 	rm -rf .sciflow .prefect
