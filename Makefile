@@ -7,6 +7,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+PREFECT_DB := .prefect/prefect.db
 LOCAL_API := http://127.0.0.1:4200/api
 
 # Offline, embedded default: no telemetry from the client (the server's is off in pyproject.toml).
@@ -19,13 +20,16 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-install: $(STAMP)  ## Make .venv and install sciflow editable with dev tools (idempotent).
+install: $(STAMP) $(PREFECT_DB)  ## Make .venv and install sciflow editable with dev tools (idempotent).
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet --editable '.[dev]'
-	# Migrate the local database now, so a first run on a fresh machine races nothing.
+	touch $@
+
+# Migrate the local database before any run, so a first run on a fresh machine races nothing.
+$(PREFECT_DB): $(STAMP)
 	$(BIN)/prefect server database upgrade --yes > /dev/null
 	touch $@
 
