@@ -129,3 +129,28 @@ def make_phantom(
     kspace = fft2c(image[..., None] * sensitivities)
     noise_cov = correlated_covariance(coils, correlation, rng)
     return Phantom(kspace, image, sensitivities, noise_cov, support)
+
+
+def phantom_acquisition(
+    phantom: Phantom,
+    *,
+    slices: int = 1,
+    replicas: int = 1,
+    noise_samples: int = 4096,
+    seed: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A noisy acquisition of ``phantom`` and a matching noise-only scan.
+
+    Every slice and replica is the phantom's k-space plus fresh noise with its covariance.
+
+    Returns:
+        Signal, complex128 (x, y, coils, slices, replicas), and noise, (samples, coils).
+    """
+    rng = np.random.default_rng(seed)
+    nx, ny, coils = phantom.kspace.shape
+    signal = np.repeat(phantom.kspace[..., None, None], slices, axis=3)
+    signal = np.repeat(signal, replicas, axis=4)
+    shape = (nx, ny, slices, replicas, coils)
+    signal += np.moveaxis(complex_noise(shape, phantom.noise_cov, rng), -1, 2)
+    noise = complex_noise((noise_samples, coils), phantom.noise_cov, rng)
+    return signal, noise
