@@ -1,0 +1,243 @@
+"""Noise covariance, correlation coefficients, prewhitening and noise bandwidth.
+
+``Psi = E[n n^H]`` is the complex noise covariance of the coils, ``(coils, coils)``; each real
+component of coil ``i`` has variance ``Psi[i, i] / 2``. Prewhitening with ``W = L^-1``
+(``L = cholesky(Psi)``) turns it into the identity, which every SNR formula in ``snr`` assumes.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import scipy.linalg
+
+from tasks.errors import InputError
+
+Convention = Literal["physical", "mroptimum"]
+
+# Relative tolerance for calling a covariance Hermitian, per precision.
+_HERMITIAN_RTOL = {np.dtype(np.complex64): 1e-5, np.dtype(np.float32): 1e-5}
+
+
+def _as_samples(noise: np.ndarray, name: str = "noise") -> np.ndarray:
+    """Noise as (samples, coils); a (readout, lines, coils) array is flattened."""
+    noise = np.asarray(noise)
+    if noise.ndim not in (2, 3) or noise.shape[-1] < 1 or noise.size == 0:
+        raise InputError(
+            f"{name} has shape {noise.shape}; expected (samples, coils) or (readout, lines, coils)"
+        )
+    if not np.all(np.isfinite(noise)):
+        raise InputError(f"{name} contains NaN or Inf; expected finite noise samples")
+    return noise.reshape(-1, noise.shape[-1])
+
+
+def noise_covariance(noise: np.ndarray) -> np.ndarray:
+    """Sample noise covariance ``Psi_hat = sum_s n_s n_s^H / Ns``.
+
+    The mean is **not** removed and the divisor is ``Ns`` (not ``Ns - 1``), as in MR Optimum's
+    ``calculate_covariance_matrix`` (RF-off receiver noise has zero mean). MR Optimum also divides
+    by ``2 * NBW``; that is its *convention*, applied by ``signal_noise_covariance``, not here.
+
+    Args:
+        noise: Complex noise samples, shape (samples, coils) or (readout, lines, coils).
+
+    Returns:
+        ``Psi_hat``, Hermitian, shape (coils, coils), in the input's precision
+        (``Psi_hat[i, j] = mean(n_i conj(n_j))``).
+    """
+    samples = _as_samples(noise)
+    cov = samples.T @ samples.conj() / samples.shape[0]
+    return (cov + cov.conj().T) / 2
+
+
+def noise_coefficient(noise_cov: np.ndarray) -> np.ndarray:
+    """Complex correlation coefficients ``rho_ij = Psi_ij / sqrt(Psi_ii Psi_jj)``.
+
+    MR Optimum stores only ``Re(rho)``; this keeps the complex value (``|rho| <= 1``, diagonal 1).
+
+    Args:
+        noise_cov: Noise covariance, shape (coils, coils), with positive diagonal.
+
+    Returns:
+        Complex coefficients, shape (coils, coils).
+    """
+    cov = _check_square(noise_cov, "noise_cov")
+    variances = np.real(np.diagonal(cov))
+    if np.any(variances <= 0):
+        raise InputError(
+            f"noise_cov has non-positive variances on its diagonal (min {variances.min():.3g}); "
+            "expected every coil's variance > 0"
+        )
+    scale = np.sqrt(variances)
+    rho = cov / np.outer(scale, scale)
+    magnitude = np.abs(rho)
+    # Round-off may push |rho| a hair above 1; clip the magnitude, keep the phase.
+    return np.where(magnitude > 1, rho / np.maximum(magnitude, 1e-300), rho)
+
+
+def _check_square(matrix: np.ndarray, name: str) -> np.ndarray:
+    matrix = np.asarray(matrix)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] == 0:
+        raise InputError(
+            f"{name} has shape {matrix.shape}; expected a square (coils, coils) matrix"
+        )
+    if not np.all(np.isfinite(matrix)):
+        raise InputError(f"{name} contains NaN or Inf; expected a finite covariance")
+    return matrix
+
+
+def prewhitening_matrix(noise_cov: np.ndarray) -> np.ndarray:
+    """The prewhitener ``W = L^-1`` with ``L = cholesky(Psi)`` (lower), so ``W Psi W^H = I``.
+
+    Args:
+        noise_cov: Noise covariance Psi, shape (coils, coils), Hermitian positive definite.
+
+    Returns:
+        Lower-triangular ``W``, shape (coils, coils), complex, in the precision of ``noise_cov``
+        (complex128 unless it is complex64).
+
+    Raises:
+        InputError: If Psi is not square, not finite, not Hermitian, or not positive definite
+            (the message gives its smallest eigenvalue).
+    """
+    cov = _check_square(noise_cov, "noise_cov")
+    dtype = np.complex64 if cov.dtype in (np.complex64, np.float32) else np.complex128
+    cov = cov.astype(np.complex128)
+    scale = np.max(np.abs(cov))
+    rtol = _HERMITIAN_RTOL.get(np.dtype(noise_cov.dtype), 1e-8)
+    asymmetry = np.max(np.abs(cov - cov.conj().T))
+    if asymmetry > rtol * scale:
+        raise InputError(
+            f"noise_cov is not Hermitian (max |Psi - Psi^H| = {asymmetry:.3g}, "
+            f"max |Psi| = {scale:.3g}); expected Psi = Psi^H"
+        )
+    cov = (cov + cov.conj().T) / 2
+    eigenvalues = np.linalg.eigvalsh(cov)
+    floor = eigenvalues[-1] * cov.shape[0] * np.finfo(np.float64).eps
+    if eigenvalues[0] <= max(floor, 0.0):
+        raise InputError(
+            f"noise_cov is not positive definite: smallest eigenvalue {eigenvalues[0]:.6g} "
+            f"(largest {eigenvalues[-1]:.6g}); expected all eigenvalues > 0"
+        )
+    lower = np.linalg.cholesky(cov)
+    identity = np.eye(cov.shape[0], dtype=np.complex128)
+    whitener = scipy.linalg.solve_triangular(lower, identity, lower=True)
+    return whitener.astype(dtype)
+
+
+def prewhiten(data: np.ndarray, whitener: np.ndarray) -> np.ndarray:
+    """Apply ``W`` along the last (coil) axis: ``out[..., :] = W @ data[..., :]``.
+
+    Args:
+        data: Complex k-space, images or noise, coils last, shape (..., coils).
+        whitener: ``W`` from ``prewhitening_matrix``, shape (coils, coils).
+
+    Returns:
+        Prewhitened data, same shape; complex64 stays complex64, otherwise complex128.
+    """
+    data = np.asarray(data)
+    whitener = np.asarray(whitener)
+    if whitener.ndim != 2 or whitener.shape[0] != whitener.shape[1]:
+        raise InputError(f"whitener has shape {whitener.shape}; expected (coils, coils)")
+    if data.ndim == 0 or data.shape[-1] != whitener.shape[1]:
+        raise InputError(
+            f"data has {data.shape[-1] if data.ndim else 0} coils on its last axis but the "
+            f"whitener is {whitener.shape}; expected the same coil count"
+        )
+    dtype = np.complex64 if data.dtype in (np.complex64, np.float32) else np.complex128
+    return data.astype(dtype, copy=False) @ whitener.T.astype(dtype)
+
+
+def noise_bandwidth(noise: np.ndarray) -> float:
+    """Effective noise bandwidth (NBW) of the receiver filter, from noise readouts.
+
+    MR Optimum's ``mrir_noise_bandwidth``: the power spectrum along the readout (axis 0, no
+    shift, so DC is bin 0) is averaged over lines, normalised per coil by its mean over the
+    central half band (bins ``[:n//4]`` and ``[3n//4 - 1:]``, one extra bin as in MR Optimum),
+    summed over the band divided by ``n``, and averaged over coils. White noise gives 1; noise
+    that keeps the anti-alias roll-off (oversampling kept) gives less (about 0.79 on Siemens).
+
+    Args:
+        noise: Noise samples with the readout on axis 0: (readout, lines, coils), or
+            (readout, coils) for one line. A flattened (samples, coils) array is read as one
+            long line, which is right only if the readouts are contiguous (readout fastest);
+            a C-order flattening of (readout, lines, coils) runs along lines and reads ~1.
+
+    Returns:
+        The NBW, a float.
+    """
+    noise = np.asarray(noise)
+    if noise.ndim == 2:
+        noise = noise[:, None, :]
+    if noise.ndim != 3 or noise.shape[0] < 4:
+        raise InputError(
+            f"noise has shape {noise.shape}; expected (readout, lines, coils) with >= 4 readout "
+            "samples on axis 0"
+        )
+    if not np.all(np.isfinite(noise)):
+        raise InputError("noise contains NaN or Inf; expected finite noise samples")
+    n = noise.shape[0]
+    power = np.mean(np.abs(np.fft.fft(noise, axis=0)) ** 2, axis=1)  # (readout, coils)
+    central = np.concatenate([power[: n // 4], power[3 * n // 4 - 1 :]], axis=0)
+    reference = np.mean(central, axis=0)
+    if np.any(reference <= 0):
+        raise InputError("noise has zero power in the central band of a coil; expected real noise")
+    return float(np.mean(np.sum(power / reference, axis=0) / n))
+
+
+def signal_noise_covariance(
+    noise_cov: np.ndarray,
+    *,
+    noise_dwell_s: float | None = None,
+    signal_dwell_s: float | None = None,
+    oversampling_removed: bool = False,
+    nbw: float = 1.0,
+    convention: Convention = "physical",
+) -> np.ndarray:
+    """Refer a noise-scan covariance to the signal's sampling: the Psi the SNR methods need.
+
+    - ``"physical"`` (default, primer section 2): ``Psi_signal = Psi_noise * (T_noise /
+      T_signal) * (1/2 if oversampling_removed) / nbw``. Noise variance per sample scales as
+      1/dwell (Gadgetron's ``T_acq/T_noise * rNBW`` prewhitener scale, inverted). Dwell times are
+      the ADC dwells as acquired (before oversampling removal); give both or neither (neither:
+      ratio 1). ``oversampling_removed`` means 2x readout oversampling was removed from the
+      signal but kept in the noise scan, which halves the signal's white-noise variance.
+    - ``"mroptimum"``: MR Optimum's ``Rn = Psi_noise / 2 / nbw``, whatever the sampling. Dwell
+      times and ``oversampling_removed`` are ignored (MR Optimum has no dwell ratio on this path).
+      It equals ``"physical"`` only when the signal has half the noise scan's variance per sample
+      (its Siemens path: noise with 2x OS kept, signal OS-removed, same dwell); with equal sampling
+      it makes AC and PMR read sqrt(2) high.
+
+    Args:
+        noise_cov: ``Psi_noise`` estimated from the noise scan, shape (coils, coils).
+        noise_dwell_s: Noise scan ADC dwell time, seconds.
+        signal_dwell_s: Signal ADC dwell time, seconds.
+        oversampling_removed: Whether readout oversampling was removed from the signal only.
+        nbw: Noise bandwidth of the noise scan (``noise_bandwidth``), > 0; 1 leaves Psi as is.
+        convention: ``"physical"`` or ``"mroptimum"``.
+
+    Returns:
+        ``Psi_signal``, shape (coils, coils), same dtype as ``noise_cov``.
+    """
+    cov = _check_square(noise_cov, "noise_cov")
+    if not (np.isfinite(nbw) and nbw > 0):
+        raise InputError(f"nbw={nbw}; expected a finite noise bandwidth > 0")
+    if convention == "mroptimum":
+        return cov / (2.0 * nbw)
+    if convention != "physical":
+        raise InputError(f"convention={convention!r}; expected 'physical' or 'mroptimum'")
+    if (noise_dwell_s is None) != (signal_dwell_s is None):
+        raise InputError(
+            f"noise_dwell_s={noise_dwell_s}, signal_dwell_s={signal_dwell_s}; "
+            "expected both dwell times or neither"
+        )
+    ratio = 1.0
+    if noise_dwell_s is not None and signal_dwell_s is not None:
+        for name, value in (("noise_dwell_s", noise_dwell_s), ("signal_dwell_s", signal_dwell_s)):
+            if not (np.isfinite(value) and value > 0):
+                raise InputError(f"{name}={value}; expected a dwell time > 0 seconds")
+        ratio = noise_dwell_s / signal_dwell_s
+    if oversampling_removed:
+        ratio /= 2.0
+    return cov * (ratio / nbw)
