@@ -8,6 +8,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PREFECT_DB := .prefect/prefect.db
+# Real Siemens raw data for the tests: the example twixtools ships in its source distribution.
+TWIX_SDIST := twixtools-0.24
+TWIX_EXAMPLE := .cache/twixtools/$(TWIX_SDIST)/example_data/gre.dat
 LOCAL_API := http://127.0.0.1:4200/api
 
 # Offline, embedded default: no telemetry from the client (the server's is off in pyproject.toml).
@@ -20,12 +23,18 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-install: $(STAMP) $(PREFECT_DB)  ## Make .venv and install sciflow editable with dev tools (idempotent).
+install: $(STAMP) $(PREFECT_DB) $(TWIX_EXAMPLE)  ## Make .venv and install sciflow editable with dev tools (idempotent).
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet --editable '.[dev]'
+	touch $@
+
+$(TWIX_EXAMPLE): | $(STAMP)
+	mkdir -p .cache/twixtools
+	$(BIN)/python -m pip download --quiet --no-deps --no-binary :all: $(subst -,==,$(TWIX_SDIST)) -d .cache/twixtools
+	tar -xzf .cache/twixtools/$(TWIX_SDIST).tar.gz -C .cache/twixtools $(TWIX_SDIST)/example_data/gre.dat
 	touch $@
 
 # Migrate the local database before any run, so a first run on a fresh machine races nothing.

@@ -79,6 +79,19 @@ def sciflow_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
     get_settings.cache_clear()
 
 
+REPO = Path(__file__).resolve().parents[1]
+# Real Siemens data: twixtools' sdist ships it; `make install` extracts it here.
+TWIX_EXAMPLE = REPO / ".cache" / "twixtools" / "twixtools-0.24" / "example_data" / "gre.dat"
+
+
+@pytest.fixture(scope="session")
+def twix_example() -> Path:
+    """twixtools' example VE11 GRE (2 coils, 2x oversampled, no noise scan)."""
+    if not TWIX_EXAMPLE.is_file():
+        pytest.skip(f"{TWIX_EXAMPLE.relative_to(REPO)} is missing: `make install` extracts it")
+    return TWIX_EXAMPLE
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     """A seeded generator: statistical tests are repeatable."""
