@@ -61,7 +61,7 @@ def secure_cleanup(run_id: str, unit: str = "local") -> CleanupResult:
 
 
 def cleanup_on_exit(flow: Any, flow_run: Any, state: Any) -> None:
-    """Flow hook: run the cleanup checks when a run fails, crashes or is cancelled.
+    """Flow hook: run the cleanup checks when a run ends, however it ends.
 
     Hooks run in the flow run's process, so this calls the checks directly rather than
     starting a subflow whose own run could be cancelled with its parent.
