@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 from prefect import flow, task
 from pydantic import BaseModel, Field
@@ -28,7 +29,7 @@ from tasks.mr.noise import (
     signal_noise_covariance,
 )
 from tasks.mr.options import MrOptions, parse_job
-from tasks.mr.snr import SnrMaps, snr_map
+from tasks.mr.snr import SnrMaps, flip_angle_corrected, snr_map
 from tasks.progress import Progress, publish_summary, run_logger
 from tasks.retry import transient_retries
 from tasks.storage.objects import Location
@@ -128,11 +129,14 @@ def write_outputs(
     options: MrOptions,
     timings: dict[str, float],
     provenance: dict[str, Any],
+    slices: list[int],
+    flip_angle_path: str | None = None,
 ) -> MrResult:
     """Write maps, previews and info.json; info.json last, so it marks a complete output.
 
     ``provenance`` holds the pasted MR Optimum job (``job``) and notes on how it was read
-    (``log``), both kept in info.json.
+    (``log``), both kept in info.json. ``flip_angle_path`` is a NIfTI flip-angle map in
+    degrees for the legacy flip-angle correction.
     """
     root = Location.parse(output)
     store, tags = run.store, run.tags
@@ -141,6 +145,9 @@ def write_outputs(
         return store.write_bytes(str(root.join(name)), data, tags=tags)
 
     snr = np.stack([m.snr for m in maps], axis=-1)
+    if flip_angle_path is not None:
+        flip_angle = np.asarray(nib.load(flip_angle_path).get_fdata())
+        snr = flip_angle_corrected(snr, flip_angle.reshape(*flip_angle.shape[:2], -1)[..., slices])
     mask = _stack_optional([m.mask for m in maps])
     inside = mask.astype(bool) if mask is not None else np.ones(snr.shape, dtype=bool)
     outputs: list[dict[str, Any]] = []
@@ -299,7 +306,19 @@ def mr_reconstruction(
 
     mark = time.perf_counter()
     provenance = {"job": job.job if job.source != "sciflow" else None, "log": job.notes}
-    result = write_outputs(run, output or run.root, maps, stats, info, opts, timings, provenance)
+    flip_angle_path = stage_input(opts.flip_angle_map, run) if opts.flip_angle_correction else None
+    result = write_outputs(
+        run,
+        output or run.root,
+        maps,
+        stats,
+        info,
+        opts,
+        timings,
+        provenance,
+        slices,
+        flip_angle_path,
+    )
     timings["write"] = time.perf_counter() - mark
     publish_summary(
         "MR reconstruction",

@@ -669,3 +669,28 @@ def _box_sum(values: np.ndarray, b: int) -> np.ndarray:
     integral = padded.cumsum(axis=0).cumsum(axis=1)
     w = 2 * b + 1
     return integral[w:, w:] - integral[:-w, w:] - integral[w:, :-w] + integral[:-w, :-w]
+
+
+def flip_angle_corrected(snr: np.ndarray, flip_angle_deg: np.ndarray) -> np.ndarray:
+    """SNR divided by sin(flip angle), as legacy MR Optimum's ACMWORKER did.
+
+    Args:
+        snr: SNR maps, shape (x, y) or (x, y, slices).
+        flip_angle_deg: Actual flip angle per pixel in degrees, the same shape as ``snr``
+            (or (x, y), applied to every slice).
+
+    Returns:
+        The corrected maps; 0 where the flip angle is 0 or a multiple of 180 degrees.
+    """
+    angles = np.asarray(flip_angle_deg, dtype=np.float64)
+    if angles.ndim == 2 and snr.ndim == 3:
+        angles = angles[..., None]
+    if angles.shape[:2] != snr.shape[:2] or not np.all(np.isfinite(angles)):
+        raise InputError(
+            f"flip angle map has shape {angles.shape} (finite: {np.isfinite(angles).all()}); "
+            f"expected finite degrees shaped like the SNR map {snr.shape}"
+        )
+    sine = np.sin(np.deg2rad(angles))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        corrected = snr / sine
+    return np.where(np.abs(sine) > 1e-6, corrected, 0.0)

@@ -136,3 +136,23 @@ def test_siemens_twix_example_runs_end_to_end(twix_example, tmp_path):
     assert result.median_snr > 0  # Psi = I: SNR in raw ADC units, as MR Optimum without noise
     info = json.loads(Path(result.info).read_text())
     assert info["sciflow"]["header"]["format"] == "twix"
+
+
+def test_flip_angle_correction_divides_the_snr_by_the_sine(mrd_file, tmp_path):
+    angles = np.full((48, 48, 2), 30.0, dtype=np.float32)
+    nib.save(nib.Nifti1Image(angles, np.eye(4)), tmp_path / "fa.nii.gz")
+    plain = mr_reconstruction(
+        signal=str(mrd_file), options={"method": "ac", "recon": "b1"}, output=str(tmp_path / "a")
+    )
+    corrected = mr_reconstruction(
+        signal=str(mrd_file),
+        options={
+            "method": "ac",
+            "recon": "b1",
+            "flip_angle_correction": True,
+            "flip_angle_map": str(tmp_path / "fa.nii.gz"),
+        },
+        output=str(tmp_path / "b"),
+    )
+    ratio = nib.load(corrected.snr).get_fdata() / nib.load(plain.snr).get_fdata()
+    assert np.nanmedian(ratio) == pytest.approx(2.0, rel=1e-5)  # 1 / sin(30 deg)

@@ -357,3 +357,21 @@ def test_real_valued_kspace_is_accepted_as_complex(phantom):
     image = np.abs(phantom.image)[..., None] * np.abs(phantom.sensitivities)
     kspace = fft2c(image).real
     assert snr_map(kspace, phantom.noise_cov).snr.max() > 0
+
+
+def test_flip_angle_correction_divides_by_the_sine_and_zeroes_null_angles():
+    from tasks.mr.snr import flip_angle_corrected
+
+    snr = np.full((4, 4, 2), 10.0)
+    angles = np.full((4, 4), 30.0)
+    angles[0, 0] = 0.0
+    corrected = flip_angle_corrected(snr, angles)
+    assert corrected[1, 1, 1] == pytest.approx(20.0)
+    assert corrected[0, 0, 0] == 0.0
+
+
+def test_flip_angle_map_of_another_shape_is_refused():
+    from tasks.mr.snr import flip_angle_corrected
+
+    with pytest.raises(InputError, match=r"flip angle map has shape \(3, 3\)"):
+        flip_angle_corrected(np.ones((4, 4)), np.ones((3, 3)))
