@@ -7,6 +7,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 PREFECT_DB := .prefect/prefect.db
 # Real Siemens raw data for the tests: the example twixtools ships in its source distribution.
 TWIX_SDIST := twixtools-0.24
@@ -56,8 +57,12 @@ format: install  ## Rewrite files in ruff's style.
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: install  ## Run every benchmark and print one table of ratios.
+bench: install $(BENCH_STAMP)  ## Run every benchmark and print one table of ratios.
 	$(BIN)/python -m benchmarks
+
+$(BENCH_STAMP): pyproject.toml | $(STAMP)
+	$(BIN)/python -m pip install --quiet --editable '.[dev,bench]'
+	touch $@
 
 server: install  ## Start a Prefect server with its UI on http://127.0.0.1:4200.
 	$(BIN)/prefect server start --host 127.0.0.1 --port 4200
