@@ -18,7 +18,12 @@ from tests.e2e.conftest import REPO, PrefectServer, Service, flow_run_id_from
 pytestmark = pytest.mark.e2e
 
 PREFECT_FILE = "deployments/prefect.yaml"
-DEPLOYMENTS = ("research-pipeline/local", "preflight/local", "secure-cleanup/local")
+DEPLOYMENTS = (
+    "research-pipeline/local",
+    "mr-reconstruction/local",
+    "preflight/local",
+    "secure-cleanup/local",
+)
 RUN_TIMEOUT_S = 120.0
 
 
@@ -81,7 +86,7 @@ def test_cli_deployment_run_completes_the_pipeline_and_writes_its_outputs(api, p
     manifest = read_json(run_dir / "pipeline.json")
     assert manifest["run_id"] == str(pipeline_run.id)
     assert manifest["unit"] == "local"
-    assert set(manifest["stages"]) == {"preflight", "secure-cleanup"}
+    assert set(manifest["stages"]) == {"preflight", "reconstruction", "secure-cleanup"}
     for uri in manifest["stages"].values():
         assert Path(uri).is_relative_to(api.storage_root / "local"), uri
 
@@ -109,3 +114,27 @@ def test_nothing_reaches_beyond_loopback(api, pipeline_run):
     """Server, worker, deploy, runs: all behind the recording proxy, which saw nothing."""
     assert pipeline_run.state_name == "Completed"
     assert api.proxy.requests == []
+
+
+def test_cli_runs_mr_reconstruction_with_json_parameters(api, deployed, process_worker, tmp_path):
+    """The CLI form scientists script: a signal path and options as JSON."""
+    import numpy as np
+
+    from tasks.mr.phantom import make_phantom, phantom_acquisition
+
+    signal, noise = phantom_acquisition(make_phantom(32, 32, 4), noise_samples=4096)
+    np.save(tmp_path / "signal.npy", signal[..., 0, 0])
+    np.save(tmp_path / "noise.npy", noise)
+    params = {
+        "signal": str(tmp_path / "signal.npy"),
+        "noise": str(tmp_path / "noise.npy"),
+        "options": {"method": "ac", "recon": "b1", "mask": "percentage", "mask_value": 10},
+    }
+    out = api.cli("deployment", "run", "mr-reconstruction/local", "--params", json.dumps(params))
+    flow_run = wait_for_terminal(flow_run_id_from(out.stdout))
+    assert flow_run.state_name == "Completed", flow_run.state
+    run_dir = api.storage_root / "local" / str(flow_run.id)
+    info = read_json(run_dir / "info.json")
+    assert info["sciflow"]["options"]["recon"] == "b1"
+    assert info["sciflow"]["extra"]["median_snr_in_mask"] > 20
+    assert (run_dir / "SNR.png").read_bytes().startswith(b"\x89PNG")
