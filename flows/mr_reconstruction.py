@@ -176,12 +176,17 @@ def write_outputs(
         put("sensitivity.nii.gz", export.sensitivity_nifti_bytes(data, info.affine))
         outputs.append({"name": "sensitivity", "filename": "sensitivity.nii.gz"})
 
-    for name, matrix, kind in (
-        ("noise_covariance", stats["noise_cov"], "covariance"),
-        ("noise_coefficient", noise_coefficient(stats["noise_cov"]), "coefficient"),
+    for name, matrix, kind, title in (
+        ("noise_covariance", stats["noise_cov"], "covariance", "Noise covariance |Psi|"),
+        (
+            "noise_coefficient",
+            noise_coefficient(stats["noise_cov"]),
+            "coefficient",
+            "Noise correlation coefficients |rho|",
+        ),
     ):
         put(f"{name}.nii.gz", export.nifti_bytes(np.abs(matrix)[:, :, None], None, None))
-        previews[name] = put(f"{name}.png", export.matrix_png(matrix, title=name, kind=kind))
+        previews[name] = put(f"{name}.png", export.matrix_png(matrix, title=title, kind=kind))
         outputs.append({"name": name, "filename": f"{name}.nii.gz"})
 
     median_snr = float(np.median(snr[inside])) if inside.any() else 0.0
