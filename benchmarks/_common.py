@@ -17,9 +17,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from tasks.provenance import package_versions
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -180,13 +181,7 @@ def machine_info() -> dict[str, Any]:
 
 def versions() -> dict[str, str | None]:
     """Versions of Python and the packages benchmarks touch (None when not installed)."""
-    found: dict[str, str | None] = {"python": platform.python_version()}
-    for package in VERSIONED:
-        try:
-            found[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            found[package] = None
-    return found
+    return package_versions(VERSIONED)
 
 
 def write_results(

@@ -13,14 +13,13 @@ from __future__ import annotations
 import gzip
 import json
 import math
-import platform
 from collections.abc import Mapping, Sequence
-from importlib import metadata
 from io import BytesIO
 from typing import Any, Literal
 
 import numpy as np
 
+from tasks import provenance
 from tasks.errors import InputError
 
 MapKind = Literal["snr", "g", "mask", "sensitivity"]
@@ -479,13 +478,7 @@ def filename_for_coil(coil: int) -> str:
 
 def package_versions() -> dict[str, str | None]:
     """Installed versions of the packages that shape the numbers, and Python's."""
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+    return provenance.package_versions(PACKAGES)
 
 
 def _jsonable(value: Any) -> Any:
