@@ -156,7 +156,11 @@ class NodeContext:
         """
         for rank, size in MPI_RANK_SIZE:
             if rank in env:
-                local = env.get("MPI_LOCALRANKID") or env.get("OMPI_COMM_WORLD_LOCAL_RANK") or 0
+                # mpiexec.gforker (local runs) sets no local rank; it is single-host, so the
+                # global rank is the local one and ranks do not all pick device 0.
+                local = (
+                    env.get("MPI_LOCALRANKID") or env.get("OMPI_COMM_WORLD_LOCAL_RANK") or env[rank]
+                )
                 return cls(_int(env, rank), _int(env, size), LOOPBACK, 0, int(local))
         raise InputError(
             "no MPI rank in the environment: expected PMI_RANK/PMI_SIZE (MPICH) or "

@@ -37,8 +37,12 @@ def test_mpich_and_open_mpi_ranks():
     assert NodeContext.from_mpi_env({"PMI_RANK": "1", "PMI_SIZE": "4", "MPI_LOCALRANKID": "1"}) == (
         NodeContext(1, 4, LOOPBACK, 0, 1)
     )
-    ompi = {"OMPI_COMM_WORLD_RANK": "3", "OMPI_COMM_WORLD_SIZE": "4"}
-    assert NodeContext.from_mpi_env(ompi) == NodeContext(3, 4, LOOPBACK)
+    ompi = {
+        "OMPI_COMM_WORLD_RANK": "3",
+        "OMPI_COMM_WORLD_SIZE": "4",
+        "OMPI_COMM_WORLD_LOCAL_RANK": "1",
+    }
+    assert NodeContext.from_mpi_env(ompi) == NodeContext(3, 4, LOOPBACK, 0, 1)
 
 
 def test_torchrun_ranks():
@@ -77,3 +81,8 @@ def test_from_process_reads_only_the_launcher_variables(monkeypatch):
     monkeypatch.setenv("UNRELATED", "x")
     assert launcher_env() == BATCH_CHILD
     assert NodeContext.from_process() == NodeContext(2, 3, "10.0.1.17")
+
+
+def test_single_host_mpi_without_a_local_rank_uses_the_global_rank():
+    context = NodeContext.from_mpi_env({"PMI_RANK": "1", "PMI_SIZE": "2"})
+    assert context.local_index == 1
