@@ -14,6 +14,7 @@ import scipy.ndimage as ndi
 
 from tasks.errors import InputError
 from tasks.mr.fft import ifft2c
+from tasks.mr.recon import coil_power
 
 MaskMethod = Literal["no", "reference", "threshold", "percentage", "percentagemean"]
 MASK_METHODS: tuple[str, ...] = ("no", "reference", "threshold", "percentage", "percentagemean")
@@ -42,9 +43,33 @@ def sensitivities_inner(coil_images: np.ndarray) -> np.ndarray:
     images = _check_coil_array(coil_images, "coil_images")
     if not np.iscomplexobj(images):
         images = images.astype(np.complex128)
-    rss = np.sqrt(np.sum(np.abs(images) ** 2, axis=-1, keepdims=True))
-    safe = np.where(rss > 0, rss, 1)
-    return np.where(rss > 0, images / safe, 0).astype(images.dtype, copy=False)
+    return inner_maps(images, np.sqrt(coil_power(images)))
+
+
+def inner_maps(
+    coil_images: np.ndarray, rss: np.ndarray, mask: np.ndarray | None = None
+) -> np.ndarray:
+    """``I_c / rss`` (times ``mask``) in one pass, 0 where ``rss`` is 0 or the mask is false.
+
+    The unchecked core of ``sensitivities_inner`` for callers that already hold the reference
+    RSS (``snr`` derives its mask from it).
+
+    Args:
+        coil_images: Complex reference images, shape (x, y, coils).
+        rss: Their root sum of squares, shape (x, y).
+        mask: Optional boolean mask (x, y) multiplied into the maps.
+
+    Returns:
+        Complex maps, shape and dtype of ``coil_images``.
+    """
+    keep = rss > 0 if mask is None else (rss > 0) & mask
+    with np.errstate(divide="ignore", over="ignore"):
+        scale = np.where(keep, 1 / rss, 0).astype(coil_images.real.dtype, copy=False)
+    maps = coil_images * scale[..., None]
+    tiny = ~np.isfinite(scale)  # subnormal RSS: 1/rss overflows, so divide those pixels
+    if tiny.any():
+        maps[tiny] = coil_images[tiny] / rss[tiny][..., None]
+    return maps
 
 
 def acl_region(

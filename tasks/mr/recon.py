@@ -32,8 +32,42 @@ def rss(coil_images: np.ndarray) -> np.ndarray:
     Returns:
         Real image, shape (..., x, y), float32 for complex64 input, else float64.
     """
+    return np.sqrt(coil_power(coil_images))
+
+
+def coil_power(coil_images: np.ndarray) -> np.ndarray:
+    """``sum_c |rho_c|^2`` over the last (coil) axis, the square of ``rss``.
+
+    Complex input with a contiguous coil axis is read as (..., 2 * coils) real pairs: one
+    pass, no conjugated copy.
+
+    Args:
+        coil_images: Complex (or real) images, shape (..., coils).
+
+    Returns:
+        Real array, shape (...), in the input's precision.
+    """
     images = np.asarray(coil_images)
-    return np.sqrt(np.einsum("...c,...c->...", images, images.conj()).real)
+    if np.iscomplexobj(images) and images.ndim and images.strides[-1] == images.itemsize:
+        pairs = images.view(images.real.dtype)
+        return np.einsum("...k,...k->...", pairs, pairs)
+    return np.einsum("...c,...c->...", images, images.conj()).real
+
+
+def coil_dot(weights: np.ndarray, coil_images: np.ndarray) -> np.ndarray:
+    """``sum_c conj(w_c) rho_c`` over the last axis, broadcasting leading axes (``np.vecdot``).
+
+    Args:
+        weights: Complex weights, shape (..., coils), e.g. sensitivities (x, y, coils).
+        coil_images: Complex images, shape (..., coils), e.g. (replicas, x, y, coils).
+
+    Returns:
+        Complex array of the broadcast leading shape.
+    """
+    vecdot = getattr(np, "vecdot", None)
+    if vecdot is not None:
+        return vecdot(weights, coil_images)
+    return np.einsum("...c,...c->...", np.conj(weights), coil_images)  # NumPy < 2
 
 
 def b1_combine(coil_images: np.ndarray, sensitivities: np.ndarray) -> np.ndarray:
@@ -57,9 +91,14 @@ def b1_combine(coil_images: np.ndarray, sensitivities: np.ndarray) -> np.ndarray
             "expected (x, y, coils) matching the images' last three axes"
         )
     sens = sens.astype(np.result_type(images.dtype, np.complex64), copy=False)
-    norm = np.sqrt(np.einsum("xyc,xyc->xy", sens.conj(), sens).real)
-    weights = np.where(norm[..., None] > 0, sens / np.where(norm > 0, norm, 1)[..., None], 0)
-    return np.einsum("xyc,...xyc->...xy", weights.conj().astype(sens.dtype), images)
+    return coil_dot(sens, images) * inverse_norm(sens)
+
+
+def inverse_norm(sensitivities: np.ndarray) -> np.ndarray:
+    """``1 / sqrt(s^H s)`` per pixel, 0 where ``s = 0`` (real, the maps' precision)."""
+    norm = np.sqrt(coil_power(sensitivities))
+    with np.errstate(divide="ignore"):
+        return np.where(norm > 0, 1 / norm, 0).astype(norm.dtype, copy=False)
 
 
 def undersample(kspace: np.ndarray, acceleration: int, axis: int = 1) -> np.ndarray:

@@ -9,8 +9,12 @@ Everything runs on prewhitened data, so the pseudo-noise of PMR and CR is white:
 added directly in the reconstruction's input domain (coil images, or SENSE/GRAPPA aliased
 images), which the orthonormal FFT makes identical in distribution to MR Optimum's
 ``Psi^(1/2) w`` added to un-whitened k-space and whitened again. Replicas are reconstructed
-``batch`` at a time, vectorised, and reduced with Welford's running moments, so memory does not
-grow with the replica count.
+``batch`` at a time and reduced with Welford's running moments, so memory does not grow with the
+replica count. Replica ``i`` draws its noise from its own generator, ``SFC64`` seeded with child
+``i`` of ``SeedSequence(seed)`` (``spawn``), so the replicas of a batch are drawn and
+reconstructed in parallel threads (NumPy's generators and large-array kernels release the GIL)
+and the maps depend only on ``seed``: not on ``batch`` or on the number of threads. The normals
+are float32 for complex64 data (float64 for complex128), as the data's own precision.
 
 ``SnrSpec.convention`` picks between MR Optimum's exact semantics and corrected ones:
 
@@ -27,20 +31,23 @@ grow with the replica count.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
 from tasks.errors import InputError
-from tasks.mr.coils import acl_kspace, acl_region, clean_mask, coil_mask, sensitivities_inner
-from tasks.mr.fft import ifft2c
+from tasks.mr.coils import acl_kspace, acl_region, clean_mask, coil_mask, inner_maps
+from tasks.mr.fft import ifft2c, ifft2c_inplace
 from tasks.mr.noise import prewhiten, prewhitening_matrix
 from tasks.mr.recon import (
     aliased_images,
-    b1_combine,
+    coil_dot,
+    inverse_norm,
     rss,
     sense_apply,
     sense_unmixing,
@@ -171,7 +178,10 @@ class _Pipeline:
 
     ``to_domain`` maps prewhitened k-space (..., x, y, c) to the domain (coil images, or
     aliased images when accelerated), where white k-space noise stays white ``CN(0, I)``;
-    ``combine`` maps the domain (..., *domain) to the image (..., x, y).
+    ``combine`` maps the domain (..., *domain) to the image (..., x, y). Every ``combine`` is
+    positively homogeneous, ``combine(a z) = a combine(z)`` for ``a > 0`` (RSS and GRAPPA + RSS),
+    and ``linear`` ones (B1, SENSE) are also additive, which lets the pseudo-replica loop skip
+    whole passes over the coil data (``_pseudo_replicas``).
     """
 
     to_domain: Callable[[np.ndarray], np.ndarray]
@@ -184,6 +194,8 @@ class _Pipeline:
     # For the pseudo-replica g-factor: the same combination, unaccelerated, on full coil images.
     full_domain: np.ndarray | None = None
     full_combine: Callable[[np.ndarray], np.ndarray] | None = None
+    linear: bool = False
+    """``combine`` (and ``full_combine``) is linear: B1 and SENSE."""
 
 
 class _Moments:
@@ -276,10 +288,12 @@ def snr_map(
         elif snr.method == "mr":
             values = _multiple_replicas(data, whitener, pipe, snr.batch, progress)
         else:
-            rng = np.random.default_rng(snr.seed)
+            streams, full_streams = np.random.SeedSequence(snr.seed).spawn(2)
             with_g = snr.method == "pmr" and snr.gfactor and pipe.full_combine is not None
             steps = [0, 2 * snr.replicas if with_g else snr.replicas]
-            replicas = _pseudo_replicas(pipe.domain, pipe.combine, snr, rng, progress, steps)
+            replicas = _pseudo_replicas(
+                pipe.domain, pipe.combine, pipe.linear, snr, streams, progress, steps
+            )
             if snr.method == "pmr":
                 values = _pmr(pipe, replicas, snr.convention)
             else:
@@ -288,7 +302,13 @@ def snr_map(
                 timings["snr"] = time.perf_counter() - clock
                 clock = time.perf_counter()
                 full = _pseudo_replicas(
-                    pipe.full_domain, pipe.full_combine, snr, rng, progress, steps
+                    pipe.full_domain,
+                    pipe.full_combine,
+                    pipe.linear,
+                    snr,
+                    full_streams,
+                    progress,
+                    steps,
                 )
                 r_total = recon.acceleration[0] * recon.acceleration[1]
                 g = replicas.moments.std() / (full.moments.std() * np.sqrt(r_total))
@@ -347,7 +367,7 @@ def _check_inputs(
         raise InputError(f"kspace has {data.shape[-1]} replica; method 'mr' needs at least 2")
     if not np.issubdtype(data.dtype, np.number):
         raise InputError(f"kspace has dtype {data.dtype}; expected complex numbers")
-    if not np.all(np.isfinite(data)):
+    if not _all_finite(data):
         raise InputError("kspace contains NaN or Inf; expected finite k-space samples")
     coil_count = data.shape[2]
     cov = np.asarray(noise_cov)
@@ -366,10 +386,18 @@ def _check_inputs(
             raise InputError(
                 f"reference has shape {ref.shape}; expected {data.shape[:3]} like kspace"
             )
-        if not np.all(np.isfinite(ref)):
+        if not _all_finite(ref):
             raise InputError("reference contains NaN or Inf; expected finite k-space samples")
         ref = ref.astype(dtype, copy=False)
     return data.astype(dtype, copy=False), cov, ref, dtype
+
+
+def _all_finite(data: np.ndarray) -> bool:
+    """No NaN or Inf in ``data``: a finite sum proves it in one pass; else check each value."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(np.sum(data)):
+            return True
+    return bool(np.all(np.isfinite(data)))
 
 
 def _replica_count(data: np.ndarray, spec: SnrSpec) -> int | None:
@@ -393,6 +421,7 @@ def _report(progress: Progress | None, done: int, total: int) -> None:
 def _build(
     spec: ReconSpec, snr_spec: SnrSpec, base_pw: np.ndarray, ref_pw: np.ndarray | None
 ) -> _Pipeline:
+    """The reconstruction pipeline; ``base_pw`` is the caller's temporary and may be overwritten."""
     rx, ry = spec.acceleration
     if spec.recon in ("rss", "b1") and rx * ry > 1:
         raise InputError(
@@ -406,22 +435,43 @@ def _build(
             "multiples of R (of 2R for MR Optimum's phase-free SENSE unfolding)"
         )
     if spec.recon == "rss":
-        return _Pipeline(to_domain=_images, combine=rss, domain=ifft2c(base_pw))
+        return _Pipeline(to_domain=_images, combine=rss, domain=ifft2c_inplace(base_pw))
     if spec.recon == "grappa":
         return _grappa_pipeline(spec, base_pw, ref_pw)
     reference = _reference_kspace(spec, base_pw, ref_pw)
-    sens, mask = _sensitivities(spec, snr_spec, reference)
     if spec.recon == "b1":
-        norm = np.sqrt(np.sum(np.abs(sens) ** 2, axis=-1))
+        # Unaccelerated B1 without a separate reference: the maps come from these same images.
+        same = reference is base_pw
+        if same and "espirit" in (spec.sensitivity, spec.mask):
+            images = ifft2c(base_pw)  # ESPIRiT still reads the k-space
+        else:
+            images = ifft2c_inplace(base_pw)
+        sens, mask = _sensitivities(spec, snr_spec, reference, images if same else None)
+        combine = _B1Combine(sens)
         return _Pipeline(
             to_domain=_images,
-            combine=lambda images: b1_combine(images, sens),
-            domain=ifft2c(base_pw),
-            noise_std=np.where(norm > 0, 1.0, 0.0),
+            combine=combine,
+            domain=images,
+            noise_std=np.where(combine.inverse_norm > 0, 1.0, 0.0),
             sensitivities=sens,
             mask=mask,
+            linear=True,
         )
+    sens, mask = _sensitivities(spec, snr_spec, reference)
     return _sense_pipeline(spec, base_pw, sens, mask)
+
+
+class _B1Combine:
+    """``s^H rho / sqrt(s^H s)`` per pixel (``recon.b1_combine``), the norms computed once."""
+
+    __slots__ = ("inverse_norm", "sensitivities")
+
+    def __init__(self, sensitivities: np.ndarray) -> None:
+        self.sensitivities = sensitivities
+        self.inverse_norm = inverse_norm(sensitivities)
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return coil_dot(self.sensitivities, images) * self.inverse_norm
 
 
 def _images(kspace: np.ndarray) -> np.ndarray:
@@ -464,6 +514,7 @@ def _sense_pipeline(
         mask=mask,
         full_domain=full_domain,
         full_combine=lambda images: sense_apply(images, full_unmixing, (1, 1)),
+        linear=True,
     )
 
 
@@ -537,24 +588,35 @@ def _reference_kspace(
 
 
 def _sensitivities(
-    spec: ReconSpec, snr_spec: SnrSpec, reference: np.ndarray
+    spec: ReconSpec,
+    snr_spec: SnrSpec,
+    reference: np.ndarray,
+    images: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
+    """Masked maps and the mask; ``images`` = ``ifft2c(reference)`` if the caller has them."""
     nx, ny, _ = reference.shape
+    ref_rss = None
+    if images is None and (spec.sensitivity != "espirit" or spec.mask != "espirit"):
+        images = ifft2c(reference)
+    if spec.mask == "espirit":
+        mask = clean_mask(_espirit().espirit_mask(reference, **ESPIRIT_MASK))
+    else:
+        ref_rss = rss(images)
+        ref_image = ref_rss
+        if snr_spec.convention == "mroptimum":
+            ref_image = ref_rss / np.sqrt(nx * ny)
+        mask = coil_mask(ref_image, spec.mask, spec.mask_value)
     if spec.sensitivity == "espirit":
         espirit = _espirit()
         acl_y = spec.acl[1] if spec.acl[1] is not None else ESPIRIT_CALIB_WIDTH
         width = min(ESPIRIT_CALIB_WIDTH, acl_y, nx, ny)
-        sens = espirit.espirit_maps(reference, calib_width=width)
+        sens = espirit.espirit_maps(reference, calib_width=width) * mask[..., None]
     else:
-        sens = sensitivities_inner(ifft2c(reference))
-    if spec.mask == "espirit":
-        mask = clean_mask(_espirit().espirit_mask(reference, **ESPIRIT_MASK))
-    else:
-        ref_image = rss(ifft2c(reference))
-        if snr_spec.convention == "mroptimum":
-            ref_image = ref_image / np.sqrt(nx * ny)
-        mask = coil_mask(ref_image, spec.mask, spec.mask_value)
-    return (sens * mask[..., None]).astype(reference.dtype, copy=False), mask
+        # Inner maps I_c / RSS (coils.sensitivities_inner) with the mask, in one pass.
+        if ref_rss is None:
+            ref_rss = rss(images)
+        sens = inner_maps(images, ref_rss, mask)
+    return sens.astype(reference.dtype, copy=False), mask
 
 
 def _espirit() -> Any:
@@ -587,31 +649,79 @@ class _Replicas:
     last: np.ndarray  # the last replica's reconstruction (complex for B1/SENSE)
 
 
+def _threads() -> int:
+    """CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def _pseudo_replicas(
     domain: np.ndarray,
     combine: Callable[[np.ndarray], np.ndarray],
+    linear: bool,
     spec: SnrSpec,
-    rng: np.random.Generator,
+    streams: np.random.SeedSequence,
     progress: Progress | None,
     steps: list[int],
 ) -> _Replicas:
-    """Reconstruct ``spec.replicas`` noisy copies of ``domain`` (noise ``CN(0, I)``)."""
+    """Reconstruct ``spec.replicas`` noisy copies of ``domain`` (noise ``CN(0, I)``).
+
+    Replica ``i`` uses ``Generator(SFC64(streams.spawn(replicas)[i]))`` whatever the batch and
+    thread count. One batch buffer is reused; a batch's replicas are drawn, added and combined
+    in parallel threads, then merged into the running moments in order.
+
+    With ``w`` the standard normal pairs (``CN(0, 2I)``), the replica ``combine(domain + w/sqrt2)``
+    is computed without scaling ``w``: as ``combine(w)/sqrt2 + combine(domain)`` for a linear
+    ``combine``, else as ``combine(sqrt2 domain + w)/sqrt2`` (positive homogeneity). Both are the
+    same image up to rounding, and save one or two passes over each replica's coil data.
+    """
+    domain = np.ascontiguousarray(domain)
     real = np.float32 if domain.dtype == np.complex64 else np.float64
+    if domain.dtype not in (np.complex64, np.complex128):
+        domain = domain.astype(np.complex128)
+    children = streams.spawn(spec.replicas)
+    scale = real(np.sqrt(0.5))
+    size = min(spec.batch, spec.replicas)
+    pairs = np.empty((size, *domain.shape, 2), dtype=real)  # peak memory: one batch
+    noisy = pairs.view(domain.dtype)[..., 0]
+    if linear:
+        clean = combine(domain)
+    else:
+        scaled = domain * real(np.sqrt(2))
+
+    def replica(index: int, slot: int) -> np.ndarray:
+        generator = np.random.Generator(np.random.SFC64(children[index]))
+        generator.standard_normal(out=pairs[slot], dtype=real)
+        values = noisy[slot]
+        if linear:
+            image = combine(values)
+            image *= scale
+            image += clean
+            return image
+        values += scaled
+        image = combine(values)
+        image *= scale
+        return image
+
     moments = _Moments()
     last = np.zeros(())
-    for start in range(0, spec.replicas, spec.batch):
-        count = min(spec.batch, spec.replicas - start)
-        noisy = rng.standard_normal((count, *domain.shape, 2), dtype=real).view(domain.dtype)
-        noisy = noisy[..., 0]
-        noisy *= real(np.sqrt(0.5))
-        noisy += domain
-        images = combine(noisy)
-        del noisy  # free the batch before the next one is drawn: peak memory is one batch
-        moments.update(np.abs(images))
-        last = images[-1].copy()
-        del images
-        steps[0] += count
-        _report(progress, steps[0], steps[1])
+    threads = min(_threads(), size)
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for start in range(0, spec.replicas, spec.batch):
+            count = min(spec.batch, spec.replicas - start)
+            if threads > 1:
+                done = list(pool.map(replica, range(start, start + count), range(count)))
+            else:
+                done = [replica(start + slot, slot) for slot in range(count)]
+            images = np.stack(done)
+            del done
+            moments.update(np.abs(images))
+            last = images[-1].copy()
+            del images
+            steps[0] += count
+            _report(progress, steps[0], steps[1])
     return _Replicas(moments, last)
 
 

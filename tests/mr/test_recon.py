@@ -112,3 +112,99 @@ def test_sense_with_more_folds_than_coils_still_returns_finite_maps(rng):
 def test_sense_rejects_sizes_r_does_not_divide(rng):
     with pytest.raises(InputError, match=r"expected sizes divisible by acceleration \(1, 3\)"):
         sense_unmixing(_random_coils(rng, (8, 8, 2)), 3)
+
+
+# --- fast paths: centred FFT by modulation, fused coil reductions, blocked prewhitening ------
+
+
+def _shifted_ifft2c(data, axes):
+    import scipy.fft
+
+    shifted = scipy.fft.ifftshift(data, axes=axes)
+    return scipy.fft.fftshift(scipy.fft.ifft2(shifted, axes=axes, norm="ortho"), axes=axes)
+
+
+@pytest.mark.parametrize(
+    ("shape", "axes"),
+    [
+        ((8, 6, 3), (0, 1)),  # M_x + M_y odd
+        ((8, 8, 3), (0, 1)),  # M_x + M_y even
+        ((2, 10, 6, 3), (-3, -2)),  # batched, negative axes
+        ((4, 6, 8), (2, 0)),  # axes out of order
+        ((7, 6, 2), (0, 1)),  # odd size: the shift path
+    ],
+)
+def test_ifft2c_equals_the_shift_definition_on_every_path(rng, shape, axes):
+    data = _random_coils(rng, shape)
+    expected = _shifted_ifft2c(data, axes)
+    np.testing.assert_allclose(ifft2c(data, axes=axes), expected, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(
+        ifft2c(data.real, axes=axes), _shifted_ifft2c(data.real, axes), atol=1e-13
+    )
+    single = data.astype(np.complex64)
+    assert ifft2c(single, axes=axes).dtype == np.complex64
+    np.testing.assert_allclose(ifft2c(single, axes=axes), expected, atol=1e-5)
+
+    from tasks.mr.fft import ifft2c_inplace
+
+    copy = data.copy()
+    np.testing.assert_allclose(ifft2c_inplace(copy, axes=axes), expected, atol=1e-13)
+    before = data.copy()
+    ifft2c(data, axes=axes)
+    fft2c(data, axes=axes)
+    np.testing.assert_array_equal(data, before)  # the public transforms never write their input
+
+
+def test_coil_reductions_match_their_definitions(rng):
+    from tasks.mr.recon import coil_dot, coil_power
+
+    images = _random_coils(rng, (3, 8, 6, 4))
+    weights = _random_coils(rng, (8, 6, 4))
+    np.testing.assert_allclose(coil_power(images), np.sum(np.abs(images) ** 2, -1), rtol=1e-13)
+    strided = images[..., ::2]  # non-contiguous coil axis: the fallback
+    np.testing.assert_allclose(coil_power(strided), np.sum(np.abs(strided) ** 2, -1), rtol=1e-13)
+    np.testing.assert_allclose(
+        coil_dot(weights, images), np.sum(weights.conj() * images, -1), rtol=1e-13
+    )
+
+
+def test_b1_is_zero_where_the_sensitivities_are_zero_and_matches_the_formula(rng):
+    sens = _random_coils(rng, (8, 6, 4))
+    sens[2, 3] = 0
+    images = _random_coils(rng, (2, 8, 6, 4))
+    norm = np.sqrt(np.sum(np.abs(sens) ** 2, -1))
+    expected = np.sum(sens.conj() * images, -1) / np.where(norm > 0, norm, 1)
+    combined = b1_combine(images, sens)
+    np.testing.assert_allclose(combined, expected, rtol=1e-13)
+    assert np.all(combined[:, 2, 3] == 0)
+    assert b1_combine(images.astype(np.complex64), sens).dtype == np.complex64
+
+
+def test_inner_maps_are_unit_norm_and_survive_subnormal_rss(rng):
+    from tasks.mr.coils import inner_maps
+
+    images = _random_coils(rng, (8, 6, 4)).astype(np.complex64)
+    images[1, 1] = 1e-40  # subnormal in float32: 1/rss overflows
+    images[2, 2] = 0
+    maps = sensitivities_inner(images)
+    assert np.all(np.isfinite(maps))
+    power = np.sum(np.abs(maps) ** 2, -1)
+    np.testing.assert_allclose(power[power > 0], 1, rtol=1e-5)
+    assert power[2, 2] == 0
+    mask = np.ones((8, 6), dtype=bool)
+    mask[0] = False
+    masked = inner_maps(images, np.sqrt(np.sum(np.abs(images) ** 2, -1)), mask)
+    assert np.all(masked[0] == 0)
+    np.testing.assert_allclose(masked[1:], maps[1:], rtol=1e-6)
+
+
+def test_blocked_prewhitening_equals_one_matrix_product(rng):
+    cov = np.array([[2.0, 0.5 + 0.2j], [0.5 - 0.2j, 1.0]])
+    whitener = prewhitening_matrix(cov)
+    data = _random_coils(rng, (64, 40, 2))  # 2560 rows: several blocks
+    np.testing.assert_allclose(prewhiten(data, whitener), data @ whitener.T, rtol=1e-13)
+    strided = _random_coils(rng, (64, 80, 2))[:, ::2]
+    np.testing.assert_allclose(prewhiten(strided, whitener), strided @ whitener.T, rtol=1e-13)
+    lower = np.linalg.cholesky(cov)
+    np.testing.assert_allclose(whitener @ lower, np.eye(2), atol=1e-14)
+    assert np.all(np.triu(whitener, 1) == 0)

@@ -375,3 +375,46 @@ def test_flip_angle_map_of_another_shape_is_refused():
 
     with pytest.raises(InputError, match=r"flip angle map has shape \(3, 3\)"):
         flip_angle_corrected(np.ones((4, 4)), np.ones((3, 3)))
+
+
+def test_pseudo_replicas_do_not_depend_on_batch_or_thread_count(phantom, monkeypatch):
+    from tasks.mr import snr as snr_module
+
+    spec = SnrSpec(method="pmr", replicas=10, seed=3, batch=4)
+    for recon in (B1, RSS):
+        first = snr_map(phantom.kspace, phantom.noise_cov, recon, spec).snr
+        monkeypatch.setattr(snr_module, "_threads", lambda: 1)
+        single = snr_map(phantom.kspace, phantom.noise_cov, recon, spec).snr
+        rebatched = SnrSpec(method="pmr", replicas=10, seed=3, batch=3)
+        other = snr_map(phantom.kspace, phantom.noise_cov, recon, rebatched).snr
+        monkeypatch.undo()
+        np.testing.assert_array_equal(single, first)  # one stream per replica, not per thread
+        np.testing.assert_allclose(other, first, rtol=1e-12)
+        seed = SnrSpec(method="pmr", replicas=10, seed=4, batch=4)
+        assert not np.allclose(snr_map(phantom.kspace, phantom.noise_cov, recon, seed).snr, first)
+
+
+def test_linear_pseudo_replica_shortcut_equals_the_plain_sum(phantom):
+    from tasks.mr import snr as snr_module
+
+    maps = snr_map(phantom.kspace, phantom.noise_cov, B1)
+    combine = snr_module._B1Combine(maps.sensitivities)
+    spec = SnrSpec(method="pmr", replicas=6, batch=4)
+    images = snr_module.ifft2c(prewhiten_kspace(phantom))
+    runs = []
+    for linear in (True, False):
+        streams = np.random.SeedSequence(9)
+        runs.append(
+            snr_module._pseudo_replicas(images, combine, linear, spec, streams, None, [0, 6])
+        )
+    np.testing.assert_allclose(runs[0].last, runs[1].last, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(runs[0].moments.std(), runs[1].moments.std(), rtol=1e-9)
+    # The noise really is CN(0, I) per coil: replica - clean image, per pixel, through B1.
+    clean = combine(images)
+    assert abs(np.var(runs[0].last - clean) - 1) < 5 * np.sqrt(2 / clean.size)
+
+
+def prewhiten_kspace(phantom):
+    from tasks.mr.noise import prewhiten, prewhitening_matrix
+
+    return prewhiten(phantom.kspace, prewhitening_matrix(phantom.noise_cov))
