@@ -2,6 +2,13 @@
 
 signal (+ noise) → stage → estimate → noise statistics → SNR per slice batch (Dask) → maps,
 previews and info.json in the run directory → summary artifact.
+
+3-D Cartesian data (MRD partitions, NumPy/MATLAB ``layout="volume"``) arrive from
+``readers.read_raw`` in hybrid space, ``(y, z, coils, x, replicas)``: the "slices" are the x
+positions, each an in-plane (y, z) problem with the header's acceleration ``(R_y, R_z)`` and
+calibration block. ``options.slices`` then counts x positions; the maps are stacked as
+``(y, z, x)`` and written as ``(x, y, z)`` (``readers.maps_as_volume``), previews show the
+central z plane.
 """
 
 from __future__ import annotations
@@ -106,7 +113,7 @@ def snr_for_slices(
 ) -> list[SnrMaps]:
     """SNR maps for a batch of slices (replicas vectorised inside each slice)."""
     raw = readers.read_raw(Path(signal_path), key=key)
-    header_acl = (None, raw.info.acs_lines) if raw.info.acs_lines else None
+    header_acl = raw.info.acs_block or ((None, raw.info.acs_lines) if raw.info.acs_lines else None)
     recon_spec = options.recon_spec(
         header_acceleration=raw.info.acceleration, header_acl=header_acl
     )
@@ -144,11 +151,23 @@ def write_outputs(
     def put(name: str, data: bytes) -> str:
         return store.write_bytes(str(root.join(name)), data, tags=tags)
 
+    volume_3d = info.kind == "3d"
+
+    def stacked(arrays: list[np.ndarray | None]) -> np.ndarray | None:
+        """Per-slice maps stacked on the last axis; 3-D: (y, z, x) -> (x, y, z)."""
+        data = _stack_optional(arrays)
+        return readers.maps_as_volume(data) if volume_3d and data is not None else data
+
     snr = np.stack([m.snr for m in maps], axis=-1)
+    snr = readers.maps_as_volume(snr) if volume_3d else snr
     if flip_angle_path is not None:
         flip_angle = np.asarray(nib.load(flip_angle_path).get_fdata())
-        snr = flip_angle_corrected(snr, flip_angle.reshape(*flip_angle.shape[:2], -1)[..., slices])
-    mask = _stack_optional([m.mask for m in maps])
+        if volume_3d:  # (x, y, z) map, x positions selected
+            flip_angle = flip_angle[slices]
+        else:
+            flip_angle = flip_angle.reshape(*flip_angle.shape[:2], -1)[..., slices]
+        snr = flip_angle_corrected(snr, flip_angle)
+    mask = stacked([m.mask for m in maps])
     inside = mask.astype(bool) if mask is not None else np.ones(snr.shape, dtype=bool)
     outputs: list[dict[str, Any]] = []
     previews: dict[str, str] = {}
@@ -156,23 +175,25 @@ def write_outputs(
     def volume(name: str, data: np.ndarray, kind: str, title: str, label: str) -> str:
         uri = put(f"{name}.nii.gz", export.nifti_bytes(data, info.affine, None))
         outputs.append({"name": name, "filename": f"{name}.nii.gz", "shape": list(data.shape)})
+        plane = data[..., data.shape[-1] // 2] if volume_3d else data[..., 0]
         previews[name] = put(
-            f"{name}.png", export.map_png(data[..., 0], title=title, label=label, kind=kind)
+            f"{name}.png", export.map_png(plane, title=title, label=label, kind=kind)
         )
         return uri
 
     snr_uri = volume("SNR", snr, "snr", f"SNR ({options.method.upper()})", "SNR")
     mean_g = None
-    g = _stack_optional([m.g for m in maps])
+    g = stacked([m.g for m in maps])
     if g is not None:
         volume("G", g, "g", "g-factor", "g")
-        volume("IG", _stack_optional([m.inverse_g for m in maps]), "g", "1/g", "1/g")
+        volume("IG", stacked([m.inverse_g for m in maps]), "g", "1/g", "1/g")
         mean_g = float(np.mean(g[inside])) if inside.any() else None
     if mask is not None:
         volume("mask", mask.astype(np.float32), "mask", "Mask", "inside")
     sens = [m.sensitivities for m in maps]
     if options.coil_sensitivity_output and all(s is not None for s in sens):
-        data = np.stack(sens, axis=2)  # (x, y, slices, coils)
+        data = np.stack(sens, axis=2)  # (x, y, slices, coils); 3-D: (y, z, x, coils)
+        data = readers.maps_as_volume(data) if volume_3d else data
         put("sensitivity.nii.gz", export.sensitivity_nifti_bytes(data, info.affine))
         outputs.append({"name": "sensitivity", "filename": "sensitivity.nii.gz"})
 

@@ -42,7 +42,11 @@ xsdata dependency; ``write_mrd`` writes the same layout and the tests cross-chec
 - readout oversampling (encoded x = 2 x recon x) is removed from the signal by default, as on
   the Siemens path (``oversampling_removed=True``); the noise keeps it;
 - dwell = ``sample_time_us``; geometry from ``position``/``read_dir``/``phase_dir``/
-  ``slice_dir`` per ``affine_from_geometry``. Cartesian 2-D only.
+  ``slice_dir`` per ``affine_from_geometry``;
+- 3-D Cartesian (one slab): an encoded matrix z > 1 or any ``kspace_encode_step_2`` > 0 makes
+  the file 3-D; partitions are placed by ``kspace_encode_step_2`` (see "3-D data" below), the
+  header's ``accelerationFactor`` steps 1 and 2 give ``(R_y, R_z)`` and the calibration
+  readouts' distinct step-1/step-2 counters the ACS block. Multi-slab 3-D is refused.
 
 Siemens twix (``twixtools``; VB and VD/VE/XA, multi-RAID):
 
@@ -58,10 +62,24 @@ Siemens twix (``twixtools``; VB and VD/VE/XA, multi-RAID):
   ``floor(76800/N)/10`` us on VD/VE, N samples per noise readout). MR Optimum itself uses
   5000 ns for multi-RAID noise. An RF-off noise file has its own ``alDwellTime``.
 
-Not read: 3-D (partition-encoded) and non-Cartesian data are refused; a separately acquired
-autocalibration scan (twix ``refscan``/``PATREFSCAN``, MRD calibration-only readouts) is not
-part of ``signal`` (counted in ``summary``); twix EPI lines are reflected (twixtools) but not
-phase-corrected or regridded.
+3-D data (MRD partitions, NumPy/MATLAB ``layout="volume"``): a volume k-space
+``(x, y, z, coils[, replicas])`` with the readout x fully sampled is always returned in
+*hybrid space* (``volume_as_slices``): a centred orthonormal inverse FFT along x only, then
+the axes ``(y, z, coils, x, replicas)``. Every x position is then a (ky, kz) plane carrying
+the 2-D undersampling pattern, i.e. an in-plane 2-D acceleration problem, so the per-slice
+SNR code runs unchanged with "slices" = x positions, in-plane axes ``(y, z)`` and
+acceleration ``(R_y, R_z)``. The transform is orthonormal: the k-space noise covariance
+applies unchanged and the 2-D ``ifft2c`` of each plane completes the 3-D centred transform.
+``AcquisitionInfo.kind == "3d"`` says so; ``matrix`` is then ``(y, z, x)`` (the returned
+axes), ``volume_matrix`` ``(x, y, z)``, ``acceleration`` ``(R_y, R_z)``, ``acs_block`` the
+calibration block ``(y, z)``, and ``fov_mm``/``affine`` describe the ``(x, y, z)`` volume.
+Maps computed per slice, stacked as ``(y, z, x)``, go back to ``(x, y, z)`` with
+``maps_as_volume`` before they are written. ``slices_as_volume`` inverts the transform.
+
+Not read: 3-D twix (partition-encoded), multi-slab 3-D MRD and non-Cartesian data are
+refused; a separately acquired autocalibration scan (twix ``refscan``/``PATREFSCAN``, MRD
+calibration-only readouts) is not part of ``signal`` (counted in ``summary``); twix EPI lines
+are reflected (twixtools) but not phase-corrected or regridded.
 
 Dwell convention, all formats: ``signal_dwell_s`` and ``noise_dwell_s`` are the ADC dwell per
 acquired sample, before any oversampling removal. With ``oversampling_removed`` the signal's
@@ -92,7 +110,7 @@ import scipy.io
 from tasks.errors import InputError
 
 Format = Literal["mrd", "twix", "numpy", "matlab"]
-Layout = Literal["slices", "replicas"]
+Layout = Literal["slices", "replicas", "volume"]
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 ISMRMRD_NAMESPACE = "http://www.ismrm.org/ISMRMRD"
@@ -195,6 +213,11 @@ class AcquisitionInfo:
         acceleration: ``(R_freq, R_phase)`` from the header, ``(1, 1)`` if unknown.
         acs_lines: Autocalibration lines from the header, or None.
         summary: JSON-able header summary for info.json.
+        kind: ``"2d"`` (slices) or ``"3d"`` (a volume returned in hybrid space: the signal
+            axes are ``(y, z, coils, x, replicas)``, see the module docstring).
+        volume_matrix: ``(x, y, z)`` of a 3-D volume, else None.
+        acs_block: Calibration block ``(along axis 0, along axis 1)`` of the returned slices
+            from the header (3-D: ``(y, z)``), or None.
     """
 
     format: Literal["mrd", "twix", "numpy", "matlab"]
@@ -211,6 +234,9 @@ class AcquisitionInfo:
     acceleration: tuple[int, int]
     acs_lines: int | None
     summary: dict[str, Any]
+    kind: Literal["2d", "3d"] = "2d"
+    volume_matrix: tuple[int, int, int] | None = None
+    acs_block: tuple[int | None, int | None] | None = None
 
 
 @dataclass(slots=True)
@@ -218,7 +244,8 @@ class RawData:
     """Signal, noise and header of one acquisition.
 
     Attributes:
-        signal: Complex k-space, shape ``(x, y, coils, slices, replicas)``.
+        signal: Complex k-space, shape ``(x, y, coils, slices, replicas)``; for 3-D data
+            (``info.kind == "3d"``) hybrid space ``(y, z, coils, x, replicas)``.
         noise: Complex noise samples, shape ``(samples, coils)``, or None.
         info: The header.
     """
@@ -282,11 +309,13 @@ def read_raw(
         vendor: MR Optimum's vendor; ``siemens``/``twix`` selects twix for files without
             the ``.dat`` suffix; decisive content overrides it.
         noise_key: ``.npz`` member, MATLAB variable or MRD group of the noise file.
-        layout: What the 4th axis of a 4-D NumPy/MATLAB signal is.
+        layout: What the 4th axis of a 4-D NumPy/MATLAB signal is; ``"volume"``: the
+            array is a 3-D volume ``(x, y, z, coils[, replicas])``.
         remove_oversampling: Remove 2x readout oversampling from MRD and twix signals.
 
     Returns:
-        Signal ``(x, y, coils, slices, replicas)``, noise ``(samples, coils)`` and header.
+        Signal ``(x, y, coils, slices, replicas)`` (3-D: hybrid space ``(y, z, coils, x,
+        replicas)``, module docstring), noise ``(samples, coils)`` and header.
 
     Raises:
         InputError: Unreadable, truncated or wrong-format files, unsupported shapes, coil
@@ -337,7 +366,8 @@ def read_info(
     headers, MRD from the acquisition headers, twix from the measurement data headers.
 
     Returns:
-        The header and the shape ``(x, y, coils, slices, replicas)`` ``read_raw`` would return.
+        The header and the shape ``(x, y, coils, slices, replicas)`` ``read_raw`` would return
+        (3-D: ``(y, z, coils, x, replicas)``).
         ``summary["dtype"]`` is the signal's complex dtype, ``summary["noise"]["samples"]`` the
         embedded noise samples (MRD, twix) when there are any.
     """
@@ -452,6 +482,54 @@ def remove_readout_oversampling(kspace: np.ndarray, axis: int = 0) -> np.ndarray
     return scipy.fft.fftshift(scipy.fft.fft(shifted, axis=axis), axes=axis)
 
 
+def volume_as_slices(volume: np.ndarray) -> np.ndarray:
+    """3-D k-space ``(x, y, z, coils[, replicas])`` -> hybrid space ``(y, z, coils, x, replicas)``.
+
+    A centred orthonormal inverse FFT along the fully sampled readout x only
+    (``fftshift(ifft(ifftshift(K, 0), axis=0, norm="ortho"), 0)``, as ``tasks.mr.fft``), then x
+    moved to the slice axis. Each x position is a (ky, kz) plane, an in-plane 2-D problem whose
+    ``ifft2c`` completes the 3-D transform; white noise keeps its covariance. Precision is kept.
+
+    Raises:
+        InputError: Not a 4-D or 5-D complex (or real) array.
+    """
+    volume = np.asarray(volume)
+    if volume.ndim == 4:
+        volume = volume[..., np.newaxis]
+    if volume.ndim != 5:
+        raise InputError(f"volume has shape {volume.shape}; expected (x, y, z, coils[, replicas])")
+    if not np.iscomplexobj(volume):
+        volume = volume.astype(np.complex64 if volume.dtype.itemsize <= 4 else np.complex128)
+    hybrid = scipy.fft.fftshift(
+        scipy.fft.ifft(scipy.fft.ifftshift(volume, axes=0), axis=0, norm="ortho", workers=-1),
+        axes=0,
+    )
+    return np.ascontiguousarray(hybrid.transpose(1, 2, 3, 0, 4))
+
+
+def slices_as_volume(hybrid: np.ndarray) -> np.ndarray:
+    """The inverse of ``volume_as_slices``: hybrid space back to 3-D k-space.
+
+    ``(y, z, coils, x, replicas)`` -> ``(x, y, z, coils, replicas)``.
+    """
+    hybrid = np.asarray(hybrid)
+    if hybrid.ndim != 5:
+        raise InputError(f"hybrid has shape {hybrid.shape}; expected (y, z, coils, x, replicas)")
+    volume = hybrid.transpose(3, 0, 1, 2, 4)
+    return scipy.fft.fftshift(
+        scipy.fft.fft(scipy.fft.ifftshift(volume, axes=0), axis=0, norm="ortho", workers=-1),
+        axes=0,
+    )
+
+
+def maps_as_volume(maps: np.ndarray) -> np.ndarray:
+    """Per-slice maps of 3-D data stacked as ``(y, z, x[, ...])`` -> ``(x, y, z[, ...])``."""
+    maps = np.asarray(maps)
+    if maps.ndim < 3:
+        raise InputError(f"maps have shape {maps.shape}; expected (y, z, x[, ...])")
+    return np.moveaxis(maps, 2, 0)
+
+
 def write_mrd(
     path: Path,
     signal: np.ndarray,
@@ -467,6 +545,9 @@ def write_mrd(
     larmor_hz: float = 127.74e6,
     vendor: str = "sciflow",
     group: str = "dataset",
+    volume: bool = False,
+    acceleration: tuple[int, int] = (1, 1),
+    acs: tuple[int, int] | None = None,
 ) -> Path:
     """Write an ISMRMRD 1.x HDF5 file: XML header plus one acquisition per readout.
 
@@ -479,9 +560,11 @@ def write_mrd(
 
     Args:
         path: Output file (overwritten).
-        signal: Complex k-space ``(x, y, coils, slices, replicas)``.
+        signal: Complex k-space ``(x, y, coils, slices, replicas)``; with ``volume`` a 3-D
+            slab ``(x, y, z, coils, replicas)``, written with ``kspace_encode_step_2`` = z and
+            encoded matrix z.
         noise: Complex noise ``(samples, coils)``, or None.
-        fov_mm: Reconstructed field of view ``(x, y, slice thickness)``.
+        fov_mm: Reconstructed field of view ``(x, y, slice thickness)``; 3-D: ``(x, y, slab)``.
         dwell_s: ADC dwell per signal sample (``sample_time_us``).
         noise_dwell_s: ADC dwell per noise sample (default ``dwell_s``).
         flip_angle_deg: Written to ``sequenceParameters`` when given.
@@ -492,17 +575,33 @@ def write_mrd(
         larmor_hz: ``H1resonanceFrequency_Hz`` (required by the schema).
         vendor: ``systemVendor``.
         group: HDF5 group of the dataset.
+        volume: ``signal`` is a 3-D slab (see ``signal``); positions default to the origin.
+        acceleration: ``(R_step1, R_step2)`` written as ``accelerationFactor``; when > 1 only
+            readouts on the grid (lines 0, R, 2R, ... along y and z) and in the ``acs`` block
+            are written (R_step2 > 1 needs ``volume``).
+        acs: Calibration block ``(lines along y, partitions along z)``, centred from
+            ``N//2 - n//2`` as ``coils.acl_region``; its readouts carry
+            ``ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING``.
 
     Returns:
         ``path``.
     """
     signal = np.asarray(signal)
     if signal.ndim != 5 or not np.iscomplexobj(signal):
+        expected = "(x, y, z, coils, replicas)" if volume else "(x, y, coils, slices, replicas)"
         raise InputError(
             f"write_mrd signal has shape {signal.shape} and dtype {signal.dtype}; "
-            "expected complex (x, y, coils, slices, replicas)"
+            f"expected complex {expected}"
         )
+    if volume:  # (x, y, z, c, r) -> (x, y, c, z, r): partitions take the slice loop
+        signal = signal.transpose(0, 1, 3, 2, 4)
     nx, ny, coils, slices, replicas = signal.shape
+    r_y, r_z = (int(r) for r in acceleration)
+    if r_y < 1 or r_z < 1 or ny % r_y or slices % r_z or (r_z > 1 and not volume):
+        raise InputError(
+            f"write_mrd acceleration={acceleration}; expected integers >= 1 dividing "
+            f"({ny}, {slices}), R_step2 = 1 unless volume=True"
+        )
     if noise is not None:
         noise = np.asarray(noise)
         if noise.ndim != 2 or noise.shape[1] != coils:
@@ -512,16 +611,34 @@ def write_mrd(
     if oversampling not in (1, 2) or (oversampling == 2 and nx % 2):
         raise InputError(f"write_mrd oversampling={oversampling}; expected 1, or 2 with even x")
     directions = np.eye(3) if directions is None else np.asarray(directions, dtype=np.float64)
+    n_positions = 1 if volume else slices
     if positions_mm is None:
-        positions_mm = np.zeros((slices, 3))
-        positions_mm[:, 2] = np.arange(slices) * fov_mm[2]
-    positions_mm = np.asarray(positions_mm, dtype=np.float64).reshape(slices, 3)
+        positions_mm = np.zeros((n_positions, 3))
+        positions_mm[:, 2] = np.arange(n_positions) * fov_mm[2]
+    positions_mm = np.asarray(positions_mm, dtype=np.float64).reshape(n_positions, 3)
     xml = _mrd_header_xml(
-        (nx, ny, slices, replicas, coils), fov_mm, oversampling, flip_angle_deg, larmor_hz, vendor
+        (nx, ny, slices, replicas, coils),
+        fov_mm,
+        oversampling,
+        flip_angle_deg,
+        larmor_hz,
+        vendor,
+        volume=volume,
+        acceleration=(r_y, r_z),
     )
     noise_chunks = [] if noise is None else [noise[i : i + nx] for i in range(0, len(noise), nx)]
     first = len(noise_chunks)
-    total = first + ny * slices * replicas
+    # Imaging readouts in (replica, slice or partition, line) order; the acquired ones only.
+    r, s, y = np.unravel_index(np.arange(ny * slices * replicas), (replicas, slices, ny))
+    acquired = (y % r_y == 0) & (s % r_z == 0)
+    in_acs = np.zeros(len(y), dtype=bool)
+    if acs is not None:
+        y0, z0 = ny // 2 - int(acs[0]) // 2, slices // 2 - int(acs[1]) // 2
+        in_acs = (y >= y0) & (y < y0 + int(acs[0]))
+        in_acs &= (s >= z0) & (s < z0 + int(acs[1])) if volume else True
+    keep = acquired | in_acs
+    r, s, y, in_acs = r[keep], s[keep], y[keep], in_acs[keep]
+    total = first + len(y)
     acquisitions = np.zeros(total, dtype=ACQUISITION)
     head = acquisitions["head"]
     head["version"] = 1
@@ -536,26 +653,29 @@ def write_mrd(
         head["number_of_samples"][i] = len(chunk)
         head["sample_time_us"][i] = (noise_dwell_s or dwell_s) * 1e6
         acquisitions["data"][i] = _interleave(chunk.T)
-    # Imaging readouts in (replica, slice, line) order.
-    r, s, y = np.unravel_index(np.arange(total - first), (replicas, slices, ny))
     image = head[first:]
     image["number_of_samples"], image["center_sample"] = nx, nx // 2
     image["sample_time_us"] = dwell_s * 1e6
-    image["position"] = positions_mm[s]
-    image["idx"]["kspace_encode_step_1"], image["idx"]["slice"], image["idx"]["repetition"] = (
-        y,
-        s,
-        r,
-    )
-    first_line, last_line = y == 0, y == ny - 1
+    image["position"] = positions_mm[0 if volume else s]
+    image["idx"]["kspace_encode_step_1"], image["idx"]["repetition"] = y, r
+    image["idx"]["kspace_encode_step_2" if volume else "slice"] = s
+    # First/last acquired readout of each slab/slice and repetition.
+    block = r * slices + (0 if volume else s)
+    starts = np.r_[True, block[1:] != block[:-1]] if len(y) else np.zeros(0, dtype=bool)
+    ends = np.r_[block[1:] != block[:-1], True] if len(y) else np.zeros(0, dtype=bool)
+    rep_starts = np.r_[True, r[1:] != r[:-1]] if len(y) else starts
+    rep_ends = np.r_[r[1:] != r[:-1], True] if len(y) else ends
     flags = np.full(len(y), _bit(ACQ_FIRST_IN_ENCODE_STEP1) | _bit(ACQ_LAST_IN_ENCODE_STEP1))
-    flags |= np.where(first_line, _bit(ACQ_FIRST_IN_SLICE), 0)
-    flags |= np.where(first_line & (s == 0), _bit(ACQ_FIRST_IN_REPETITION), 0)
-    flags |= np.where(last_line, _bit(ACQ_LAST_IN_SLICE), 0)
-    flags |= np.where(last_line & (s == slices - 1), _bit(ACQ_LAST_IN_REPETITION), 0)
-    flags[-1] |= _bit(ACQ_LAST_IN_MEASUREMENT)
+    flags |= np.where(starts, _bit(ACQ_FIRST_IN_SLICE), 0)
+    flags |= np.where(rep_starts, _bit(ACQ_FIRST_IN_REPETITION), 0)
+    flags |= np.where(ends, _bit(ACQ_LAST_IN_SLICE), 0)
+    flags |= np.where(rep_ends, _bit(ACQ_LAST_IN_REPETITION), 0)
+    flags |= np.where(in_acs, _bit(ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING), 0)
+    if len(flags):
+        flags[-1] |= _bit(ACQ_LAST_IN_MEASUREMENT)
     image["flags"] = flags
     lines = np.ascontiguousarray(signal.transpose(4, 3, 1, 2, 0), dtype=np.complex64)
+    lines = lines.reshape(-1, coils, nx)[keep]
     lines = lines.view(np.float32).reshape(total - first, -1)  # (readouts, coils * 2 * x)
     for i, line in enumerate(lines, start=first):
         acquisitions["data"][i] = line
@@ -592,8 +712,8 @@ _VENDOR_FORMATS: dict[str, Format] = {
 def _read_signal(
     path: Path, key: str | None, vendor: str | None, layout: Layout, remove_os: bool, *, load: bool
 ) -> _Part:
-    if layout not in ("slices", "replicas"):
-        raise InputError(f"layout={layout!r}; expected 'slices' or 'replicas'")
+    if layout not in ("slices", "replicas", "volume"):
+        raise InputError(f"layout={layout!r}; expected 'slices', 'replicas' or 'volume'")
     fmt = detect_format(path, vendor)
     if fmt == "mrd":
         part = _mrd_signal(path, key, remove_os, load=load)
@@ -646,6 +766,9 @@ def _finish_info(
         "flip_angle_deg": None,
         "acceleration": (1, 1),
         "acs_lines": None,
+        "kind": "2d",
+        "volume_matrix": None,
+        "acs_block": None,
         **part.fields,
     }
     return AcquisitionInfo(
@@ -705,6 +828,7 @@ def _array_signal(path: Path, fmt: Format, key: str | None, layout: Layout, *, l
         real = not (np.issubdtype(dtype, np.complexfloating) or dtype.names)
         _complex_dtype(dtype, where)
     shape = _signal_shape(file_shape, layout, where)
+    volume = layout == "volume"
     summary: dict[str, Any] = {
         "shape_in_file": list(file_shape),
         "layout": layout,
@@ -714,13 +838,25 @@ def _array_signal(path: Path, fmt: Format, key: str | None, layout: Layout, *, l
         summary["key"] = name
     if real:
         summary["converted_from_real"] = True
-    part = _Part(fields={}, shape=shape, summary=summary)
+    fields: dict[str, Any] = {}
+    if volume:
+        fields = {"kind": "3d", "volume_matrix": (shape[3], shape[0], shape[1])}
+        summary["hybrid_space"] = "inverse FFT along x; axes (y, z, coils, x, replicas)"
+    part = _Part(fields=fields, shape=shape, summary=summary)
     if load:
-        part.signal = array.reshape(shape)
+        part.signal = volume_as_slices(array) if volume else array.reshape(shape)
     return part
 
 
 def _signal_shape(shape: tuple[int, ...], layout: Layout, where: str) -> tuple[int, ...]:
+    if layout == "volume":
+        if len(shape) in (4, 5):
+            x, y, z, coils = shape[:4]
+            return (y, z, coils, x, shape[4] if len(shape) == 5 else 1)
+        raise InputError(
+            f"{where} has shape {tuple(shape)} with layout='volume'; expected "
+            "(x, y, z, coils) or (x, y, z, coils, replicas)"
+        )
     if len(shape) == 3:
         return (*shape, 1, 1)
     if len(shape) == 4:
@@ -729,7 +865,8 @@ def _signal_shape(shape: tuple[int, ...], layout: Layout, where: str) -> tuple[i
         return tuple(shape)
     raise InputError(
         f"{where} has shape {tuple(shape)}; expected (x, y, coils), (x, y, coils, slices), "
-        "(x, y, coils, replicas) with layout='replicas', or (x, y, coils, slices, replicas)"
+        "(x, y, coils, replicas) with layout='replicas', (x, y, coils, slices, replicas), or "
+        "a volume (x, y, z, coils[, replicas]) with layout='volume'"
     )
 
 
@@ -1073,10 +1210,7 @@ def _mrd_signal(path: Path, key: str | None, remove_os: bool, *, load: bool) -> 
         enc = [_xml_value(root, f"encoding/encodedSpace/matrixSize/{a}", int) for a in "xyz"]
         rec = [_xml_value(root, f"encoding/reconSpace/matrixSize/{a}", int) for a in "xyz"]
         fov = [_xml_value(root, f"encoding/encodedSpace/fieldOfView_mm/{a}") for a in "xyz"]
-        if int(idx["kspace_encode_step_2"].max()) > 0 or (enc[2] or 1) > 1:
-            raise InputError(
-                f"{what} {path} is 3-D encoded (kspace_encode_step_2); expected 2-D multi-slice"
-            )
+        volume = int(idx["kspace_encode_step_2"].max()) > 0 or (enc[2] or 1) > 1
         coils = np.unique(h["active_channels"])
         if len(coils) != 1:
             raise InputError(
@@ -1089,18 +1223,34 @@ def _mrd_signal(path: Path, key: str | None, remove_os: bool, *, load: bool) -> 
             (_xml_value(root, "encoding/encodingLimits/slice/maximum", int) or 0) + 1,
         )
         replicas = int(idx["repetition"].max()) + 1
+        nz = max(int(idx["kspace_encode_step_2"].max()) + 1, enc[2] or 1) if volume else 1
+        if volume and slices > 1:
+            raise InputError(
+                f"{what} {path} is 3-D with {slices} slabs; expected one 3-D slab (or 2-D slices)"
+            )
         oversampled = bool(enc[0] and rec[0] and enc[0] == 2 * rec[0] and nx == enc[0])
         crop = oversampled and remove_os
         out_x = nx // 2 if crop else nx
         shape = (out_x, ny, int(coils[0]), slices, replicas)
+        if volume:  # hybrid space (y, z, coils, x, replicas)
+            shape = (ny, nz, int(coils[0]), out_x, replicas)
         averages = int(idx["average"].max()) + 1
         part = _Part(fields={}, shape=shape)
         if load:
+            counter = "kspace_encode_step_2" if volume else "slice"
             part.signal = _mrd_assemble(
-                grp, images, heads, (nx, ny, int(coils[0]), slices, replicas), path, what
+                grp,
+                images,
+                heads,
+                (nx, ny, int(coils[0]), nz if volume else slices, replicas),
+                path,
+                what,
+                counter,
             )
             if crop:
                 part.signal = remove_readout_oversampling(part.signal, axis=0)
+            if volume:
+                part.signal = volume_as_slices(part.signal.transpose(0, 1, 3, 2, 4))
         if len(noise_idx):
             noise_heads = heads[noise_idx]
             part.noise_shape = (
@@ -1115,6 +1265,8 @@ def _mrd_signal(path: Path, key: str | None, remove_os: bool, *, load: bool) -> 
         dx = (fov[0] / enc[0]) if fov[0] and enc[0] else None
         dy = (fov[1] / enc[1]) if fov[1] and enc[1] else None
         fov_mm = (dx * out_x, dy * ny, float(fov[2] or 0.0)) if dx and dy else None
+        # 3-D: partitions of fov_z / nz; otherwise the slice thickness.
+        dz = float(fov[2]) / nz if volume and fov[2] else float(fov[2] or 1.0)
         affine, affine_note = None, None
         first = {int(s): heads[i] for i, s in zip(images[::-1], idx["slice"][::-1], strict=True)}
         geometry = [first[s] for s in sorted(first)]
@@ -1126,22 +1278,20 @@ def _mrd_signal(path: Path, key: str | None, remove_os: bool, *, load: bool) -> 
                 geometry[0]["slice_dir"],
                 (dx, dy),
                 (out_x, ny),
-                float(fov[2] or 1.0),
+                dz,
             )
-        acceleration = (
-            _xml_value(
-                root, "encoding/parallelImaging/accelerationFactor/kspace_encoding_step_1", int
-            )
-            or 1
-        )
+            if volume:  # the slab centre is the centred FFT's centre partition
+                affine[:3, 3] -= (nz // 2) * affine[:3, 2]
+        factor = "encoding/parallelImaging/accelerationFactor/kspace_encoding_step_"
+        r_step1 = _xml_value(root, f"{factor}1", int) or 1
+        r_step2 = _xml_value(root, f"{factor}2", int) or 1
         calibration = _flags_set(heads, ACQ_IS_PARALLEL_CALIBRATION) | _flags_set(
             heads, ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING
         )
-        acs = (
-            len(np.unique(heads["idx"]["kspace_encode_step_1"][calibration]))
-            if calibration.any()
-            else None
-        )
+        acs, acs_z = None, None
+        if calibration.any():
+            acs = len(np.unique(heads["idx"]["kspace_encode_step_1"][calibration]))
+            acs_z = len(np.unique(heads["idx"]["kspace_encode_step_2"][calibration]))
         dwell = float(h["sample_time_us"][0]) * 1e-6 or None
         flip = _xml_values(root, "sequenceParameters/flipAngle_deg")
         part.fields = {
@@ -1151,9 +1301,12 @@ def _mrd_signal(path: Path, key: str | None, remove_os: bool, *, load: bool) -> 
             "fov_mm": fov_mm,
             "affine": affine,
             "flip_angle_deg": flip[0] if flip else None,
-            "acceleration": (1, acceleration),
+            "acceleration": (r_step1, r_step2) if volume else (1, r_step1),
             "acs_lines": acs,
+            "acs_block": ((acs, acs_z) if volume else (None, acs)) if acs else None,
         }
+        if volume:
+            part.fields.update(kind="3d", volume_matrix=(out_x, ny, nz))
         part.summary = {
             "dtype": "complex64",
             "group": grp.name.lstrip("/"),
@@ -1186,6 +1339,9 @@ def _mrd_signal(path: Path, key: str | None, remove_os: bool, *, load: bool) -> 
             "flip_angle_deg": flip,
             "geometry": "MRD acquisition headers (LPS) -> RAS" if affine is not None else None,
         }
+        if volume:
+            part.summary["hybrid_space"] = "inverse FFT along x; axes (y, z, coils, x, replicas)"
+            part.summary["partitions"] = nz
         if affine_note:
             part.summary["affine_note"] = affine_note
     return part
@@ -1198,13 +1354,18 @@ def _mrd_assemble(
     shape: tuple[int, ...],
     path: Path,
     what: str,
+    counter: str = "slice",
 ) -> np.ndarray:
+    """Readouts placed into ``shape`` (x, y, coils, S, replicas); repeats (averages) averaged.
+
+    S is indexed by ``counter``: ``slice``, or ``kspace_encode_step_2`` for 3-D.
+    """
     signal = np.zeros(shape, dtype=np.complex64)
     counts = np.zeros((shape[1], shape[3], shape[4]), dtype=np.int32)
     nx = shape[0]
     for i, samples in _mrd_samples(grp, images, heads, path, what):
         head = heads[i]
-        y, s, r = (int(head["idx"][c]) for c in ("kspace_encode_step_1", "slice", "repetition"))
+        y, s, r = (int(head["idx"][c]) for c in ("kspace_encode_step_1", counter, "repetition"))
         n = samples.shape[1]
         offset = 0 if n == nx else max(0, min(nx - n, nx // 2 - int(head["center_sample"])))
         signal[offset : offset + n, y, :, s, r] += samples.T
@@ -1252,8 +1413,13 @@ def _mrd_header_xml(
     flip_angle_deg: float | None,
     larmor_hz: float,
     vendor: str,
+    *,
+    volume: bool = False,
+    acceleration: tuple[int, int] = (1, 1),
 ) -> str:
     nx, ny, slices, replicas, coils = sizes
+    nz = slices if volume else 1
+    slices = 1 if volume else slices
 
     def sub(parent: ET.Element, tag: str, text: Any = None) -> ET.Element:
         node = ET.SubElement(parent, f"{{{ISMRMRD_NAMESPACE}}}{tag}")
@@ -1285,11 +1451,11 @@ def _mrd_header_xml(
     sub(sub(root, "experimentalConditions"), "H1resonanceFrequency_Hz", round(larmor_hz))
     encoding = sub(root, "encoding")
     fx, fy, fz = fov_mm
-    space(encoding, "encodedSpace", (nx, ny, 1), (fx * oversampling, fy, fz))
-    space(encoding, "reconSpace", (nx // oversampling, ny, 1), (fx, fy, fz))
+    space(encoding, "encodedSpace", (nx, ny, nz), (fx * oversampling, fy, fz))
+    space(encoding, "reconSpace", (nx // oversampling, ny, nz), (fx, fy, fz))
     limits = sub(encoding, "encodingLimits")
     limit(limits, "kspace_encoding_step_1", ny)
-    limit(limits, "kspace_encoding_step_2", 1)
+    limit(limits, "kspace_encoding_step_2", nz)
     limit(limits, "average", 1)
     limit(limits, "slice", slices)
     limit(limits, "contrast", 1)
@@ -1300,8 +1466,8 @@ def _mrd_header_xml(
     sub(encoding, "trajectory", "cartesian")
     parallel = sub(encoding, "parallelImaging")
     factor = sub(parallel, "accelerationFactor")
-    sub(factor, "kspace_encoding_step_1", 1)
-    sub(factor, "kspace_encoding_step_2", 1)
+    sub(factor, "kspace_encoding_step_1", acceleration[0])
+    sub(factor, "kspace_encoding_step_2", acceleration[1])
     sub(parallel, "calibrationMode", "other")
     if flip_angle_deg is not None:
         sub(sub(root, "sequenceParameters"), "flipAngle_deg", f"{flip_angle_deg:.6g}")
@@ -1523,6 +1689,7 @@ def _twix_signal(path: Path, remove_os: bool, *, load: bool) -> _Part:
         "flip_angle_deg": flip,
         "acceleration": (1, accel),
         "acs_lines": int(acs) if acs and accel > 1 else None,
+        "acs_block": (None, int(acs)) if acs and accel > 1 else None,
     }
     categories = {k: len(v.mdb_list) for k, v in mapped.items() if hasattr(v, "mdb_list")}
     part.summary = {

@@ -530,3 +530,167 @@ def test_noise_keeps_its_readout_axis_for_the_noise_bandwidth(tmp_path, rng):
     np.testing.assert_array_equal(raw.noise_by_readout(), noise)
     # Consecutive samples run along the readout.
     np.testing.assert_array_equal(raw.noise[:64, 0], noise[:, 0, 0])
+
+
+# --- 3-D Cartesian (hybrid space) ----------------------------------------------------------
+
+
+def _ifft3c(volume: np.ndarray) -> np.ndarray:
+    axes = (0, 1, 2)
+    shifted = np.fft.ifftshift(volume, axes=axes)
+    return np.fft.fftshift(np.fft.ifftn(shifted, axes=axes, norm="ortho"), axes=axes)
+
+
+def test_volume_as_slices_is_the_x_transform_of_a_3d_fft(rng):
+    from tasks.mr.fft import ifft2c
+
+    volume = _complex(rng, (6, 8, 10, 3, 2), np.complex128)
+    hybrid = readers.volume_as_slices(volume)
+    assert hybrid.shape == (8, 10, 3, 6, 2)
+    assert hybrid.dtype == np.complex128
+    # The per-slice 2-D transform of each (ky, kz) plane completes the 3-D centred transform.
+    images = ifft2c(hybrid)  # (y, z, coils, x, replicas)
+    np.testing.assert_allclose(images.transpose(3, 0, 1, 2, 4), _ifft3c(volume), atol=1e-12)
+    np.testing.assert_allclose(readers.slices_as_volume(hybrid), volume, atol=1e-12)
+    # Orthonormal: white noise keeps its variance.
+    assert np.linalg.norm(hybrid) == pytest.approx(np.linalg.norm(volume), rel=1e-12)
+    assert readers.volume_as_slices(volume[..., 0]).shape == (8, 10, 3, 6, 1)
+    assert readers.maps_as_volume(np.zeros((8, 10, 6))).shape == (6, 8, 10)
+    with pytest.raises(InputError, match=r"expected \(x, y, z, coils\[, replicas\]\)"):
+        readers.volume_as_slices(volume[..., 0, 0])
+
+
+@pytest.mark.parametrize(
+    ("shape", "expected"),
+    [((6, 8, 10, 4), (8, 10, 4, 6, 1)), ((6, 8, 10, 4, 3), (8, 10, 4, 6, 3))],
+)
+def test_npy_volume_layout_is_read_in_hybrid_space(rng, tmp_path, shape, expected):
+    kspace = _complex(rng, shape, np.complex64)
+    np.save(tmp_path / "v.npy", kspace)
+    raw = read_raw(tmp_path / "v.npy", layout="volume")
+    assert raw.signal.shape == expected
+    assert raw.signal.dtype == np.complex64
+    np.testing.assert_allclose(raw.signal, readers.volume_as_slices(kspace), atol=1e-5)
+    info = raw.info
+    assert (info.kind, info.volume_matrix, info.matrix) == ("3d", (6, 8, 10), (8, 10, 6))
+    assert (info.coils, info.replicas) == (4, expected[4])
+    assert read_info(tmp_path / "v.npy", layout="volume")[1] == expected
+    # Without the layout a 2-D reading is unchanged (and the default kind is 2-D).
+    assert read_raw(tmp_path / "v.npy").info.kind == "2d"
+
+
+def test_volume_layout_refuses_other_shapes(rng, tmp_path):
+    np.save(tmp_path / "v.npy", _complex(rng, (6, 8, 4)))
+    with pytest.raises(InputError, match=r"layout='volume'; expected \(x, y, z, coils\)"):
+        read_raw(tmp_path / "v.npy", layout="volume")
+    with pytest.raises(InputError, match="expected 'slices', 'replicas' or 'volume'"):
+        read_raw(tmp_path / "v.npy", layout="3d")
+
+
+def test_mrd_3d_round_trip_partitions_geometry_and_noise(rng, tmp_path):
+    volume = _complex(rng, (8, 6, 10, 4, 2))  # (x, y, z, coils, replicas)
+    noise = _complex(rng, (8 * 50, 4))
+    path = write_mrd(
+        tmp_path / "v.h5",
+        volume,
+        noise,
+        fov_mm=(160.0, 120.0, 50.0),
+        dwell_s=4e-6,
+        volume=True,
+    )
+    with h5py.File(path) as f:
+        heads = f["dataset/data"]["head"]
+    assert heads["idx"]["kspace_encode_step_2"].max() == 9
+    assert heads["idx"]["slice"].max() == 0
+    raw = read_raw(path)
+    info = raw.info
+    assert info.kind == "3d"
+    assert raw.signal.shape == (6, 10, 4, 8, 2)
+    np.testing.assert_allclose(raw.signal, readers.volume_as_slices(volume), atol=1e-5)
+    np.testing.assert_array_equal(raw.noise, noise)
+    assert (info.volume_matrix, info.matrix) == ((8, 6, 10), (6, 10, 8))
+    assert info.acceleration == (1, 1)
+    assert info.acs_block is None
+    assert info.fov_mm == pytest.approx((160.0, 120.0, 50.0))
+    # Voxel (i, j, k) of the (x, y, z) volume; centre voxel (N//2) at the slab position 0.
+    np.testing.assert_allclose(np.diag(info.affine)[:3], [-20.0, -20.0, 5.0])
+    np.testing.assert_allclose(info.affine @ [4, 3, 5, 1], [0, 0, 0, 1], atol=1e-9)
+    assert info.summary["partitions"] == 10
+    assert read_info(path)[1] == raw.signal.shape
+
+
+def test_mrd_3d_oversampling_is_removed_before_the_x_transform(rng, tmp_path):
+    volume = _complex(rng, (16, 4, 6, 2, 1))
+    path = write_mrd(
+        tmp_path / "os.h5",
+        volume,
+        fov_mm=(100.0, 80.0, 30.0),
+        dwell_s=2e-6,
+        oversampling=2,
+        volume=True,
+    )
+    raw = read_raw(path)
+    expected = readers.volume_as_slices(remove_readout_oversampling(volume, axis=0))
+    assert raw.signal.shape == (4, 6, 2, 8, 1)
+    np.testing.assert_allclose(raw.signal, expected, atol=1e-5)
+    assert raw.info.oversampling_removed
+    assert raw.info.volume_matrix == (8, 4, 6)
+
+
+def test_mrd_3d_acceleration_and_calibration_block_from_the_header(rng, tmp_path):
+    volume = _complex(rng, (4, 16, 12, 3, 1))
+    path = write_mrd(
+        tmp_path / "acc.h5",
+        volume,
+        fov_mm=(1, 1, 1),
+        dwell_s=1e-6,
+        volume=True,
+        acceleration=(2, 3),
+        acs=(6, 4),
+    )
+    raw = read_raw(path)
+    assert raw.info.acceleration == (2, 3)
+    assert raw.info.acs_block == (6, 4)
+    assert raw.info.acs_lines == 6
+    kspace = readers.slices_as_volume(raw.signal)[..., 0]
+    sampled = np.any(np.abs(kspace) > 0, axis=(0, 3))  # (y, z)
+    expected = np.zeros((16, 12), dtype=bool)
+    expected[::2, ::3] = True
+    expected[8 - 3 : 8 + 3, 6 - 2 : 6 + 2] = True  # the centred block, as coils.acl_region
+    np.testing.assert_array_equal(sampled, expected)
+    np.testing.assert_allclose(kspace[:, expected], volume[..., 0][:, expected], atol=1e-5)
+    with pytest.raises(InputError, match="R_step2 = 1 unless volume=True"):
+        write_mrd(tmp_path / "bad.h5", volume, fov_mm=(1, 1, 1), dwell_s=1e-6, acceleration=(1, 2))
+
+
+def test_mrd_2d_acceleration_header_and_acs_lines(rng, tmp_path):
+    kspace = _complex(rng, (8, 12, 2, 1, 1))
+    path = write_mrd(
+        tmp_path / "acc2d.h5",
+        kspace,
+        fov_mm=(1, 1, 1),
+        dwell_s=1e-6,
+        acceleration=(3, 1),
+        acs=(4, 1),
+    )
+    raw = read_raw(path)
+    assert raw.info.kind == "2d"
+    assert (raw.info.acceleration, raw.info.acs_lines, raw.info.acs_block) == ((1, 3), 4, (None, 4))
+    lines = np.flatnonzero(np.any(np.abs(raw.signal[..., 0, 0]) > 0, axis=(0, 2)))
+    assert lines.tolist() == [0, 3, 4, 5, 6, 7, 9]
+
+
+def test_multi_slab_3d_mrd_is_refused(rng, tmp_path):
+    path = write_mrd(
+        tmp_path / "slab.h5",
+        _complex(rng, (4, 4, 4, 2, 1)),
+        fov_mm=(1, 1, 1),
+        dwell_s=1e-6,
+        volume=True,
+    )
+    with h5py.File(path, "r+") as f:
+        data = f["dataset/data"][...]
+        data["head"]["idx"]["slice"][-4:] = 1
+        f["dataset/data"][...] = data
+    with pytest.raises(InputError, match="3-D with 2 slabs; expected one 3-D slab"):
+        read_raw(path)
