@@ -217,6 +217,23 @@ class MrOptions(BaseModel):
         title="Flip-angle map",
         description="URI of a NIfTI flip-angle map in degrees (s3://..., file://... or a path).",
     )
+    layout: Literal["slices", "replicas", "volume"] = Field(
+        "slices",
+        title="Array layout",
+        description=(
+            "What a NumPy/MATLAB array's axes after (x, y, coils) mean: slices = (slices[, "
+            "replicas]); replicas = MR Optimum's (x, y, coils, replicas); volume = 3D Cartesian "
+            "(x, y, z, coils[, replicas]). MRD and twix files say it themselves."
+        ),
+    )
+    device: Literal["cpu", "cuda"] = Field(
+        "cpu",
+        title="Compute device",
+        description=(
+            "cpu = NumPy (default, every method); cuda = PyTorch on the GPU for ac, pmr and cr "
+            "with rss or b1 (pseudo-noise from torch's generator: same statistics, other numbers)."
+        ),
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -272,6 +289,7 @@ class MrOptions(BaseModel):
             gfactor=self.gfactor,
             seed=self.seed,
             batch=batch,
+            device=self.device,
         )
 
 
@@ -279,6 +297,11 @@ def _problems(o: MrOptions) -> list[str]:
     """Cross-field inconsistencies, each naming its field."""
     problems: list[str] = []
     accelerated = o.recon in ("sense", "grappa")
+    if o.device == "cuda" and (o.recon not in ("rss", "b1") or o.method not in ("ac", "pmr", "cr")):
+        problems.append(
+            f"device='cuda' supports recon 'rss' or 'b1' with method 'ac', 'pmr' or 'cr'; got "
+            f"recon={o.recon!r}, method={o.method!r} (use device='cpu')"
+        )
     with_maps = o.recon in ("b1", "sense")
     if accelerated and o.acceleration == (1, 1) and not o.decimate:
         problems.append(

@@ -16,6 +16,11 @@ reconstructed in parallel threads (NumPy's generators and large-array kernels re
 and the maps depend only on ``seed``: not on ``batch`` or on the number of threads. The normals
 are float32 for complex64 data (float64 for complex128), as the data's own precision.
 
+``SnrSpec.device`` picks NumPy on the CPU (``"cpu"``, the default, every method) or the torch
+path of ``tasks.mr.torch_backend`` (``"cuda"``; ``"torch-cpu"`` runs it on the CPU for tests):
+AC, PMR and CR with RSS or B1, the same maps up to rounding (AC) or to the replica statistics
+(PMR, CR: torch's generator draws other numbers from the same distribution).
+
 ``SnrSpec.convention`` picks between MR Optimum's exact semantics and corrected ones:
 
 - ``"mroptimum"``: the PMR/CR numerator is the *last* pseudo-replica (what MR Optimum's
@@ -60,6 +65,7 @@ SENSITIVITIES = ("inner", "inneracl", "espirit")
 MASKS = ("no", "reference", "threshold", "percentage", "percentagemean", "espirit")
 METHODS = ("ac", "mr", "pmr", "cr")
 CONVENTIONS = ("physical", "mroptimum")
+DEVICES = ("cpu", "cuda", "torch-cpu")
 # MR Optimum's ESPIRiT mask parameters (cmtools calculateCoilsSensitivityMask2D, dict form).
 ESPIRIT_MASK = {"calib_width": 24, "kernel_width": 6, "thresh": 0.01, "crop": 0.9925}
 ESPIRIT_CALIB_WIDTH = 24
@@ -142,8 +148,16 @@ class SnrSpec:
     """Seed of the pseudo-noise generator."""
     batch: int = 16
     """Replicas reconstructed per vectorised batch, >= 1."""
+    device: Literal["cpu", "cuda", "torch-cpu"] = "cpu"
+    """Where to compute: ``"cpu"`` (NumPy, the default), ``"cuda"`` (torch on the GPU), or
+    ``"torch-cpu"`` (the same torch code on the CPU, for tests). The torch path
+    (``tasks.mr.torch_backend``) covers AC, PMR and CR with RSS and B1; its pseudo-noise comes
+    from torch's generator, so PMR/CR numbers differ from the NumPy path's but not their
+    statistics."""
 
     def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise InputError(f"device={self.device!r} is unknown; expected one of {list(DEVICES)}")
         if self.method not in METHODS:
             raise InputError(f"method={self.method!r} is unknown; expected one of {list(METHODS)}")
         if self.convention not in CONVENTIONS:
@@ -267,6 +281,8 @@ def snr_map(
     clock = time.perf_counter()
     data, cov, ref, dtype = _check_inputs(kspace, noise_cov, reference, snr.method)
     whitener = prewhitening_matrix(cov).astype(dtype)
+    if snr.device != "cpu":
+        return _snr_map_torch(data, whitener, ref, dtype, recon, snr, progress, timings)
     if snr.method == "mr":
         base = data[..., 0] if snr.convention == "mroptimum" else data.mean(axis=-1)
     else:
@@ -295,9 +311,9 @@ def snr_map(
                 pipe.domain, pipe.combine, pipe.linear, snr, streams, progress, steps
             )
             if snr.method == "pmr":
-                values = _pmr(pipe, replicas, snr.convention)
+                values = _pmr(lambda: pipe.combine(pipe.domain), replicas, snr.convention)
             else:
-                values = _cr(pipe, replicas, snr)
+                values = _cr(lambda: pipe.combine(pipe.domain), replicas, snr)
             if with_g and pipe.full_domain is not None and pipe.full_combine is not None:
                 timings["snr"] = time.perf_counter() - clock
                 clock = time.perf_counter()
@@ -323,7 +339,27 @@ def snr_map(
             g = _finite(g, real)
         else:
             g, g_method = None, None
-    info = {
+    return SnrMaps(
+        snr=_finite(values, real),
+        g=g,
+        inverse_g=inverse_g,
+        sensitivities=pipe.sensitivities,
+        mask=pipe.mask,
+        info=_info(recon, snr, data, dtype, pipe, g_method, timings),
+    )
+
+
+def _info(
+    recon: ReconSpec,
+    snr: SnrSpec,
+    data: np.ndarray,
+    dtype: type,
+    pipe: Any,
+    g_method: str | None,
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """``SnrMaps.info``; ``pipe`` needs ``sensitivities`` and ``mask``."""
+    return {
         "method": snr.method,
         "recon": recon.recon,
         "convention": snr.convention,
@@ -340,14 +376,55 @@ def snr_map(
         "batch": snr.batch,
         "gfactor": g_method,
         "dtype": np.dtype(dtype).name,
+        "device": snr.device,
         "timings_s": timings,
     }
+
+
+def _snr_map_torch(
+    data: np.ndarray,
+    whitener: np.ndarray,
+    ref: np.ndarray | None,
+    dtype: type,
+    recon: ReconSpec,
+    snr: SnrSpec,
+    progress: Progress | None,
+    timings: dict[str, float],
+) -> SnrMaps:
+    """``snr_map`` on a torch device (``tasks.mr.torch_backend``): AC, PMR, CR; RSS, B1."""
+    from tasks.mr import torch_backend
+
+    torch_backend.check_supported(recon, snr)  # RSS and B1 have no g-factor, as on the CPU
+
+    def sensitivities(
+        reference: np.ndarray, images: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return _sensitivities(recon, snr, reference, images)
+
+    def reference_kspace(base_pw: np.ndarray, ref_pw: np.ndarray | None) -> np.ndarray:
+        return _reference_kspace(recon, base_pw, ref_pw)
+
+    out = torch_backend.run(
+        data, whitener, ref, recon, snr, progress, timings, sensitivities, reference_kspace
+    )
+    real = np.float32 if dtype == np.complex64 else np.float64
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if snr.method == "ac":
+            values = out.values
+        else:
+            moments = _Moments()
+            moments.count, moments.mean, moments.m2 = out.count, out.mean, out.m2
+            replicas = _Replicas(moments, out.last)
+            if snr.method == "pmr":
+                values = _pmr(lambda: out.clean, replicas, snr.convention)
+            else:
+                values = _cr(lambda: out.clean, replicas, snr)
+    info = _info(recon, snr, data, dtype, out, None, timings)
+    info["device_name"] = out.device_name
     return SnrMaps(
         snr=_finite(values, real),
-        g=g,
-        inverse_g=inverse_g,
-        sensitivities=pipe.sensitivities,
-        mask=pipe.mask,
+        sensitivities=out.sensitivities,
+        mask=out.mask,
         info=info,
     )
 
@@ -725,19 +802,19 @@ def _pseudo_replicas(
     return _Replicas(moments, last)
 
 
-def _pmr(pipe: _Pipeline, acc: _Replicas, convention: str) -> np.ndarray:
-    numerator = acc.last if convention == "mroptimum" else pipe.combine(pipe.domain)
+def _pmr(clean: Callable[[], np.ndarray], acc: _Replicas, convention: str) -> np.ndarray:
+    numerator = acc.last if convention == "mroptimum" else clean()
     return np.abs(numerator) / acc.moments.std()
 
 
-def _cr(pipe: _Pipeline, acc: _Replicas, spec: SnrSpec) -> np.ndarray:
+def _cr(clean: Callable[[], np.ndarray], acc: _Replicas, spec: SnrSpec) -> np.ndarray:
     n = acc.moments.count
     if spec.convention == "mroptimum":
         sigma = box_std(acc.last - acc.moments.mean, spec.box_size)
         numerator = np.abs(acc.last)
     else:
         sigma = box_std(np.abs(acc.last) - acc.moments.mean, spec.box_size) * np.sqrt(n / (n - 1))
-        numerator = np.abs(pipe.combine(pipe.domain))
+        numerator = np.abs(clean())
     return numerator / sigma
 
 

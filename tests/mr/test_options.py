@@ -405,3 +405,17 @@ def test_the_kept_job_has_its_token_and_presigned_urls_redacted():
     assert "X-Amz-Signature" not in text
     assert parsed.job["task"]["token"] == REDACTED
     assert parsed.signal == "s3://mrodata/u1/signal.dat"
+
+
+def test_device_defaults_to_cpu_and_reaches_the_snr_spec():
+    assert MrOptions().device == "cpu"
+    assert MrOptions().snr_spec().device == "cpu"
+    options = MrOptions(method="pmr", recon="b1", device="cuda")
+    assert options.snr_spec().device == "cuda"
+
+
+def test_device_cuda_refuses_what_the_gpu_path_does_not_cover():
+    with pytest.raises((InputError, ValidationError), match="device='cuda' supports recon"):
+        MrOptions(method="ac", recon="sense", acceleration=(1, 2), device="cuda")
+    with pytest.raises((InputError, ValidationError), match="device"):
+        MrOptions(device="tpu")
