@@ -74,16 +74,18 @@ def stage_input(uri: str, run: RunContext) -> str:
 @task
 def estimate(signal_path: str, options: MrOptions, key: str | None) -> JobEstimate:
     """Memory and time from the header alone, to pick a size class."""
-    _, shape = readers.read_info(Path(signal_path), key=key)
+    _, shape = readers.read_info(Path(signal_path), key=key, layout=options.layout)
     return estimate_job(shape, options)
 
 
 @task
 def noise_statistics(
-    signal_path: str, noise_path: str | None, key: str | None, convention: str
+    signal_path: str, noise_path: str | None, key: str | None, convention: str, layout: str
 ) -> dict[str, Any]:
     """Noise covariance referred to the signal's sampling, its coefficients and NBW."""
-    raw = readers.read_raw(Path(signal_path), Path(noise_path) if noise_path else None, key=key)
+    raw = readers.read_raw(
+        Path(signal_path), Path(noise_path) if noise_path else None, key=key, layout=layout
+    )
     info = raw.info
     coils = raw.signal.shape[2]
     if raw.noise is None:
@@ -112,7 +114,7 @@ def snr_for_slices(
     signal_path: str, key: str | None, slices: list[int], noise_cov: np.ndarray, options: MrOptions
 ) -> list[SnrMaps]:
     """SNR maps for a batch of slices (replicas vectorised inside each slice)."""
-    raw = readers.read_raw(Path(signal_path), key=key)
+    raw = readers.read_raw(Path(signal_path), key=key, layout=options.layout)
     header_acl = raw.info.acs_block or ((None, raw.info.acs_lines) if raw.info.acs_lines else None)
     recon_spec = options.recon_spec(
         header_acceleration=raw.info.acceleration, header_acl=header_acl
@@ -298,10 +300,10 @@ def mr_reconstruction(
     timings["stage"] = time.perf_counter() - started
 
     mark = time.perf_counter()
-    stats = noise_statistics(signal_path, noise_path, job.key, opts.convention)
+    stats = noise_statistics(signal_path, noise_path, job.key, opts.convention, opts.layout)
     timings["noise"] = time.perf_counter() - mark
 
-    info, shape = readers.read_info(Path(signal_path), key=job.key)
+    info, shape = readers.read_info(Path(signal_path), key=job.key, layout=opts.layout)
     slices = opts.slices if opts.slices is not None else list(range(shape[3]))
     if bad := [s for s in slices if not 0 <= s < shape[3]]:
         raise InputError(f"options.slices has {bad}; expected indices below {shape[3]}")
