@@ -1,0 +1,278 @@
+"""Multi-node MR simulation: an MPI Bloch simulation of a phantom, written as MRD raw data.
+
+check inputs → spec.json → MPI job (``mpiexec`` here, an AWS Batch multi-node job on an AWS
+unit) → simulation.h5 in the run directory (or ``output``) → summary artifact.
+
+Every rank runs ``tasks.simulation.mpi_simulate``; on this machine its output lines reach the
+flow's log with the rank in front, and its progress lines move a progress artifact. On AWS the
+job's CloudWatch lines reach the log through ``JobFollower``, and cancelling the flow run
+terminates the job.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from prefect import flow, task
+from pydantic import BaseModel, Field
+
+from blocks.compute_unit import load_unit
+from flows.secure_cleanup import cleanup_on_exit
+from tasks.compute.batch import (
+    JobFollower,
+    RunningJob,
+    check_job_definition,
+    check_job_queue,
+    submit_job,
+)
+from tasks.compute.batch_worker import cancel_own_batch_job
+from tasks.errors import InputError, SciflowError
+from tasks.progress import Progress, publish_summary, run_logger
+from tasks.retry import transient_retries
+from tasks.simulation.mpi import mpi4py_argv, mpiexec_path, run_mpi
+from tasks.simulation.mpi_simulate import (
+    PhantomSpec,
+    SequenceSpec,
+    SimulationSpec,
+    check_ranks,
+    parse_progress,
+    parse_result,
+    plan,
+)
+from tasks.storage.objects import join_uri
+from tasks.storage.run_dir import RunContext
+
+RANK_MODULE = "tasks.simulation.mpi_simulate"
+RAW_NAME = "simulation.h5"
+# The unit's `batch_job_definitions` entry whose image has the simulator and MPICH.
+BATCH_RUNTIME = "simulation"
+# Seconds between polls of a Batch job.
+BATCH_POLL_S = 10.0
+# Batch jobs this process follows, by flow run id: what the cancellation hook terminates.
+_BATCH_JOBS: dict[str, RunningJob] = {}
+
+
+class SimulationResult(BaseModel):
+    """Where the simulated raw data is and how fast it was made."""
+
+    raw_uri: str = Field(description="URI of the MRD file (k-space and noise scan).")
+    spins: int = Field(description="Spins simulated (the phantom's isochromats).")
+    adc_samples: int = Field(description="ADC samples per coil in the sequence.")
+    seconds: float = Field(description="Wall time of the simulation, in s.")
+    spin_samples_per_s: float = Field(description="Throughput: spins x ADC samples / seconds.")
+    ranks: int = Field(description="MPI ranks that shared the spins.")
+    progress_updates: int = Field(
+        0, description="Progress lines received from the ranks (0 on AWS: they go to CloudWatch)."
+    )
+
+
+@task
+def check_inputs(spec: SimulationSpec, ranks: int, run: RunContext) -> dict[str, int]:
+    """Build phantom and sequence once, before any rank starts: bad input fails here."""
+    if run.unit.is_local:
+        mpiexec_path()  # InputError naming how to install it
+    phantom, sequence = plan(spec, run.scratch / "inputs")
+    check_ranks(ranks, phantom.n_spins)
+    return {"spins": phantom.n_spins, "adc_samples": sequence.adc_samples}
+
+
+@task(**transient_retries())
+def write_spec(run: RunContext, spec: SimulationSpec) -> str:
+    """spec.json where every rank can read it: local scratch, or the run directory on S3."""
+    text = spec.model_dump_json(indent=2)
+    if run.unit.is_local:
+        path = run.scratch / "simulation" / "spec.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return str(path)
+    return run.store.write_text(run.uri("simulation", "spec.json"), text, tags=run.tags)
+
+
+@task
+def simulate_locally(
+    spec_path: str, out_path: str, ranks: int, spins: int, key: str
+) -> dict[str, Any]:
+    """``mpiexec -n ranks``: rank lines into the log, progress lines into an artifact."""
+    logger = run_logger()
+    result: dict[str, Any] = {}
+    done: dict[int, int] = {}
+    updates = 0
+    with Progress(total=spins, what="spins", key=key) as bar:
+
+        def on_line(rank: int | None, line: str) -> None:
+            nonlocal updates
+            logger.info("[%s] %s", "mpiexec" if rank is None else f"rank {rank}", line)
+            if rank is None:
+                return
+            if (progress := parse_progress(line)) is not None:
+                updates += 1
+                step = progress[0] - done.get(rank, 0)
+                done[rank] = progress[0]
+                if step > 0:
+                    bar.advance(step)
+            elif (found := parse_result(line)) is not None:
+                result.update(found)
+
+        argv = mpi4py_argv(RANK_MODULE, "--spec", spec_path, "--out", out_path)
+        run_mpi(argv, ranks, on_line=on_line)
+    if not result:
+        raise SciflowError(f"the MPI simulation on {ranks} ranks ended without a RESULT line")
+    return {**result, "progress_updates": updates}
+
+
+@task(**transient_retries())
+def publish_raw(run: RunContext, local: str, uri: str) -> str:
+    """Copy the MRD file from scratch to its place, atomically, with the run's tags."""
+    return run.store.upload_file(local, uri, tags=run.tags)
+
+
+@task
+def simulate_on_batch(
+    run: RunContext, spec_uri: str, raw_uri: str, nodes: int, ranks_per_node: int
+) -> dict[str, Any]:
+    """One AWS Batch (multi-node) job running the entrypoint; followed to its end.
+
+    A cancelled or failed follow terminates the job, so no node is left running.
+    """
+    unit = run.unit
+    if not unit.batch_job_queue:
+        raise InputError(f"compute unit {unit.name!r} has no batch_job_queue")
+    if BATCH_RUNTIME not in unit.batch_job_definitions:
+        raise InputError(
+            f"compute unit {unit.name!r} has no batch_job_definitions[{BATCH_RUNTIME!r}]; "
+            f"it has {sorted(unit.batch_job_definitions)}"
+        )
+    session = unit.boto3_session()
+    batch, logs = session.client("batch"), session.client("logs")
+    queue = check_job_queue(batch, unit.batch_job_queue)
+    definition = check_job_definition(batch, unit.batch_job_definitions[BATCH_RUNTIME])
+    program = ["python", "-m", "mpi4py", "-m", RANK_MODULE, "--spec", spec_uri, "--out", raw_uri]
+    command = ["python", "-m", "tasks.simulation.multinode", "--slots", str(ranks_per_node)]
+    job = submit_job(
+        batch,
+        name=f"sciflow-simulation-{run.run_id[:8]}",
+        queue=queue,
+        definition=definition,
+        tags=run.tags,
+        environment={"PYTHONUNBUFFERED": "1"},
+        command=[*command, "--", *program],
+        node_count=nodes,
+    )
+    _BATCH_JOBS[run.run_id] = job
+    started = time.perf_counter()
+    follower = JobFollower(job, run_logger(), logs)
+    try:
+        while not follower.poll():
+            time.sleep(BATCH_POLL_S)
+    except BaseException:
+        job.kill(f"sciflow flow run {run.run_id} stopped following it")
+        raise
+    finally:
+        _BATCH_JOBS.pop(run.run_id, None)
+    if job.status != "SUCCEEDED":
+        raise SciflowError(f"Batch job {job.job_id} {job.status}: {job.reason or 'no reason'}")
+    if not run.store.exists(raw_uri):
+        raise SciflowError(f"Batch job {job.job_id} SUCCEEDED but wrote no {raw_uri}")
+    info = job.info
+    seconds = (
+        (info["stoppedAt"] - info["startedAt"]) / 1000
+        if info.get("startedAt") and info.get("stoppedAt")
+        else time.perf_counter() - started
+    )
+    return {"out": raw_uri, "seconds": seconds, "job_id": job.job_id}
+
+
+def terminate_batch_job(flow: Any, flow_run: Any, state: Any) -> None:
+    """Flow hook: terminate the Batch job this run was following, if any."""
+    job = _BATCH_JOBS.pop(str(flow_run.id), None)
+    if job is not None:
+        job.kill(f"Prefect flow run {flow_run.id} was {state.name.lower()}")
+        run_logger().info("terminated Batch job %s", job.job_id)
+
+
+@flow(
+    name="multinode-simulation",
+    on_completion=[cleanup_on_exit],
+    on_failure=[terminate_batch_job, cleanup_on_exit],
+    on_crashed=[terminate_batch_job, cleanup_on_exit],
+    on_cancellation=[terminate_batch_job, cancel_own_batch_job, cleanup_on_exit],
+)
+def multinode_simulation(
+    phantom: PhantomSpec | None = None,
+    sequence: SequenceSpec | None = None,
+    coils: int = 8,
+    nodes: int = 1,
+    ranks_per_node: int = 2,
+    backend: Literal["numpy", "torch"] = "numpy",
+    output: str | None = None,
+    unit: str = "local",
+) -> SimulationResult:
+    """Simulate an MR acquisition of a phantom with spins split over MPI ranks.
+
+    Args:
+        phantom: The phantom; a 64x64 Shepp-Logan with one spin per voxel if omitted.
+        sequence: Builder and parameters, or a .seq URI; a spoiled GRE if omitted.
+        coils: Receive coils.
+        nodes: Nodes (more than 1 only on an AWS unit: a Batch multi-node parallel job).
+        ranks_per_node: MPI ranks on each node.
+        backend: ``numpy`` or ``torch`` array backend of the Bloch kernels.
+        output: Directory for simulation.h5; the run directory if omitted.
+        unit: Compute unit to run on.
+    """
+    logger = run_logger()
+    if nodes < 1 or ranks_per_node < 1:
+        raise InputError(f"nodes={nodes}, ranks_per_node={ranks_per_node}; expected >= 1 each")
+    compute_unit = load_unit(unit)
+    if compute_unit.is_local and nodes > 1:
+        raise InputError(f"nodes={nodes} on the local unit {unit!r}; expected 1 (or an AWS unit)")
+    run = RunContext.current(compute_unit)
+    ranks = nodes * ranks_per_node
+    spec = SimulationSpec(
+        phantom=phantom or PhantomSpec(),
+        sequence=sequence or SequenceSpec(),
+        coils=coils,
+        backend=backend,
+    )
+    sizes = check_inputs(spec, ranks, run)
+    logger.info(
+        "%d spins x %d ADC samples x %d coils on %d rank(s) of %d node(s)",
+        sizes["spins"],
+        sizes["adc_samples"],
+        coils,
+        ranks,
+        nodes,
+    )
+    raw_uri = _raw_uri(run, output)
+    spec_uri = write_spec(run, spec)
+    if compute_unit.is_local:
+        local = str(run.scratch / "simulation" / RAW_NAME)
+        done = simulate_locally(spec_uri, local, ranks, sizes["spins"], f"bloch-{run.run_id[:8]}")
+        raw_uri = publish_raw(run, local, raw_uri)
+    else:
+        done = simulate_on_batch(run, spec_uri, raw_uri, nodes, ranks_per_node)
+    seconds = float(done["seconds"])
+    samples = sizes["spins"] * sizes["adc_samples"]
+    result = SimulationResult(
+        raw_uri=raw_uri,
+        spins=sizes["spins"],
+        adc_samples=sizes["adc_samples"],
+        seconds=seconds,
+        spin_samples_per_s=samples / seconds if seconds > 0 else 0.0,
+        ranks=ranks,
+        progress_updates=int(done.get("progress_updates", 0)),
+    )
+    publish_summary(
+        "Multi-node simulation",
+        [{"output": RAW_NAME, "uri": raw_uri}],
+        key=f"simulation-{unit}",
+        notes=(
+            f"{result.spins} spins x {result.adc_samples} ADC samples on {ranks} rank(s): "
+            f"**{result.spin_samples_per_s:.3g} spin-samples/s** ({seconds:.2f} s)"
+        ),
+    )
+    return result
+
+
+def _raw_uri(run: RunContext, output: str | None) -> str:
+    return join_uri(output, RAW_NAME) if output else run.uri(RAW_NAME)
