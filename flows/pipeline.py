@@ -2,26 +2,31 @@
 
 preflight → simulate → reconstruct → train → upload model → secure cleanup. Each stage is a
 subflow with its own parameters; stages land with their issues, and ``make demo`` grows with
-them. Today: preflight, reconstruction (of a phantom acquisition until the simulator lands,
-or of the user's ``signal``) and secure cleanup.
+them. Today: preflight, an MPI Bloch simulation, reconstruction of what it wrote (or of the
+user's ``signal``) and secure cleanup.
 """
 
 from __future__ import annotations
 
 import json
 
-from prefect import flow, task
+from prefect import flow
 from pydantic import BaseModel, Field
 
 from blocks.compute_unit import load_unit
 from flows.mr_reconstruction import mr_reconstruction
+from flows.multinode_simulation import multinode_simulation
 from flows.preflight import preflight
 from flows.secure_cleanup import cleanup_on_exit, secure_cleanup
 from tasks.mr.options import MrOptions
-from tasks.mr.phantom import make_phantom, phantom_acquisition
-from tasks.mr.readers import write_mrd
 from tasks.progress import publish_summary
+from tasks.simulation.mpi_simulate import PhantomSpec, SequenceSpec
 from tasks.storage.run_dir import RunContext
+
+# The demo simulation: a 64x64 Shepp-Logan, 4 spins per voxel, ideally spoiled GRE (few spins
+# cannot dephase within a voxel, so RF spoiling alone would not give the Ernst contrast).
+DEMO_PHANTOM = PhantomSpec(matrix=(64, 64), spins_per_voxel=4)
+DEMO_SEQUENCE = SequenceSpec(builder="gre", params={"dummy_scans": 150, "spoil": "ideal"})
 
 # The demo reconstruction: pseudo multiple replicas of a B1 combination, masked at 10% of the
 # maximum (MR Optimum's GUI defaults, with fewer replicas to keep the demo quick).
@@ -40,17 +45,6 @@ class PipelineResult(BaseModel):
     median_snr: float = Field(description="Median SNR inside the mask of the reconstruction.")
 
 
-@task
-def phantom_raw_data(run: RunContext, slices: int = 2) -> str:
-    """A noisy multi-coil phantom acquisition with a noise scan, as MRD in the run directory."""
-    phantom = make_phantom(64, 64, 8, amplitude=40.0)
-    signal, noise = phantom_acquisition(phantom, slices=slices, noise_samples=64 * 256)
-    local = write_mrd(
-        run.scratch / "phantom.h5", signal, noise, fov_mm=(220.0, 220.0, 5.0), dwell_s=5e-6
-    )
-    return run.store.upload_file(local, run.uri("inputs", "phantom.h5"), tags=run.tags)
-
-
 @flow(
     name="research-pipeline",
     on_failure=[cleanup_on_exit],
@@ -60,6 +54,10 @@ def phantom_raw_data(run: RunContext, slices: int = 2) -> str:
 def research_pipeline(
     unit: str = "local",
     preflight_probes: int = 4,
+    phantom: PhantomSpec = DEMO_PHANTOM,
+    sequence: SequenceSpec = DEMO_SEQUENCE,
+    coils: int = 8,
+    ranks: int = 2,
     signal: str | None = None,
     noise: str | None = None,
     reconstruction: MrOptions = DEMO_RECONSTRUCTION,
@@ -69,7 +67,11 @@ def research_pipeline(
     Args:
         unit: Compute unit the stages run on (``local`` is this machine).
         preflight_probes: Tasks the preflight spreads over the Dask workers.
-        signal: Raw data to reconstruct; a phantom acquisition when omitted.
+        phantom: What the simulation images.
+        sequence: The pulse sequence it plays.
+        coils: Receive coils.
+        ranks: MPI ranks sharing the simulation's spins.
+        signal: Raw data to reconstruct instead of the simulation's.
         noise: Separate noise scan for ``signal``, if it has none inside.
         reconstruction: SNR method and reconstruction options.
     """
@@ -77,7 +79,16 @@ def research_pipeline(
     run = RunContext.current(compute_unit)
 
     checked = preflight(unit=unit, probes=preflight_probes)
-    raw = signal or phantom_raw_data(run)
+    simulated = multinode_simulation(
+        phantom=phantom,
+        sequence=sequence,
+        coils=coils,
+        nodes=1,
+        ranks_per_node=ranks,
+        output=run.uri("simulation"),
+        unit=unit,
+    )
+    raw = signal or simulated.raw_uri
     reconstructed = mr_reconstruction(
         signal=raw, noise=noise, options=reconstruction, output=run.uri("reconstruction"), unit=unit
     )
@@ -85,6 +96,7 @@ def research_pipeline(
 
     stages = {
         "preflight": checked.report_uri,
+        "simulation": simulated.raw_uri,
         "reconstruction": reconstructed.snr,
         "secure-cleanup": cleaned.record_uri,
     }

@@ -86,7 +86,12 @@ def test_cli_deployment_run_completes_the_pipeline_and_writes_its_outputs(api, p
     manifest = read_json(run_dir / "pipeline.json")
     assert manifest["run_id"] == str(pipeline_run.id)
     assert manifest["unit"] == "local"
-    assert set(manifest["stages"]) == {"preflight", "reconstruction", "secure-cleanup"}
+    assert set(manifest["stages"]) == {
+        "preflight",
+        "simulation",
+        "reconstruction",
+        "secure-cleanup",
+    }
     for uri in manifest["stages"].values():
         assert Path(uri).is_relative_to(api.storage_root / "local"), uri
 

@@ -17,13 +17,18 @@ def test_research_pipeline_runs_every_stage_and_writes_a_manifest(sciflow_dirs):
     run_dir = Path(result.run_dir)
     assert run_dir.parent == sciflow_dirs / "runs" / "local"
     manifest = json.loads(Path(result.manifest_uri).read_text())
-    assert set(manifest["stages"]) == {"preflight", "reconstruction", "secure-cleanup"}
+    assert set(manifest["stages"]) == {
+        "preflight",
+        "simulation",
+        "reconstruction",
+        "secure-cleanup",
+    }
     assert manifest["run_id"] == run_dir.name
     snr_map = Path(result.stages["reconstruction"])
     assert snr_map.name == "SNR.nii.gz"
     assert snr_map.parent == run_dir / "reconstruction"
-    assert (run_dir / "inputs" / "phantom.h5").is_file()
-    assert result.median_snr > 20  # the demo phantom's B1 SNR is ~90 inside the disc
+    assert Path(result.stages["simulation"]) == run_dir / "simulation" / "simulation.h5"
+    assert result.median_snr > 10  # the simulated Shepp-Logan's SNR inside the mask
     cleanup = json.loads(Path(result.stages["secure-cleanup"]).read_text())
     assert cleanup["ok"] is True
     assert {c["name"] for c in cleanup["checks"]} == {"scratch removed", "no partial writes"}
