@@ -21,6 +21,7 @@ PREFECT_FILE = "deployments/prefect.yaml"
 DEPLOYMENTS = (
     "research-pipeline/local",
     "mr-reconstruction/local",
+    "multinode-simulation/local",
     "preflight/local",
     "secure-cleanup/local",
 )
