@@ -1,0 +1,42 @@
+"""Training processes report to whoever launched them as tagged JSON lines on stdout.
+
+One protocol for ``torchrun`` ranks, parameter-server processes and AWS containers (whose
+stdout reaches CloudWatch): the flow reads the same lines from a pipe or from the logs.
+
+Events (``event`` field): ``rank`` (a process started: rank, pid, device), ``start``
+(resumed step, total steps), ``step`` (loss, samples/s, data-wait share), ``checkpoint``,
+``validation``, ``done`` (final numbers).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+PREFIX = "SCIFLOW-TRAIN "
+
+
+def format_event(event: str, **fields: Any) -> str:
+    """One event line, without its newline."""
+    return PREFIX + json.dumps({"event": event, **fields}, separators=(",", ":"))
+
+
+def emit(event: str, **fields: Any) -> None:
+    """Print one event line and flush, so the launcher sees it at once."""
+    print(format_event(event, **fields), file=sys.stdout, flush=True)
+
+
+def parse_event(line: str) -> dict[str, Any] | None:
+    """The event in an output line, or ``None`` for any other line.
+
+    Launchers may put a label before it (torchrun's ``[rank0]:``), so the tag is searched.
+    """
+    start = line.find(PREFIX)
+    if start < 0:
+        return None
+    try:
+        event = json.loads(line[start + len(PREFIX) :])
+    except json.JSONDecodeError:
+        return None
+    return event if isinstance(event, dict) and "event" in event else None
