@@ -11,7 +11,7 @@ Events (``event`` field): ``rank`` (a process started: rank, pid, device), ``sta
 from __future__ import annotations
 
 import json
-import sys
+import os
 from typing import Any
 
 PREFIX = "SCIFLOW-TRAIN "
@@ -23,8 +23,12 @@ def format_event(event: str, **fields: Any) -> str:
 
 
 def emit(event: str, **fields: Any) -> None:
-    """Print one event line and flush, so the launcher sees it at once."""
-    print(format_event(event, **fields), file=sys.stdout, flush=True)
+    """Write one event line to stdout at once.
+
+    One ``write`` of the whole line: ranks share torchrun's pipe, and a line written in
+    pieces could interleave with another rank's.
+    """
+    os.write(1, (format_event(event, **fields) + "\n").encode())
 
 
 def parse_event(line: str) -> dict[str, Any] | None:

@@ -1,0 +1,280 @@
+"""Start training processes and follow their event lines.
+
+Here: ``torchrun`` for DDP (``--standalone`` on one node, a static rendezvous at the main
+node's address across nodes) or a parameter server and its workers on 127.0.0.1. On an AWS
+Batch node: ``python -m tasks.training.launch node --config <uri> --procs-per-node P``
+reads the node's place in the job from Batch's variables (``NodeContext``) and runs
+``torchrun`` with the main node as the rendezvous point, so every node of a multi-node job
+runs the same command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from tasks.compute.node_context import LOOPBACK, NodeContext
+from tasks.errors import InputError, SciflowError
+from tasks.simulation.mpi import kill_with_parent
+from tasks.training import events
+
+# Rendezvous port on the main node of a multi-node job (open between the job's nodes).
+RENDEZVOUS_PORT = 29400
+# Parameter-server port (its workers connect to it).
+SERVER_PORT = 29500
+# Seconds between SIGTERM and SIGKILL when stopping processes.
+KILL_GRACE_S = 10.0
+# Error lines kept per process for the exception message.
+ERROR_TAIL_LINES = 20
+
+EventHandler = Callable[[str, dict[str, Any]], None]
+LineHandler = Callable[[str, str], None]
+
+
+class TrainingFailed(SciflowError):
+    """A training process failed; the message holds its last error lines."""
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port nothing listens on now, on ``host``."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def torchrun_argv(
+    config_uri: str,
+    *,
+    procs_per_node: int,
+    nodes: int = 1,
+    node_rank: int = 0,
+    main_addr: str = LOOPBACK,
+    port: int = RENDEZVOUS_PORT,
+    max_restarts: int = 0,
+    python: str = sys.executable,
+) -> list[str]:
+    """The ``torchrun`` command of one node.
+
+    One node rendezvouses on its own (``--standalone``: a free loopback port); several meet
+    at ``main_addr:port`` (static rendezvous, node ranks from Batch). ``max_restarts``
+    restarts every rank of the job when one dies; they resume from the newest checkpoint.
+    """
+    command = [python, "-m", "torch.distributed.run", "--nproc-per-node", str(procs_per_node)]
+    command += [
+        "--nnodes", str(nodes),
+        "--node-rank", str(node_rank),
+        "--master-addr", main_addr,
+        "--master-port", str(port if nodes > 1 else free_port()),
+    ]  # fmt: skip
+    command += ["--max-restarts", str(max_restarts), "--monitor-interval", "0.5"]
+    return [*command, "-m", "tasks.training.ddp", "--config", config_uri]
+
+
+def parameter_server_argv(
+    role: str, config_uri: str, *, server: str = "", port: int = SERVER_PORT, workers: int = 0
+) -> list[str]:
+    """The command of the parameter server (``role="server"``) or of one worker."""
+    command = [
+        sys.executable,
+        "-m",
+        "tasks.training.parameter_server",
+        role,
+        "--config",
+        config_uri,
+    ]
+    if role == "server":
+        return [*command, "--port", str(port), "--workers", str(workers)]
+    return [*command, "--server", server]
+
+
+@dataclass
+class _Process:
+    name: str
+    proc: subprocess.Popen[bytes]
+    errors: deque[str] = field(default_factory=lambda: deque(maxlen=ERROR_TAIL_LINES))
+
+
+def run_processes(
+    commands: Mapping[str, Sequence[str]],
+    *,
+    on_event: EventHandler | None = None,
+    on_line: LineHandler | None = None,
+    env: Mapping[str, str] | None = None,
+    cancel: threading.Event | None = None,
+    timeout_s: float | None = None,
+) -> None:
+    """Run named commands together until all exit; stop them all when one fails.
+
+    Args:
+        commands: Name (``torchrun``, ``server``, ``worker-1`` ...) to argv.
+        on_event: Called with (name, event) for each event line.
+        on_line: Called with (name, line) for every other output line.
+        env: Variables on top of this process's environment.
+        cancel: Set it to stop every process; ``run_processes`` then raises.
+        timeout_s: Stop everything after this long.
+
+    Raises:
+        TrainingFailed: A process exited non-zero, the run was cancelled or timed out.
+    """
+    proc_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    lines: queue.Queue[tuple[str, str | None]] = queue.Queue()
+    running: dict[str, _Process] = {}
+    try:
+        for name, argv in commands.items():
+            proc = subprocess.Popen(  # noqa: S603 - argv is built by this module
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=proc_env,
+                start_new_session=True,  # its own group: stopping it stops its children
+                preexec_fn=kill_with_parent,
+            )
+            running[name] = _Process(name, proc)
+            threading.Thread(target=_pump, args=(proc.stdout, name, lines), daemon=True).start()
+        _follow(running, lines, on_event, on_line, cancel, timeout_s)
+    finally:
+        for process in running.values():
+            _stop(process.proc)
+
+
+def _follow(
+    running: dict[str, _Process],
+    lines: queue.Queue[tuple[str, str | None]],
+    on_event: EventHandler | None,
+    on_line: LineHandler | None,
+    cancel: threading.Event | None,
+    timeout_s: float | None,
+) -> None:
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    open_streams = len(running)
+    while open_streams or any(p.proc.poll() is None for p in running.values()):
+        if cancel is not None and cancel.is_set():
+            raise TrainingFailed(f"training was cancelled; stopped {', '.join(running)}")
+        if deadline is not None and time.monotonic() > deadline:
+            raise TrainingFailed(f"training ran past its {timeout_s:.0f} s limit; stopped it")
+        failed = [p for p in running.values() if p.proc.poll() not in (None, 0)]
+        if failed:
+            _drain(lines, running, on_event, on_line)
+            raise TrainingFailed(_failure(failed[0]))
+        try:
+            name, line = lines.get(timeout=0.2)
+        except queue.Empty:
+            continue
+        if line is None:
+            open_streams -= 1
+            continue
+        _dispatch(name, line, running, on_event, on_line)
+    _drain(lines, running, on_event, on_line)
+    failed = [p for p in running.values() if p.proc.returncode != 0]
+    if failed:
+        raise TrainingFailed(_failure(failed[0]))
+
+
+def _dispatch(
+    name: str,
+    line: str,
+    running: dict[str, _Process],
+    on_event: EventHandler | None,
+    on_line: LineHandler | None,
+) -> None:
+    event = events.parse_event(line)
+    if event is None:
+        running[name].errors.append(line)
+        if on_line is not None:
+            on_line(name, line)
+        return
+    if event["event"] == "error":
+        running[name].errors.append(str(event.get("message")))
+    if on_event is not None:
+        on_event(name, event)
+
+
+def _drain(
+    lines: queue.Queue[tuple[str, str | None]],
+    running: dict[str, _Process],
+    on_event: EventHandler | None,
+    on_line: LineHandler | None,
+) -> None:
+    while True:
+        try:
+            name, line = lines.get_nowait()
+        except queue.Empty:
+            return
+        if line is not None:
+            _dispatch(name, line, running, on_event, on_line)
+
+
+def _failure(process: _Process) -> str:
+    code = process.proc.returncode
+    how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
+    tail = "\n".join(process.errors) or "(no output)"
+    return f"training process {process.name!r} {how}; its last lines:\n{tail}"
+
+
+def _pump(stream: IO[bytes], name: str, lines: queue.Queue[tuple[str, str | None]]) -> None:
+    with stream:
+        for raw in iter(stream.readline, b""):
+            lines.put((name, raw.decode(errors="replace").rstrip("\r\n")))
+    lines.put((name, None))
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process group (torchrun passes it to its ranks), then SIGKILL."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=KILL_GRACE_S)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def node_main(config_uri: str, procs_per_node: int, max_restarts: int) -> int:
+    """One node of an AWS Batch job: ``torchrun`` at this node's place in the job."""
+    node = NodeContext.from_process()
+    argv = torchrun_argv(
+        config_uri,
+        procs_per_node=procs_per_node,
+        nodes=node.count,
+        node_rank=node.index,
+        main_addr=node.main_addr,
+        max_restarts=max_restarts,
+    )
+    # The container's only job: hand the process over so Batch's signals reach torchrun.
+    os.execv(argv[0], argv)  # noqa: S606
+    return 0  # not reached
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m tasks.training.launch node --config URI --procs-per-node P``."""
+    parser = argparse.ArgumentParser(description="Start DDP on this node of a Batch job.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    node = sub.add_parser("node", help="run torchrun for this node of the job")
+    node.add_argument("--config", required=True, help="URI of the run's config.json")
+    node.add_argument("--procs-per-node", type=int, required=True, help="ranks on this node")
+    node.add_argument("--max-restarts", type=int, default=0, help="torchrun --max-restarts")
+    args = parser.parse_args(argv)
+    if args.procs_per_node < 1:
+        raise InputError(f"--procs-per-node={args.procs_per_node}; expected >= 1")
+    return node_main(args.config, args.procs_per_node, args.max_restarts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
