@@ -1,0 +1,514 @@
+"""The parameter-server launch on ECS Fargate, against moto's server on 127.0.0.1.
+
+moto 5.2.5 models an ECS task's life with its state manager (model ``ecs::task``, by default
+``manual`` with ``times: 1``: each DescribeTasks moves a task one state on), but starts tasks
+in RUNNING: the states before it are commented out in ``moto/ecs/models.py``. The
+``lifecycle`` fixture gives moto's tasks those states back (PROVISIONING, PENDING, ACTIVATING
+first) and sets the transition over HTTP, so the launcher has to poll its tasks to RUNNING.
+moto does not echo a task's network configuration; the RunTask bodies on the wire are
+recorded with a botocore ``before-call`` hook instead.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+from botocore.awsrequest import AWSResponse
+
+from blocks.compute_unit import ComputeUnit, FargateDask
+from tasks.compute.tags import from_aws, run_tags
+from tasks.errors import InputError, SciflowError, TransientError
+from tasks.training import ecs
+from tasks.training.ecs import (
+    ParameterServerLaunch,
+    ParameterServerPlan,
+    local_commands,
+    plan_from_unit,
+    service_name_for,
+    task_definitions,
+)
+
+ACCOUNT = "123456789012"
+REGION = "us-east-1"
+RUN_ID = "8F0C1D2E-3A4B-4C5D-8E9F-0A1B2C3D4E5F"
+TAGS = run_tags(RUN_ID, "lab", "train")
+CONFIG = "s3://lab-sciflow/runs/train/8f0c/config.json"
+IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/sciflow:1"
+POLL_S = 0.01
+# Real ECS's task states; moto comments out the first three.
+FULL_LIFECYCLE = [
+    ("PROVISIONING", "PENDING"),
+    ("PENDING", "ACTIVATING"),
+    ("ACTIVATING", "RUNNING"),
+    ("RUNNING", "DEACTIVATING"),
+    ("DEACTIVATING", "STOPPING"),
+    ("STOPPING", "DEPROVISIONING"),
+    ("DEPROVISIONING", "STOPPED"),
+]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def set_transition(endpoint: str, times: int) -> None:
+    with httpx.Client(trust_env=False, timeout=30) as client:
+        client.post(
+            f"{endpoint}/moto-api/state-manager/set-transition",
+            json={
+                "model_name": "ecs::task",
+                "transition": {"progression": "manual", "times": times},
+            },
+        ).raise_for_status()
+
+
+@pytest.fixture
+def lifecycle(aws: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    """Tasks start PROVISIONING and move one state per 2 DescribeTasks of them."""
+    from moto.ecs.models import Task
+
+    original = Task.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        self._transitions, self._status = FULL_LIFECYCLE, "PROVISIONING"
+
+    monkeypatch.setattr(Task, "__init__", init)
+    set_transition(aws, times=2)
+    yield 2
+    with httpx.Client(trust_env=False, timeout=30) as client:
+        client.post(
+            f"{aws}/moto-api/state-manager/unset-transition", json={"model_name": "ecs::task"}
+        ).raise_for_status()
+
+
+@pytest.fixture
+def network(aws: str) -> dict[str, Any]:
+    """A VPC (DNS hostnames on), two private subnets, a security group, an ECS cluster."""
+    ec2 = boto3.client("ec2", region_name=REGION)
+    vpc = ec2.create_vpc(CidrBlock="10.1.0.0/16")["Vpc"]["VpcId"]
+    # Cloud Map private DNS needs DNS hostnames on (and moto's task ENIs need it too).
+    ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})
+    subnets = [
+        ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.1.{i}.0/24")["Subnet"]["SubnetId"]
+        for i in (1, 2)
+    ]
+    group = ec2.create_security_group(GroupName="ps", Description="ps", VpcId=vpc)["GroupId"]
+    cluster = boto3.client("ecs", region_name=REGION).create_cluster(clusterName="sciflow")
+    return {
+        "vpc": vpc,
+        "subnets": subnets,
+        "group": group,
+        "cluster": cluster["cluster"]["clusterArn"],
+    }
+
+
+def make_unit(network: dict[str, Any], **fargate: Any) -> ComputeUnit:
+    settings = {
+        "image": IMAGE,
+        "subnets": network["subnets"],
+        "security_groups": [network["group"]],
+        "cluster_arn": network["cluster"],
+        "execution_role_arn": f"arn:aws:iam::{ACCOUNT}:role/exec",
+        "task_role_arn": f"arn:aws:iam::{ACCOUNT}:role/task",
+        "log_group": "/sciflow/train",
+    } | fargate
+    return ComputeUnit(
+        name="lab",
+        platform="aws",
+        region=REGION,
+        storage_root="s3://lab-sciflow/runs",
+        fargate=FargateDask(**settings),
+    )
+
+
+def make_plan(network: dict[str, Any], worker_count: int = 2, **kwargs: Any) -> ParameterServerPlan:
+    return plan_from_unit(
+        make_unit(network), RUN_ID, TAGS, CONFIG, worker_count, environment={"SEED": "7"}, **kwargs
+    )
+
+
+def cloud_map() -> Any:
+    """A Cloud Map client that moto's server can answer DiscoverInstances on."""
+    return ecs.aws_clients(None, REGION)[1]
+
+
+class Recorder:
+    """Wire bodies of RunTask and the states DescribeTasks answered, from botocore's events."""
+
+    def __init__(self, client: Any) -> None:
+        self.run_tasks: list[dict[str, Any]] = []
+        self.states: list[dict[str, str]] = []
+        client.meta.events.register("before-call.ecs.RunTask", self._before_run)
+        client.meta.events.register("after-call.ecs.DescribeTasks", self._after_describe)
+
+    def _before_run(self, params: dict[str, Any], **_: Any) -> None:
+        self.run_tasks.append(json.loads(params["body"]))
+
+    def _after_describe(self, parsed: dict[str, Any], **_: Any) -> None:
+        self.states.append({t["taskArn"]: t["lastStatus"] for t in parsed.get("tasks", [])})
+
+    def seen(self, arn: str) -> list[str]:
+        """The states ``arn`` went through, each once, in order."""
+        states: list[str] = []
+        for answer in self.states:
+            if arn in answer and (not states or states[-1] != answer[arn]):
+                states.append(answer[arn])
+        return states
+
+
+def launch(plan: ParameterServerPlan, **kwargs: Any) -> tuple[ParameterServerLaunch, Recorder]:
+    runner = ParameterServerLaunch(plan, boto3.Session(), poll_s=POLL_S, **kwargs)
+    return runner, Recorder(runner.ecs)
+
+
+def test_launch_on_moto(network: dict[str, Any], lifecycle: int) -> None:
+    plan = make_plan(network, worker_count=12)
+    runner, recorder = launch(plan)
+
+    runner.start()
+
+    ecs_client = boto3.client("ecs", region_name=REGION)
+    discovery = cloud_map()
+    # Task definitions, as moto stored them.
+    for role, family in (("server", "sciflow-ps-server"), ("worker", "sciflow-ps-worker")):
+        stored = ecs_client.describe_task_definition(taskDefinition=family, include=["TAGS"])
+        definition = stored["taskDefinition"]
+        assert definition["requiresCompatibilities"] == ["FARGATE"]
+        assert definition["networkMode"] == "awsvpc"
+        assert (definition["cpu"], definition["memory"]) == ("1024", "4096")
+        [container] = definition["containerDefinitions"]
+        environment = {e["name"]: e["value"] for e in container["environment"]}
+        assert environment == {"PYTHONUNBUFFERED": "1", "SEED": "7"}
+        assert not any("AWS_" in name for name in environment)
+        assert container["logConfiguration"]["options"]["awslogs-group"] == "/sciflow/train"
+        assert from_aws(stored["tags"]) == TAGS
+        expected = ["python", "-m", "tasks.training.parameter_server", role, "--config", CONFIG]
+        expected += (
+            ["--port", "29500", "--workers", "12"]
+            if role == "server"
+            else ["--server", f"{service_name_for(RUN_ID)}.sciflow.local:29500"]
+        )
+        assert container["command"] == expected
+    server_def = ecs_client.describe_task_definition(taskDefinition="sciflow-ps-server")
+    assert (
+        server_def["taskDefinition"]["containerDefinitions"][0]["portMappings"][0]["containerPort"]
+        == 29500
+    )
+
+    # One server, then 12 workers in calls of at most 10, all private with the run's tags.
+    assert [(b["taskDefinition"].split("/")[-1], b["count"]) for b in recorder.run_tasks] == [
+        ("sciflow-ps-server:1", 1),
+        ("sciflow-ps-worker:1", 10),
+        ("sciflow-ps-worker:1", 2),
+    ]
+    for body in recorder.run_tasks:
+        assert body["launchType"] == "FARGATE"
+        assert body["networkConfiguration"] == {
+            "awsvpcConfiguration": {
+                "subnets": network["subnets"],
+                "securityGroups": [network["group"]],
+                "assignPublicIp": "DISABLED",
+            }
+        }
+        assert body["enableExecuteCommand"] is False
+        assert body["startedBy"] == service_name_for(RUN_ID)
+    listed = ecs_client.list_tasks(cluster="sciflow", startedBy=service_name_for(RUN_ID))
+    assert sorted(listed["taskArns"]) == sorted(runner.tasks)
+    assert len(runner.worker_tasks) == 12
+    for arn in runner.tasks:
+        tags = from_aws(ecs_client.list_tags_for_resource(resourceArn=arn)["tags"])
+        assert tags["sciflow:run-id"] == TAGS["sciflow:run-id"]
+        assert tags["sciflow:unit"] == "lab"
+
+    # The launcher polled every task through moto's states up to RUNNING, never assumed it.
+    assert recorder.seen(runner.server_task) == ["PROVISIONING", "PENDING", "ACTIVATING", "RUNNING"]
+    assert all(
+        recorder.seen(w) == ["PROVISIONING", "PENDING", "ACTIVATING", "RUNNING"]
+        for w in runner.worker_tasks
+    )
+    assert len(recorder.states) == 2 * (3 * lifecycle)  # server, then workers: 3 states each
+
+    # The server's ENI address is registered in Cloud Map and discoverable by workers.
+    [service] = discovery.list_services()["Services"]
+    assert service["Name"] == service_name_for(RUN_ID)
+    [instance] = discovery.list_instances(ServiceId=service["Id"])["Instances"]
+    assert instance["Id"] == runner.server_task.rsplit("/", 1)[1]
+    assert instance["Attributes"] == {
+        "AWS_INSTANCE_IPV4": runner.server_ip,
+        "AWS_INSTANCE_PORT": "29500",
+    }
+    [server] = ecs_client.describe_tasks(cluster="sciflow", tasks=[runner.server_task])["tasks"]
+    eni = {d["name"]: d["value"] for d in server["attachments"][0]["details"]}
+    assert eni["privateIPv4Address"] == runner.server_ip
+    assert eni["subnetId"] == network["subnets"][0]
+    found = discovery.discover_instances(
+        NamespaceName="sciflow.local", ServiceName=service_name_for(RUN_ID)
+    )["Instances"]
+    assert [i["Attributes"]["AWS_INSTANCE_IPV4"] for i in found] == [runner.server_ip]
+    [namespace] = discovery.list_namespaces()["Namespaces"]
+    assert (namespace["Name"], namespace["Type"]) == ("sciflow.local", "DNS_PRIVATE")
+    runner.stop()
+
+
+def test_wait_reports_exit_codes(network: dict[str, Any], lifecycle: int) -> None:
+    from moto.ecs.models import ecs_backends
+
+    runner, recorder = launch(make_plan(network, worker_count=3))
+    runner.start()
+    tasks = ecs_backends[ACCOUNT][REGION].tasks["sciflow"]
+    failing = runner.worker_tasks[1]
+    tasks[failing].containers[0].exitCode = 3
+    polls_before = len(recorder.states)
+
+    outcome = runner.wait()
+
+    assert outcome.succeeded
+    assert outcome.server.task_arn == runner.server_task
+    assert [w.task_arn for w in outcome.failed_workers] == [failing]
+    assert outcome.exit_codes[failing.rsplit("/", 1)[1]] == 3
+    # RUNNING -> DEACTIVATING -> STOPPING -> DEPROVISIONING -> STOPPED, 2 polls a state.
+    assert len(recorder.states) - polls_before == 4 * lifecycle
+    assert recorder.seen(runner.server_task)[-1] == "STOPPED"
+    runner.stop()  # all STOPPED already: nothing to stop, the Cloud Map service goes
+    assert not cloud_map().list_services()["Services"]
+
+
+def test_wait_reports_a_failed_server(network: dict[str, Any], lifecycle: int) -> None:
+    from moto.ecs.models import ecs_backends
+
+    runner, _ = launch(make_plan(network, worker_count=1))
+    runner.start()
+    server = ecs_backends[ACCOUNT][REGION].tasks["sciflow"][runner.server_task]
+    server.containers[0].exitCode = 1
+    outcome = runner.wait(timeout_s=30)
+    assert not outcome.succeeded
+    assert outcome.server.exit_code == 1
+    runner.stop()
+
+
+def test_stop_stops_everything_and_is_idempotent(network: dict[str, Any], lifecycle: int) -> None:
+    runner, _ = launch(make_plan(network, worker_count=2))
+    runner.start()
+    discovery = cloud_map()
+    [service] = discovery.list_services()["Services"]
+
+    runner.stop("flow run cancelled")
+    runner.stop("flow run cancelled again")
+
+    described = boto3.client("ecs", region_name=REGION).describe_tasks(
+        cluster="sciflow", tasks=runner.tasks
+    )["tasks"]
+    assert len(described) == 3
+    assert {t["lastStatus"] for t in described} == {"STOPPED"}
+    assert {t["stoppedReason"] for t in described} == {"flow run cancelled"}
+    assert not discovery.list_services()["Services"]
+    with pytest.raises(discovery.exceptions.ServiceNotFound):
+        discovery.list_instances(ServiceId=service["Id"])
+    # The namespace is shared by runs: it stays, and the next run reuses it.
+    [namespace] = discovery.list_namespaces()["Namespaces"]
+    other = ParameterServerLaunch(
+        plan_from_unit(make_unit(network), "second-run", TAGS, CONFIG, 1), poll_s=POLL_S
+    )
+    with other:
+        other.start()
+        assert other.namespace_id == namespace["Id"]
+
+
+def test_an_exception_in_the_block_stops_everything(
+    network: dict[str, Any], lifecycle: int
+) -> None:
+    runner, _ = launch(make_plan(network, worker_count=2))
+
+    def flow() -> None:
+        with runner:
+            runner.start()
+            raise RuntimeError("flow failed")
+
+    with pytest.raises(RuntimeError, match="flow failed"):
+        flow()
+    described = boto3.client("ecs", region_name=REGION).describe_tasks(
+        cluster="sciflow", tasks=runner.tasks
+    )["tasks"]
+    assert {t["lastStatus"] for t in described} == {"STOPPED"}
+    assert {t["stoppedReason"] for t in described} == {"sciflow: RuntimeError"}
+    assert not cloud_map().list_services()["Services"]
+
+
+def test_a_server_that_stops_before_running_fails_the_start(
+    network: dict[str, Any], lifecycle: int
+) -> None:
+    runner, _ = launch(make_plan(network, worker_count=2))
+    other = boto3.client("ecs", region_name=REGION)
+
+    def image_missing(parsed: dict[str, Any], **_: Any) -> None:
+        for task in parsed["tasks"]:
+            other.stop_task(
+                cluster="sciflow", task=task["taskArn"], reason="CannotPullContainerError: no"
+            )
+
+    runner.ecs.meta.events.register("after-call.ecs.RunTask", image_missing)
+    with pytest.raises(SciflowError, match="CannotPullContainerError") as caught:
+        runner.start()
+    assert runner.server_task
+    assert runner.server_task.rsplit("/", 1)[1] in str(caught.value)
+    assert not runner.worker_tasks
+    assert not cloud_map().list_services()["Services"]
+
+
+def test_a_server_that_never_runs_times_out(
+    aws: str, network: dict[str, Any], lifecycle: int
+) -> None:
+    set_transition(aws, times=10_000)  # stuck in PROVISIONING
+    runner, _ = launch(make_plan(network, worker_count=1), start_timeout_s=0.2)
+    with pytest.raises(TransientError, match="PROVISIONING") as caught:
+        runner.start()
+    assert runner.server_task
+    assert runner.server_task.rsplit("/", 1)[1] in str(caught.value)
+    [stopped] = boto3.client("ecs", region_name=REGION).describe_tasks(
+        cluster="sciflow", tasks=[runner.server_task]
+    )["tasks"]
+    assert stopped["desiredStatus"] == "STOPPED"
+    assert not cloud_map().list_services()["Services"]
+
+
+def test_throttling_is_retried(network: dict[str, Any], lifecycle: int) -> None:
+    runner, recorder = launch(make_plan(network, worker_count=1))
+    throttled: list[str] = []
+
+    def throttle_once(model: Any, **_: Any) -> Any:
+        if throttled:
+            return None
+        throttled.append(model.name)
+        error = {"Code": "ThrottlingException", "Message": "Rate exceeded"}
+        http = AWSResponse("http://127.0.0.1/", 400, {}, None)
+        return http, {"Error": error, "ResponseMetadata": {"HTTPStatusCode": 400}}
+
+    runner.ecs.meta.events.register("before-call.ecs.DescribeTasks", throttle_once)
+    with runner:
+        runner.start()
+        assert throttled == ["DescribeTasks"]
+        assert recorder.seen(runner.server_task)[-1] == "RUNNING"
+
+
+def test_a_missing_cluster_fails_without_leftovers(network: dict[str, Any], lifecycle: int) -> None:
+    plan = make_plan(network, cluster="no-such-cluster")
+    runner, _ = launch(plan)
+    with pytest.raises(SciflowError, match="ClusterNotFoundException"):
+        runner.start()
+    assert not runner.tasks
+    assert not cloud_map().list_services()["Services"]
+
+
+def test_the_vpc_comes_from_the_first_subnet(network: dict[str, Any], lifecycle: int) -> None:
+    runner, _ = launch(make_plan(network, worker_count=1))
+    assert runner.plan.vpc is None
+    with runner:
+        runner.start()
+    [namespace] = cloud_map().list_namespaces()["Namespaces"]
+    zone = boto3.client("route53").get_hosted_zone(
+        Id=namespace["Properties"]["DnsProperties"]["HostedZoneId"]
+    )
+    assert zone["HostedZone"]["Config"]["PrivateZone"] is True
+
+
+def test_missing_ip_is_a_clear_error() -> None:
+    with pytest.raises(SciflowError, match="privateIPv4Address"):
+        ecs._private_ip({"taskArn": "arn:aws:ecs:us-east-1:1:task/c/abc", "attachments": []})
+
+
+# Bad input: each names the field to fix.
+
+
+def test_zero_workers_is_refused(network: dict[str, Any]) -> None:
+    with pytest.raises(InputError, match="worker_count=0"):
+        make_plan(network, worker_count=0)
+
+
+@pytest.mark.parametrize(
+    ("sizes", "field"),
+    [
+        ({"server_cpu": 1000}, "server_cpu=1000"),
+        ({"worker_cpu": 256, "worker_memory": 4096}, "worker_memory=4096"),
+        ({"server_cpu": 4096, "server_memory": 4096}, "server_memory=4096"),
+    ],
+)
+def test_invalid_fargate_sizes_are_refused(
+    network: dict[str, Any], sizes: dict[str, int], field: str
+) -> None:
+    with pytest.raises(InputError, match=field):
+        make_plan(network, **sizes)
+
+
+def test_a_unit_without_fargate_is_refused() -> None:
+    unit = ComputeUnit(name="batch-only", platform="aws", region=REGION, storage_root="s3://b/runs")
+    with pytest.raises(InputError, match="'batch-only' has no `fargate`"):
+        plan_from_unit(unit, RUN_ID, TAGS, CONFIG, 2)
+
+
+def test_public_subnets_are_refused(network: dict[str, Any]) -> None:
+    with pytest.raises(InputError, match=r"public_subnets=True: .* internet"):
+        plan_from_unit(make_unit(network, public_subnets=True), RUN_ID, TAGS, CONFIG, 2)
+
+
+def test_credentials_in_the_environment_are_refused(network: dict[str, Any]) -> None:
+    with pytest.raises(InputError, match="AWS_SECRET_ACCESS_KEY"):
+        plan_from_unit(
+            make_unit(network), RUN_ID, TAGS, CONFIG, 2, environment={"AWS_SECRET_ACCESS_KEY": "x"}
+        )
+
+
+def test_logs_need_an_execution_role(network: dict[str, Any]) -> None:
+    with pytest.raises(InputError, match="execution_role_arn"):
+        plan_from_unit(make_unit(network, execution_role_arn=None), RUN_ID, TAGS, CONFIG, 2)
+
+
+def test_run_tags_are_required(network: dict[str, Any]) -> None:
+    with pytest.raises(InputError, match="sciflow:run-id"):
+        plan_from_unit(make_unit(network), RUN_ID, {"sciflow:unit": "lab"}, CONFIG, 2)
+
+
+def test_service_name_is_a_dns_label() -> None:
+    name = service_name_for("Flow_Run/" + "x" * 100)
+    assert name.startswith("ps-flow-run-x")
+    assert len(name) == 63
+    assert service_name_for(RUN_ID) == "ps-" + RUN_ID.lower()
+
+
+# The very commands the tasks run, on this machine.
+
+
+def test_local_commands_are_the_container_commands(network: dict[str, Any]) -> None:
+    plan = make_plan(network, worker_count=12, port=29611)
+    local = local_commands(plan)
+    containers = {
+        role: d["containerDefinitions"][0]["command"] for role, d in task_definitions(plan).items()
+    }
+    for role, argv in local.items():
+        assert argv[:3] == [sys.executable, "-m", "tasks.training.parameter_server"]
+        assert argv[3] == role
+        assert argv[1:] == [a.replace(plan.server_host, "127.0.0.1") for a in containers[role][1:]]
+    assert local["server"][-4:] == ["--port", "29611", "--workers", "12"]
+    assert local["worker"][-2:] == ["--server", "127.0.0.1:29611"]
+    assert local_commands(plan, python="/opt/py", host="10.0.0.5")["worker"][0] == "/opt/py"
+    assert local_commands(plan, host="10.0.0.5")["worker"][-1] == "10.0.0.5:29611"
+
+
+@pytest.mark.skipif(
+    not (REPO / "tasks" / "training" / "parameter_server.py").is_file(),
+    reason="tasks/training/parameter_server.py is not written yet",
+)
+def test_local_commands_run(network: dict[str, Any]) -> None:
+    """Each role's program starts and knows every option its container passes."""
+    for role, argv in local_commands(make_plan(network)).items():
+        done = subprocess.run(
+            [*argv[:4], "--help"], cwd=REPO, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, (role, done.stderr)
+        for option in (a for a in argv[4:] if a.startswith("--")):
+            assert option in done.stdout, (role, option)
