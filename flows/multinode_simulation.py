@@ -19,13 +19,7 @@ from pydantic import BaseModel, Field
 
 from blocks.compute_unit import load_unit
 from flows.secure_cleanup import cleanup_on_exit
-from tasks.compute.batch import (
-    JobFollower,
-    RunningJob,
-    check_job_definition,
-    check_job_queue,
-    submit_job,
-)
+from tasks.compute.batch_run import job_seconds, run_batch_job, terminate_batch_job
 from tasks.compute.batch_worker import cancel_own_batch_job
 from tasks.errors import InputError, SciflowError
 from tasks.progress import Progress, publish_summary, run_logger
@@ -49,8 +43,6 @@ RAW_NAME = "simulation.h5"
 BATCH_RUNTIME = "simulation"
 # Seconds between polls of a Batch job.
 BATCH_POLL_S = 10.0
-# Batch jobs this process follows, by flow run id: what the cancellation hook terminates.
-_BATCH_JOBS: dict[str, RunningJob] = {}
 
 
 class SimulationResult(BaseModel):
@@ -135,60 +127,21 @@ def simulate_on_batch(
 
     A cancelled or failed follow terminates the job, so no node is left running.
     """
-    unit = run.unit
-    if not unit.batch_job_queue:
-        raise InputError(f"compute unit {unit.name!r} has no batch_job_queue")
-    if BATCH_RUNTIME not in unit.batch_job_definitions:
-        raise InputError(
-            f"compute unit {unit.name!r} has no batch_job_definitions[{BATCH_RUNTIME!r}]; "
-            f"it has {sorted(unit.batch_job_definitions)}"
-        )
-    session = unit.boto3_session()
-    batch, logs = session.client("batch"), session.client("logs")
-    queue = check_job_queue(batch, unit.batch_job_queue)
-    definition = check_job_definition(batch, unit.batch_job_definitions[BATCH_RUNTIME])
     program = ["python", "-m", "mpi4py", "-m", RANK_MODULE, "--spec", spec_uri, "--out", raw_uri]
     command = ["python", "-m", "tasks.simulation.multinode", "--slots", str(ranks_per_node)]
-    job = submit_job(
-        batch,
-        name=f"sciflow-simulation-{run.run_id[:8]}",
-        queue=queue,
-        definition=definition,
-        tags=run.tags,
-        environment={"PYTHONUNBUFFERED": "1"},
-        command=[*command, "--", *program],
-        node_count=nodes,
-    )
-    _BATCH_JOBS[run.run_id] = job
     started = time.perf_counter()
-    follower = JobFollower(job, run_logger(), logs)
-    try:
-        while not follower.poll():
-            time.sleep(BATCH_POLL_S)
-    except BaseException:
-        job.kill(f"sciflow flow run {run.run_id} stopped following it")
-        raise
-    finally:
-        _BATCH_JOBS.pop(run.run_id, None)
-    if job.status != "SUCCEEDED":
-        raise SciflowError(f"Batch job {job.job_id} {job.status}: {job.reason or 'no reason'}")
+    job = run_batch_job(
+        run,
+        runtime=BATCH_RUNTIME,
+        name="sciflow-simulation",
+        command=[*command, "--", *program],
+        nodes=nodes,
+        poll_s=BATCH_POLL_S,
+    )
     if not run.store.exists(raw_uri):
         raise SciflowError(f"Batch job {job.job_id} SUCCEEDED but wrote no {raw_uri}")
-    info = job.info
-    seconds = (
-        (info["stoppedAt"] - info["startedAt"]) / 1000
-        if info.get("startedAt") and info.get("stoppedAt")
-        else time.perf_counter() - started
-    )
+    seconds = job_seconds(job, time.perf_counter() - started)
     return {"out": raw_uri, "seconds": seconds, "job_id": job.job_id}
-
-
-def terminate_batch_job(flow: Any, flow_run: Any, state: Any) -> None:
-    """Flow hook: terminate the Batch job this run was following, if any."""
-    job = _BATCH_JOBS.pop(str(flow_run.id), None)
-    if job is not None:
-        job.kill(f"Prefect flow run {flow_run.id} was {state.name.lower()}")
-        run_logger().info("terminated Batch job %s", job.job_id)
 
 
 @flow(

@@ -596,7 +596,7 @@ class JobFollower:
 
     Each ``poll()`` describes the job (and, for multi-node jobs, its node jobs), logs every
     state it has not logged yet to ``log``, and, when ``logs`` is given, the job's new
-    CloudWatch lines prefixed with their node.
+    CloudWatch lines prefixed with their node (or hands them to ``on_line``).
     """
 
     def __init__(
@@ -605,8 +605,10 @@ class JobFollower:
         log: logging.Logger | logging.LoggerAdapter[Any],
         logs: Any | None = None,
         log_group: str = DEFAULT_LOG_GROUP,
+        on_line: Callable[[str, str], None] | None = None,
     ) -> None:
         self.job = job
+        self.on_line = on_line
         self.log = log
         self.logs = logs
         self.log_group = log_group
@@ -637,5 +639,9 @@ class JobFollower:
                 streams = self.job.log_streams()
             events, self.cursor = read_logs(self.logs, self.log_group, list(streams), self.cursor)
             for event in events:
-                self.log.info("[%s] %s", streams.get(event.stream, event.stream), event.message)
+                label = streams.get(event.stream, event.stream)
+                if self.on_line is not None:
+                    self.on_line(label, event.message)
+                else:
+                    self.log.info("[%s] %s", label, event.message)
         return status in TERMINAL_STATES

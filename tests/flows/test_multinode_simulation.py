@@ -123,8 +123,10 @@ def test_on_aws_a_multinode_batch_job_is_submitted_with_node_ranges_and_run_tags
     boto3.client("s3", region_name=REGION).put_object(
         Bucket=BUCKET, Key="sim/simulation.h5", Body=b"mrd"
     )
+    from tasks.compute import batch_run
+
     calls: list[tuple[str, dict[str, Any]]] = []
-    real_submit = module.submit_job
+    real_submit = batch_run.submit_job
 
     def recording_submit(client: Any, **kwargs: Any) -> Any:
         recorded = record_calls(client)
@@ -132,7 +134,7 @@ def test_on_aws_a_multinode_batch_job_is_submitted_with_node_ranges_and_run_tags
         calls.extend(recorded)
         return job
 
-    monkeypatch.setattr(module, "submit_job", recording_submit)
+    monkeypatch.setattr(batch_run, "submit_job", recording_submit)
     monkeypatch.setattr(module, "BATCH_POLL_S", 0.2)
 
     result = multinode_simulation(
@@ -171,6 +173,7 @@ def test_on_aws_a_multinode_batch_job_is_submitted_with_node_ranges_and_run_tags
 
 def test_the_cancellation_hook_terminates_the_followed_batch_job(aws):
     """moto ignores TerminateJob for finished jobs: the call itself is what is checked."""
+    from tasks.compute import batch_run
     from tasks.compute.batch import RunningJob
 
     batch_without_docker(aws)
@@ -181,7 +184,7 @@ def test_the_cancellation_hook_terminates_the_followed_batch_job(aws):
     job_id = batch.submit_job(jobName="sim", jobQueue=QUEUE, jobDefinition=definition)["jobId"]
     calls = record_calls(batch)
     run_id = "11111111-2222-3333-4444-555555555555"
-    module._BATCH_JOBS[run_id] = RunningJob(batch, job_id)
+    batch_run.BATCH_JOBS[run_id] = RunningJob(batch, job_id)
 
     class _Run:
         id = run_id
@@ -189,9 +192,9 @@ def test_the_cancellation_hook_terminates_the_followed_batch_job(aws):
     class _State:
         name = "Cancelling"
 
-    module.terminate_batch_job(None, _Run(), _State())
+    batch_run.terminate_batch_job(None, _Run(), _State())
 
     (terminate,) = [params for name, params in calls if name == "TerminateJob"]
     assert terminate["jobId"] == job_id
     assert run_id in terminate["reason"]
-    assert run_id not in module._BATCH_JOBS
+    assert run_id not in batch_run.BATCH_JOBS

@@ -1,0 +1,103 @@
+"""One AWS Batch job per flow run: check, submit, follow to its end, terminate on the way out.
+
+Flows that run work on Batch (the simulation's MPI job, DDP training) share this, so a
+cancelled, failed or crashed flow run never leaves nodes running.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from tasks.compute.batch import (
+    JobFollower,
+    RunningJob,
+    check_job_definition,
+    check_job_queue,
+    submit_job,
+)
+from tasks.errors import InputError, SciflowError
+from tasks.progress import run_logger
+from tasks.storage.run_dir import RunContext
+
+# Batch jobs this process follows, by flow run id: what the cancellation hook terminates.
+BATCH_JOBS: dict[str, RunningJob] = {}
+
+
+def run_batch_job(
+    run: RunContext,
+    *,
+    runtime: str,
+    name: str,
+    command: Sequence[str],
+    nodes: int,
+    environment: Mapping[str, str] | None = None,
+    poll_s: float = 10.0,
+    on_line: Callable[[str, str], None] | None = None,
+) -> RunningJob:
+    """Submit one (multi-node) job with the unit's ``runtime`` definition; wait for SUCCEEDED.
+
+    Args:
+        run: The flow run (unit, tags, id).
+        runtime: Key of the unit's ``batch_job_definitions`` whose image runs ``command``.
+        name: Job name prefix; the run id's start is appended.
+        command: Command of every node.
+        nodes: Nodes; 2 or more makes a multi-node parallel job.
+        environment: Variables for every node (on top of PYTHONUNBUFFERED=1).
+        poll_s: Seconds between polls.
+        on_line: Called with (node label, line) for each CloudWatch line; logged if omitted.
+
+    Raises:
+        InputError: The unit lacks a queue or the runtime's job definition.
+        SciflowError: The job ended in FAILED.
+    """
+    unit = run.unit
+    if not unit.batch_job_queue:
+        raise InputError(f"compute unit {unit.name!r} has no batch_job_queue")
+    if runtime not in unit.batch_job_definitions:
+        raise InputError(
+            f"compute unit {unit.name!r} has no batch_job_definitions[{runtime!r}]; "
+            f"it has {sorted(unit.batch_job_definitions)}"
+        )
+    session = unit.boto3_session()
+    batch, logs = session.client("batch"), session.client("logs")
+    job = submit_job(
+        batch,
+        name=f"{name}-{run.run_id[:8]}",
+        queue=check_job_queue(batch, unit.batch_job_queue),
+        definition=check_job_definition(batch, unit.batch_job_definitions[runtime]),
+        tags=run.tags,
+        environment={"PYTHONUNBUFFERED": "1", **(environment or {})},
+        command=list(command),
+        node_count=nodes,
+    )
+    BATCH_JOBS[run.run_id] = job
+    follower = JobFollower(job, run_logger(), logs, on_line=on_line)
+    try:
+        while not follower.poll():
+            time.sleep(poll_s)
+    except BaseException:
+        job.kill(f"sciflow flow run {run.run_id} stopped following it")
+        raise
+    finally:
+        BATCH_JOBS.pop(run.run_id, None)
+    if job.status != "SUCCEEDED":
+        raise SciflowError(f"Batch job {job.job_id} {job.status}: {job.reason or 'no reason'}")
+    return job
+
+
+def job_seconds(job: RunningJob, fallback: float) -> float:
+    """Run time of a finished job from Batch's timestamps, else ``fallback``."""
+    info = job.info
+    if info.get("startedAt") and info.get("stoppedAt"):
+        return (info["stoppedAt"] - info["startedAt"]) / 1000
+    return fallback
+
+
+def terminate_batch_job(flow: Any, flow_run: Any, state: Any) -> None:
+    """Flow hook: terminate the Batch job this run was following, if any."""
+    job = BATCH_JOBS.pop(str(flow_run.id), None)
+    if job is not None:
+        job.kill(f"Prefect flow run {flow_run.id} was {state.name.lower()}")
+        run_logger().info("terminated Batch job %s", job.job_id)
