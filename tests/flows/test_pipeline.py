@@ -21,6 +21,7 @@ def test_research_pipeline_runs_every_stage_and_writes_a_manifest(sciflow_dirs):
         "preflight",
         "simulation",
         "reconstruction",
+        "training",
         "secure-cleanup",
     }
     assert manifest["run_id"] == run_dir.name
@@ -29,6 +30,13 @@ def test_research_pipeline_runs_every_stage_and_writes_a_manifest(sciflow_dirs):
     assert snr_map.parent == run_dir / "reconstruction"
     assert Path(result.stages["simulation"]) == run_dir / "simulation" / "simulation.h5"
     assert result.median_snr > 10  # the simulated Shepp-Logan's SNR inside the mask
+    model = Path(result.stages["training"])
+    assert model == run_dir / "training" / "model" / "model.pt"
+    metrics = json.loads((model.parent.parent / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["steps"] > 0
+    assert metrics["history"]["loss"][-1] < metrics["history"]["loss"][0]  # it learned
+    training_set = json.loads((run_dir / "training-set" / "manifest.json").read_text())
+    assert len(training_set["sources"]) == 2  # reconstruction and simulation
     cleanup = json.loads(Path(result.stages["secure-cleanup"]).read_text())
     assert cleanup["ok"] is True
     assert {c["name"] for c in cleanup["checks"]} == {"scratch removed", "no partial writes"}

@@ -1,0 +1,460 @@
+"""Distributed training: a model trained on reconstructed images, from a laptop to GPU nodes.
+
+check inputs → config.json → processes (``torchrun`` ranks for DDP, or a parameter server
+and its workers) → model, metrics.json and loss curves in ``output`` → summary artifact.
+
+Here the processes run on this machine; on an AWS unit DDP runs as an AWS Batch
+(multi-node) job and the parameter server as ECS Fargate tasks. Every process reads the
+same config.json and reports event lines (``tasks.training.events``): they move the
+progress artifact and the log here, and reach CloudWatch on AWS. Checkpoints go to
+``output/checkpoints`` every ``checkpoint_every`` steps; with ``resume`` (the default) a
+re-run with the same ``output`` continues from the newest complete one.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+from prefect import flow, task
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from blocks.compute_unit import load_unit
+from flows.secure_cleanup import cleanup_on_exit
+from tasks.compute.batch_run import run_batch_job, terminate_batch_job
+from tasks.compute.batch_worker import cancel_own_batch_job
+from tasks.errors import InputError, SciflowError, describe_validation
+from tasks.progress import Progress, markdown_table, publish_summary, run_logger
+from tasks.storage.run_dir import RunContext
+from tasks.training.config import (
+    CONFIG_NAME,
+    CURVES_NAME,
+    METRICS_NAME,
+    Backend,
+    Device,
+    Strategy,
+    TrainConfig,
+)
+from tasks.training.ecs import ParameterServerLaunch, plan_from_unit
+from tasks.training.events import parse_event
+from tasks.training.launch import (
+    free_port,
+    parameter_server_argv,
+    run_processes,
+    torchrun_argv,
+)
+
+# The unit's `batch_job_definitions` entry whose image has torch and sciflow.
+BATCH_RUNTIME = "training"
+# Seconds between polls of a Batch job or ECS tasks.
+BATCH_POLL_S = 10.0
+ECS_POLL_S = 10.0
+# What the cancellation hook stops, by flow run id: local processes, ECS launches.
+_RUNNING: dict[str, threading.Event] = {}
+_ECS_LAUNCHES: dict[str, ParameterServerLaunch] = {}
+
+
+class TrainingOptions(BaseModel):
+    """What a pipeline's training stage trains (the flow's model and schedule parameters)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field("unet", description="Model name: unet, convnet or linear.")
+    model_options: dict[str, Any] = Field(default_factory=dict, description="Model options.")
+    strategy: Strategy = Field("ddp", description="'ddp' or 'parameter_server'.")
+    procs_per_node: int = Field(2, ge=1, description="Processes (ranks or workers).")
+    epochs: int = Field(1, ge=1, description="Passes over the training split.")
+    batch_size: int = Field(8, ge=1, description="Samples per step over all processes.")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many steps.")
+
+
+class TrainingResult(BaseModel):
+    """Where the trained model is and how training went."""
+
+    output: str = Field(description="URI of the directory with model, metrics and curves.")
+    model: str = Field(description="URI of the TorchScript model (model/model.pt).")
+    metrics: str = Field(description="URI of metrics.json.")
+    curves: str = Field(description="URI of the loss and validation curves (PNG).")
+    steps: int = Field(description="Optimizer steps (parameter-server updates) done in all.")
+    resumed_from: int = Field(description="Step this run continued from (0: a fresh start).")
+    final_loss: float = Field(description="Training loss at the last logged step.")
+    val_loss: float = Field(description="Validation loss at the end.")
+    samples_per_s: float = Field(description="Training samples per second, all processes.")
+    data_wait_fraction: float = Field(description="Share of step time spent waiting for data.")
+
+
+def build_config(**fields: Any) -> TrainConfig:
+    """A ``TrainConfig`` from flow parameters; bad values become one InputError."""
+    try:
+        return TrainConfig(**fields)
+    except ValidationError as exc:
+        raise InputError(f"training parameters: {describe_validation(exc)}") from None
+
+
+@task
+def check_inputs(cfg: TrainConfig) -> dict[str, int]:
+    """Everything that can be checked before a process starts, so bad input fails here.
+
+    Data set, model against it, processes against shards, GPU for NCCL, and checkpoints
+    that ``resume=False`` would overwrite.
+    """
+    from tasks.training.checkpoint import CheckpointStore
+    from tasks.training.data import check_shards, load_manifest
+    from tasks.training.loop import select_device
+    from tasks.training.models import check_input_shape
+
+    manifest = load_manifest(cfg.dataset)
+    check_input_shape(cfg.model, cfg.model_options, (manifest.channels, *manifest.shape))
+    check_shards(len(manifest.train), cfg.processes, f"the training split of {cfg.dataset}")
+    if len(manifest.train) // cfg.processes < cfg.per_process_batch:
+        raise InputError(
+            f"batch_size={cfg.batch_size} over {cfg.processes} process(es) needs "
+            f"{cfg.batch_size} training samples per step; {cfg.dataset} has "
+            f"{len(manifest.train)}: lower batch_size"
+        )
+    select_device(cfg)
+    found = CheckpointStore(cfg.checkpoints).latest()
+    if found is not None:
+        if not cfg.resume:
+            raise InputError(
+                f"{cfg.checkpoints} already holds checkpoints up to step {found.step} and "
+                "resume=False; pass resume=True to continue them or choose another output"
+            )
+        if found.model != cfg.model_spec:
+            raise InputError(
+                f"the newest checkpoint in {cfg.checkpoints} was written by model "
+                f"{found.model}, this run trains {cfg.model_spec}; choose another output"
+            )
+    per_epoch = len(manifest.train) // cfg.processes // cfg.per_process_batch
+    steps = min(per_epoch * cfg.epochs, cfg.max_steps or per_epoch * cfg.epochs)
+    return {"train": len(manifest.train), "validation": len(manifest.validation), "steps": steps}
+
+
+@task
+def write_config(run: RunContext, cfg: TrainConfig) -> str:
+    """config.json beside the outputs, where every process reads it."""
+    return run.store.write_text(cfg.uri(CONFIG_NAME), cfg.model_dump_json(indent=2))
+
+
+class _Follower:
+    """Turns the processes' event lines into log lines and a progress artifact."""
+
+    def __init__(self, key: str) -> None:
+        self.logger = run_logger()
+        self.key = key
+        self.progress: Progress | None = None
+        self.done_step = 0
+        self.summary: dict[str, Any] = {}
+        self.errors: list[str] = []
+
+    def on_event(self, name: str, event: dict[str, Any]) -> None:
+        kind = event["event"]
+        if kind == "start":
+            self.done_step = int(event["step"])
+            total = int(event["total_steps"])
+            self.logger.info(
+                "training %s from step %d of %d on %s (%d process(es))",
+                "resumes" if event.get("resumed") else "starts",
+                self.done_step,
+                total,
+                event.get("device"),
+                event.get("world"),
+            )
+            self.progress = Progress(total=total, what="steps", key=self.key).__enter__()
+            self.progress.advance(self.done_step)
+        elif kind == "step":
+            self.logger.info(
+                "step %d epoch %d: loss %.4g, %.1f samples/s (%.1f per process), data wait %.1f%%",
+                event["step"],
+                event["epoch"],
+                event["loss"],
+                event["samples_per_s"],
+                event["samples_per_s_per_process"],
+                100 * event["data_wait"],
+            )
+            if self.progress is not None:
+                self.progress.advance(int(event["step"]) - self.done_step)
+            self.done_step = int(event["step"])
+        elif kind == "validation":
+            self.logger.info("validation at step %d: loss %.4g", event["step"], event["val_loss"])
+        elif kind == "checkpoint":
+            self.logger.info("checkpoint at step %d: %s", event["step"], event["uri"])
+        elif kind == "done":
+            self.summary = event
+        elif kind == "error":
+            self.errors.append(str(event.get("message")))
+            self.logger.error("[%s] %s", name, event.get("message"))
+        elif kind == "rank":
+            self.logger.info(
+                "[%s] rank %s is pid %s on %s", name, *map(event.get, ("rank", "pid", "device"))
+            )
+
+    def on_line(self, name: str, line: str) -> None:
+        self.logger.info("[%s] %s", name, line)
+
+    def close(self) -> None:
+        """Finish the progress artifact."""
+        if self.progress is not None:
+            self.progress.__exit__(None, None, None)
+
+
+@task
+def train_locally(
+    cfg: TrainConfig, config_uri: str, run_id: str, max_restarts: int
+) -> dict[str, Any]:
+    """The processes on this machine, followed to their end."""
+    follower = _Follower(f"training-{run_id[:8]}")
+    if cfg.strategy == "ddp":
+        commands = {
+            "torchrun": torchrun_argv(
+                config_uri, procs_per_node=cfg.procs_per_node, max_restarts=max_restarts
+            )
+        }
+    else:
+        port = free_port()
+        commands = {
+            "server": [
+                *parameter_server_argv("server", config_uri, port=port, workers=cfg.processes),
+                "--host",
+                "127.0.0.1",
+            ],
+            **{
+                f"worker-{i + 1}": parameter_server_argv(
+                    "worker", config_uri, server=f"127.0.0.1:{port}"
+                )
+                for i in range(cfg.processes)
+            },
+        }
+    cancel = _RUNNING.setdefault(run_id, threading.Event())
+    try:
+        run_processes(commands, on_event=follower.on_event, on_line=follower.on_line, cancel=cancel)
+    except SciflowError as exc:
+        if follower.errors:  # the processes said what was wrong: that is the error
+            raise InputError("; ".join(dict.fromkeys(follower.errors))) from exc
+        raise
+    finally:
+        _RUNNING.pop(run_id, None)
+        follower.close()
+    if not follower.summary:
+        raise SciflowError("training ended without its 'done' event: no summary")
+
+
+@task
+def train_on_batch(run: RunContext, cfg: TrainConfig, config_uri: str, max_restarts: int) -> None:
+    """DDP as one AWS Batch job: every node runs torchrun, meeting at the main node.
+
+    One node (a GPU instance, say) is a plain job; more make a multi-node parallel job. The
+    ranks' event lines come back through CloudWatch into this run's log and progress.
+    """
+    follower = _Follower(f"training-{run.run_id[:8]}")
+
+    def on_line(node: str, line: str) -> None:
+        event = parse_event(line)
+        if event is None:
+            follower.on_line(node, line)
+        else:
+            follower.on_event(node, event)
+
+    command = [
+        "python", "-m", "tasks.training.launch", "node",
+        "--config", config_uri,
+        "--procs-per-node", str(cfg.procs_per_node),
+        "--max-restarts", str(max_restarts),
+    ]  # fmt: skip
+    try:
+        run_batch_job(
+            run,
+            runtime=BATCH_RUNTIME,
+            name="sciflow-training",
+            command=command,
+            nodes=cfg.nodes,
+            poll_s=BATCH_POLL_S,
+            on_line=on_line,
+        )
+    finally:
+        follower.close()
+
+
+@task
+def train_on_ecs(run: RunContext, cfg: TrainConfig, config_uri: str) -> None:
+    """The parameter server and its workers as ECS Fargate tasks, followed to their end.
+
+    Leaving (done, failed or cancelled) stops every task and removes the Cloud Map service.
+    """
+    plan = plan_from_unit(run.unit, run.run_id, run.tags, config_uri, cfg.processes)
+    launch = ParameterServerLaunch(plan, run.unit.boto3_session(), poll_s=ECS_POLL_S)
+    _ECS_LAUNCHES[run.run_id] = launch
+    try:
+        with launch:
+            launch.start()
+            run_logger().info(
+                "parameter server %s at %s:%d with %d worker task(s)",
+                launch.server_task,
+                plan.server_host,
+                plan.port,
+                len(launch.worker_tasks),
+            )
+            outcome = launch.wait()
+    finally:
+        _ECS_LAUNCHES.pop(run.run_id, None)
+    if not outcome.succeeded:
+        server = outcome.server
+        raise SciflowError(
+            f"parameter server task {server.task_arn} exited {server.exit_code}: {server.reason}"
+        )
+
+
+def stop_training(flow: Any, flow_run: Any, state: Any) -> None:
+    """Flow hook: stop what this run started (local processes, ECS tasks), if still going."""
+    cancel = _RUNNING.get(str(flow_run.id))
+    if cancel is not None:
+        cancel.set()
+    launch = _ECS_LAUNCHES.pop(str(flow_run.id), None)
+    if launch is not None:
+        launch.stop(f"Prefect flow run {flow_run.id} was {state.name.lower()}")
+
+
+@flow(
+    name="distributed-training",
+    on_completion=[cleanup_on_exit],
+    on_failure=[stop_training, terminate_batch_job, cleanup_on_exit],
+    on_crashed=[stop_training, terminate_batch_job, cleanup_on_exit],
+    on_cancellation=[stop_training, terminate_batch_job, cancel_own_batch_job, cleanup_on_exit],
+)
+def distributed_training(
+    dataset: str,
+    model: str = "unet",
+    strategy: Strategy = "ddp",
+    nodes: int = 1,
+    procs_per_node: int = 2,
+    epochs: int = 1,
+    batch_size: int = 8,
+    lr: float = 1e-3,
+    checkpoint_every: int = 50,
+    resume: bool = True,
+    output: str | None = None,
+    model_options: dict[str, Any] | None = None,
+    max_steps: int | None = None,
+    device: Device = "auto",
+    backend: Backend = "auto",
+    amp: bool = False,
+    channels_last: bool = False,
+    max_restarts: int = 1,
+    seed: int = 0,
+    unit: str = "local",
+) -> TrainingResult:
+    """Train a model on a training set with DDP or a parameter server.
+
+    Args:
+        dataset: Directory or S3 prefix with manifest.json (``tasks.training.data``).
+        model: Model name: ``unet``, ``convnet`` or ``linear``.
+        strategy: ``ddp`` (torchrun) or ``parameter_server`` (asynchronous updates).
+        nodes: Nodes (more than 1 only on an AWS unit).
+        procs_per_node: DDP ranks, or parameter-server workers, per node.
+        epochs: Passes over the training split.
+        batch_size: Samples per step over all processes.
+        lr: Peak learning rate (Adam with cosine decay).
+        checkpoint_every: Steps between checkpoints.
+        resume: Continue from the newest complete checkpoint in ``output``.
+        output: Directory for checkpoints, model, metrics and curves; the run directory's
+            ``training/`` if omitted (a retry of the flow run resumes there).
+        model_options: The model's options, e.g. ``{"width": 16, "depth": 2}``.
+        max_steps: Stop after this many steps.
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+        backend: Process group: ``auto`` (gloo on CPU, NCCL on CUDA), ``gloo`` or ``nccl``.
+        amp: bf16 autocast on CUDA.
+        channels_last: channels-last memory format on CUDA.
+        max_restarts: torchrun restarts of the whole job when a rank dies (it resumes
+            from the newest checkpoint).
+        seed: Seed of initial parameters and data order.
+        unit: Compute unit to run on.
+    """
+    logger = run_logger()
+    if nodes < 1 or procs_per_node < 1:
+        raise InputError(f"nodes={nodes}, procs_per_node={procs_per_node}; expected >= 1 each")
+    compute_unit = load_unit(unit)
+    if compute_unit.is_local and nodes > 1:
+        raise InputError(f"nodes={nodes} on the local unit {unit!r}; expected 1 (or an AWS unit)")
+    run = RunContext.current(compute_unit)
+    cfg = build_config(
+        dataset=dataset,
+        model=model,
+        model_options=model_options or {},
+        strategy=strategy,
+        nodes=nodes,
+        procs_per_node=procs_per_node,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+        output=output or run.uri("training"),
+        seed=seed,
+        device=device,
+        backend=backend,
+        amp=amp,
+        channels_last=channels_last,
+        max_steps=max_steps,
+    )
+    sizes = check_inputs(cfg)
+    logger.info(
+        "%s on %d training / %d validation samples; %s with %d process(es), global batch %d, "
+        "%d steps",
+        model,
+        sizes["train"],
+        sizes["validation"],
+        strategy,
+        cfg.processes,
+        batch_size,
+        sizes["steps"],
+    )
+    # About 50 points on the loss curve, however long the run.
+    cfg = cfg.model_copy(update={"log_every": max(1, min(100, sizes["steps"] // 50))})
+    config_uri = write_config(run, cfg)
+    if compute_unit.is_local:
+        train_locally(cfg, config_uri, run.run_id, max_restarts)
+    elif strategy == "ddp":
+        train_on_batch(run, cfg, config_uri, max_restarts)
+    else:
+        train_on_ecs(run, cfg, config_uri)
+    return _publish(run, cfg)
+
+
+def _publish(run: RunContext, cfg: TrainConfig) -> TrainingResult:
+    metrics = json.loads(run.store.read_bytes(cfg.uri(METRICS_NAME)))
+    result = TrainingResult(
+        output=cfg.output,
+        model=cfg.uri("model", "model.pt"),
+        metrics=cfg.uri(METRICS_NAME),
+        curves=cfg.uri(CURVES_NAME),
+        steps=int(metrics["steps"]),
+        resumed_from=int(metrics["resumed_from"]),
+        final_loss=float(metrics["final_loss"]),
+        val_loss=float(metrics["val_loss"]),
+        samples_per_s=float(metrics["samples_per_s"]),
+        data_wait_fraction=float(metrics["data_wait_fraction"]),
+    )
+    per_process = metrics.get("samples_per_s_per_process", [])
+    throughput = markdown_table(
+        [{"process": i, "samples/s": f"{rate:.1f}"} for i, rate in enumerate(per_process)]
+        + [{"process": "total", "samples/s": f"{result.samples_per_s:.1f}"}]
+    )
+    publish_summary(
+        "Distributed training",
+        [
+            {"output": "model (TorchScript)", "uri": result.model},
+            {"output": "metrics", "uri": result.metrics},
+            {"output": "loss and validation curves", "uri": result.curves},
+        ],
+        key=f"training-{run.unit.name}",
+        notes=(
+            f"{cfg.model} with {cfg.strategy} on {cfg.processes} process(es): "
+            f"{result.steps} steps (resumed from {result.resumed_from}), final loss "
+            f"**{result.final_loss:.4g}**, validation loss **{result.val_loss:.4g}**, "
+            f"data wait {100 * result.data_wait_fraction:.1f}% of step time.\n\n"
+            f"Throughput:\n\n{throughput}"
+        ),
+    )
+    return result
