@@ -22,6 +22,7 @@ DEPLOYMENTS = (
     "research-pipeline/local",
     "mr-reconstruction/local",
     "multinode-simulation/local",
+    "distributed-training/local",
     "preflight/local",
     "secure-cleanup/local",
 )
@@ -91,6 +92,7 @@ def test_cli_deployment_run_completes_the_pipeline_and_writes_its_outputs(api, p
         "preflight",
         "simulation",
         "reconstruction",
+        "training",
         "secure-cleanup",
     }
     for uri in manifest["stages"].values():
@@ -144,3 +146,25 @@ def test_cli_runs_mr_reconstruction_with_json_parameters(api, deployed, process_
     assert info["sciflow"]["options"]["recon"] == "b1"
     assert info["sciflow"]["extra"]["median_snr_in_mask"] > 20
     assert (run_dir / "SNR.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_cli_runs_distributed_training_on_two_processes(api, deployed, process_worker, tmp_path):
+    """`prefect deployment run distributed-training/local` with a data set and a schedule."""
+    from tasks.training.data import write_synthetic_set
+
+    write_synthetic_set(str(tmp_path / "set"), train=32, validation=8, size=16)
+    params = {
+        "dataset": str(tmp_path / "set"),
+        "model_options": {"width": 8},
+        "epochs": 2,
+        "checkpoint_every": 2,
+    }
+    out = api.cli("deployment", "run", "distributed-training/local", "--params", json.dumps(params))
+    flow_run = wait_for_terminal(flow_run_id_from(out.stdout))
+    assert flow_run.state_name == "Completed", flow_run.state
+    output = api.storage_root / "local" / str(flow_run.id) / "training"
+    metrics = read_json(output / "metrics.json")
+    assert metrics["strategy"] == "ddp"
+    assert len(metrics["samples_per_s_per_process"]) == 2
+    assert metrics["steps"] == 8  # 2 epochs x 32 samples / batch 8
+    assert (output / "loss.png").read_bytes().startswith(b"\x89PNG")
