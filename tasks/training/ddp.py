@@ -31,10 +31,13 @@ from tasks.training.loop import (
     Setup,
     evaluate,
     finish,
+    log_step,
+    log_validation,
     prepare,
     process_group_backend,
     read_config,
     resume_state,
+    save_checkpoint,
     select_device,
 )
 
@@ -143,30 +146,22 @@ def train(cfg: TrainConfig, node: NodeContext) -> dict[str, float]:
                 loss_sum, loss_count = torch.zeros((), device=device), 0
                 meter.reset()
                 if main:
-                    history.step.append(step)
-                    history.loss.append(mean_loss)
-                    history.samples_per_s.append(total_rate)
-                    events.emit(
-                        "step",
+                    log_step(
+                        setup,
+                        history,
                         step=step,
                         epoch=epoch,
                         loss=mean_loss,
-                        lr=setup.scheduler.get_last_lr()[0],
                         samples_per_s=total_rate,
-                        samples_per_s_per_process=rate,
+                        per_process=rate,
                         data_wait=mean_wait,
                     )
             if done_in_epoch == setup.steps_per_epoch or step == setup.total_steps:
                 val = _validate(model.module, setup, rank, world)
                 if main:
-                    history.val_step.append(step)
-                    history.val_loss.append(val)
-                    events.emit("validation", step=step, epoch=epoch, val_loss=val)
+                    log_validation(history, step=step, epoch=epoch, val_loss=val)
             if main and (step % cfg.checkpoint_every == 0 or step == setup.total_steps):
-                uri = setup.checkpoints.save(
-                    step, setup.state(step, history, model.module), cfg.model_spec
-                )
-                events.emit("checkpoint", step=step, uri=uri)
+                save_checkpoint(setup, step, setup.state(step, history, model.module))
 
     seconds = time.perf_counter() - started
     steps_run = step - first_step

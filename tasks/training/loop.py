@@ -226,6 +226,46 @@ def prepare(cfg: TrainConfig, device: torch.device, replicas: int, tags: Any = N
     )  # fmt: skip
 
 
+def log_step(
+    setup: Setup,
+    history: History,
+    *,
+    step: int,
+    epoch: int,
+    loss: float,
+    samples_per_s: float,
+    per_process: float,
+    data_wait: float,
+) -> None:
+    """Record a progress point in the history and report it as a ``step`` event."""
+    history.step.append(step)
+    history.loss.append(loss)
+    history.samples_per_s.append(samples_per_s)
+    events.emit(
+        "step",
+        step=step,
+        epoch=epoch,
+        loss=loss,
+        lr=setup.scheduler.get_last_lr()[0],
+        samples_per_s=samples_per_s,
+        samples_per_s_per_process=per_process,
+        data_wait=data_wait,
+    )
+
+
+def log_validation(history: History, *, step: int, epoch: int, val_loss: float) -> None:
+    """Record a validation loss and report it as a ``validation`` event."""
+    history.val_step.append(step)
+    history.val_loss.append(val_loss)
+    events.emit("validation", step=step, epoch=epoch, val_loss=val_loss)
+
+
+def save_checkpoint(setup: Setup, step: int, state: dict[str, Any]) -> None:
+    """Write a checkpoint and report it as a ``checkpoint`` event."""
+    uri = setup.checkpoints.save(step, state, setup.cfg.model_spec)
+    events.emit("checkpoint", step=step, uri=uri)
+
+
 def resume_state(setup: Setup) -> dict[str, Any] | None:
     """The newest complete checkpoint's state, or ``None`` to start afresh.
 

@@ -49,9 +49,12 @@ from tasks.training.loop import (
     Setup,
     evaluate,
     finish,
+    log_step,
+    log_validation,
     prepare,
     read_config,
     resume_state,
+    save_checkpoint,
     select_device,
 )
 
@@ -296,17 +299,14 @@ class Server:
             rate, _ = meter.read()
             loss = sum(interval.losses) / len(interval.losses)
             wait = interval.wait_s / interval.cycle_s if interval.cycle_s > 0 else 0.0
-            history.step.append(step)
-            history.loss.append(loss)
-            history.samples_per_s.append(rate)
-            events.emit(
-                "step",
+            log_step(
+                setup,
+                history,
                 step=step,
                 epoch=epoch,
                 loss=loss,
-                lr=setup.scheduler.get_last_lr()[0],
                 samples_per_s=rate,
-                samples_per_s_per_process=rate / self.workers,
+                per_process=rate / self.workers,
                 data_wait=wait,
             )
             meter.reset()
@@ -314,13 +314,10 @@ class Server:
         if step % self.updates_per_epoch == 0 or last:
             total, count = evaluate(setup.model, setup, 0, 1)
             val = total / count if count else float("nan")
-            history.val_step.append(step)
-            history.val_loss.append(val)
-            events.emit("validation", step=step, epoch=epoch, val_loss=val)
+            log_validation(history, step=step, epoch=epoch, val_loss=val)
         if step % cfg.checkpoint_every == 0 or last:
             state = {**setup.state(step, history), "worker_steps": list(self.worker_steps)}
-            uri = setup.checkpoints.save(step, state, cfg.model_spec)
-            events.emit("checkpoint", step=step, uri=uri)
+            save_checkpoint(setup, step, state)
 
 
 # --- worker ------------------------------------------------------------------------------------
