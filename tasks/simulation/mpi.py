@@ -18,14 +18,12 @@ then calls ``MPI_Abort``, so the other ranks are killed instead of waiting in a 
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import queue
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -33,8 +31,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Literal
+from typing import Literal
 
+from tasks.compute.processes import kill_with_parent, read_lines, stop_group
 from tasks.errors import InputError, SciflowError
 
 logger = logging.getLogger(__name__)
@@ -60,9 +59,6 @@ POLL_S = 0.2
 # Error lines kept per rank for the exception.
 ERROR_TAIL_LINES = 30
 
-# prctl(PR_SET_PDEATHSIG): a child gets a signal when the thread that started it ends.
-_PR_SET_PDEATHSIG = 1
-_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 _HYDRA_LINE = re.compile(r"^\[(\d+)\] ?(.*)$", re.DOTALL)
 _GFORKER_LINE = re.compile(r"^(\d+)(\(err\))?>(.*)$", re.DOTALL)
 _LAUNCH_PREFIX = "HYDRA_LAUNCH: "
@@ -101,16 +97,6 @@ def mpiexec_path() -> Path:
     raise InputError(
         f"no {MPIEXEC} beside {sys.executable} or on PATH; {INSTALL_HINT} (`make install` does)"
     )
-
-
-def kill_with_parent() -> None:
-    """A ``preexec_fn``: on Linux the child gets SIGTERM when its starter goes away.
-
-    So a flow run that is killed (cancelled from the UI, say) takes its MPI job with it
-    instead of leaving the ranks running. Elsewhere it does nothing.
-    """
-    if _LIBC is not None:
-        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def mpi4py_argv(module: str, *args: str) -> list[str]:
@@ -197,7 +183,7 @@ def run_mpi(
     )
     lines: queue.Queue[tuple[str, str | None]] = queue.Queue()
     readers = [
-        threading.Thread(target=_read_lines, args=(stream, name, lines), daemon=True)
+        threading.Thread(target=read_lines, args=(stream, name, lines), daemon=True)
         for stream, name in ((proc.stdout, "out"), (proc.stderr, "err"))
     ]
     for reader in readers:
@@ -314,29 +300,13 @@ def _first_host(hosts: Sequence[str] | None, hostfile: Path | None) -> str:
     raise InputError(f"hostfile {hostfile} names no host; expected `host:slots` lines")
 
 
-def _read_lines(stream: IO[bytes], name: str, lines: queue.Queue[tuple[str, str | None]]) -> None:
-    with stream:
-        for raw in iter(stream.readline, b""):
-            lines.put((name, raw.decode(errors="replace").rstrip("\r\n")))
-    lines.put((name, None))
-
-
 def _log_line(rank: int | None, line: str) -> None:
     logger.info("[%s] %s", "mpiexec" if rank is None else rank, line)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM the job's process group (Hydra passes it on to its proxies), then SIGKILL."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=KILL_GRACE_S)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    stop_group(proc, KILL_GRACE_S)
 
 
 def _describe(argv: Sequence[str], ranks: int) -> str:

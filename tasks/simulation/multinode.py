@@ -43,8 +43,9 @@ from pathlib import Path
 from typing import Any
 
 from tasks.compute.node_context import BATCH_JOB_ID, NodeContext, launcher_env
+from tasks.compute.processes import kill_with_parent
 from tasks.errors import InputError, SciflowError
-from tasks.simulation.mpi import PROXY, MpiError, kill_with_parent, mpiexec_path, run_mpi
+from tasks.simulation.mpi import PROXY, MpiError, mpiexec_path, run_mpi
 
 logger = logging.getLogger(__name__)
 

@@ -22,11 +22,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any
 
 from tasks.compute.node_context import LOOPBACK, NodeContext
+from tasks.compute.processes import kill_with_parent, read_lines, stop_group
 from tasks.errors import InputError, SciflowError
-from tasks.simulation.mpi import kill_with_parent
 from tasks.training import events
 
 # Rendezvous port on the main node of a multi-node job (open between the job's nodes).
@@ -142,11 +142,13 @@ def run_processes(
                 preexec_fn=kill_with_parent,
             )
             running[name] = _Process(name, proc)
-            threading.Thread(target=_pump, args=(proc.stdout, name, lines), daemon=True).start()
+            reader = threading.Thread(target=read_lines, args=(proc.stdout, name, lines))
+            reader.daemon = True
+            reader.start()
         _follow(running, lines, on_event, on_line, cancel, timeout_s)
     finally:
         for process in running.values():
-            _stop(process.proc)
+            stop_group(process.proc, KILL_GRACE_S)
 
 
 def _follow(
@@ -221,29 +223,6 @@ def _failure(process: _Process) -> str:
     how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
     tail = "\n".join(process.errors) or "(no output)"
     return f"training process {process.name!r} {how}; its last lines:\n{tail}"
-
-
-def _pump(stream: IO[bytes], name: str, lines: queue.Queue[tuple[str, str | None]]) -> None:
-    with stream:
-        for raw in iter(stream.readline, b""):
-            lines.put((name, raw.decode(errors="replace").rstrip("\r\n")))
-    lines.put((name, None))
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the process group (torchrun passes it to its ranks), then SIGKILL."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        if proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=KILL_GRACE_S)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def node_main(config_uri: str, procs_per_node: int, max_restarts: int) -> int:
