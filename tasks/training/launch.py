@@ -103,6 +103,7 @@ class _Process:
     name: str
     proc: subprocess.Popen[bytes]
     errors: deque[str] = field(default_factory=lambda: deque(maxlen=ERROR_TAIL_LINES))
+    reported: list[str] = field(default_factory=list)  # what the program's error events said
 
 
 def run_processes(
@@ -198,7 +199,7 @@ def _dispatch(
             on_line(name, line)
         return
     if event["event"] == "error":
-        running[name].errors.append(str(event.get("message")))
+        running[name].reported.append(str(event.get("message")))
     if on_event is not None:
         on_event(name, event)
 
@@ -221,6 +222,10 @@ def _drain(
 def _failure(process: _Process) -> str:
     code = process.proc.returncode
     how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
+    if process.reported:  # the program said what went wrong; the launcher's traceback won't
+        return f"training process {process.name!r} {how}: " + "; ".join(
+            dict.fromkeys(process.reported)
+        )
     tail = "\n".join(process.errors) or "(no output)"
     return f"training process {process.name!r} {how}; its last lines:\n{tail}"
 
