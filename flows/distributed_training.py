@@ -147,7 +147,7 @@ class _Follower:
         self.progress: Progress | None = None
         self.done_step = 0
         self.summary: dict[str, Any] = {}
-        self.errors: list[str] = []
+        self.errors: dict[str, str] = {}  # message -> error type the process raised
 
     def on_event(self, name: str, event: dict[str, Any]) -> None:
         kind = event["event"]
@@ -184,7 +184,7 @@ class _Follower:
         elif kind == "done":
             self.summary = event
         elif kind == "error":
-            self.errors.append(str(event.get("message")))
+            self.errors[str(event.get("message"))] = str(event.get("kind"))
             self.logger.error("[%s] %s", name, event.get("message"))
         elif kind == "rank":
             self.logger.info(
@@ -232,7 +232,8 @@ def train_locally(
         run_processes(commands, on_event=follower.on_event, on_line=follower.on_line, cancel=cancel)
     except SciflowError as exc:
         if follower.errors:  # the processes said what was wrong: that is the error
-            raise InputError("; ".join(dict.fromkeys(follower.errors))) from exc
+            kind = InputError if "InputError" in follower.errors.values() else SciflowError
+            raise kind("; ".join(follower.errors)) from exc
         raise
     finally:
         _RUNNING.pop(run_id, None)
