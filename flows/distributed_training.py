@@ -132,6 +132,21 @@ def check_inputs(cfg: TrainConfig) -> dict[str, int]:
     return {"train": len(manifest.train), "validation": len(manifest.validation), "steps": steps}
 
 
+def check_aws_unit(run: RunContext, cfg: TrainConfig) -> None:
+    """Refuse a unit that cannot run the strategy before anything is read or written."""
+    unit = run.unit
+    if cfg.strategy == "parameter_server":
+        plan_from_unit(unit, run.run_id, run.tags, cfg.uri(CONFIG_NAME), cfg.processes)
+        return
+    if not unit.batch_job_queue:
+        raise InputError(f"compute unit {unit.name!r} has no batch_job_queue for DDP on Batch")
+    if BATCH_RUNTIME not in unit.batch_job_definitions:
+        raise InputError(
+            f"compute unit {unit.name!r} has no batch_job_definitions[{BATCH_RUNTIME!r}]; "
+            f"it has {sorted(unit.batch_job_definitions)}"
+        )
+
+
 @task
 def write_config(run: RunContext, cfg: TrainConfig) -> str:
     """config.json beside the outputs, where every process reads it."""
@@ -399,6 +414,8 @@ def distributed_training(
         channels_last=channels_last,
         max_steps=max_steps,
     )
+    if not compute_unit.is_local:
+        check_aws_unit(run, cfg)
     sizes = check_inputs(cfg)
     logger.info(
         "%s on %d training / %d validation samples; %s with %d process(es), global batch %d, "

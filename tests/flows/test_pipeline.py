@@ -33,7 +33,8 @@ def test_research_pipeline_runs_every_stage_and_writes_a_manifest(sciflow_dirs):
     model = Path(result.stages["training"])
     assert model == run_dir / "training" / "model" / "model.pt"
     metrics = json.loads((model.parent.parent / "metrics.json").read_text())
-    assert metrics["world_size"] == 2 and metrics["steps"] > 0
+    assert metrics["world_size"] == 2
+    assert metrics["steps"] > 0
     assert metrics["history"]["loss"][-1] < metrics["history"]["loss"][0]  # it learned
     training_set = json.loads((run_dir / "training-set" / "manifest.json").read_text())
     assert len(training_set["sources"]) == 2  # reconstruction and simulation

@@ -1,29 +1,21 @@
 """The parameter-server launch on ECS Fargate, against moto's server on 127.0.0.1.
 
-moto 5.2.5 models an ECS task's life with its state manager (model ``ecs::task``, by default
-``manual`` with ``times: 1``: each DescribeTasks moves a task one state on), but starts tasks
-in RUNNING: the states before it are commented out in ``moto/ecs/models.py``. The
-``lifecycle`` fixture gives moto's tasks those states back (PROVISIONING, PENDING, ACTIVATING
-first) and sets the transition over HTTP, so the launcher has to poll its tasks to RUNNING.
-moto does not echo a task's network configuration; the RunTask bodies on the wire are
-recorded with a botocore ``before-call`` hook instead.
+The network, the ``lifecycle`` fixture (tasks polled through every ECS state) and the
+RunTask recorder are in tests/training/moto_ecs.py, shared with the flow's tests.
 """
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
-import httpx
 import pytest
 from botocore.awsrequest import AWSResponse
 
-from blocks.compute_unit import ComputeUnit, FargateDask
+from blocks.compute_unit import ComputeUnit
 from tasks.compute.tags import from_aws, run_tags
 from tasks.errors import InputError, SciflowError, TransientError
 from tasks.training import ecs
@@ -35,131 +27,22 @@ from tasks.training.ecs import (
     service_name_for,
     task_definitions,
 )
+from tests.training import moto_ecs
+from tests.training.moto_ecs import ACCOUNT, REGION, Recorder, cloud_map, make_unit, set_transition
 
-ACCOUNT = "123456789012"
-REGION = "us-east-1"
 RUN_ID = "8F0C1D2E-3A4B-4C5D-8E9F-0A1B2C3D4E5F"
 TAGS = run_tags(RUN_ID, "lab", "train")
 CONFIG = "s3://lab-sciflow/runs/train/8f0c/config.json"
-IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/sciflow:1"
 POLL_S = 0.01
-# Real ECS's task states; moto comments out the first three.
-FULL_LIFECYCLE = [
-    ("PROVISIONING", "PENDING"),
-    ("PENDING", "ACTIVATING"),
-    ("ACTIVATING", "RUNNING"),
-    ("RUNNING", "DEACTIVATING"),
-    ("DEACTIVATING", "STOPPING"),
-    ("STOPPING", "DEPROVISIONING"),
-    ("DEPROVISIONING", "STOPPED"),
-]
 REPO = Path(__file__).resolve().parents[2]
-
-
-def set_transition(endpoint: str, times: int) -> None:
-    with httpx.Client(trust_env=False, timeout=30) as client:
-        client.post(
-            f"{endpoint}/moto-api/state-manager/set-transition",
-            json={
-                "model_name": "ecs::task",
-                "transition": {"progression": "manual", "times": times},
-            },
-        ).raise_for_status()
-
-
-@pytest.fixture
-def lifecycle(aws: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
-    """Tasks start PROVISIONING and move one state per 2 DescribeTasks of them."""
-    from moto.ecs.models import Task
-
-    original = Task.__init__
-
-    def init(self: Any, *args: Any, **kwargs: Any) -> None:
-        original(self, *args, **kwargs)
-        self._transitions, self._status = FULL_LIFECYCLE, "PROVISIONING"
-
-    monkeypatch.setattr(Task, "__init__", init)
-    set_transition(aws, times=2)
-    yield 2
-    with httpx.Client(trust_env=False, timeout=30) as client:
-        client.post(
-            f"{aws}/moto-api/state-manager/unset-transition", json={"model_name": "ecs::task"}
-        ).raise_for_status()
-
-
-@pytest.fixture
-def network(aws: str) -> dict[str, Any]:
-    """A VPC (DNS hostnames on), two private subnets, a security group, an ECS cluster."""
-    ec2 = boto3.client("ec2", region_name=REGION)
-    vpc = ec2.create_vpc(CidrBlock="10.1.0.0/16")["Vpc"]["VpcId"]
-    # Cloud Map private DNS needs DNS hostnames on (and moto's task ENIs need it too).
-    ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})
-    subnets = [
-        ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.1.{i}.0/24")["Subnet"]["SubnetId"]
-        for i in (1, 2)
-    ]
-    group = ec2.create_security_group(GroupName="ps", Description="ps", VpcId=vpc)["GroupId"]
-    cluster = boto3.client("ecs", region_name=REGION).create_cluster(clusterName="sciflow")
-    return {
-        "vpc": vpc,
-        "subnets": subnets,
-        "group": group,
-        "cluster": cluster["cluster"]["clusterArn"],
-    }
-
-
-def make_unit(network: dict[str, Any], **fargate: Any) -> ComputeUnit:
-    settings = {
-        "image": IMAGE,
-        "subnets": network["subnets"],
-        "security_groups": [network["group"]],
-        "cluster_arn": network["cluster"],
-        "execution_role_arn": f"arn:aws:iam::{ACCOUNT}:role/exec",
-        "task_role_arn": f"arn:aws:iam::{ACCOUNT}:role/task",
-        "log_group": "/sciflow/train",
-    } | fargate
-    return ComputeUnit(
-        name="lab",
-        platform="aws",
-        region=REGION,
-        storage_root="s3://lab-sciflow/runs",
-        fargate=FargateDask(**settings),
-    )
+# The shared fixtures (as imported names they would read as unused, then redefined).
+lifecycle, network = moto_ecs.lifecycle, moto_ecs.network
 
 
 def make_plan(network: dict[str, Any], worker_count: int = 2, **kwargs: Any) -> ParameterServerPlan:
     return plan_from_unit(
         make_unit(network), RUN_ID, TAGS, CONFIG, worker_count, environment={"SEED": "7"}, **kwargs
     )
-
-
-def cloud_map() -> Any:
-    """A Cloud Map client that moto's server can answer DiscoverInstances on."""
-    return ecs.aws_clients(None, REGION)[1]
-
-
-class Recorder:
-    """Wire bodies of RunTask and the states DescribeTasks answered, from botocore's events."""
-
-    def __init__(self, client: Any) -> None:
-        self.run_tasks: list[dict[str, Any]] = []
-        self.states: list[dict[str, str]] = []
-        client.meta.events.register("before-call.ecs.RunTask", self._before_run)
-        client.meta.events.register("after-call.ecs.DescribeTasks", self._after_describe)
-
-    def _before_run(self, params: dict[str, Any], **_: Any) -> None:
-        self.run_tasks.append(json.loads(params["body"]))
-
-    def _after_describe(self, parsed: dict[str, Any], **_: Any) -> None:
-        self.states.append({t["taskArn"]: t["lastStatus"] for t in parsed.get("tasks", [])})
-
-    def seen(self, arn: str) -> list[str]:
-        """The states ``arn`` went through, each once, in order."""
-        states: list[str] = []
-        for answer in self.states:
-            if arn in answer and (not states or states[-1] != answer[arn]):
-                states.append(answer[arn])
-        return states
 
 
 def launch(plan: ParameterServerPlan, **kwargs: Any) -> tuple[ParameterServerLaunch, Recorder]:
