@@ -100,7 +100,8 @@ def train(cfg: TrainConfig, node: NodeContext) -> dict[str, float]:
     model = DistributedDataParallel(
         setup.model, device_ids=[device.index] if device.type == "cuda" else None
     )
-    sampler = ResumableSampler(setup.train_set, world, rank, cfg.seed)
+    sampler = ResumableSampler(setup.train_set, world, rank, cfg.seed, cfg.per_process_batch)
+    sampler.span(step, setup.total_steps)
     if main:
         events.emit(
             "start",
@@ -112,15 +113,13 @@ def train(cfg: TrainConfig, node: NodeContext) -> dict[str, float]:
             resumed=state is not None,
         )
 
-    loader = setup.loader(sampler)  # once: its workers persist across epochs
+    batches = iter(setup.loader(sampler))
     started, meter, first_step = time.perf_counter(), Meter(), step
     # Summed on the device: a .item() per step would stall the GPU queue.
     loss_sum, loss_count = torch.zeros((), device=device), 0
     wait_total, time_total = 0.0, 0.0
     while step < setup.total_steps:
         epoch, done_in_epoch = divmod(step, setup.steps_per_epoch)
-        sampler.start(epoch, done_in_epoch * cfg.per_process_batch)
-        batches = iter(loader)
         while step < setup.total_steps and done_in_epoch < setup.steps_per_epoch:
             waiting = time.perf_counter()
             inputs, targets = next(batches)
@@ -156,12 +155,14 @@ def train(cfg: TrainConfig, node: NodeContext) -> dict[str, float]:
                         per_process=rate,
                         data_wait=mean_wait,
                     )
+            other_work = time.perf_counter()
             if done_in_epoch == setup.steps_per_epoch or step == setup.total_steps:
                 val = _validate(model.module, setup, rank, world)
                 if main:
                     log_validation(history, step=step, epoch=epoch, val_loss=val)
             if main and (step % cfg.checkpoint_every == 0 or step == setup.total_steps):
                 save_checkpoint(setup, step, setup.state(step, history, model.module))
+            meter.exclude(time.perf_counter() - other_work)
 
     seconds = time.perf_counter() - started
     steps_run = step - first_step

@@ -56,28 +56,38 @@ def process_group_backend(cfg: TrainConfig, device: torch.device) -> str:
 
 
 class ResumableSampler(DistributedSampler):
-    """``DistributedSampler`` that can start an epoch part-way, after a restart.
+    """This rank's indices for every remaining step of the run, epoch after epoch.
 
-    The order within an epoch depends only on seed and epoch, so skipping the batches
-    already taken continues exactly where the interrupted run stopped.
+    Each epoch is ``DistributedSampler``'s order for that epoch (it depends only on seed and
+    epoch), cut to whole steps, so a run restarted at step k takes exactly the batches an
+    uninterrupted run takes from step k. One iterator spans all epochs: the loader's workers
+    never drain and refill at an epoch boundary (which stalled a GPU for whole steps).
     """
 
-    def __init__(self, dataset: Any, replicas: int, rank: int, seed: int) -> None:
+    def __init__(self, dataset: Any, replicas: int, rank: int, seed: int, batch: int) -> None:
         super().__init__(
             dataset, num_replicas=replicas, rank=rank, shuffle=True, seed=seed, drop_last=True
         )
-        self.skip = 0
+        self.batch = batch
+        self.steps_per_epoch = self.num_samples // batch
+        self.first_step, self.last_step = 0, 0
 
-    def start(self, epoch: int, skip_samples: int) -> None:
-        """Begin ``epoch`` with this rank's first ``skip_samples`` indices already used."""
-        self.set_epoch(epoch)
-        self.skip = skip_samples
+    def span(self, first_step: int, last_step: int) -> None:
+        """Yield the samples of steps ``first_step`` up to (not including) ``last_step``."""
+        self.first_step, self.last_step = first_step, last_step
 
     def __iter__(self) -> Iterator[int]:
-        return itertools.islice(super().__iter__(), self.skip, None)
+        step = self.first_step
+        while step < self.last_step:
+            epoch, done = divmod(step, self.steps_per_epoch)
+            self.set_epoch(epoch)
+            take = min(self.steps_per_epoch - done, self.last_step - step)
+            order = itertools.islice(super().__iter__(), done * self.batch, None)
+            yield from itertools.islice(order, take * self.batch)
+            step += take
 
     def __len__(self) -> int:
-        return self.num_samples - self.skip
+        return (self.last_step - self.first_step) * self.batch
 
 
 @dataclass
@@ -118,6 +128,10 @@ class Meter:
     def took(self, samples: int) -> None:
         """Record a step over ``samples`` samples."""
         self.samples += samples
+
+    def exclude(self, seconds: float) -> None:
+        """Leave time spent on other work (validation, checkpoints) out of the interval."""
+        self.start += seconds
 
     def read(self) -> tuple[float, float]:
         """(samples/s, data-wait share) over the interval."""
@@ -213,6 +227,9 @@ def prepare(cfg: TrainConfig, device: torch.device, replicas: int, tags: Any = N
     total = steps_per_epoch * cfg.epochs
     total = min(total, cfg.max_steps) if cfg.max_steps else total
 
+    if device.type == "cuda":
+        # Shapes are fixed for the whole run: let cuDNN pick its fastest kernels once.
+        torch.backends.cudnn.benchmark = True
     torch.manual_seed(cfg.seed)  # the same initial parameters in every process
     model = build_model(cfg.model, **cfg.model_options).to(device)
     if cfg.channels_last and device.type == "cuda":

@@ -393,37 +393,34 @@ def work(cfg: TrainConfig, address: str, timeout_s: float = CONNECT_TIMEOUT_S) -
     dist.send(header, dst=0, tag=TAG_HEADER)
     running = receive()
     step, stop = int(reply[1]), int(reply[2])
-    sampler = ResumableSampler(setup.train_set, workers, rank - 1, cfg.seed)
     batch = cfg.per_process_batch
+    sampler = ResumableSampler(setup.train_set, workers, rank - 1, cfg.seed, batch)
+    sampler.span(step, stop)
+    batches = iter(setup.loader(sampler))
     cycle_start = time.perf_counter()
     while running and step < stop:
-        epoch, done_in_epoch = divmod(step, setup.steps_per_epoch)
-        sampler.start(epoch, done_in_epoch * batch)
-        batches = iter(setup.loader(sampler))
-        while running and step < stop and done_in_epoch < setup.steps_per_epoch:
-            waiting = time.perf_counter()
-            inputs, targets = next(batches)
-            wait_s = time.perf_counter() - waiting
-            inputs, targets = setup.to_device(inputs), setup.to_device(targets)
-            with setup.autocast():
-                loss = torch.nn.functional.mse_loss(setup.model(inputs).float(), targets.float())
-            setup.model.zero_grad(set_to_none=True)
-            loss.backward()
-            grad = flat_grads(params)
-            now = time.perf_counter()
-            header.copy_(
-                torch.tensor(
-                    [GRAD, step, loss.detach().item(), batch, wait_s, now - cycle_start],
-                    dtype=torch.float64,
-                )
+        waiting = time.perf_counter()
+        inputs, targets = next(batches)
+        wait_s = time.perf_counter() - waiting
+        inputs, targets = setup.to_device(inputs), setup.to_device(targets)
+        with setup.autocast():
+            loss = torch.nn.functional.mse_loss(setup.model(inputs).float(), targets.float())
+        setup.model.zero_grad(set_to_none=True)
+        loss.backward()
+        grad = flat_grads(params)
+        now = time.perf_counter()
+        header.copy_(
+            torch.tensor(
+                [GRAD, step, loss.detach().item(), batch, wait_s, now - cycle_start],
+                dtype=torch.float64,
             )
-            cycle_start = now
-            dist.send(header, dst=0, tag=TAG_HEADER)
-            dist.send(grad, dst=0, tag=TAG_GRAD)
-            running = receive()
-            if running:
-                step += 1
-                done_in_epoch += 1
+        )
+        cycle_start = now
+        dist.send(header, dst=0, tag=TAG_HEADER)
+        dist.send(grad, dst=0, tag=TAG_GRAD)
+        running = receive()
+        if running:
+            step += 1
     if running:  # ran its share; a stopped worker was already counted out by the server
         header.zero_()
         header[0], header[1] = DONE, step
