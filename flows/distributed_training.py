@@ -101,12 +101,13 @@ def check_inputs(cfg: TrainConfig) -> dict[str, int]:
     that ``resume=False`` would overwrite.
     """
     from tasks.training.checkpoint import CheckpointStore
-    from tasks.training.data import check_shards, load_manifest
+    from tasks.training.data import ImageDataset, check_shards, load_manifest
     from tasks.training.loop import select_device
     from tasks.training.models import check_input_shape
 
     manifest = load_manifest(cfg.dataset)
     check_input_shape(cfg.model, cfg.model_options, (manifest.channels, *manifest.shape))
+    ImageDataset(cfg.dataset, "train", manifest=manifest)[0]  # files that match the manifest
     check_shards(len(manifest.train), cfg.processes, f"the training split of {cfg.dataset}")
     if len(manifest.train) // cfg.processes < cfg.per_process_batch:
         raise InputError(
@@ -177,8 +178,9 @@ class _Follower:
                 event.get("device"),
                 event.get("world"),
             )
-            self.progress = Progress(total=total, what="steps", key=self.key).__enter__()
-            self.progress.advance(self.done_step)
+            if self.progress is None:  # torchrun's restart sends "start" again: one artifact
+                self.progress = Progress(total=total, what="steps", key=self.key).__enter__()
+            self.progress.advance(self.done_step - self.progress.done)
         elif kind == "step":
             self.logger.info(
                 "step %d epoch %d: loss %.4g, %.1f samples/s (%.1f per process), data wait %.1f%%",
