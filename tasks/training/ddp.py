@@ -21,7 +21,6 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from tasks.compute.node_context import NodeContext, launcher_env
-from tasks.errors import SciflowError
 from tasks.training import events
 from tasks.training.config import TrainConfig
 from tasks.training.loop import (
@@ -198,14 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="URI of the run's config.json")
     args = parser.parse_args(argv)
-    try:
-        train(read_config(args.config), NodeContext.from_process())
-    except SciflowError as exc:
-        # One line the launcher shows; a traceback would bury the message.
-        events.emit("error", message=str(exc), kind=type(exc).__name__)
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 2
-    return 0
+    return events.exit_status(lambda: train(read_config(args.config), NodeContext.from_process()))
 
 
 if __name__ == "__main__":

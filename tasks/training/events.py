@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+from collections.abc import Callable
 from typing import Any
+
+from tasks.errors import SciflowError
 
 PREFIX = "SCIFLOW-TRAIN "
 
@@ -44,3 +48,17 @@ def parse_event(line: str) -> dict[str, Any] | None:
     except json.JSONDecodeError:
         return None
     return event if isinstance(event, dict) and "event" in event else None
+
+
+def exit_status(program: Callable[[], object]) -> int:
+    """Run a process's program: 0, or 2 after one ``error`` event for a ``SciflowError``.
+
+    The launcher shows the event's message; a traceback would bury it.
+    """
+    try:
+        program()
+    except SciflowError as exc:
+        emit("error", message=str(exc), kind=type(exc).__name__)
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    return 0

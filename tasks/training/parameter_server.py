@@ -38,7 +38,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from tasks.errors import InputError, SciflowError, TransientError
+from tasks.errors import InputError, TransientError
 from tasks.training import events
 from tasks.training.config import TrainConfig
 from tasks.training.launch import SERVER_PORT
@@ -457,19 +457,16 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the server or of one worker."""
     args = _parser().parse_args(argv)
-    try:
+
+    def program() -> None:
         cfg = read_config(args.config)
         torch.set_num_threads(cfg.threads_per_proc)
         if args.role == "server":
             Server(cfg, args.workers).serve(args.host, args.port)
         else:
             work(cfg, args.server, args.connect_timeout)
-    except SciflowError as exc:
-        # One line the launcher shows; a traceback would bury the message.
-        events.emit("error", message=str(exc), kind=type(exc).__name__)
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 2
-    return 0
+
+    return events.exit_status(program)
 
 
 if __name__ == "__main__":
