@@ -695,10 +695,17 @@ class ParameterServerLaunch:
         if not self.server_task:
             raise SciflowError("nothing to wait for: start() has not started the server")
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        stopping = False
         while True:
             described = self.describe(self.tasks)
             if all(t["lastStatus"] == "STOPPED" for t in described):
                 break
+            failed = [t for t in described if _failed(t)]
+            if failed and not stopping:
+                stopping = True
+                # The server would wait for the lost worker's gradients until its group
+                # timeout; the run cannot finish as asked, so stop it now.
+                self.stop(f"sciflow: task {_task_id(failed[0]['taskArn'])} failed")
             if deadline is not None and time.monotonic() > deadline:
                 running = sum(t["lastStatus"] != "STOPPED" for t in described)
                 raise TransientError(f"{running} task(s) still running after {timeout_s} s")
@@ -785,6 +792,11 @@ class ParameterServerLaunch:
                 if _error_code(exc) != "ServiceNotFound":
                     raise
             self.service_id = None
+
+
+def _failed(task: Mapping[str, Any]) -> bool:
+    """Whether a task stopped with a non-zero (or no) exit code."""
+    return task["lastStatus"] == "STOPPED" and any(code != 0 for code in _exit_codes(task))
 
 
 def _private_ip(task: Mapping[str, Any]) -> str:

@@ -28,7 +28,15 @@ from tasks.training.ecs import (
     task_definitions,
 )
 from tests.training import moto_ecs
-from tests.training.moto_ecs import ACCOUNT, REGION, Recorder, cloud_map, make_unit, set_transition
+from tests.training.moto_ecs import (
+    ACCOUNT,
+    REGION,
+    Recorder,
+    cloud_map,
+    make_unit,
+    set_exit_code,
+    set_transition,
+)
 
 RUN_ID = "8F0C1D2E-3A4B-4C5D-8E9F-0A1B2C3D4E5F"
 TAGS = run_tags(RUN_ID, "lab", "train")
@@ -159,6 +167,29 @@ def test_wait_reports_exit_codes(network: dict[str, Any], lifecycle: int) -> Non
     assert len(recorder.states) - polls_before == 4 * lifecycle
     assert recorder.seen(runner.server_task)[-1] == "STOPPED"
     runner.stop()  # all STOPPED already: nothing to stop, the Cloud Map service goes
+    assert not cloud_map().list_services()["Services"]
+
+
+def test_a_lost_worker_stops_the_run_instead_of_leaving_the_server_waiting(
+    network: dict[str, Any], lifecycle: int
+) -> None:
+    """A reclaimed Fargate Spot task: stopped by ECS with exit code 137 while the rest run."""
+    runner, _ = launch(make_plan(network, worker_count=2))
+    runner.start()
+    lost = runner.worker_tasks[0]
+    set_exit_code(lost, 137)
+    ecs_client = boto3.client("ecs", region_name=REGION)
+    ecs_client.stop_task(cluster="sciflow", task=lost, reason="Spot capacity reclaimed")
+
+    outcome = runner.wait(timeout_s=30)
+
+    assert [w.task_arn for w in outcome.failed_workers] == [lost]
+    described = ecs_client.describe_tasks(cluster="sciflow", tasks=runner.tasks)["tasks"]
+    reasons = {t["taskArn"]: t["stoppedReason"] for t in described}
+    assert reasons[lost] == "Spot capacity reclaimed"
+    stopped_by_us = f"sciflow: task {lost.rsplit('/', 1)[1]} failed"
+    assert reasons[runner.server_task] == stopped_by_us
+    assert reasons[runner.worker_tasks[1]] == stopped_by_us
     assert not cloud_map().list_services()["Services"]
 
 
