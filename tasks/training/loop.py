@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from tasks.compute.processes import kill_with_parent
 from tasks.errors import InputError
 from tasks.storage.objects import ObjectStore
 from tasks.training import events
@@ -53,6 +54,11 @@ def process_group_backend(cfg: TrainConfig, device: torch.device) -> str:
     if cfg.backend != "auto":
         return cfg.backend
     return "nccl" if device.type == "cuda" else "gloo"
+
+
+def _end_with_rank(worker_id: int) -> None:
+    """A loader worker ends when its rank does (a SIGKILLed rank leaves no orphans)."""
+    kill_with_parent()
 
 
 class ResumableSampler(DistributedSampler):
@@ -156,6 +162,17 @@ class Setup:
     steps_per_epoch: int
     total_steps: int
 
+    def place(self, device: torch.device) -> None:
+        """Train on ``device`` from now on (before the first step: optimiser state is empty)."""
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+            # Shapes are fixed for the whole run: let cuDNN pick its fastest kernels once.
+            torch.backends.cudnn.benchmark = True
+        self.model.to(device)  # in place: the optimiser keeps the same parameters
+        if self.cfg.channels_last and device.type == "cuda":
+            self.model.to(memory_format=torch.channels_last)
+        self.device = device
+
     def loader(self, sampler: ResumableSampler) -> DataLoader:
         """Batches of this process's share; workers prefetch so compute never waits."""
         workers = self.cfg.loader_workers
@@ -168,6 +185,7 @@ class Setup:
             pin_memory=self.device.type == "cuda",
             persistent_workers=workers > 0,  # no worker start-up wait each epoch
             prefetch_factor=4 if workers else None,
+            worker_init_fn=_end_with_rank,
         )
 
     def to_device(self, batch: torch.Tensor) -> torch.Tensor:
@@ -227,20 +245,17 @@ def prepare(cfg: TrainConfig, device: torch.device, replicas: int, tags: Any = N
     total = steps_per_epoch * cfg.epochs
     total = min(total, cfg.max_steps) if cfg.max_steps else total
 
-    if device.type == "cuda":
-        # Shapes are fixed for the whole run: let cuDNN pick its fastest kernels once.
-        torch.backends.cudnn.benchmark = True
     torch.manual_seed(cfg.seed)  # the same initial parameters in every process
-    model = build_model(cfg.model, **cfg.model_options).to(device)
-    if cfg.channels_last and device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = build_model(cfg.model, **cfg.model_options)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total, 1))
     checkpoints = CheckpointStore(cfg.checkpoints, store, tags=tags)
-    return Setup(
-        cfg, device, model, optimizer, scheduler, train_set, val_set, checkpoints,
+    setup = Setup(
+        cfg, torch.device("cpu"), model, optimizer, scheduler, train_set, val_set, checkpoints,
         steps_per_epoch, total,
     )  # fmt: skip
+    setup.place(device)
+    return setup
 
 
 def log_step(

@@ -357,18 +357,19 @@ def connect(address: str, timeout_s: float) -> tuple[dist.TCPStore, int]:
 def work(cfg: TrainConfig, address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> int:
     """Train one worker's share until it is done or the server stops it; returns its steps."""
     torch.set_num_threads(cfg.threads_per_proc)
-    device = select_device(cfg)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
+    select_device(cfg)  # no GPU where one is asked for: fail before connecting
     workers = cfg.processes
-    setup = prepare(cfg, device, workers)  # checks the data before taking a rank
-    params = _check_params(setup.model)
+    setup = prepare(cfg, torch.device("cpu"), workers)  # checks the data before taking a rank
     store, rank = connect(address, timeout_s)
     if rank > workers:
         raise InputError(
             f"the parameter server at {address} has all its {workers} workers already; this "
             f"would be worker {rank}: start at most {workers} workers (nodes x procs_per_node)"
         )
+    # Workers of one node spread over its GPUs by rank (they have no local rank).
+    setup.place(select_device(cfg, (rank - 1) % max(1, torch.cuda.device_count())))
+    device = setup.device
+    params = _check_params(setup.model)
     dist.init_process_group(
         "gloo",
         store=dist.PrefixStore("ps", store),

@@ -218,13 +218,18 @@ def test_memory_does_not_grow_with_the_set(tmp_path: Path) -> None:
 def test_dataloader_workers_yield_every_sample_once(synthetic: Path) -> None:
     dataset = ImageDataset(str(synthetic))
     expected = {tuple(target.flatten()[:8].tolist()) for _, target in items(dataset)}
-    loader = DataLoader(dataset, batch_size=3, num_workers=2, shuffle=True)
+    # spawn: forking this pytest process, which holds the Prefect harness's threads, kills
+    # the child (exit 1); training ranks, where loaders run, hold no such threads.
+    loader = DataLoader(
+        dataset, batch_size=3, num_workers=2, shuffle=True, multiprocessing_context="spawn"
+    )
     seen = [tuple(row[:8].tolist()) for _, targets in loader for row in targets.flatten(1)]
     assert len(seen) == len(dataset) == len(set(seen))
     assert set(seen) == expected
 
 
-def test_dataset_pickles_without_a_client(synthetic: Path) -> None:
+def test_dataset_pickles_without_a_client(synthetic: Path, aws: str) -> None:
+    """``aws``: a region and endpoint, so creating the client asks no metadata service."""
     dataset = ImageDataset(str(synthetic))
     dataset.store.s3  # noqa: B018 -- create the client, which must not travel
     copy = pickle.loads(pickle.dumps(dataset))  # noqa: S301 -- our own bytes
