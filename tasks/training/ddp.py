@@ -136,10 +136,13 @@ def train(cfg: TrainConfig, node: NodeContext) -> dict[str, float]:
             loss_sum, loss_count = loss_sum + loss.detach(), loss_count + 1
 
             if step % cfg.log_every == 0 or step == setup.total_steps:
+                # Reading the loss waits for the device: the interval then holds the GPU's
+                # time for its steps, not only the host's (which only queues them).
+                interval_loss = float(loss_sum) / loss_count
                 rate, wait = meter.read()
                 wait_total += meter.wait_s
                 time_total += time.perf_counter() - meter.start
-                mean_loss, mean_wait = _mean([float(loss_sum) / loss_count, wait], device)
+                mean_loss, mean_wait = _mean([interval_loss, wait], device)
                 total_rate = _mean([rate], device)[0] * world
                 loss_sum, loss_count = torch.zeros((), device=device), 0
                 meter.reset()
@@ -154,12 +157,16 @@ def train(cfg: TrainConfig, node: NodeContext) -> dict[str, float]:
                         per_process=rate,
                         data_wait=mean_wait,
                     )
+            validating = done_in_epoch == setup.steps_per_epoch or step == setup.total_steps
+            saving = main and (step % cfg.checkpoint_every == 0 or step == setup.total_steps)
+            if (validating or saving) and device.type == "cuda":
+                torch.cuda.synchronize()  # the steps still queued belong to the interval
             other_work = time.perf_counter()
-            if done_in_epoch == setup.steps_per_epoch or step == setup.total_steps:
+            if validating:
                 val = _validate(model.module, setup, rank, world)
                 if main:
                     log_validation(history, step=step, epoch=epoch, val_loss=val)
-            if main and (step % cfg.checkpoint_every == 0 or step == setup.total_steps):
+            if saving:
                 save_checkpoint(setup, step, setup.state(step, history, model.module))
             meter.exclude(time.perf_counter() - other_work)
 
