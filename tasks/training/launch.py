@@ -230,7 +230,7 @@ def _failure(process: _Process) -> str:
     return f"training process {process.name!r} {how}; its last lines:\n{tail}"
 
 
-def node_main(config_uri: str, procs_per_node: int, max_restarts: int) -> int:
+def node_main(config_uri: str, procs_per_node: int, max_restarts: int, port: int) -> int:
     """One node of an AWS Batch job: ``torchrun`` at this node's place in the job."""
     node = NodeContext.from_process()
     argv = torchrun_argv(
@@ -239,6 +239,7 @@ def node_main(config_uri: str, procs_per_node: int, max_restarts: int) -> int:
         nodes=node.count,
         node_rank=node.index,
         main_addr=node.main_addr,
+        port=port,
         max_restarts=max_restarts,
     )
     # The container's only job: hand the process over so Batch's signals reach torchrun.
@@ -254,10 +255,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     node.add_argument("--config", required=True, help="URI of the run's config.json")
     node.add_argument("--procs-per-node", type=int, required=True, help="ranks on this node")
     node.add_argument("--max-restarts", type=int, default=0, help="torchrun --max-restarts")
+    node.add_argument(
+        "--port", type=int, default=RENDEZVOUS_PORT, help="rendezvous port on the main node"
+    )
     args = parser.parse_args(argv)
     if args.procs_per_node < 1:
         raise InputError(f"--procs-per-node={args.procs_per_node}; expected >= 1")
-    return node_main(args.config, args.procs_per_node, args.max_restarts)
+    return node_main(args.config, args.procs_per_node, args.max_restarts, args.port)
 
 
 if __name__ == "__main__":

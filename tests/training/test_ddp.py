@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,8 @@ import torch
 
 from tasks.training.config import TrainConfig
 from tasks.training.data import write_synthetic_set
-from tasks.training.launch import TrainingFailed, run_processes, torchrun_argv
+from tasks.training.events import parse_event
+from tasks.training.launch import TrainingFailed, free_port, run_processes, torchrun_argv
 
 
 @pytest.fixture(scope="module")
@@ -155,3 +158,30 @@ def test_torchrun_restarts_a_killed_rank_and_the_job_resumes_within_the_run(tmp_
     assert starts[1]["resumed"]
     assert starts[1]["step"] >= 4
     assert next(e for e in events if e["event"] == "done")["steps"] == 64
+
+
+def test_two_batch_nodes_on_loopback_train_like_two_ranks_on_one_node(tmp_path, dataset):
+    """The Batch node entrypoint, started as AWS Batch starts it on each node of a 2-node job."""
+    one_node = _config(tmp_path, dataset, "one-node")
+    two_nodes = _config(tmp_path, dataset, "two-nodes", nodes=2, procs_per_node=1)
+    _train(one_node, 2)
+    command = [sys.executable, "-m", "tasks.training.launch", "node", "--config", two_nodes]
+    command += ["--procs-per-node", "1", "--port", str(free_port())]
+    batch_env = {
+        "AWS_BATCH_JOB_NUM_NODES": "2",
+        "AWS_BATCH_JOB_MAIN_NODE_INDEX": "0",
+        "AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS": "127.0.0.1",
+    }
+    logs = [tmp_path / f"node-{index}.log" for index in (0, 1)]
+    nodes = []
+    for index, log in enumerate(logs):
+        with log.open("w") as out:  # files, not pipes: neither node can block on a full pipe
+            env = {**os.environ, **batch_env, "AWS_BATCH_JOB_NODE_INDEX": str(index)}
+            nodes.append(subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT))
+    codes = [node.wait(timeout=180) for node in nodes]
+    assert codes == [0, 0], [log.read_text()[-2000:] for log in logs]
+
+    events = [parse_event(line) for log in logs for line in log.read_text().splitlines()]
+    assert sorted(e["rank"] for e in events if e and e["event"] == "rank") == [0, 1]
+    for key, value in _weights(tmp_path / "one-node").items():
+        torch.testing.assert_close(_weights(tmp_path / "two-nodes")[key], value, atol=1e-5, rtol=0)
