@@ -47,6 +47,8 @@ from tasks.training.launch import (
 
 # The unit's `batch_job_definitions` entry whose image has torch and sciflow.
 BATCH_RUNTIME = "training"
+# Times Batch restarts a DDP job whose instance was reclaimed (it resumes from a checkpoint).
+LOST_HOST_RETRIES = 3
 # Seconds between polls of a Batch job or ECS tasks.
 BATCH_POLL_S = 10.0
 ECS_POLL_S = 10.0
@@ -290,6 +292,9 @@ def train_on_batch(run: RunContext, cfg: TrainConfig, config_uri: str, max_resta
             nodes=cfg.nodes,
             poll_s=BATCH_POLL_S,
             on_line=on_line,
+            # A reclaimed Spot node: Batch starts the job again and it resumes from the
+            # newest checkpoint, losing at most one interval.
+            lost_host_retries=LOST_HOST_RETRIES,
         )
     finally:
         follower.close()

@@ -331,6 +331,7 @@ def submit_job(
     node_count: int = 1,
     main_node: int = 0,
     node_command: Sequence[str] = (),
+    lost_host_retries: int = 0,
 ) -> RunningJob:
     """Submit one job; its tags propagate to the ECS tasks and instances Batch starts.
 
@@ -345,6 +346,9 @@ def submit_job(
         node_count: Nodes; 2 or more makes a multi-node parallel job.
         main_node: Index of the main node.
         node_command: Command of the other nodes; ``command`` if empty.
+        lost_host_retries: Times Batch starts the job again when its instance went away (a
+            reclaimed Spot instance: status reason ``Host EC2 ...``); any other failure ends
+            it. Only for jobs that resume rather than repeat (training from checkpoints).
     """
     kwargs: dict[str, Any] = {
         "jobName": job_name(name),
@@ -353,6 +357,14 @@ def submit_job(
         "tags": dict(tags),
         "propagateTags": True,
     }
+    if lost_host_retries:
+        kwargs["retryStrategy"] = {
+            "attempts": 1 + lost_host_retries,
+            "evaluateOnExit": [
+                {"onStatusReason": "Host EC2*", "action": "RETRY"},
+                {"onReason": "*", "action": "EXIT"},
+            ],
+        }
     if node_count == 1:
         kwargs["containerOverrides"] = _overrides(environment, command)
     else:

@@ -35,6 +35,7 @@ def run_batch_job(
     environment: Mapping[str, str] | None = None,
     poll_s: float = 10.0,
     on_line: Callable[[str, str], None] | None = None,
+    lost_host_retries: int = 0,
 ) -> RunningJob:
     """Submit one (multi-node) job with the unit's ``runtime`` definition; wait for SUCCEEDED.
 
@@ -47,6 +48,7 @@ def run_batch_job(
         environment: Variables for every node (on top of PYTHONUNBUFFERED=1).
         poll_s: Seconds between polls.
         on_line: Called with (node label, line) for each CloudWatch line; logged if omitted.
+        lost_host_retries: Restarts by Batch after a lost instance (``submit_job``).
 
     Raises:
         InputError: The unit lacks a queue or the runtime's job definition.
@@ -71,6 +73,7 @@ def run_batch_job(
         environment={"PYTHONUNBUFFERED": "1", **(environment or {})},
         command=list(command),
         node_count=nodes,
+        lost_host_retries=lost_host_retries,
     )
     BATCH_JOBS[run.run_id] = job
     follower = JobFollower(job, run_logger(), logs, on_line=on_line)

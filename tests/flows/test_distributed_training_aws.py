@@ -149,6 +149,14 @@ def test_ddp_on_two_nodes_is_one_multinode_batch_job(
     assert submitted["tags"][UNIT_TAG] == "train-batch"
     run_id = submitted["tags"][RUN_ID_TAG]
     assert submitted["jobName"] == f"sciflow-training-{run_id[:8]}"
+    # A reclaimed Spot node restarts the job (which resumes); any other failure ends it.
+    assert submitted["retryStrategy"] == {
+        "attempts": 4,
+        "evaluateOnExit": [
+            {"onStatusReason": "Host EC2*", "action": "RETRY"},
+            {"onReason": "*", "action": "EXIT"},
+        ],
+    }
     overrides = submitted["nodeOverrides"]
     assert overrides["numNodes"] == 2
     config_uri = f"{OUTPUT}/config.json"
