@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from blocks.compute_unit import load_unit
 from flows.secure_cleanup import cleanup_on_exit
-from tasks.compute.batch_run import run_batch_job, terminate_batch_job
+from tasks.compute.batch_run import check_batch_unit, run_batch_job, terminate_batch_job
 from tasks.compute.batch_worker import cancel_own_batch_job
 from tasks.errors import InputError, SciflowError, describe_validation
 from tasks.progress import Progress, markdown_table, publish_summary, run_logger
@@ -38,12 +38,7 @@ from tasks.training.config import (
 )
 from tasks.training.ecs import ParameterServerLaunch, plan_from_unit
 from tasks.training.events import parse_event
-from tasks.training.launch import (
-    free_port,
-    parameter_server_argv,
-    run_processes,
-    torchrun_argv,
-)
+from tasks.training.launch import local_parameter_server, run_processes, torchrun_argv
 
 # The unit's `batch_job_definitions` entry whose image has torch and sciflow.
 BATCH_RUNTIME = "training"
@@ -103,35 +98,16 @@ def check_inputs(cfg: TrainConfig) -> dict[str, int]:
     that ``resume=False`` would overwrite.
     """
     from tasks.training.checkpoint import CheckpointStore
-    from tasks.training.data import ImageDataset, check_shards, load_manifest
-    from tasks.training.loop import select_device
+    from tasks.training.data import ImageDataset, load_manifest
+    from tasks.training.loop import check_resumable, plan_steps, select_device
     from tasks.training.models import check_input_shape
 
     manifest = load_manifest(cfg.dataset)
     check_input_shape(cfg.model, cfg.model_options, (manifest.channels, *manifest.shape))
     ImageDataset(cfg.dataset, "train", manifest=manifest)[0]  # files that match the manifest
-    check_shards(len(manifest.train), cfg.processes, f"the training split of {cfg.dataset}")
-    if len(manifest.train) // cfg.processes < cfg.per_process_batch:
-        raise InputError(
-            f"batch_size={cfg.batch_size} over {cfg.processes} process(es) needs "
-            f"{cfg.batch_size} training samples per step; {cfg.dataset} has "
-            f"{len(manifest.train)}: lower batch_size"
-        )
+    _, steps = plan_steps(cfg, len(manifest.train), cfg.processes)
     select_device(cfg)
-    found = CheckpointStore(cfg.checkpoints).latest()
-    if found is not None:
-        if not cfg.resume:
-            raise InputError(
-                f"{cfg.checkpoints} already holds checkpoints up to step {found.step} and "
-                "resume=False; pass resume=True to continue them or choose another output"
-            )
-        if found.model != cfg.model_spec:
-            raise InputError(
-                f"the newest checkpoint in {cfg.checkpoints} was written by model "
-                f"{found.model}, this run trains {cfg.model_spec}; choose another output"
-            )
-    per_epoch = len(manifest.train) // cfg.processes // cfg.per_process_batch
-    steps = min(per_epoch * cfg.epochs, cfg.max_steps or per_epoch * cfg.epochs)
+    check_resumable(cfg, CheckpointStore(cfg.checkpoints).latest())
     return {"train": len(manifest.train), "validation": len(manifest.validation), "steps": steps}
 
 
@@ -141,13 +117,7 @@ def check_aws_unit(run: RunContext, cfg: TrainConfig) -> None:
     if cfg.strategy == "parameter_server":
         plan_from_unit(unit, run.run_id, run.tags, cfg.uri(CONFIG_NAME), cfg.processes)
         return
-    if not unit.batch_job_queue:
-        raise InputError(f"compute unit {unit.name!r} has no batch_job_queue for DDP on Batch")
-    if BATCH_RUNTIME not in unit.batch_job_definitions:
-        raise InputError(
-            f"compute unit {unit.name!r} has no batch_job_definitions[{BATCH_RUNTIME!r}]; "
-            f"it has {sorted(unit.batch_job_definitions)}"
-        )
+    check_batch_unit(unit, BATCH_RUNTIME)
 
 
 @task
@@ -220,9 +190,7 @@ class _Follower:
 
 
 @task
-def train_locally(
-    cfg: TrainConfig, config_uri: str, run_id: str, max_restarts: int
-) -> dict[str, Any]:
+def train_locally(cfg: TrainConfig, config_uri: str, run_id: str, max_restarts: int) -> None:
     """The processes on this machine, followed to their end."""
     follower = _Follower(f"training-{run_id[:8]}")
     if cfg.strategy == "ddp":
@@ -232,20 +200,7 @@ def train_locally(
             )
         }
     else:
-        port = free_port()
-        commands = {
-            "server": [
-                *parameter_server_argv("server", config_uri, port=port, workers=cfg.processes),
-                "--host",
-                "127.0.0.1",
-            ],
-            **{
-                f"worker-{i + 1}": parameter_server_argv(
-                    "worker", config_uri, server=f"127.0.0.1:{port}"
-                )
-                for i in range(cfg.processes)
-            },
-        }
+        commands = local_parameter_server(config_uri, cfg.processes)
     cancel = _RUNNING.setdefault(run_id, threading.Event())
     try:
         run_processes(commands, on_event=follower.on_event, on_line=follower.on_line, cancel=cancel)

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from blocks.compute_unit import ComputeUnit
 from tasks.compute.batch import (
     JobFollower,
     RunningJob,
@@ -23,6 +24,17 @@ from tasks.storage.run_dir import RunContext
 
 # Batch jobs this process follows, by flow run id: what the cancellation hook terminates.
 BATCH_JOBS: dict[str, RunningJob] = {}
+
+
+def check_batch_unit(unit: ComputeUnit, runtime: str) -> None:
+    """Refuse a unit without a Batch queue or without the ``runtime``'s job definition."""
+    if not unit.batch_job_queue:
+        raise InputError(f"compute unit {unit.name!r} has no batch_job_queue")
+    if runtime not in unit.batch_job_definitions:
+        raise InputError(
+            f"compute unit {unit.name!r} has no batch_job_definitions[{runtime!r}]; "
+            f"it has {sorted(unit.batch_job_definitions)}"
+        )
 
 
 def run_batch_job(
@@ -55,13 +67,7 @@ def run_batch_job(
         SciflowError: The job ended in FAILED.
     """
     unit = run.unit
-    if not unit.batch_job_queue:
-        raise InputError(f"compute unit {unit.name!r} has no batch_job_queue")
-    if runtime not in unit.batch_job_definitions:
-        raise InputError(
-            f"compute unit {unit.name!r} has no batch_job_definitions[{runtime!r}]; "
-            f"it has {sorted(unit.batch_job_definitions)}"
-        )
+    check_batch_unit(unit, runtime)
     session = unit.boto3_session()
     batch, logs = session.client("batch"), session.client("logs")
     job = submit_job(

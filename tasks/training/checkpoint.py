@@ -145,12 +145,7 @@ class CheckpointStore:
             SciflowError: The blob changed since its sidecar was written, or holds objects
                 other than tensors and plain containers.
         """
-        spec = _plain_json(model_spec)
-        if info.model != spec:
-            raise InputError(
-                f"checkpoint {info.uri} was written by model {_describe(info.model)}, this run "
-                f"trains {_describe(spec)}; use another output or resume=False"
-            )
+        check_model(info, model_spec)
         cached, self._verified = self._verified, None
         if cached is not None and cached[:2] == (info.uri, info.sha256):
             data = cached[2]
@@ -254,6 +249,16 @@ def _check_plain(value: Any, where: str) -> None:
         "only tensors, numbers, strings and dicts/lists/tuples of them (convert it, e.g. "
         "with .tolist() or int())"
     )
+
+
+def check_model(info: CheckpointInfo, model_spec: Mapping[str, Any]) -> None:
+    """Refuse a checkpoint written by another model than ``model_spec`` (bad input)."""
+    spec = _plain_json(model_spec)
+    if info.model != spec:
+        raise InputError(
+            f"checkpoint {info.uri} was written by model {_describe(info.model)}, this run "
+            f"trains {_describe(spec)}; use another output (resume=False over it is refused too)"
+        )
 
 
 def _plain_json(spec: Mapping[str, Any]) -> dict[str, Any]:

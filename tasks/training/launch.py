@@ -98,6 +98,17 @@ def parameter_server_argv(
     return [*command, "--server", server]
 
 
+def local_parameter_server(config_uri: str, workers: int) -> dict[str, list[str]]:
+    """The server and ``workers`` workers on 127.0.0.1, by name, for ``run_processes``."""
+    port = free_port()
+    server = parameter_server_argv("server", config_uri, port=port, workers=workers)
+    worker = parameter_server_argv("worker", config_uri, server=f"{LOOPBACK}:{port}")
+    return {
+        "server": [*server, "--host", LOOPBACK],
+        **{f"worker-{i}": list(worker) for i in range(1, workers + 1)},
+    }
+
+
 @dataclass
 class _Process:
     name: str
@@ -167,10 +178,7 @@ def _follow(
             raise TrainingFailed(f"training was cancelled; stopped {', '.join(running)}")
         if deadline is not None and time.monotonic() > deadline:
             raise TrainingFailed(f"training ran past its {timeout_s:.0f} s limit; stopped it")
-        failed = [p for p in running.values() if p.proc.poll() not in (None, 0)]
-        if failed:
-            _drain(lines, running, on_event, on_line)
-            raise TrainingFailed(_failure(failed[0]))
+        _raise_if_failed(running, lines, on_event, on_line)
         try:
             name, line = lines.get(timeout=0.2)
         except queue.Empty:
@@ -179,9 +187,20 @@ def _follow(
             open_streams -= 1
             continue
         _dispatch(name, line, running, on_event, on_line)
+    _raise_if_failed(running, lines, on_event, on_line)  # the last to exit may have failed
     _drain(lines, running, on_event, on_line)
-    failed = [p for p in running.values() if p.proc.returncode != 0]
+
+
+def _raise_if_failed(
+    running: dict[str, _Process],
+    lines: queue.Queue[tuple[str, str | None]],
+    on_event: EventHandler | None,
+    on_line: LineHandler | None,
+) -> None:
+    """Raise for the first process that exited non-zero, after handing on its last lines."""
+    failed = [p for p in running.values() if p.proc.poll() not in (None, 0)]
     if failed:
+        _drain(lines, running, on_event, on_line)
         raise TrainingFailed(_failure(failed[0]))
 
 

@@ -21,7 +21,13 @@ from tasks.compute.processes import kill_with_parent
 from tasks.errors import InputError
 from tasks.storage.objects import ObjectStore
 from tasks.training import events
-from tasks.training.checkpoint import CheckpointStore, capture_rng, restore_rng
+from tasks.training.checkpoint import (
+    CheckpointInfo,
+    CheckpointStore,
+    capture_rng,
+    check_model,
+    restore_rng,
+)
 from tasks.training.config import TrainConfig
 from tasks.training.data import ImageDataset, check_shards, load_manifest
 from tasks.training.models import build_model, check_input_shape
@@ -220,6 +226,41 @@ class Setup:
         return int(state["step"]), History.from_dict(state["history"])
 
 
+def plan_steps(cfg: TrainConfig, train_samples: int, replicas: int) -> tuple[int, int]:
+    """Steps per epoch and in all, for ``replicas`` processes sharing ``train_samples``.
+
+    Raises:
+        InputError: More processes than samples, or a batch larger than the set allows.
+    """
+    check_shards(train_samples, replicas, f"the training split of {cfg.dataset}")
+    steps_per_epoch = (train_samples // replicas) // cfg.per_process_batch
+    if steps_per_epoch < 1:
+        raise InputError(
+            f"batch_size={cfg.batch_size} is larger than the {train_samples} training samples "
+            f"of {cfg.dataset} allow ({replicas} process(es) x {cfg.per_process_batch}); "
+            "lower batch_size"
+        )
+    total = steps_per_epoch * cfg.epochs
+    return steps_per_epoch, min(total, cfg.max_steps) if cfg.max_steps else total
+
+
+def check_resumable(cfg: TrainConfig, found: CheckpointInfo | None) -> None:
+    """Refuse to start over existing checkpoints, or to resume another model's.
+
+    Raises:
+        InputError: ``resume`` is off (starting over would overwrite them), or the newest
+            checkpoint was written by another model.
+    """
+    if found is None:
+        return
+    if not cfg.resume:
+        raise InputError(
+            f"{cfg.checkpoints} already holds checkpoints up to step {found.step} and "
+            "resume=False; pass resume=True to continue them or choose another output"
+        )
+    check_model(found, cfg.model_spec)
+
+
 def prepare(cfg: TrainConfig, device: torch.device, replicas: int, tags: Any = None) -> Setup:
     """Check the data set against the model and build model, optimiser and scheduler.
 
@@ -234,17 +275,7 @@ def prepare(cfg: TrainConfig, device: torch.device, replicas: int, tags: Any = N
     check_input_shape(cfg.model, cfg.model_options, (manifest.channels, *manifest.shape))
     train_set = ImageDataset(cfg.dataset, "train", store, manifest)
     val_set = ImageDataset(cfg.dataset, "validation", store, manifest)
-    check_shards(len(train_set), replicas, f"the training split of {cfg.dataset}")
-    steps_per_epoch = (len(train_set) // replicas) // cfg.per_process_batch
-    if steps_per_epoch < 1:
-        raise InputError(
-            f"batch_size={cfg.batch_size} is larger than the {len(train_set)} training samples "
-            f"of {cfg.dataset} allow ({replicas} process(es) x {cfg.per_process_batch}); "
-            "lower batch_size"
-        )
-    total = steps_per_epoch * cfg.epochs
-    total = min(total, cfg.max_steps) if cfg.max_steps else total
-
+    steps_per_epoch, total = plan_steps(cfg, len(train_set), replicas)
     torch.manual_seed(cfg.seed)  # the same initial parameters in every process
     model = build_model(cfg.model, **cfg.model_options)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -302,19 +333,11 @@ def resume_state(setup: Setup) -> dict[str, Any] | None:
     """The newest complete checkpoint's state, or ``None`` to start afresh.
 
     Raises:
-        InputError: Checkpoints exist but ``resume`` is off: starting over would overwrite
-            them, so the run refuses instead.
+        InputError: As ``check_resumable``.
     """
-    cfg = setup.cfg
     found = setup.checkpoints.latest()
-    if found is None:
-        return None
-    if not cfg.resume:
-        raise InputError(
-            f"{cfg.checkpoints} already holds checkpoints up to step {found.step} and "
-            "resume=False; pass resume=True to continue them or choose another output"
-        )
-    return setup.checkpoints.load(found, cfg.model_spec)
+    check_resumable(setup.cfg, found)
+    return None if found is None else setup.checkpoints.load(found, setup.cfg.model_spec)
 
 
 def evaluate(model: nn.Module, setup: Setup, shard: int = 0, shards: int = 1) -> tuple[float, int]:

@@ -17,6 +17,7 @@ from tasks.training.data import ImageDataset, load_manifest, write_synthetic_set
 from tasks.training.launch import (
     TrainingFailed,
     free_port,
+    local_parameter_server,
     parameter_server_argv,
     run_processes,
     torchrun_argv,
@@ -56,18 +57,6 @@ def _config(tmp: Path, dataset: str, name: str, **fields: Any) -> str:
     return str(path)
 
 
-def _commands(config: str, workers: int) -> dict[str, list[str]]:
-    port = free_port()
-    server = parameter_server_argv("server", config, port=port, workers=workers)
-    return {
-        "server": [*server, "--host", "127.0.0.1"],
-        **{
-            f"worker-{i}": parameter_server_argv("worker", config, server=f"127.0.0.1:{port}")
-            for i in range(1, workers + 1)
-        },
-    }
-
-
 def _run(commands: dict[str, list[str]]) -> list[tuple[str, dict[str, Any]]]:
     seen: list[tuple[str, dict[str, Any]]] = []
     run_processes(commands, on_event=lambda name, event: seen.append((name, event)), timeout_s=120)
@@ -80,7 +69,7 @@ def _of(seen: list[tuple[str, dict[str, Any]]], kind: str) -> list[dict[str, Any
 
 def test_server_and_two_workers_train_and_write_every_output(tmp_path, dataset):
     config = _config(tmp_path, dataset, "run")
-    seen = _run(_commands(config, workers=2))
+    seen = _run(local_parameter_server(config, workers=2))
 
     ranks = {name: event["rank"] for name, event in seen if event["event"] == "rank"}
     assert ranks["server"] == 0
@@ -137,7 +126,7 @@ def test_parameter_server_converges_like_ddp_on_a_convex_regression(tmp_path, da
     ddp = _config(tmp_path, dataset, "ddp", strategy="ddp", **fields)
     ps = _config(tmp_path, dataset, "ps", **fields)
     ddp_seen = _run({"torchrun": torchrun_argv(ddp, procs_per_node=2)})
-    ps_seen = _run(_commands(ps, workers=2))
+    ps_seen = _run(local_parameter_server(ps, workers=2))
 
     ddp_loss = _of(ddp_seen, "done")[0]["val_loss"]
     ps_loss = _of(ps_seen, "done")[0]["val_loss"]
@@ -148,12 +137,12 @@ def test_parameter_server_converges_like_ddp_on_a_convex_regression(tmp_path, da
 
 def test_resumed_server_continues_the_step_count_and_each_worker_share(tmp_path, dataset):
     first = _config(tmp_path, dataset, "run", max_steps=12, checkpoint_every=6)
-    seen = _run(_commands(first, workers=2))
+    seen = _run(local_parameter_server(first, workers=2))
     assert _of(seen, "done")[0]["steps"] == 12
     assert [e["step"] for e in _of(seen, "checkpoint")] == [6, 12]
 
     again = _config(tmp_path, dataset, "run", max_steps=20, checkpoint_every=6)
-    seen = _run(_commands(again, workers=2))
+    seen = _run(local_parameter_server(again, workers=2))
     (start,) = _of(seen, "start")
     assert (start["step"], start["resumed"], start["total_steps"]) == (12, True, 20)
     assert [e["step"] for e in _of(seen, "step")] == [16, 20]
