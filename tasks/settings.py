@@ -77,7 +77,10 @@ def _variable(field: str) -> str:
 def disable_telemetry() -> None:
     """Opt this process and its children out of Prefect's client telemetry.
 
-    The server's analytics are off in pyproject.toml; this covers flows started from
-    anywhere else (``DO_NOT_TRACK`` is the cross-tool convention Prefect honours).
+    The server's analytics are off in pyproject.toml, which Prefect reads only in the
+    repository root; this covers flows started from anywhere else. ``DO_NOT_TRACK`` (the
+    cross-tool convention) covers Prefect's client; the temporary server a flow starts when no
+    API is configured reads only its own setting.
     """
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -73,7 +73,10 @@ def test_importing_flows_opts_out_of_telemetry(monkeypatch):
     import flows
 
     monkeypatch.delenv("DO_NOT_TRACK", raising=False)
+    monkeypatch.delenv("PREFECT_SERVER_ANALYTICS_ENABLED", raising=False)
     importlib.reload(flows)
     import os
 
     assert os.environ["DO_NOT_TRACK"] == "1"
+    # A script run outside the repository starts a temporary server that only reads this.
+    assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
