@@ -33,15 +33,46 @@ def test_local_cluster_listens_on_loopback_with_the_units_worker_count():
     assert cls == LOCAL_CLUSTER
     assert kwargs["host"] == "127.0.0.1"
     assert kwargs["dashboard_address"].startswith("127.0.0.1:")
+    assert kwargs["worker_dashboard_address"].startswith("127.0.0.1:")
     assert kwargs["n_workers"] == unit.dask_workers["small"].n_workers
-    assert kwargs["memory_limit"] == f"{unit.dask_workers['small'].worker_mem}MiB"
 
 
-def test_local_workers_report_to_this_processes_api():
-    from prefect.settings import PREFECT_API_URL
+def test_local_workers_are_threads_that_listen_only_on_loopback():
+    # Threads: a script needs no __main__ guard (tests/test_readme_examples.py runs one).
+    import os
+
+    import psutil
+    from distributed import LocalCluster
 
     _, kwargs = cluster_spec(local_unit(), "small", TAGS)
-    assert kwargs["env"]["PREFECT_API_URL"] == PREFECT_API_URL.value()
+    before = set(psutil.Process(os.getpid()).children())  # the test's Prefect server
+    with LocalCluster(**kwargs) as cluster:
+        assert all(worker.__class__.__name__ == "Worker" for worker in cluster.workers.values())
+        listening = [
+            conn.laddr.ip
+            for conn in psutil.Process(os.getpid()).net_connections(kind="inet")
+            if conn.status == psutil.CONN_LISTEN
+        ]
+        started = set(psutil.Process(os.getpid()).children()) - before
+    # scheduler, its dashboard, and each worker's comm and HTTP server
+    assert len(listening) >= 2 + 2 * kwargs["n_workers"]
+    assert set(listening) == {"127.0.0.1"}
+    assert started == set()
+
+
+def test_dask_info_lines_stay_out_of_runs_unless_debugging(monkeypatch):
+    import logging
+
+    from tasks.compute.dask import quiet_dask_logs
+    from tasks.settings import get_settings
+
+    quiet_dask_logs()
+    assert logging.getLogger("distributed").getEffectiveLevel() == logging.WARNING
+    monkeypatch.setenv("SCIFLOW_LOG_LEVEL", "DEBUG")
+    get_settings.cache_clear()
+    quiet_dask_logs()
+    assert logging.getLogger("distributed").getEffectiveLevel() == logging.DEBUG
+    logging.getLogger("distributed").setLevel(logging.WARNING)
 
 
 def test_fargate_cluster_gets_exactly_the_units_settings():
