@@ -41,9 +41,11 @@ def probe_storage(run: RunContext) -> Check:
 
 
 @task
-def probe_worker(index: int) -> tuple[int, int, str]:
-    """Which process and host ran this task."""
-    return index, os.getpid(), platform.node()
+def probe_worker(index: int) -> tuple[int, str, str]:
+    """Which Dask worker (local workers share one process) and host ran this task."""
+    from distributed import get_worker
+
+    return index, get_worker().address, platform.node()
 
 
 @task
@@ -80,7 +82,7 @@ def preflight(unit: str = "local", size: SizeClass = "small", probes: int = 8) -
             for future in futures:
                 answers.append(future.result())
                 bar.advance()
-    workers = {(pid, host) for _, pid, host in answers}
+    workers = {(address, host) for _, address, host in answers}
     expected = compute_unit.dask_workers[size].n_workers
     checks.append(
         Check(
