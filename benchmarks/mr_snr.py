@@ -479,7 +479,7 @@ def gpu_metrics(
       one warm-up run (CUDA context, cuFFT plans); goal >= 20x. Cross-checked against the CPU
       map by ROI mean (independent noise streams, primer tolerance).
     - ``ac_b1_gpu``: AC B1 on CUDA against our CPU path, cross-checked to 1e-5 relative.
-    - ``coil_fft_gpu``: ``torch_backend.ifft2c`` (centred orthonormal, with its shifts) on a
+    - ``coil_fft_gpu``: ``arrays.TorchArrays.ifft2c`` (centred orthonormal, with its shifts) on a
       (batch, x, y, coils) complex64 stack, in GB/s of ``2 * bytes`` (read + write), against the
       device's measured device-to-device copy bandwidth (``clone`` of a 1 GiB buffer, same
       accounting), both timed with CUDA events; goal >= 0.5.
@@ -562,7 +562,9 @@ def gpu_metrics(
 
 def _fft_and_copy_bandwidth(torch: Any, size: Size, repeats: int) -> tuple[float, float, float]:
     """GB/s of the batched coil iFFT (ours, and plain ``ifft2``) and of a device copy."""
-    from tasks.mr.torch_backend import ifft2c
+    from tasks.mr.arrays import TorchArrays
+
+    ifft2c = TorchArrays("cuda").ifft2c
 
     def event_seconds(fn: Callable[[], object]) -> float:  # median of CUDA-event timings
         fn()  # warm-up: plans, allocator
@@ -581,7 +583,7 @@ def _fft_and_copy_bandwidth(torch: Any, size: Size, repeats: int) -> tuple[float
     shape = (GPU_FFT_BATCH, size.nx, size.ny, size.coils)
     stack = torch.randn(shape, dtype=torch.complex64, device="cuda", generator=generator)
     moved = 2 * stack.numel() * stack.element_size() / 1e9
-    fft_gbs = moved / event_seconds(lambda s=stack: ifft2c(torch, s))
+    fft_gbs = moved / event_seconds(lambda s=stack: ifft2c(s, axes=(-3, -2)))
     raw_gbs = moved / event_seconds(lambda s=stack: torch.fft.ifft2(s, dim=(-3, -2), norm="ortho"))
     del stack
     buffer = torch.empty(COPY_MIB * MIB, dtype=torch.uint8, device="cuda")

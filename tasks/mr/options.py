@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tasks.errors import InputError, describe_validation
+from tasks.mr.arrays import device_problem
 
 if TYPE_CHECKING:
     from tasks.mr.snr import ReconSpec, SnrSpec
@@ -230,8 +231,9 @@ class MrOptions(BaseModel):
         "cpu",
         title="Compute device",
         description=(
-            "cpu = NumPy (default, every method); cuda = PyTorch on the GPU for ac, pmr and cr "
-            "with rss or b1 (pseudo-noise from torch's generator: same statistics, other numbers)."
+            "cpu = NumPy (default, everything); cuda = PyTorch on the GPU for every method with "
+            "rss, b1 or sense, not grappa (pmr/cr pseudo-noise from torch's generator: same "
+            "statistics, other numbers)."
         ),
     )
 
@@ -297,11 +299,8 @@ def _problems(o: MrOptions) -> list[str]:
     """Cross-field inconsistencies, each naming its field."""
     problems: list[str] = []
     accelerated = o.recon in ("sense", "grappa")
-    if o.device == "cuda" and (o.recon not in ("rss", "b1") or o.method not in ("ac", "pmr", "cr")):
-        problems.append(
-            f"device='cuda' supports recon 'rss' or 'b1' with method 'ac', 'pmr' or 'cr'; got "
-            f"recon={o.recon!r}, method={o.method!r} (use device='cpu')"
-        )
+    if problem := device_problem(o.device, o.recon):
+        problems.append(problem)
     with_maps = o.recon in ("b1", "sense")
     if accelerated and o.acceleration == (1, 1) and not o.decimate:
         problems.append(

@@ -16,10 +16,12 @@ reconstructed in parallel threads (NumPy's generators and large-array kernels re
 and the maps depend only on ``seed``: not on ``batch`` or on the number of threads. The normals
 are float32 for complex64 data (float64 for complex128), as the data's own precision.
 
-``SnrSpec.device`` picks NumPy on the CPU (``"cpu"``, the default, every method) or the torch
-path of ``tasks.mr.torch_backend`` (``"cuda"``; ``"torch-cpu"`` runs it on the CPU for tests):
-AC, PMR and CR with RSS or B1, the same maps up to rounding (AC) or to the replica statistics
-(PMR, CR: torch's generator draws other numbers from the same distribution).
+``SnrSpec.device`` picks where this one code path computes (``tasks.mr.arrays``): NumPy on the
+CPU (``"cpu"``, the default), or torch on the GPU (``"cuda"``; ``"torch-cpu"`` runs the same
+torch code on the CPU, for tests). Every device runs AC, MR, PMR and CR with RSS, B1 and SENSE;
+GRAPPA runs on the CPU only (``arrays.DEVICE_RECONS``). The torch maps equal the NumPy maps up
+to rounding, except that PMR/CR draw their pseudo-noise with torch's generator: other numbers
+from the same distribution, from the same ``SeedSequence`` children.
 
 ``SnrSpec.convention`` picks between MR Optimum's exact semantics and corrected ones:
 
@@ -36,6 +38,7 @@ AC, PMR and CR with RSS or B1, the same maps up to rounding (AC) or to the repli
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable
@@ -46,31 +49,23 @@ from typing import Any, Literal
 import numpy as np
 
 from tasks.errors import InputError
-from tasks.mr.coils import acl_kspace, acl_region, clean_mask, coil_mask, inner_maps
-from tasks.mr.fft import ifft2c, ifft2c_inplace
-from tasks.mr.noise import prewhiten, prewhitening_matrix
-from tasks.mr.recon import (
-    aliased_images,
-    coil_dot,
-    inverse_norm,
-    rss,
-    sense_apply,
-    sense_unmixing,
-    undersample,
-    zero_filled_images,
-)
+from tasks.mr.arrays import DEVICES, NumpyArrays, TorchArrays, arrays_for, device_problem
+from tasks.mr.coils import acl_region, clean_mask, coil_mask
+from tasks.mr.noise import prewhitening_matrix
+from tasks.mr.recon import rss, sense_unmixing, zero_filled_images
 
 RECONS = ("rss", "b1", "sense", "grappa")
 SENSITIVITIES = ("inner", "inneracl", "espirit")
 MASKS = ("no", "reference", "threshold", "percentage", "percentagemean", "espirit")
 METHODS = ("ac", "mr", "pmr", "cr")
 CONVENTIONS = ("physical", "mroptimum")
-DEVICES = ("cpu", "cuda", "torch-cpu")
 # MR Optimum's ESPIRiT mask parameters (cmtools calculateCoilsSensitivityMask2D, dict form).
 ESPIRIT_MASK = {"calib_width": 24, "kernel_width": 6, "thresh": 0.01, "crop": 0.9925}
 ESPIRIT_CALIB_WIDTH = 24
 
 Progress = Callable[[int, int], None]
+Arrays = NumpyArrays | TorchArrays
+NUMPY = NumpyArrays()
 
 
 def _is_int(value: Any, low: int) -> bool:
@@ -150,10 +145,10 @@ class SnrSpec:
     """Replicas reconstructed per vectorised batch, >= 1."""
     device: Literal["cpu", "cuda", "torch-cpu"] = "cpu"
     """Where to compute: ``"cpu"`` (NumPy, the default), ``"cuda"`` (torch on the GPU), or
-    ``"torch-cpu"`` (the same torch code on the CPU, for tests). The torch path
-    (``tasks.mr.torch_backend``) covers AC, PMR and CR with RSS and B1; its pseudo-noise comes
-    from torch's generator, so PMR/CR numbers differ from the NumPy path's but not their
-    statistics."""
+    ``"torch-cpu"`` (the same torch code on the CPU, for tests); ``tasks.mr.arrays``. Every
+    device runs every method with RSS, B1 and SENSE (GRAPPA: ``"cpu"`` only); torch's
+    pseudo-noise comes from torch's generator, so PMR/CR numbers differ from the NumPy path's
+    but not their statistics."""
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -195,36 +190,41 @@ class _Pipeline:
     ``combine`` maps the domain (..., *domain) to the image (..., x, y). Every ``combine`` is
     positively homogeneous, ``combine(a z) = a combine(z)`` for ``a > 0`` (RSS and GRAPPA + RSS),
     and ``linear`` ones (B1, SENSE) are also additive, which lets the pseudo-replica loop skip
-    whole passes over the coil data (``_pseudo_replicas``).
+    whole passes over the coil data (``_pseudo_replicas``). Arrays live on the device of the
+    ``Arrays`` that built it, except ``g`` and ``mask`` (host NumPy).
     """
 
-    to_domain: Callable[[np.ndarray], np.ndarray]
-    combine: Callable[[np.ndarray], np.ndarray]
-    domain: np.ndarray
-    noise_std: np.ndarray | float = 1.0
+    to_domain: Callable[[Any], Any]
+    combine: Callable[[Any], Any]
+    domain: Any
+    noise_std: Any = 1.0
     g: np.ndarray | None = None
-    sensitivities: np.ndarray | None = None
+    sensitivities: Any = None
     mask: np.ndarray | None = None
     # For the pseudo-replica g-factor: the same combination, unaccelerated, on full coil images.
-    full_domain: np.ndarray | None = None
-    full_combine: Callable[[np.ndarray], np.ndarray] | None = None
+    full_domain: Any = None
+    full_combine: Callable[[Any], Any] | None = None
     linear: bool = False
     """``combine`` (and ``full_combine``) is linear: B1 and SENSE."""
 
 
 class _Moments:
-    """Welford/Chan running mean and sum of squared deviations over replicas, per pixel."""
+    """Welford/Chan running mean and sum of squared deviations over replicas, per pixel.
 
-    __slots__ = ("count", "m2", "mean")
+    Kept in float64 on the device of ``arrays``; ``on_host`` copies them to NumPy.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("arrays", "count", "m2", "mean")
+
+    def __init__(self, arrays: Arrays = NUMPY) -> None:
+        self.arrays = arrays
         self.count = 0
-        self.mean: np.ndarray = np.zeros(())
-        self.m2: np.ndarray = np.zeros(())
+        self.mean: Any = 0.0
+        self.m2: Any = 0.0
 
-    def update(self, values: np.ndarray) -> None:
+    def update(self, values: Any) -> None:
         """Merge a batch (B, x, y) of real values (Chan et al.'s pairwise update)."""
-        values = values.astype(np.float64, copy=False)
+        values = self.arrays.float64(values)
         n_b = values.shape[0]
         mean_b = values.mean(axis=0)
         m2_b = ((values - mean_b) ** 2).sum(axis=0)
@@ -234,9 +234,17 @@ class _Moments:
         self.m2 = self.m2 + m2_b + delta**2 * (self.count * n_b / total)
         self.count = total
 
-    def std(self) -> np.ndarray:
+    def on_host(self) -> _Moments:
+        """The same moments as NumPy arrays."""
+        host = _Moments()
+        host.count = self.count
+        host.mean = self.arrays.to_numpy(self.mean)
+        host.m2 = self.arrays.to_numpy(self.m2)
+        return host
+
+    def std(self) -> Any:
         """Sample standard deviation (ddof=1)."""
-        return np.sqrt(self.m2 / (self.count - 1))
+        return self.arrays.xp.sqrt(self.m2 / (self.count - 1))
 
 
 def snr_map(
@@ -277,47 +285,57 @@ def snr_map(
     """
     recon = recon or ReconSpec()
     snr = snr or SnrSpec()
+    if problem := device_problem(snr.device, recon.recon):
+        raise InputError(problem)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     data, cov, ref, dtype = _check_inputs(kspace, noise_cov, reference, snr.method)
+    arrays = arrays_for(snr.device)
     whitener = prewhitening_matrix(cov).astype(dtype)
-    if snr.device != "cpu":
-        return _snr_map_torch(data, whitener, ref, dtype, recon, snr, progress, timings)
     if snr.method == "mr":
         base = data[..., 0] if snr.convention == "mroptimum" else data.mean(axis=-1)
     else:
         base = data
-    base_pw = prewhiten(base, whitener)
-    ref_pw = None if ref is None else prewhiten(ref, whitener)
+    base_pw = arrays.prewhiten(arrays.asarray(base), whitener)
+    ref_pw = None if ref is None else arrays.prewhiten(arrays.asarray(ref), whitener)
+    arrays.sync()
     timings["prewhiten"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    pipe = _build(recon, snr, base_pw, ref_pw)
+    pipe = _build(arrays, recon, snr, base_pw, ref_pw)
+    arrays.sync()
     timings["setup"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
     g, g_method = (pipe.g, "analytic") if pipe.g is not None else (None, None)
     with np.errstate(divide="ignore", invalid="ignore"):
         if snr.method == "ac":
-            values = np.sqrt(2) * np.abs(pipe.combine(pipe.domain)) / pipe.noise_std
+            magnitude = arrays.float64(arrays.xp.abs(pipe.combine(pipe.domain)))
+            values = arrays.to_numpy(magnitude * math.sqrt(2) / pipe.noise_std)
             _report(progress, 1, 1)
         elif snr.method == "mr":
-            values = _multiple_replicas(data, whitener, pipe, snr.batch, progress)
+            values = _multiple_replicas(arrays, data, whitener, pipe, snr.batch, progress)
         else:
             streams, full_streams = np.random.SeedSequence(snr.seed).spawn(2)
             with_g = snr.method == "pmr" and snr.gfactor and pipe.full_combine is not None
             steps = [0, 2 * snr.replicas if with_g else snr.replicas]
             replicas = _pseudo_replicas(
-                pipe.domain, pipe.combine, pipe.linear, snr, streams, progress, steps
+                arrays, pipe.domain, pipe.combine, pipe.linear, snr, streams, progress, steps
             )
+
+            def clean() -> np.ndarray:
+                return arrays.to_numpy(pipe.combine(pipe.domain))
+
             if snr.method == "pmr":
-                values = _pmr(lambda: pipe.combine(pipe.domain), replicas, snr.convention)
+                values = _pmr(clean, replicas, snr.convention)
             else:
-                values = _cr(lambda: pipe.combine(pipe.domain), replicas, snr)
+                values = _cr(clean, replicas, snr)
             if with_g and pipe.full_domain is not None and pipe.full_combine is not None:
+                arrays.sync()
                 timings["snr"] = time.perf_counter() - clock
                 clock = time.perf_counter()
                 full = _pseudo_replicas(
+                    arrays,
                     pipe.full_domain,
                     pipe.full_combine,
                     pipe.linear,
@@ -329,7 +347,9 @@ def snr_map(
                 r_total = recon.acceleration[0] * recon.acceleration[1]
                 g = replicas.moments.std() / (full.moments.std() * np.sqrt(r_total))
                 g_method = "pseudo-replica"
+                arrays.sync()
                 timings["gfactor"] = time.perf_counter() - clock
+        arrays.sync()
         timings.setdefault("snr", time.perf_counter() - clock)
 
         real = np.float32 if dtype == np.complex64 else np.float64
@@ -339,13 +359,14 @@ def snr_map(
             g = _finite(g, real)
         else:
             g, g_method = None, None
+    sensitivities = None if pipe.sensitivities is None else arrays.to_numpy(pipe.sensitivities)
     return SnrMaps(
         snr=_finite(values, real),
         g=g,
         inverse_g=inverse_g,
-        sensitivities=pipe.sensitivities,
+        sensitivities=sensitivities,
         mask=pipe.mask,
-        info=_info(recon, snr, data, dtype, pipe, g_method, timings),
+        info={**_info(recon, snr, data, dtype, pipe, g_method, timings), **arrays.info()},
     )
 
 
@@ -379,54 +400,6 @@ def _info(
         "device": snr.device,
         "timings_s": timings,
     }
-
-
-def _snr_map_torch(
-    data: np.ndarray,
-    whitener: np.ndarray,
-    ref: np.ndarray | None,
-    dtype: type,
-    recon: ReconSpec,
-    snr: SnrSpec,
-    progress: Progress | None,
-    timings: dict[str, float],
-) -> SnrMaps:
-    """``snr_map`` on a torch device (``tasks.mr.torch_backend``): AC, PMR, CR; RSS, B1."""
-    from tasks.mr import torch_backend
-
-    torch_backend.check_supported(recon, snr)  # RSS and B1 have no g-factor, as on the CPU
-
-    def sensitivities(
-        reference: np.ndarray, images: np.ndarray | None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        return _sensitivities(recon, snr, reference, images)
-
-    def reference_kspace(base_pw: np.ndarray, ref_pw: np.ndarray | None) -> np.ndarray:
-        return _reference_kspace(recon, base_pw, ref_pw)
-
-    out = torch_backend.run(
-        data, whitener, ref, recon, snr, progress, timings, sensitivities, reference_kspace
-    )
-    real = np.float32 if dtype == np.complex64 else np.float64
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if snr.method == "ac":
-            values = out.values
-        else:
-            moments = _Moments()
-            moments.count, moments.mean, moments.m2 = out.count, out.mean, out.m2
-            replicas = _Replicas(moments, out.last)
-            if snr.method == "pmr":
-                values = _pmr(lambda: out.clean, replicas, snr.convention)
-            else:
-                values = _cr(lambda: out.clean, replicas, snr)
-    info = _info(recon, snr, data, dtype, out, None, timings)
-    info["device_name"] = out.device_name
-    return SnrMaps(
-        snr=_finite(values, real),
-        sensitivities=out.sensitivities,
-        mask=out.mask,
-        info=info,
-    )
 
 
 # --- inputs -----------------------------------------------------------------------------------
@@ -496,7 +469,7 @@ def _report(progress: Progress | None, done: int, total: int) -> None:
 
 
 def _build(
-    spec: ReconSpec, snr_spec: SnrSpec, base_pw: np.ndarray, ref_pw: np.ndarray | None
+    arrays: Arrays, spec: ReconSpec, snr_spec: SnrSpec, base_pw: Any, ref_pw: Any
 ) -> _Pipeline:
     """The reconstruction pipeline; ``base_pw`` is the caller's temporary and may be overwritten."""
     rx, ry = spec.acceleration
@@ -511,86 +484,97 @@ def _build(
             f"kspace is {nx} x {ny}, not divisible by acceleration ({rx}, {ry}); expected "
             "multiples of R (of 2R for MR Optimum's phase-free SENSE unfolding)"
         )
+
+    def images_of(kspace: Any) -> Any:
+        return arrays.ifft2c(kspace, axes=(-3, -2))
+
+    def combine_rss(images: Any) -> Any:
+        return _rss(arrays, images)
+
     if spec.recon == "rss":
-        return _Pipeline(to_domain=_images, combine=rss, domain=ifft2c_inplace(base_pw))
-    if spec.recon == "grappa":
+        domain = arrays.ifft2c(base_pw, own=True)
+        return _Pipeline(to_domain=images_of, combine=combine_rss, domain=domain)
+    if spec.recon == "grappa":  # NumPy only (arrays.DEVICE_RECONS)
         return _grappa_pipeline(spec, base_pw, ref_pw)
-    reference = _reference_kspace(spec, base_pw, ref_pw)
+    reference = _reference_kspace(arrays, spec, base_pw, ref_pw)
     if spec.recon == "b1":
         # Unaccelerated B1 without a separate reference: the maps come from these same images.
         same = reference is base_pw
-        if same and "espirit" in (spec.sensitivity, spec.mask):
-            images = ifft2c(base_pw)  # ESPIRiT still reads the k-space
-        else:
-            images = ifft2c_inplace(base_pw)
-        sens, mask = _sensitivities(spec, snr_spec, reference, images if same else None)
-        combine = _B1Combine(sens)
+        espirit = "espirit" in (spec.sensitivity, spec.mask)
+        images = arrays.ifft2c(base_pw, own=not (same and espirit))  # ESPIRiT reads k-space
+        sens, mask = _sensitivities(arrays, spec, snr_spec, reference, images if same else None)
+        combine = _B1Combine(arrays, sens)
         return _Pipeline(
-            to_domain=_images,
+            to_domain=images_of,
             combine=combine,
             domain=images,
-            noise_std=np.where(combine.inverse_norm > 0, 1.0, 0.0),
+            noise_std=arrays.xp.where(combine.inverse_norm > 0, 1.0, 0.0),
             sensitivities=sens,
             mask=mask,
             linear=True,
         )
-    sens, mask = _sensitivities(spec, snr_spec, reference)
-    return _sense_pipeline(spec, base_pw, sens, mask)
+    sens, mask = _sensitivities(arrays, spec, snr_spec, reference)
+    return _sense_pipeline(arrays, spec, base_pw, sens, mask)
+
+
+def _rss(arrays: Arrays, images: Any) -> Any:
+    """Root sum of squares over the last (coil) axis (``recon.rss``)."""
+    return arrays.xp.sqrt(arrays.coil_power(images))
 
 
 class _B1Combine:
     """``s^H rho / sqrt(s^H s)`` per pixel (``recon.b1_combine``), the norms computed once."""
 
-    __slots__ = ("inverse_norm", "sensitivities")
+    __slots__ = ("arrays", "inverse_norm", "sensitivities")
 
-    def __init__(self, sensitivities: np.ndarray) -> None:
+    def __init__(self, arrays: Arrays, sensitivities: Any) -> None:
+        self.arrays = arrays
         self.sensitivities = sensitivities
-        self.inverse_norm = inverse_norm(sensitivities)
+        self.inverse_norm = arrays.inverse_norm(sensitivities)
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        return coil_dot(self.sensitivities, images) * self.inverse_norm
-
-
-def _images(kspace: np.ndarray) -> np.ndarray:
-    return ifft2c(kspace, axes=(-3, -2))
+    def __call__(self, images: Any) -> Any:
+        return self.arrays.coil_dot(self.sensitivities, images) * self.inverse_norm
 
 
-def _sampler(acceleration: tuple[int, int]) -> Callable[[np.ndarray], np.ndarray]:
+def _sampler(arrays: Arrays, acceleration: tuple[int, int]) -> Callable[[Any], Any]:
     """Prewhitened k-space (..., x, y, c) -> aliased images of lines 0, R, ... ."""
 
-    def to_domain(kspace: np.ndarray) -> np.ndarray:
-        sampled = undersample(kspace, acceleration[1], axis=-2)
+    def to_domain(kspace: Any) -> Any:
+        sampled = arrays.undersample(kspace, acceleration[1], axis=-2)
         if acceleration[0] > 1:
-            sampled = undersample(sampled, acceleration[0], axis=-3)
-        return aliased_images(sampled, acceleration)
+            sampled = arrays.undersample(sampled, acceleration[0], axis=-3)
+        return arrays.aliased_images(sampled, acceleration)
 
     return to_domain
 
 
 def _sense_pipeline(
-    spec: ReconSpec, base_pw: np.ndarray, sens: np.ndarray, mask: np.ndarray | None
+    arrays: Arrays, spec: ReconSpec, base_pw: Any, sens: Any, mask: np.ndarray | None
 ) -> _Pipeline:
     acceleration = spec.acceleration
-    to_domain = _sampler(acceleration)
-    unmixing, g, weights = sense_unmixing(sens, acceleration)
+    to_domain = _sampler(arrays, acceleration)
+    # The unmixing matrices need LAPACK's pinv: computed on the host, applied on the device.
+    host_sens = arrays.to_numpy(sens)
+    unmixing, g, weights = sense_unmixing(host_sens, acceleration)
+    unmixing = arrays.asarray(unmixing)
     domain = to_domain(base_pw)
 
-    def combine(aliased: np.ndarray) -> np.ndarray:
-        return sense_apply(aliased, unmixing, acceleration)
+    def combine(aliased: Any) -> Any:
+        return arrays.sense_apply(aliased, unmixing, acceleration)
 
     # Unaccelerated SENSE with the same maps, on coil images S v0 (same numerator as v0).
-    full_unmixing, _, _ = sense_unmixing(sens, (1, 1))
+    full_unmixing = arrays.asarray(sense_unmixing(host_sens, (1, 1))[0])
     full_domain = sens * combine(domain)[..., None]
     return _Pipeline(
         to_domain=to_domain,
         combine=combine,
         domain=domain,
-        noise_std=weights,
+        noise_std=arrays.asarray(weights),
         g=g,
         sensitivities=sens,
         mask=mask,
         full_domain=full_domain,
-        full_combine=lambda images: sense_apply(images, full_unmixing, (1, 1)),
+        full_combine=lambda images: arrays.sense_apply(images, full_unmixing, (1, 1)),
         linear=True,
     )
 
@@ -610,10 +594,10 @@ def _grappa_pipeline(spec: ReconSpec, base_pw: np.ndarray, ref_pw: np.ndarray | 
     source = base_pw if ref_pw is None else ref_pw
     region = acl_region((nx, ny), spec.acl)
     if not spec.decimate:
-        _check_sampled(source, region, "GRAPPA ACS")
+        _check_sampled(NUMPY, source, region, "GRAPPA ACS")
     kernel = grappa_weights(source[region], ry, spec.grappa_kernel)
     weights = grappa_image_weights(kernel, (nx, ny)).astype(base_pw.dtype)
-    to_domain = _sampler((1, ry))
+    to_domain = _sampler(NUMPY, (1, ry))
 
     def filled(aliased: np.ndarray) -> np.ndarray:
         zero_filled = zero_filled_images(aliased, (1, ry))
@@ -637,9 +621,9 @@ def _grappa_pipeline(spec: ReconSpec, base_pw: np.ndarray, ref_pw: np.ndarray | 
     )
 
 
-def _check_sampled(kspace: np.ndarray, region: tuple[slice, slice], what: str) -> None:
+def _check_sampled(arrays: Arrays, kspace: Any, region: tuple[slice, slice], what: str) -> None:
     """Raise unless every line of the calibration block carries data."""
-    block = kspace[region]
+    block = arrays.to_numpy(kspace[region])
     empty = np.flatnonzero(~np.any(block != 0, axis=(0, 2)))
     if empty.size:
         lines = (np.arange(kspace.shape[1])[region[1]])[empty]
@@ -649,51 +633,55 @@ def _check_sampled(kspace: np.ndarray, region: tuple[slice, slice], what: str) -
         )
 
 
-def _reference_kspace(
-    spec: ReconSpec, base_pw: np.ndarray, ref_pw: np.ndarray | None
-) -> np.ndarray:
+def _reference_kspace(arrays: Arrays, spec: ReconSpec, base_pw: Any, ref_pw: Any) -> Any:
     """Prewhitened reference k-space for the coil maps (MR Optimum's choice, primer 3(b))."""
     source = base_pw if ref_pw is None else ref_pw
     accelerated = spec.acceleration != (1, 1)
     use_acl = spec.decimate or spec.sensitivity == "inneracl" or (accelerated and ref_pw is None)
     if not use_acl:
         return source
-    region = acl_region(source.shape[:2], spec.acl)
+    region = acl_region(tuple(source.shape[:2]), spec.acl)
     if not spec.decimate:
-        _check_sampled(source, region, "calibration")
-    return acl_kspace(source, spec.acl)
+        _check_sampled(arrays, source, region, "calibration")
+    return arrays.acl_kspace(source, spec.acl)
 
 
 def _sensitivities(
+    arrays: Arrays,
     spec: ReconSpec,
     snr_spec: SnrSpec,
-    reference: np.ndarray,
-    images: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Masked maps and the mask; ``images`` = ``ifft2c(reference)`` if the caller has them."""
+    reference: Any,
+    images: Any = None,
+) -> tuple[Any, np.ndarray]:
+    """Masked maps (on the device) and the mask (host); ``images`` = ``ifft2c(reference)``.
+
+    The mask (scipy morphology) and ESPIRiT run on the host, from host copies of the
+    reference RSS or k-space.
+    """
     nx, ny, _ = reference.shape
     ref_rss = None
     if images is None and (spec.sensitivity != "espirit" or spec.mask != "espirit"):
-        images = ifft2c(reference)
+        images = arrays.ifft2c(reference)
     if spec.mask == "espirit":
-        mask = clean_mask(_espirit().espirit_mask(reference, **ESPIRIT_MASK))
+        host_reference = arrays.to_numpy(reference)
+        mask = clean_mask(_espirit().espirit_mask(host_reference, **ESPIRIT_MASK))
     else:
-        ref_rss = rss(images)
-        ref_image = ref_rss
+        ref_rss = _rss(arrays, images)
+        ref_image = arrays.to_numpy(ref_rss)
         if snr_spec.convention == "mroptimum":
-            ref_image = ref_rss / np.sqrt(nx * ny)
+            ref_image = ref_image / np.sqrt(nx * ny)
         mask = coil_mask(ref_image, spec.mask, spec.mask_value)
     if spec.sensitivity == "espirit":
         espirit = _espirit()
         acl_y = spec.acl[1] if spec.acl[1] is not None else ESPIRIT_CALIB_WIDTH
         width = min(ESPIRIT_CALIB_WIDTH, acl_y, nx, ny)
-        sens = espirit.espirit_maps(reference, calib_width=width) * mask[..., None]
-    else:
-        # Inner maps I_c / RSS (coils.sensitivities_inner) with the mask, in one pass.
-        if ref_rss is None:
-            ref_rss = rss(images)
-        sens = inner_maps(images, ref_rss, mask)
-    return sens.astype(reference.dtype, copy=False), mask
+        host_reference = arrays.to_numpy(reference)
+        sens = espirit.espirit_maps(host_reference, calib_width=width) * mask[..., None]
+        return arrays.asarray(sens.astype(host_reference.dtype, copy=False)), mask
+    # Inner maps I_c / RSS (coils.sensitivities_inner) with the mask, in one pass.
+    if ref_rss is None:
+        ref_rss = _rss(arrays, images)
+    return arrays.inner_maps(images, ref_rss, mask), mask
 
 
 def _espirit() -> Any:
@@ -708,21 +696,28 @@ def _espirit() -> Any:
 
 
 def _multiple_replicas(
-    data: np.ndarray, whitener: np.ndarray, pipe: _Pipeline, batch: int, progress: Progress | None
+    arrays: Arrays,
+    data: np.ndarray,
+    whitener: np.ndarray,
+    pipe: _Pipeline,
+    batch: int,
+    progress: Progress | None,
 ) -> np.ndarray:
     total = data.shape[-1]
-    moments = _Moments()
+    moments = _Moments(arrays)
     for start in range(0, total, batch):
         stop = min(start + batch, total)
-        chunk = prewhiten(np.moveaxis(data[..., start:stop], -1, 0), whitener)
-        moments.update(np.abs(pipe.combine(pipe.to_domain(chunk))))
+        chunk = arrays.asarray(np.moveaxis(data[..., start:stop], -1, 0))
+        chunk = arrays.prewhiten(chunk, whitener)
+        moments.update(arrays.xp.abs(pipe.combine(pipe.to_domain(chunk))))
         _report(progress, stop, total)
-    return moments.mean / moments.std()
+    host = moments.on_host()
+    return host.mean / host.std()
 
 
 @dataclass(slots=True)
 class _Replicas:
-    moments: _Moments
+    moments: _Moments  # on the host
     last: np.ndarray  # the last replica's reconstruction (complex for B1/SENSE)
 
 
@@ -735,8 +730,9 @@ def _threads() -> int:
 
 
 def _pseudo_replicas(
-    domain: np.ndarray,
-    combine: Callable[[np.ndarray], np.ndarray],
+    arrays: Arrays,
+    domain: Any,
+    combine: Callable[[Any], Any],
     linear: bool,
     spec: SnrSpec,
     streams: np.random.SeedSequence,
@@ -745,33 +741,29 @@ def _pseudo_replicas(
 ) -> _Replicas:
     """Reconstruct ``spec.replicas`` noisy copies of ``domain`` (noise ``CN(0, I)``).
 
-    Replica ``i`` uses ``Generator(SFC64(streams.spawn(replicas)[i]))`` whatever the batch and
-    thread count. One batch buffer is reused; a batch's replicas are drawn, added and combined
-    in parallel threads, then merged into the running moments in order.
+    Replica ``i`` draws from child ``i`` of ``streams.spawn(replicas)`` (``arrays.normals``)
+    whatever the batch and thread count. One batch buffer is reused. On NumPy a batch's
+    replicas are drawn, added and combined in parallel threads, then merged into the running
+    moments in order; on torch the batch is drawn slot by slot and combined as one tensor.
 
     With ``w`` the standard normal pairs (``CN(0, 2I)``), the replica ``combine(domain + w/sqrt2)``
     is computed without scaling ``w``: as ``combine(w)/sqrt2 + combine(domain)`` for a linear
     ``combine``, else as ``combine(sqrt2 domain + w)/sqrt2`` (positive homogeneity). Both are the
     same image up to rounding, and save one or two passes over each replica's coil data.
     """
-    domain = np.ascontiguousarray(domain)
-    real = np.float32 if domain.dtype == np.complex64 else np.float64
-    if domain.dtype not in (np.complex64, np.complex128):
-        domain = domain.astype(np.complex128)
+    domain = arrays.complex_contiguous(domain)
     children = streams.spawn(spec.replicas)
-    scale = real(np.sqrt(0.5))
+    # Python floats take the data's precision (NumPy's NEP 50, torch's scalar rules).
+    scale = math.sqrt(0.5)
     size = min(spec.batch, spec.replicas)
-    pairs = np.empty((size, *domain.shape, 2), dtype=real)  # peak memory: one batch
-    noisy = pairs.view(domain.dtype)[..., 0]
+    normals = arrays.normals(size, domain)  # peak memory: one batch
     if linear:
         clean = combine(domain)
     else:
-        scaled = domain * real(np.sqrt(2))
+        scaled = domain * math.sqrt(2)
 
-    def replica(index: int, slot: int) -> np.ndarray:
-        generator = np.random.Generator(np.random.SFC64(children[index]))
-        generator.standard_normal(out=pairs[slot], dtype=real)
-        values = noisy[slot]
+    def reconstruct(values: Any) -> Any:
+        """Replicas from normals ``values`` (..., *domain), overwritten."""
         if linear:
             image = combine(values)
             image *= scale
@@ -782,24 +774,33 @@ def _pseudo_replicas(
         image *= scale
         return image
 
-    moments = _Moments()
-    last = np.zeros(())
-    threads = min(_threads(), size)
+    def replica(index: int, slot: int) -> Any:
+        normals.fill(slot, children[index])
+        return reconstruct(normals.buffer[slot])
+
+    moments = _Moments(arrays)
+    last: Any = None
+    threads = 1 if arrays.batched else min(_threads(), size)
     with ThreadPoolExecutor(max_workers=threads) as pool:
         for start in range(0, spec.replicas, spec.batch):
             count = min(spec.batch, spec.replicas - start)
-            if threads > 1:
-                done = list(pool.map(replica, range(start, start + count), range(count)))
+            if arrays.batched:
+                for slot in range(count):
+                    normals.fill(slot, children[start + slot])
+                images = reconstruct(normals.buffer[:count])
             else:
-                done = [replica(start + slot, slot) for slot in range(count)]
-            images = np.stack(done)
-            del done
-            moments.update(np.abs(images))
-            last = images[-1].copy()
+                if threads > 1:
+                    done = list(pool.map(replica, range(start, start + count), range(count)))
+                else:
+                    done = [replica(start + slot, slot) for slot in range(count)]
+                images = np.stack(done)
+                del done
+            moments.update(arrays.xp.abs(images))
+            last = arrays.copy(images[-1])
             del images
             steps[0] += count
             _report(progress, steps[0], steps[1])
-    return _Replicas(moments, last)
+    return _Replicas(moments.on_host(), arrays.to_numpy(last))
 
 
 def _pmr(clean: Callable[[], np.ndarray], acc: _Replicas, convention: str) -> np.ndarray:

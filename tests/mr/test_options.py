@@ -416,6 +416,28 @@ def test_device_defaults_to_cpu_and_reaches_the_snr_spec():
 
 def test_device_cuda_refuses_what_the_gpu_path_does_not_cover():
     with pytest.raises((InputError, ValidationError), match="device='cuda' supports recon"):
-        MrOptions(method="ac", recon="sense", acceleration=(1, 2), device="cuda")
+        MrOptions(method="ac", recon="grappa", acceleration=(1, 2), device="cuda")
+
+
+@pytest.mark.parametrize("method", ["ac", "mr", "pmr", "cr"])
+@pytest.mark.parametrize("recon", ["rss", "b1", "sense"])
+def test_device_cuda_accepts_every_method_with_rss_b1_and_sense(method, recon):
+    acceleration = (1, 2) if recon == "sense" else None
+    options = MrOptions(method=method, recon=recon, acceleration=acceleration, device="cuda")
+    assert options.snr_spec().device == "cuda"
+
+
+def test_options_and_snr_map_apply_the_same_device_rule():
+    from tasks.mr.arrays import DEVICE_RECONS
+
+    for recon in ("rss", "b1", "sense", "grappa"):
+        acceleration = (1, 2) if recon in ("sense", "grappa") else None
+        allowed = recon in DEVICE_RECONS["cuda"]
+        try:
+            MrOptions(recon=recon, acceleration=acceleration, device="cuda")
+        except (InputError, ValidationError):
+            assert not allowed
+        else:
+            assert allowed
     with pytest.raises((InputError, ValidationError), match="device"):
         MrOptions(device="tpu")

@@ -6,7 +6,7 @@ import pytest
 import scipy.ndimage as ndi
 
 from tasks.errors import InputError
-from tasks.mr.fft import fft2c
+from tasks.mr.fft import fft2c, ifft2c
 from tasks.mr.phantom import complex_noise, make_phantom
 from tasks.mr.recon import undersample
 from tasks.mr.snr import ReconSpec, SnrSpec, box_std, snr_map
@@ -397,15 +397,18 @@ def test_pseudo_replicas_do_not_depend_on_batch_or_thread_count(phantom, monkeyp
 def test_linear_pseudo_replica_shortcut_equals_the_plain_sum(phantom):
     from tasks.mr import snr as snr_module
 
+    arrays = snr_module.NUMPY
     maps = snr_map(phantom.kspace, phantom.noise_cov, B1)
-    combine = snr_module._B1Combine(maps.sensitivities)
+    combine = snr_module._B1Combine(arrays, maps.sensitivities)
     spec = SnrSpec(method="pmr", replicas=6, batch=4)
-    images = snr_module.ifft2c(prewhiten_kspace(phantom))
+    images = ifft2c(prewhiten_kspace(phantom))
     runs = []
     for linear in (True, False):
         streams = np.random.SeedSequence(9)
         runs.append(
-            snr_module._pseudo_replicas(images, combine, linear, spec, streams, None, [0, 6])
+            snr_module._pseudo_replicas(
+                arrays, images, combine, linear, spec, streams, None, [0, 6]
+            )
         )
     np.testing.assert_allclose(runs[0].last, runs[1].last, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(runs[0].moments.std(), runs[1].moments.std(), rtol=1e-9)
