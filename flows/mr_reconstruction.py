@@ -4,10 +4,10 @@ signal (+ noise) → stage → estimate → noise statistics → SNR per slice b
 previews and info.json in the run directory → summary artifact.
 
 3-D Cartesian data (MRD partitions, NumPy/MATLAB ``layout="volume"``) arrive from
-``readers.read_raw`` in hybrid space, ``(y, z, coils, x, replicas)``: the "slices" are the x
+``tasks.mr.io.read_raw`` in hybrid space, ``(y, z, coils, x, replicas)``: the "slices" are the x
 positions, each an in-plane (y, z) problem with the header's acceleration ``(R_y, R_z)`` and
 calibration block. ``options.slices`` then counts x positions; the maps are stacked as
-``(y, z, x)`` and written as ``(x, y, z)`` (``readers.maps_as_volume``), previews show the
+``(y, z, x)`` and written as ``(x, y, z)`` (``tasks.mr.io.maps_as_volume``), previews show the
 central z plane.
 """
 
@@ -27,8 +27,9 @@ from blocks.compute_unit import SizeClass, load_unit
 from flows.secure_cleanup import cleanup_on_exit
 from tasks.compute.dask import dask_task_runner
 from tasks.errors import InputError
-from tasks.mr import export, readers
+from tasks.mr import export
 from tasks.mr.estimate import JobEstimate, estimate_job
+from tasks.mr.io import AcquisitionInfo, maps_as_volume, read_info, read_raw
 from tasks.mr.noise import (
     noise_bandwidth,
     noise_coefficient,
@@ -74,7 +75,7 @@ def stage_input(uri: str, run: RunContext) -> str:
 @task
 def estimate(signal_path: str, options: MrOptions, key: str | None) -> JobEstimate:
     """Memory and time from the header alone, to pick a size class."""
-    _, shape = readers.read_info(Path(signal_path), key=key, layout=options.layout)
+    _, shape = read_info(Path(signal_path), key=key, layout=options.layout)
     return estimate_job(shape, options)
 
 
@@ -83,7 +84,7 @@ def noise_statistics(
     signal_path: str, noise_path: str | None, key: str | None, convention: str, layout: str
 ) -> dict[str, Any]:
     """Noise covariance referred to the signal's sampling, its coefficients and NBW."""
-    raw = readers.read_raw(
+    raw = read_raw(
         Path(signal_path), Path(noise_path) if noise_path else None, key=key, layout=layout
     )
     info = raw.info
@@ -114,7 +115,7 @@ def snr_for_slices(
     signal_path: str, key: str | None, slices: list[int], noise_cov: np.ndarray, options: MrOptions
 ) -> list[SnrMaps]:
     """SNR maps for a batch of slices (replicas vectorised inside each slice)."""
-    raw = readers.read_raw(Path(signal_path), key=key, layout=options.layout)
+    raw = read_raw(Path(signal_path), key=key, layout=options.layout)
     header_acl = raw.info.acs_block or ((None, raw.info.acs_lines) if raw.info.acs_lines else None)
     recon_spec = options.recon_spec(
         header_acceleration=raw.info.acceleration, header_acl=header_acl
@@ -134,7 +135,7 @@ def write_outputs(
     output: str,
     maps: list[SnrMaps],
     stats: dict[str, Any],
-    info: readers.AcquisitionInfo,
+    info: AcquisitionInfo,
     options: MrOptions,
     timings: dict[str, float],
     provenance: dict[str, Any],
@@ -158,10 +159,10 @@ def write_outputs(
     def stacked(arrays: list[np.ndarray | None]) -> np.ndarray | None:
         """Per-slice maps stacked on the last axis; 3-D: (y, z, x) -> (x, y, z)."""
         data = _stack_optional(arrays)
-        return readers.maps_as_volume(data) if volume_3d and data is not None else data
+        return maps_as_volume(data) if volume_3d and data is not None else data
 
     snr = np.stack([m.snr for m in maps], axis=-1)
-    snr = readers.maps_as_volume(snr) if volume_3d else snr
+    snr = maps_as_volume(snr) if volume_3d else snr
     if flip_angle_path is not None:
         flip_angle = np.asarray(nib.load(flip_angle_path).get_fdata())
         if volume_3d:  # (x, y, z) map, x positions selected
@@ -195,7 +196,7 @@ def write_outputs(
     sens = [m.sensitivities for m in maps]
     if options.coil_sensitivity_output and all(s is not None for s in sens):
         data = np.stack(sens, axis=2)  # (x, y, slices, coils); 3-D: (y, z, x, coils)
-        data = readers.maps_as_volume(data) if volume_3d else data
+        data = maps_as_volume(data) if volume_3d else data
         put("sensitivity.nii.gz", export.sensitivity_nifti_bytes(data, info.affine))
         outputs.append({"name": "sensitivity", "filename": "sensitivity.nii.gz"})
 
@@ -303,7 +304,7 @@ def mr_reconstruction(
     stats = noise_statistics(signal_path, noise_path, job.key, opts.convention, opts.layout)
     timings["noise"] = time.perf_counter() - mark
 
-    info, shape = readers.read_info(Path(signal_path), key=job.key, layout=opts.layout)
+    info, shape = read_info(Path(signal_path), key=job.key, layout=opts.layout)
     slices = opts.slices if opts.slices is not None else list(range(shape[3]))
     if bad := [s for s in slices if not 0 <= s < shape[3]]:
         raise InputError(f"options.slices has {bad}; expected indices below {shape[3]}")

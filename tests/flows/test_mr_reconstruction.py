@@ -7,8 +7,8 @@ import pytest
 
 from flows.mr_reconstruction import mr_reconstruction
 from tasks.errors import InputError
+from tasks.mr.io import write_mrd
 from tasks.mr.phantom import make_phantom, phantom_acquisition
-from tasks.mr.readers import write_mrd
 
 FOV_MM = (256.0, 256.0, 5.0)
 DWELL_S = 5e-6
