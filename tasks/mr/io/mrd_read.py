@@ -23,13 +23,15 @@ samples (``benchmarks/mrd_read.py`` times both); the tests cross-check against t
 from __future__ import annotations
 
 import contextlib
-import xml.etree.ElementTree as ET
+import xml.etree.ElementTree as ET  # the parsed tree's types; parsing is defusedxml's
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import defusedxml.ElementTree as SafeET
 import h5py
 import numpy as np
+from defusedxml import DefusedXmlException
 
 from tasks.errors import InputError
 from tasks.mr.io.geometry import (
@@ -116,9 +118,14 @@ def _mrd_header(grp: h5py.Group, path: Path, what: str) -> ET.Element:
     value = raw[()] if raw.shape == () else raw[0]
     text = value.decode("utf-8") if isinstance(value, bytes) else str(value)
     try:
-        # The header comes from the file; expat >= 2.4 caps entity expansion and ElementTree
-        # never fetches external entities.
-        return ET.fromstring(text)  # noqa: S314
+        # The header comes from the file: defusedxml refuses entity declarations and external
+        # references rather than expanding or fetching them.
+        return SafeET.fromstring(text)
+    except DefusedXmlException as exc:
+        raise InputError(
+            f"{what} {path}: XML header declares entities or external references ({exc!r}); "
+            "expected plain ISMRMRD XML"
+        ) from exc
     except ET.ParseError as exc:
         raise InputError(
             f"{what} {path}: XML header does not parse ({exc}); expected ISMRMRD XML"

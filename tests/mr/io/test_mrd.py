@@ -120,6 +120,21 @@ def test_mrd_reads_what_the_ismrmrd_package_writes(rng, tmp_path):
     assert header.encoding[0].encodedSpace.matrixSize.x == 8
 
 
+def test_an_mrd_header_declaring_entities_is_refused_unexpanded(rng, tmp_path):
+    path = write_mrd(
+        tmp_path / "s.h5", random_complex(rng, (8, 3, 2, 1, 1)), fov_mm=(1, 1, 1), dwell_s=1e-6
+    )
+    with h5py.File(path, "r+") as f:
+        xml = f["dataset/xml"][0].decode()
+        laughs = '<!DOCTYPE h [<!ENTITY a "ha"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;">]>'
+        body = xml.split("\n", 1)[1].replace("<systemVendor>sciflow", "<systemVendor>&b;")
+        f["dataset/xml"][0] = f'<?xml version="1.0"?>\n{laughs}\n{body}'
+    with pytest.raises(InputError, match="XML header declares entities"):
+        read_raw(path)
+    with pytest.raises(InputError, match="XML header declares entities"):
+        read_info(path)
+
+
 def test_mrd_3d_round_trip_partitions_geometry_and_noise(rng, tmp_path):
     volume = random_complex(rng, (8, 6, 10, 4, 2))  # (x, y, z, coils, replicas)
     noise = random_complex(rng, (8 * 50, 4))
