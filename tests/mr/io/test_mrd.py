@@ -120,6 +120,17 @@ def test_mrd_reads_what_the_ismrmrd_package_writes(rng, tmp_path):
     assert header.encoding[0].encodedSpace.matrixSize.x == 8
 
 
+def test_the_ismrmrd_package_reads_what_we_write_as_our_reader_does(tmp_path):
+    pytest.importorskip("ismrmrd")
+    from benchmarks.mrd_read import read_ours, read_with_ismrmrd, write_case
+
+    path = write_case(tmp_path / "case.h5", (16, 12, 3, 2, 2))
+    ours, theirs = read_ours(path), read_with_ismrmrd(path)
+    assert ours[0].shape == (16, 12, 3, 2, 2)
+    np.testing.assert_array_equal(ours[0], theirs[0])
+    np.testing.assert_array_equal(ours[1], theirs[1])
+
+
 def test_an_mrd_header_declaring_entities_is_refused_unexpanded(rng, tmp_path):
     path = write_mrd(
         tmp_path / "s.h5", random_complex(rng, (8, 3, 2, 1, 1)), fov_mm=(1, 1, 1), dwell_s=1e-6
