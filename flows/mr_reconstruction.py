@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 from prefect import flow, task
 from pydantic import BaseModel, Field
@@ -29,15 +28,10 @@ from tasks.compute.dask import dask_task_runner
 from tasks.errors import InputError
 from tasks.mr import export
 from tasks.mr.estimate import JobEstimate, estimate_job
-from tasks.mr.io import AcquisitionInfo, maps_as_volume, read_info, read_raw
-from tasks.mr.noise import (
-    noise_bandwidth,
-    noise_coefficient,
-    noise_covariance,
-    signal_noise_covariance,
-)
+from tasks.mr.io import AcquisitionInfo, read_info, read_raw
+from tasks.mr.noise import noise_bandwidth, noise_covariance, signal_noise_covariance
 from tasks.mr.options import MrOptions, parse_job
-from tasks.mr.snr import SnrMaps, flip_angle_corrected, snr_map
+from tasks.mr.snr import SnrMaps, snr_map
 from tasks.progress import Progress, publish_summary, run_logger
 from tasks.retry import transient_retries
 from tasks.storage.objects import Location
@@ -142,113 +136,23 @@ def write_outputs(
     slices: list[int],
     flip_angle_path: str | None = None,
 ) -> MrResult:
-    """Write maps, previews and info.json; info.json last, so it marks a complete output.
-
-    ``provenance`` holds the pasted MR Optimum job (``job``) and notes on how it was read
-    (``log``), both kept in info.json. ``flip_angle_path`` is a NIfTI flip-angle map in
-    degrees for the legacy flip-angle correction.
-    """
+    """Maps, previews and info.json under ``output`` (``export.write_snr_outputs``)."""
     root = Location.parse(output)
-    store, tags = run.store, run.tags
 
     def put(name: str, data: bytes) -> str:
-        return store.write_bytes(str(root.join(name)), data, tags=tags)
+        return run.store.write_bytes(str(root.join(name)), data, tags=run.tags)
 
-    volume_3d = info.kind == "3d"
-
-    def stacked(arrays: list[np.ndarray | None]) -> np.ndarray | None:
-        """Per-slice maps stacked on the last axis; 3-D: (y, z, x) -> (x, y, z)."""
-        data = _stack_optional(arrays)
-        return maps_as_volume(data) if volume_3d and data is not None else data
-
-    snr = np.stack([m.snr for m in maps], axis=-1)
-    snr = maps_as_volume(snr) if volume_3d else snr
-    if flip_angle_path is not None:
-        flip_angle = np.asarray(nib.load(flip_angle_path).get_fdata())
-        if volume_3d:  # (x, y, z) map, x positions selected
-            flip_angle = flip_angle[slices]
-        else:
-            flip_angle = flip_angle.reshape(*flip_angle.shape[:2], -1)[..., slices]
-        snr = flip_angle_corrected(snr, flip_angle)
-    mask = stacked([m.mask for m in maps])
-    inside = mask.astype(bool) if mask is not None else np.ones(snr.shape, dtype=bool)
-    outputs: list[dict[str, Any]] = []
-    previews: dict[str, str] = {}
-
-    def volume(name: str, data: np.ndarray, kind: str, title: str, label: str) -> str:
-        uri = put(f"{name}.nii.gz", export.nifti_bytes(data, info.affine, None))
-        outputs.append({"name": name, "filename": f"{name}.nii.gz", "shape": list(data.shape)})
-        plane = data[..., data.shape[-1] // 2] if volume_3d else data[..., 0]
-        previews[name] = put(
-            f"{name}.png", export.map_png(plane, title=title, label=label, kind=kind)
-        )
-        return uri
-
-    snr_uri = volume("SNR", snr, "snr", f"SNR ({options.method.upper()})", "SNR")
-    mean_g = None
-    g = stacked([m.g for m in maps])
-    if g is not None:
-        volume("G", g, "g", "g-factor", "g")
-        volume("IG", stacked([m.inverse_g for m in maps]), "g", "1/g", "1/g")
-        mean_g = float(np.mean(g[inside])) if inside.any() else None
-    if mask is not None:
-        volume("mask", mask.astype(np.float32), "mask", "Mask", "inside")
-    sens = [m.sensitivities for m in maps]
-    if options.coil_sensitivity_output and all(s is not None for s in sens):
-        data = np.stack(sens, axis=2)  # (x, y, slices, coils); 3-D: (y, z, x, coils)
-        data = maps_as_volume(data) if volume_3d else data
-        put("sensitivity.nii.gz", export.sensitivity_nifti_bytes(data, info.affine))
-        outputs.append({"name": "sensitivity", "filename": "sensitivity.nii.gz"})
-
-    for name, matrix, kind, title in (
-        ("noise_covariance", stats["noise_cov"], "covariance", "Noise covariance |Psi|"),
-        (
-            "noise_coefficient",
-            noise_coefficient(stats["noise_cov"]),
-            "coefficient",
-            "Noise correlation coefficients |rho|",
-        ),
-    ):
-        put(f"{name}.nii.gz", export.nifti_bytes(np.abs(matrix)[:, :, None], None, None))
-        previews[name] = put(f"{name}.png", export.matrix_png(matrix, title=title, kind=kind))
-        outputs.append({"name": name, "filename": f"{name}.nii.gz"})
-
-    median_snr = float(np.median(snr[inside])) if inside.any() else 0.0
-    info_uri = put(
-        "info.json",
-        export.info_json(
-            options=options.model_dump(mode="json"),
-            header=info.summary,
-            outputs=outputs,
-            timings_s=timings,
-            extra={
-                **provenance,
-                "noise": {
-                    "nbw": stats["nbw"],
-                    "samples": stats["samples"],
-                    "convention": options.convention,
-                },
-                "median_snr_in_mask": median_snr,
-                "mean_g_in_mask": mean_g,
-                "run_id": run.run_id,
-                **maps[0].info,
-            },
-        ),
+    written = export.write_snr_outputs(
+        put, maps, stats, info, options, timings, provenance, slices, run.run_id, flip_angle_path
     )
     return MrResult(
         output=str(root),
-        snr=snr_uri,
-        previews=previews,
-        info=info_uri,
-        median_snr=median_snr,
-        mean_g=mean_g,
+        snr=written.snr,
+        previews=written.previews,
+        info=written.info,
+        median_snr=written.median_snr,
+        mean_g=written.mean_g,
     )
-
-
-def _stack_optional(arrays: list[np.ndarray | None]) -> np.ndarray | None:
-    if any(a is None for a in arrays):
-        return None
-    return np.stack(arrays, axis=-1)
 
 
 @flow(
