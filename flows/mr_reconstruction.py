@@ -1,7 +1,8 @@
 """MR reconstruction and SNR mapping: what MR Optimum computes, as a Prefect flow.
 
-signal (+ noise) → stage → estimate → noise statistics → SNR per slice batch (Dask) → maps,
-previews and info.json in the run directory → summary artifact.
+signal (+ noise) → stage → estimate → noise statistics → SNR per slice batch (Dask; each task
+reads only its own slices) → maps, previews and info.json in the run directory → summary
+artifact.
 
 3-D Cartesian data (MRD partitions, NumPy/MATLAB ``layout="volume"``) arrive from
 ``tasks.mr.io.read_raw`` in hybrid space, ``(y, z, coils, x, replicas)``: the "slices" are the x
@@ -29,6 +30,7 @@ from tasks.errors import InputError
 from tasks.mr import export
 from tasks.mr.estimate import JobEstimate, estimate_job
 from tasks.mr.io import AcquisitionInfo, read_info, read_raw
+from tasks.mr.io.slices import SliceSource, read_slices, slice_source
 from tasks.mr.noise import noise_bandwidth, noise_covariance, signal_noise_covariance
 from tasks.mr.options import MrOptions, parse_job
 from tasks.mr.snr import SnrMaps, snr_map
@@ -104,20 +106,32 @@ def noise_statistics(
     }
 
 
+@task
+def stage_slices(signal_path: str, key: str | None, layout: str, run: RunContext) -> SliceSource:
+    """Where the slice batches read from: the file itself, or a copy staged once in scratch.
+
+    ``.npy`` and 2-D MRD files are read by slice as they are; other formats and 3-D data are
+    staged as one ``.npy`` (``tasks.mr.io.slices``).
+    """
+    return slice_source(Path(signal_path), run.scratch / "staged", key=key, layout=layout)
+
+
 @task(**transient_retries())
 def snr_for_slices(
-    signal_path: str, key: str | None, slices: list[int], noise_cov: np.ndarray, options: MrOptions
+    source: SliceSource,
+    slices: list[int],
+    noise_cov: np.ndarray,
+    options: MrOptions,
+    header: AcquisitionInfo,
 ) -> list[SnrMaps]:
-    """SNR maps for a batch of slices (replicas vectorised inside each slice)."""
-    raw = read_raw(Path(signal_path), key=key, layout=options.layout)
-    header_acl = raw.info.acs_block or ((None, raw.info.acs_lines) if raw.info.acs_lines else None)
-    recon_spec = options.recon_spec(
-        header_acceleration=raw.info.acceleration, header_acl=header_acl
-    )
+    """SNR maps for a batch of slices, reading only those (replicas vectorised per slice)."""
+    signal = read_slices(source, slices)
+    header_acl = header.acs_block or ((None, header.acs_lines) if header.acs_lines else None)
+    recon_spec = options.recon_spec(header_acceleration=header.acceleration, header_acl=header_acl)
     snr_spec = options.snr_spec()
     maps = []
-    for index in slices:
-        kspace = raw.signal[:, :, :, index, :]
+    for index in range(len(slices)):
+        kspace = signal[:, :, :, index, :]
         kspace = kspace if snr_spec.method == "mr" else kspace[..., 0]
         maps.append(snr_map(kspace, noise_cov, recon_spec, snr_spec))
     return maps
@@ -215,6 +229,7 @@ def mr_reconstruction(
     batches = [slices[i : i + SLICES_PER_TASK] for i in range(0, len(slices), SLICES_PER_TASK)]
 
     mark = time.perf_counter()
+    source = stage_slices(signal_path, job.key, opts.layout, run)
     size: SizeClass = job_estimate.size_class
     maps: list[SnrMaps] = []
     with dask_task_runner(compute_unit, size, run.tags) as runner:
@@ -222,11 +237,11 @@ def mr_reconstruction(
             runner.submit(
                 snr_for_slices,
                 {
-                    "signal_path": signal_path,
-                    "key": job.key,
+                    "source": source,
                     "slices": batch,
                     "noise_cov": stats["noise_cov"],
                     "options": opts,
+                    "header": info,
                 },
             )
             for batch in batches

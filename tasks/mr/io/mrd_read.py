@@ -48,7 +48,8 @@ from tasks.mr.io.mrd_spec import (
 )
 from tasks.mr.io.types import Header, NoisePart, SignalPart
 
-_READ_BLOCK = 4096  # MRD acquisitions per h5py read
+_READ_BLOCK = 4096  # MRD acquisitions per h5py read, at most
+_READ_GAP = 64  # unwanted acquisitions read through rather than starting a new read
 
 
 @contextlib.contextmanager
@@ -90,10 +91,13 @@ def _mrd_heads(grp: h5py.Group, path: Path, what: str) -> np.ndarray:
 def _mrd_samples(
     grp: h5py.Group, indices: np.ndarray, heads: np.ndarray, path: Path, what: str
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """(index, complex64 (channels, samples)) for each selected acquisition, read in blocks."""
+    """(index, complex64 (channels, samples)) for each selected acquisition, read in blocks.
+
+    A block spans at most ``_READ_BLOCK`` acquisitions and no gap over ``_READ_GAP``: a batch
+    of slices reads its own readouts, not everything between them.
+    """
     data = grp["data"]
-    for start in range(0, len(indices), _READ_BLOCK):
-        chunk = indices[start : start + _READ_BLOCK]
+    for chunk in _blocks(indices):
         lo, hi = int(chunk[0]), int(chunk[-1]) + 1
         try:
             block = data[lo:hi, "data"]
@@ -111,6 +115,19 @@ def _mrd_samples(
                     f"2 x {channels} channels x {samples} samples"
                 )
             yield int(i), flat.view(np.complex64).reshape(channels, samples)
+
+
+def _blocks(indices: np.ndarray) -> Iterator[np.ndarray]:
+    """Sorted ``indices`` cut where a block would span ``_READ_BLOCK`` or jump ``_READ_GAP``."""
+    start = 0
+    for i in range(1, len(indices) + 1):
+        if (
+            i == len(indices)
+            or indices[i] - indices[start] >= _READ_BLOCK
+            or indices[i] - indices[i - 1] > _READ_GAP
+        ):
+            yield indices[start:i]
+            start = i
 
 
 def _mrd_header(grp: h5py.Group, path: Path, what: str) -> ET.Element:
@@ -179,8 +196,19 @@ def _mrd_selection(heads: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str,
     return np.flatnonzero(keep), np.flatnonzero(noise), skipped
 
 
-def mrd_signal(path: Path, key: str | None, remove_os: bool, *, load: bool) -> SignalPart:
-    """The imaging readouts of an MRD file (its headers only unless ``load``)."""
+def mrd_signal(
+    path: Path, key: str | None, remove_os: bool, *, load: bool, batch: np.ndarray | None = None
+) -> SignalPart:
+    """The imaging readouts of an MRD file (its headers only unless ``load``).
+
+    Args:
+        path: The MRD file.
+        key: Its HDF5 group, else the first ISMRMRD group found.
+        remove_os: Remove 2x readout oversampling.
+        load: Read the samples (else the headers only).
+        batch: 2-D only: load only these slices (sorted, unique), in this order on the
+            slice axis; the embedded noise is then not loaded.
+    """
     what = "signal file"
     with _mrd_group(path, key, what) as grp:
         root = _mrd_header(grp, path, what)
@@ -226,14 +254,20 @@ def mrd_signal(path: Path, key: str | None, remove_os: bool, *, load: bool) -> S
         part = SignalPart(header=Header(), shape=shape)
         if load:
             counter = "kspace_encode_step_2" if volume else "slice"
+            placed, slot, planes = images, None, nz if volume else slices
+            if batch is not None and not volume:  # only the batch's readouts are read
+                slot = np.full(slices, -1)
+                slot[batch] = np.arange(len(batch))
+                placed, planes = images[slot[idx["slice"]] >= 0], len(batch)
             part.signal = _mrd_assemble(
                 grp,
-                images,
+                placed,
                 heads,
-                (nx, ny, int(coils[0]), nz if volume else slices, replicas),
+                (nx, ny, int(coils[0]), planes, replicas),
                 path,
                 what,
                 counter,
+                slot,
             )
             if crop:
                 part.signal = remove_readout_oversampling(part.signal, axis=0)
@@ -247,7 +281,7 @@ def mrd_signal(path: Path, key: str | None, remove_os: bool, *, load: bool) -> S
             )
             part.noise_readouts = len(noise_idx)
             part.noise_dwell_s = float(noise_heads["sample_time_us"][0]) * 1e-6 or None
-            if load:
+            if load and batch is None:
                 part.noise = _mrd_noise(grp, noise_idx, heads, path, what)
 
         dx = (fov[0] / enc[0]) if fov[0] and enc[0] else None
@@ -343,10 +377,12 @@ def _mrd_assemble(
     path: Path,
     what: str,
     counter: str = "slice",
+    slot: np.ndarray | None = None,
 ) -> np.ndarray:
     """Readouts placed into ``shape`` (x, y, coils, S, replicas); repeats (averages) averaged.
 
-    S is indexed by ``counter``: ``slice``, or ``kspace_encode_step_2`` for 3-D.
+    S is indexed by ``counter``: ``slice``, or ``kspace_encode_step_2`` for 3-D; through
+    ``slot[counter]`` when a batch of slices is placed.
     """
     signal = np.zeros(shape, dtype=np.complex64)
     counts = np.zeros((shape[1], shape[3], shape[4]), dtype=np.int32)
@@ -354,6 +390,7 @@ def _mrd_assemble(
     for i, samples in _mrd_samples(grp, images, heads, path, what):
         head = heads[i]
         y, s, r = (int(head["idx"][c]) for c in ("kspace_encode_step_1", counter, "repetition"))
+        s = s if slot is None else int(slot[s])
         n = samples.shape[1]
         offset = 0 if n == nx else max(0, min(nx - n, nx // 2 - int(head["center_sample"])))
         signal[offset : offset + n, y, :, s, r] += samples.T
