@@ -31,7 +31,8 @@ from tasks.mr import export
 from tasks.mr.estimate import JobEstimate, estimate_job
 from tasks.mr.io import AcquisitionInfo, read_info, read_raw
 from tasks.mr.io.slices import SliceSource, read_slices, slice_source
-from tasks.mr.noise import noise_bandwidth, noise_covariance, signal_noise_covariance
+from tasks.mr.noise import Convention, NoiseStatistics
+from tasks.mr.noise import noise_statistics as referred_noise
 from tasks.mr.options import MrOptions, parse_job
 from tasks.mr.snr import SnrMaps, snr_map
 from tasks.progress import Progress, publish_summary, run_logger
@@ -77,33 +78,13 @@ def estimate(signal_path: str, options: MrOptions, key: str | None) -> JobEstima
 
 @task
 def noise_statistics(
-    signal_path: str, noise_path: str | None, key: str | None, convention: str, layout: str
-) -> dict[str, Any]:
+    signal_path: str, noise_path: str | None, key: str | None, convention: Convention, layout: str
+) -> NoiseStatistics:
     """Noise covariance referred to the signal's sampling, its coefficients and NBW."""
     raw = read_raw(
         Path(signal_path), Path(noise_path) if noise_path else None, key=key, layout=layout
     )
-    info = raw.info
-    coils = raw.signal.shape[2]
-    if raw.noise is None:
-        # MR Optimum: with no noise at all, Psi = I.
-        return {"noise_cov": np.eye(coils, dtype=np.complex128), "nbw": None, "samples": 0}
-    measured = noise_covariance(raw.noise)
-    nbw = noise_bandwidth(raw.noise_by_readout())
-    referred = signal_noise_covariance(
-        measured,
-        noise_dwell_s=info.noise_dwell_s,
-        signal_dwell_s=info.signal_dwell_s,
-        oversampling_removed=info.oversampling_removed,
-        nbw=nbw,
-        convention=convention,
-    )
-    return {
-        "noise_cov": referred,
-        "measured_cov": measured,
-        "nbw": nbw,
-        "samples": int(raw.noise.shape[0]),
-    }
+    return referred_noise(raw, convention)
 
 
 @task
@@ -142,7 +123,7 @@ def write_outputs(
     run: RunContext,
     output: str,
     maps: list[SnrMaps],
-    stats: dict[str, Any],
+    stats: NoiseStatistics,
     info: AcquisitionInfo,
     options: MrOptions,
     timings: dict[str, float],
@@ -239,7 +220,7 @@ def mr_reconstruction(
                 {
                     "source": source,
                     "slices": batch,
-                    "noise_cov": stats["noise_cov"],
+                    "noise_cov": stats.noise_cov,
                     "options": opts,
                     "header": info,
                 },

@@ -24,7 +24,7 @@ import numpy as np
 from tasks import provenance
 from tasks.errors import InputError
 from tasks.mr.io import AcquisitionInfo, maps_as_volume
-from tasks.mr.noise import noise_coefficient
+from tasks.mr.noise import NoiseStatistics, noise_coefficient
 from tasks.mr.options import MrOptions
 from tasks.mr.snr import SnrMaps, flip_angle_corrected
 
@@ -535,7 +535,7 @@ class WrittenOutputs:
 def write_snr_outputs(
     put: Callable[[str, bytes], str],
     maps: Sequence[SnrMaps],
-    stats: Mapping[str, Any],
+    stats: NoiseStatistics,
     info: AcquisitionInfo,
     options: MrOptions,
     timings: Mapping[str, float],
@@ -551,7 +551,7 @@ def write_snr_outputs(
     Args:
         put: Writes one file, ``(name, bytes) -> URI``, atomically.
         maps: Per-slice maps in slice order.
-        stats: Noise statistics: ``noise_cov`` (coils, coils), ``nbw``, ``samples``.
+        stats: The noise the maps were computed with.
         info: The signal's header (geometry, 3-D or not, summary for info.json).
         options: The analysis options as run.
         timings: Seconds per stage so far.
@@ -609,10 +609,10 @@ def write_snr_outputs(
         outputs.append({"name": "sensitivity", "filename": "sensitivity.nii.gz"})
 
     matrices: list[tuple[str, np.ndarray, MatrixKind, str]] = [
-        ("noise_covariance", stats["noise_cov"], "covariance", "Noise covariance |Psi|"),
+        ("noise_covariance", stats.noise_cov, "covariance", "Noise covariance |Psi|"),
         (
             "noise_coefficient",
-            noise_coefficient(stats["noise_cov"]),
+            noise_coefficient(stats.noise_cov),
             "coefficient",
             "Noise correlation coefficients |rho|",
         ),
@@ -633,8 +633,8 @@ def write_snr_outputs(
             extra={
                 **provenance,
                 "noise": {
-                    "nbw": stats["nbw"],
-                    "samples": stats["samples"],
+                    "nbw": stats.nbw,
+                    "samples": stats.samples,
                     "convention": options.convention,
                 },
                 "median_snr_in_mask": median_snr,
