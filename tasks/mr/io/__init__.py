@@ -2,8 +2,9 @@
 
 - ``types``: the header (``AcquisitionInfo``), ``RawData`` and the shared checks;
 - ``read``: ``read_raw``/``read_info`` for any format, through one table of readers;
-- ``mrd_read``, ``mrd_write`` (with ``mrd_spec``, the layout both share), ``twix``, ``arrays``
-  (NumPy and MATLAB): one format each;
+- ``mrd_read`` (with ``mrd_xml``), ``mrd_write`` (with ``mrd_spec``, the layout both share),
+  ``twix``, ``arrays`` (NumPy and MATLAB): one format each;
+- ``slices``: one batch of slices at a time, staging what cannot be read by slice;
 - ``geometry``: affines, readout oversampling and the 3-D hybrid space.
 """
 

@@ -23,15 +23,11 @@ samples (``benchmarks/mrd_read.py`` times both); the tests cross-check against t
 from __future__ import annotations
 
 import contextlib
-import xml.etree.ElementTree as ET  # the parsed tree's types; parsing is defusedxml's
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import defusedxml.ElementTree as SafeET
 import h5py
 import numpy as np
-from defusedxml import DefusedXmlException
 
 from tasks.errors import InputError
 from tasks.mr.io.geometry import (
@@ -46,6 +42,7 @@ from tasks.mr.io.mrd_spec import (
     NOT_IMAGE_FLAGS,
     flags_set,
 )
+from tasks.mr.io.mrd_xml import parse_header, xml_value, xml_values
 from tasks.mr.io.types import Header, NoisePart, SignalPart
 
 _READ_BLOCK = 4096  # MRD acquisitions per h5py read, at most
@@ -130,44 +127,6 @@ def _blocks(indices: np.ndarray) -> Iterator[np.ndarray]:
             start = i
 
 
-def _mrd_header(grp: h5py.Group, path: Path, what: str) -> ET.Element:
-    raw = grp["xml"]
-    value = raw[()] if raw.shape == () else raw[0]
-    text = value.decode("utf-8") if isinstance(value, bytes) else str(value)
-    try:
-        # The header comes from the file: defusedxml refuses entity declarations and external
-        # references rather than expanding or fetching them.
-        return SafeET.fromstring(text)
-    except DefusedXmlException as exc:
-        raise InputError(
-            f"{what} {path}: XML header declares entities or external references ({exc!r}); "
-            "expected plain ISMRMRD XML"
-        ) from exc
-    except ET.ParseError as exc:
-        raise InputError(
-            f"{what} {path}: XML header does not parse ({exc}); expected ISMRMRD XML"
-        ) from exc
-
-
-def _xml_value(root: ET.Element, path: str, cast: type = float) -> Any:
-    node = root.find("/".join(f"{{*}}{p}" for p in path.split("/")))
-    if node is None or node.text is None or not node.text.strip():
-        return None
-    try:
-        return cast(node.text.strip())
-    except ValueError:
-        return None
-
-
-def _xml_values(root: ET.Element, path: str) -> list[float]:
-    nodes = root.findall("/".join(f"{{*}}{p}" for p in path.split("/")))
-    out = []
-    for node in nodes:
-        with contextlib.suppress(TypeError, ValueError):
-            out.append(float(node.text))  # type: ignore[arg-type]
-    return out
-
-
 def _mrd_selection(heads: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
     """Indices of imaging and noise readouts, and counts of what was left out."""
     noise = flags_set(heads, ACQ_IS_NOISE_MEASUREMENT)
@@ -211,21 +170,21 @@ def mrd_signal(
     """
     what = "signal file"
     with _mrd_group(path, key, what) as grp:
-        root = _mrd_header(grp, path, what)
+        root = parse_header(grp, path, what)
         heads = _mrd_heads(grp, path, what)
         images, noise_idx, skipped = _mrd_selection(heads)
         if len(images) == 0:
             raise InputError(
                 f"{what} {path} has no imaging acquisitions; expected Cartesian k-space readouts"
             )
-        trajectory = (_xml_value(root, "encoding/trajectory", str) or "cartesian").lower()
+        trajectory = (xml_value(root, "encoding/trajectory", str) or "cartesian").lower()
         if trajectory != "cartesian":
             raise InputError(f"{what} {path}: trajectory {trajectory!r}; expected cartesian")
         h = heads[images]
         idx = h["idx"]
-        enc = [_xml_value(root, f"encoding/encodedSpace/matrixSize/{a}", int) for a in "xyz"]
-        rec = [_xml_value(root, f"encoding/reconSpace/matrixSize/{a}", int) for a in "xyz"]
-        fov = [_xml_value(root, f"encoding/encodedSpace/fieldOfView_mm/{a}") for a in "xyz"]
+        enc = [xml_value(root, f"encoding/encodedSpace/matrixSize/{a}", int) for a in "xyz"]
+        rec = [xml_value(root, f"encoding/reconSpace/matrixSize/{a}", int) for a in "xyz"]
+        fov = [xml_value(root, f"encoding/encodedSpace/fieldOfView_mm/{a}") for a in "xyz"]
         volume = int(idx["kspace_encode_step_2"].max()) > 0 or (enc[2] or 1) > 1
         coils = np.unique(h["active_channels"])
         if len(coils) != 1:
@@ -236,7 +195,7 @@ def mrd_signal(
         ny = max(int(idx["kspace_encode_step_1"].max()) + 1, enc[1] or 0)
         slices = max(
             int(idx["slice"].max()) + 1,
-            (_xml_value(root, "encoding/encodingLimits/slice/maximum", int) or 0) + 1,
+            (xml_value(root, "encoding/encodingLimits/slice/maximum", int) or 0) + 1,
         )
         replicas = int(idx["repetition"].max()) + 1
         nz = max(int(idx["kspace_encode_step_2"].max()) + 1, enc[2] or 1) if volume else 1
@@ -305,8 +264,8 @@ def mrd_signal(
             if volume:  # the slab centre is the centred FFT's centre partition
                 affine[:3, 3] -= (nz // 2) * affine[:3, 2]
         factor = "encoding/parallelImaging/accelerationFactor/kspace_encoding_step_"
-        r_step1 = _xml_value(root, f"{factor}1", int) or 1
-        r_step2 = _xml_value(root, f"{factor}2", int) or 1
+        r_step1 = xml_value(root, f"{factor}1", int) or 1
+        r_step2 = xml_value(root, f"{factor}2", int) or 1
         calibration = flags_set(heads, ACQ_IS_PARALLEL_CALIBRATION) | flags_set(
             heads, ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING
         )
@@ -315,9 +274,9 @@ def mrd_signal(
             acs = len(np.unique(heads["idx"]["kspace_encode_step_1"][calibration]))
             acs_z = len(np.unique(heads["idx"]["kspace_encode_step_2"][calibration]))
         dwell = float(h["sample_time_us"][0]) * 1e-6 or None
-        flip = _xml_values(root, "sequenceParameters/flipAngle_deg")
+        flip = xml_values(root, "sequenceParameters/flipAngle_deg")
         part.header = Header(
-            vendor=_xml_value(root, "acquisitionSystemInformation/systemVendor", str),
+            vendor=xml_value(root, "acquisitionSystemInformation/systemVendor", str),
             signal_dwell_s=dwell,
             oversampling_removed=crop,
             fov_mm=fov_mm,
@@ -341,23 +300,23 @@ def mrd_signal(
             "recon_matrix": rec,
             "encoded_fov_mm": fov,
             "recon_fov_mm": [
-                _xml_value(root, f"encoding/reconSpace/fieldOfView_mm/{a}") for a in "xyz"
+                xml_value(root, f"encoding/reconSpace/fieldOfView_mm/{a}") for a in "xyz"
             ],
             "readout_oversampling": (enc[0] / rec[0]) if enc[0] and rec[0] else None,
             "trajectory": trajectory,
-            "calibration_mode": _xml_value(root, "encoding/parallelImaging/calibrationMode", str),
-            "system_model": _xml_value(root, "acquisitionSystemInformation/systemModel", str),
-            "field_strength_t": _xml_value(
+            "calibration_mode": xml_value(root, "encoding/parallelImaging/calibrationMode", str),
+            "system_model": xml_value(root, "acquisitionSystemInformation/systemModel", str),
+            "field_strength_t": xml_value(
                 root, "acquisitionSystemInformation/systemFieldStrength_T"
             ),
-            "larmor_hz": _xml_value(root, "experimentalConditions/H1resonanceFrequency_Hz"),
-            "relative_receiver_noise_bandwidth": _xml_value(
+            "larmor_hz": xml_value(root, "experimentalConditions/H1resonanceFrequency_Hz"),
+            "relative_receiver_noise_bandwidth": xml_value(
                 root, "acquisitionSystemInformation/relativeReceiverNoiseBandwidth"
             ),
-            "protocol_name": _xml_value(root, "measurementInformation/protocolName", str),
-            "tr_ms": _xml_values(root, "sequenceParameters/TR"),
-            "te_ms": _xml_values(root, "sequenceParameters/TE"),
-            "ti_ms": _xml_values(root, "sequenceParameters/TI"),
+            "protocol_name": xml_value(root, "measurementInformation/protocolName", str),
+            "tr_ms": xml_values(root, "sequenceParameters/TR"),
+            "te_ms": xml_values(root, "sequenceParameters/TE"),
+            "ti_ms": xml_values(root, "sequenceParameters/TI"),
             "flip_angle_deg": flip,
             "geometry": "MRD acquisition headers (LPS) -> RAS" if affine is not None else None,
         }
