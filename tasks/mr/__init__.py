@@ -3,7 +3,7 @@
 Conventions shared by every module here (see ``MR_PRIMER.md`` in the design docs):
 
 - k-space and coil images are complex, coils last: one slice is ``(x, y, coils)``; a whole
-  acquisition is ``(x, y, coils, slices, replicas)`` (``readers.RawData.signal``).
+  acquisition is ``(x, y, coils, slices, replicas)`` (``io.RawData.signal``).
   x = readout, y = phase encoding.
 - Noise samples are ``(samples, coils)``. ``Psi = E[n n^H]`` is the complex noise covariance,
   ``(coils, coils)``; each real component has variance ``Psi_ii / 2``.
@@ -15,7 +15,7 @@ Conventions shared by every module here (see ``MR_PRIMER.md`` in the design docs
 
 Modules: ``fft`` (transforms), ``phantom`` (known-truth data), ``noise`` (covariance,
 prewhitening, bandwidth), ``coils`` (sensitivities, masks), ``recon`` (RSS, B1, SENSE),
-``grappa``, ``espirit``, ``snr`` (AC, MR, PMR, CR, g-factors), ``readers`` (MRD, twix, NumPy,
+``grappa``, ``espirit``, ``snr`` (AC, MR, PMR, CR, g-factors), ``io`` (MRD, twix, NumPy,
 MATLAB), ``options`` (analysis options and MR Optimum jobs), ``export`` (NIfTI, PNG,
 info.json), ``estimate`` (memory and time from the header).
 """

@@ -1,7 +1,8 @@
 """SNR outputs as bytes: NIfTI volumes, PNG previews and MR Optimum's info.json.
 
 Nothing here touches storage: each function returns the file's bytes and the caller writes
-them atomically. File names and ids follow MR Optimum (``mrotools/snr.py``), so its viewer
+them atomically (``write_snr_outputs`` hands every file to the caller's ``put``). File names
+and ids follow MR Optimum (``mrotools/snr.py``), so its viewer
 and scripts find them: ``data/SNR.nii.gz`` (id 0), ``data/NC.nii.gz`` (1), ``data/NCC.nii.gz``
 (2), ``data/IG.nii.gz`` (3), ``data/G.nii.gz`` (4), ``data/G_GRAPPA.nii.gz`` (5),
 ``data/IG_GRAPPA.nii.gz`` (6), ``data/sensitivity_XX.nii.gz`` (10 + XX) and
@@ -13,7 +14,8 @@ from __future__ import annotations
 import gzip
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from io import BytesIO
 from typing import Any, Literal
 
@@ -21,6 +23,10 @@ import numpy as np
 
 from tasks import provenance
 from tasks.errors import InputError
+from tasks.mr.io import AcquisitionInfo, maps_as_volume
+from tasks.mr.noise import NoiseStatistics, noise_coefficient
+from tasks.mr.options import MrOptions
+from tasks.mr.snr import SnrMaps, flip_angle_corrected
 
 MapKind = Literal["snr", "g", "mask", "sensitivity"]
 MatrixKind = Literal["covariance", "coefficient"]
@@ -500,3 +506,150 @@ def _jsonable(value: Any) -> Any:
     if hasattr(value, "model_dump"):
         return _jsonable(value.model_dump(mode="json"))
     return str(value)
+
+
+# ---------------------------------------------------------------------------------------
+# A run's outputs
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WrittenOutputs:
+    """What ``write_snr_outputs`` wrote.
+
+    Attributes:
+        snr: URI of SNR.nii.gz.
+        previews: Map name to the URI of its PNG preview.
+        info: URI of info.json.
+        median_snr: Median SNR inside the mask over all slices.
+        mean_g: Mean g-factor inside the mask, if computed.
+    """
+
+    snr: str
+    previews: dict[str, str]
+    info: str
+    median_snr: float
+    mean_g: float | None
+
+
+def write_snr_outputs(
+    put: Callable[[str, bytes], str],
+    maps: Sequence[SnrMaps],
+    stats: NoiseStatistics,
+    info: AcquisitionInfo,
+    options: MrOptions,
+    timings: Mapping[str, float],
+    provenance: Mapping[str, Any],
+    slices: Sequence[int],
+    run_id: str,
+    flip_angle_path: str | None = None,
+) -> WrittenOutputs:
+    """Write maps, previews and info.json through ``put``, info.json last.
+
+    info.json is written last, so its presence marks a complete output.
+
+    Args:
+        put: Writes one file, ``(name, bytes) -> URI``, atomically.
+        maps: Per-slice maps in slice order.
+        stats: The noise the maps were computed with.
+        info: The signal's header (geometry, 3-D or not, summary for info.json).
+        options: The analysis options as run.
+        timings: Seconds per stage so far.
+        provenance: The pasted MR Optimum job (``job``) and notes on how it was read
+            (``log``), both kept in info.json.
+        slices: The slice indices ``maps`` belong to.
+        run_id: The flow run, recorded in info.json.
+        flip_angle_path: A NIfTI flip-angle map in degrees for the legacy flip-angle
+            correction, ``(x, y[, slices])``; 3-D ``(x, y, z)``.
+    """
+    volume_3d = info.kind == "3d"
+
+    def stacked(arrays: list[np.ndarray | None]) -> np.ndarray | None:
+        """Per-slice maps stacked on the last axis; 3-D: (y, z, x) -> (x, y, z)."""
+        data = _stack_optional(arrays)
+        return maps_as_volume(data) if volume_3d and data is not None else data
+
+    snr = np.stack([m.snr for m in maps], axis=-1)
+    snr = maps_as_volume(snr) if volume_3d else snr
+    if flip_angle_path is not None:
+        import nibabel as nib
+
+        flip_angle = np.asarray(nib.load(flip_angle_path).get_fdata())
+        if volume_3d:  # (x, y, z) map, x positions selected
+            flip_angle = flip_angle[list(slices)]
+        else:
+            flip_angle = flip_angle.reshape(*flip_angle.shape[:2], -1)[..., list(slices)]
+        snr = flip_angle_corrected(snr, flip_angle)
+    mask = stacked([m.mask for m in maps])
+    inside = mask.astype(bool) if mask is not None else np.ones(snr.shape, dtype=bool)
+    outputs: list[dict[str, Any]] = []
+    previews: dict[str, str] = {}
+
+    def volume(name: str, data: np.ndarray, kind: MapKind, title: str, label: str) -> str:
+        uri = put(f"{name}.nii.gz", nifti_bytes(data, info.affine, None))
+        outputs.append({"name": name, "filename": f"{name}.nii.gz", "shape": list(data.shape)})
+        plane = data[..., data.shape[-1] // 2] if volume_3d else data[..., 0]
+        previews[name] = put(f"{name}.png", map_png(plane, title=title, label=label, kind=kind))
+        return uri
+
+    snr_uri = volume("SNR", snr, "snr", f"SNR ({options.method.upper()})", "SNR")
+    mean_g = None
+    g = stacked([m.g for m in maps])
+    if g is not None:
+        volume("G", g, "g", "g-factor", "g")
+        volume("IG", stacked([m.inverse_g for m in maps]), "g", "1/g", "1/g")
+        mean_g = float(np.mean(g[inside])) if inside.any() else None
+    if mask is not None:
+        volume("mask", mask.astype(np.float32), "mask", "Mask", "inside")
+    sens = [m.sensitivities for m in maps]
+    if options.coil_sensitivity_output and all(s is not None for s in sens):
+        data = np.stack(sens, axis=2)  # (x, y, slices, coils); 3-D: (y, z, x, coils)
+        data = maps_as_volume(data) if volume_3d else data
+        put("sensitivity.nii.gz", sensitivity_nifti_bytes(data, info.affine))
+        outputs.append({"name": "sensitivity", "filename": "sensitivity.nii.gz"})
+
+    matrices: list[tuple[str, np.ndarray, MatrixKind, str]] = [
+        ("noise_covariance", stats.noise_cov, "covariance", "Noise covariance |Psi|"),
+        (
+            "noise_coefficient",
+            noise_coefficient(stats.noise_cov),
+            "coefficient",
+            "Noise correlation coefficients |rho|",
+        ),
+    ]
+    for name, matrix, kind, title in matrices:
+        put(f"{name}.nii.gz", nifti_bytes(np.abs(matrix)[:, :, None], None, None))
+        previews[name] = put(f"{name}.png", matrix_png(matrix, title=title, kind=kind))
+        outputs.append({"name": name, "filename": f"{name}.nii.gz"})
+
+    median_snr = float(np.median(snr[inside])) if inside.any() else 0.0
+    info_uri = put(
+        "info.json",
+        info_json(
+            options=options.model_dump(mode="json"),
+            header=info.summary,
+            outputs=outputs,
+            timings_s=timings,
+            extra={
+                **provenance,
+                "noise": {
+                    "nbw": stats.nbw,
+                    "samples": stats.samples,
+                    "convention": options.convention,
+                },
+                "median_snr_in_mask": median_snr,
+                "mean_g_in_mask": mean_g,
+                "run_id": run_id,
+                **maps[0].info,
+            },
+        ),
+    )
+    return WrittenOutputs(
+        snr=snr_uri, previews=previews, info=info_uri, median_snr=median_snr, mean_g=mean_g
+    )
+
+
+def _stack_optional(arrays: list[np.ndarray | None]) -> np.ndarray | None:
+    if any(a is None for a in arrays):
+        return None
+    return np.stack(arrays, axis=-1)

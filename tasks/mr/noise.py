@@ -7,12 +7,16 @@ component of coil ``i`` has variance ``Psi[i, i] / 2``. Prewhitening with ``W = 
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import scipy.linalg
 
 from tasks.errors import InputError
+
+if TYPE_CHECKING:
+    from tasks.mr.io.types import RawData
 
 Convention = Literal["physical", "mroptimum"]
 
@@ -259,3 +263,46 @@ def signal_noise_covariance(
     if oversampling_removed:
         ratio /= 2.0
     return cov * (ratio / nbw)
+
+
+@dataclass(frozen=True, slots=True)
+class NoiseStatistics:
+    """The noise a run's SNR maps are computed with.
+
+    Attributes:
+        noise_cov: ``Psi`` referred to the signal's sampling, shape (coils, coils); the
+            identity (MR Optimum's rule) when there is no noise.
+        measured_cov: ``Psi`` as measured from the noise samples, or None without noise.
+        nbw: Noise bandwidth of the noise readouts, or None without noise.
+        samples: Noise samples the estimate used (0 without noise).
+    """
+
+    noise_cov: np.ndarray
+    measured_cov: np.ndarray | None
+    nbw: float | None
+    samples: int
+
+
+def noise_statistics(raw: RawData, convention: Convention) -> NoiseStatistics:
+    """Measured covariance, its bandwidth, and ``Psi`` referred to the signal's sampling.
+
+    Args:
+        raw: The acquisition: noise ``(samples, coils)`` and the header's dwells.
+        convention: ``"physical"`` or ``"mroptimum"`` (``signal_noise_covariance``).
+    """
+    info = raw.info
+    if raw.noise is None:
+        # MR Optimum: with no noise at all, Psi = I.
+        coils = raw.signal.shape[2]
+        return NoiseStatistics(np.eye(coils, dtype=np.complex128), None, None, 0)
+    measured = noise_covariance(raw.noise)
+    nbw = noise_bandwidth(raw.noise_by_readout())
+    referred = signal_noise_covariance(
+        measured,
+        noise_dwell_s=info.noise_dwell_s,
+        signal_dwell_s=info.signal_dwell_s,
+        oversampling_removed=info.oversampling_removed,
+        nbw=nbw,
+        convention=convention,
+    )
+    return NoiseStatistics(referred, measured, nbw, int(raw.noise.shape[0]))

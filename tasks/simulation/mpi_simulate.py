@@ -286,7 +286,7 @@ def write_raw(
     spec: SimulationSpec, sequence: Sequence, signal: np.ndarray, out: str, workdir: Path
 ) -> str:
     """Noise, k-space and the MRD file (rank 0 only); returns ``out``."""
-    from tasks.mr.readers import write_mrd
+    from tasks.mr.io import write_mrd
 
     cov = noise_covariance(spec)
     rng = np.random.default_rng([spec.noise_seed, 2])

@@ -338,7 +338,7 @@ def _reconstruction_images(uri: str, store: ObjectStore) -> list[np.ndarray]:
 def _simulation_images(uri: str, store: ObjectStore) -> list[np.ndarray]:
     """Root-sum-of-squares magnitude slices of a multinode_simulation MRD file."""
     from tasks.mr.fft import ifft2c
-    from tasks.mr.readers import read_raw
+    from tasks.mr.io import read_raw
 
     loc = Location.parse(uri)
     with tempfile.TemporaryDirectory() as scratch:

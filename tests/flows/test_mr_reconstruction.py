@@ -7,8 +7,8 @@ import pytest
 
 from flows.mr_reconstruction import mr_reconstruction
 from tasks.errors import InputError
+from tasks.mr.io import write_mrd
 from tasks.mr.phantom import make_phantom, phantom_acquisition
-from tasks.mr.readers import write_mrd
 
 FOV_MM = (256.0, 256.0, 5.0)
 DWELL_S = 5e-6
@@ -294,3 +294,29 @@ def test_numpy_replicas_layout_feeds_multiple_replicas(tmp_path, phantom):
     ratio = np.median(snr[phantom.support] / phantom.snr_optimal()[phantom.support])
     # 40 replicas: ~11% per pixel, well under 1% on the ROI median; bias ~3/(4N) high.
     assert ratio == pytest.approx(1.0, abs=0.05)
+
+
+def test_a_slice_batch_tasks_peak_memory_does_not_grow_with_the_file(tmp_path):
+    import tracemalloc
+
+    from flows.mr_reconstruction import snr_for_slices
+    from tasks.mr.io import read_info
+    from tasks.mr.io.slices import slice_source
+    from tasks.mr.options import MrOptions
+
+    rng = np.random.default_rng(8)
+    peaks = {}
+    for count in (4, 32):
+        shape = (256, 16, 16, count, 1)
+        kspace = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(np.complex64)
+        path = write_mrd(tmp_path / f"s{count}.h5", kspace, fov_mm=FOV_MM, dwell_s=DWELL_S)
+        info, _ = read_info(path)
+        source = slice_source(path, tmp_path / "staged")
+        options = MrOptions(method="ac", recon="rss")
+        tracemalloc.start()
+        try:
+            snr_for_slices.fn(source, [0, 1, 2, 3], np.eye(16), options, info)
+            peaks[count] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert peaks[32] < 1.5 * peaks[4]

@@ -17,7 +17,7 @@ from flows.multinode_simulation import multinode_simulation
 from tasks.compute.batch import ContainerSpec, ensure_job_definition, job_definition_spec
 from tasks.compute.tags import RUN_ID_TAG, UNIT_TAG
 from tasks.errors import InputError
-from tasks.mr.readers import read_raw
+from tasks.mr.io import read_raw
 from tasks.simulation import mpi
 from tasks.simulation.mpi_simulate import PhantomSpec, SequenceSpec
 from tasks.simulation.phantoms import SHEPP_LOGAN_TISSUES, shepp_logan

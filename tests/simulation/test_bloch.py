@@ -270,7 +270,7 @@ def test_bad_inputs_name_themselves():
 
 
 def test_simulated_kspace_and_noise_scan_survive_an_mrd_file(tmp_path, small_phantom, rng):
-    from tasks.mr.readers import read_raw, write_mrd
+    from tasks.mr.io import read_raw, write_mrd
 
     _, spin_set, coils = small_phantom
     seq = gre(matrix=(16, 16), tr=8e-3, te=3e-3, spoil="rf")

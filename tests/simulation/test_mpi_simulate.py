@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tasks.errors import InputError
-from tasks.mr.readers import read_raw
+from tasks.mr.io import read_raw
 from tasks.simulation.mpi import MpiError, mpi4py_argv, run_mpi
 from tasks.simulation.mpi_simulate import (
     PhantomSpec,

@@ -18,8 +18,8 @@ from torch.utils.data import DataLoader
 
 from tasks.errors import InputError
 from tasks.mr.export import nifti_bytes
+from tasks.mr.io import write_mrd
 from tasks.mr.phantom import make_phantom, phantom_acquisition
-from tasks.mr.readers import write_mrd
 from tasks.training.data import (
     ImageDataset,
     Manifest,

@@ -1,0 +1,121 @@
+"""Read a batch of slices without reading the rest of the file.
+
+A slice-batch task needs only its own slices, so its memory must not grow with the file. Two
+sources can be read by slice: a ``.npy`` file (memory-mapped; only the batch is copied out)
+and a 2-D MRD file (h5py reads only the batch's readouts). Everything else is staged once,
+by ``slice_source``, into a ``.npy`` of the signal in the package layout: MATLAB files,
+``.npz`` members and twix cannot be read by slice, and 3-D data (MRD partitions, NumPy/MATLAB
+``layout="volume"``) is returned in hybrid space, whose every "slice" (x position) needs the
+whole volume's FFT along x. The values are those ``read_raw`` returns, slice for slice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from tasks.errors import InputError
+from tasks.mr.io.arrays import as_complex
+from tasks.mr.io.mrd_read import mrd_signal
+from tasks.mr.io.read import detect_format, read_info, read_raw
+from tasks.mr.io.types import Layout, check_finite
+
+
+@dataclass(frozen=True, slots=True)
+class SliceSource:
+    """A file whose slices can be read one batch at a time.
+
+    Attributes:
+        path: The file: the input itself, or its staged ``.npy``.
+        reader: ``"npy"`` (memory-mapped) or ``"mrd"`` (h5py, the batch's readouts only).
+        shape: The signal's shape in the package layout ``(x, y, coils, slices, replicas)``.
+        key: MRD group.
+        remove_oversampling: Remove 2x readout oversampling (MRD), as ``read_raw``.
+    """
+
+    path: Path
+    reader: Literal["npy", "mrd"]
+    shape: tuple[int, int, int, int, int]
+    key: str | None = None
+    remove_oversampling: bool = True
+
+
+def slice_source(
+    path: Path,
+    staging_dir: Path,
+    *,
+    key: str | None = None,
+    layout: Layout = "slices",
+    remove_oversampling: bool = True,
+) -> SliceSource:
+    """Where to read ``path``'s slices from, staging it once if it cannot be read by slice.
+
+    Args:
+        path: The signal file (any format ``read_raw`` reads).
+        staging_dir: Where a staged copy goes (the run's scratch); created if missing. A copy
+            already there (same file, size, modification time and options) is reused.
+        key: ``.npz`` member, MATLAB variable or MRD group, as ``read_raw``.
+        layout: As ``read_raw``.
+        remove_oversampling: As ``read_raw``.
+    """
+    path = Path(path)
+    info, shape = read_info(path, key=key, layout=layout, remove_oversampling=remove_oversampling)
+    shape5 = (shape[0], shape[1], shape[2], shape[3], shape[4])
+    fmt = detect_format(path)
+    if fmt == "mrd" and info.kind == "2d":
+        return SliceSource(path, "mrd", shape5, key, remove_oversampling)
+    if fmt == "numpy" and info.kind == "2d" and "key" not in info.summary:  # .npy, not .npz
+        return SliceSource(path, "npy", shape5)
+    stat = path.stat()
+    identity = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{key}|{layout}"
+    identity += f"|{remove_oversampling}"
+    staged = (
+        Path(staging_dir) / f"{path.stem}-{hashlib.sha256(identity.encode()).hexdigest()[:16]}.npy"
+    )
+    if not staged.exists():
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        signal = read_raw(path, key=key, layout=layout, remove_oversampling=remove_oversampling)
+        tmp = staged.with_name(f".{staged.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            with tmp.open("wb") as stream:
+                np.save(stream, np.ascontiguousarray(signal.signal))
+            tmp.replace(staged)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return SliceSource(staged, "npy", shape5)
+
+
+def read_slices(source: SliceSource, slices: Sequence[int]) -> np.ndarray:
+    """The signal of ``slices`` only, ``(x, y, coils, len(slices), replicas)`` complex.
+
+    Raises:
+        InputError: A slice index outside the file, or NaN/Inf in the batch.
+    """
+    count = source.shape[3]
+    wanted = [int(s) for s in slices]
+    if not wanted or any(not 0 <= s < count for s in wanted):
+        raise InputError(f"slices {wanted}; expected a non-empty list of indices below {count}")
+    unique, inverse = np.unique(wanted, return_inverse=True)
+    if source.reader == "npy":
+        mapped = np.load(source.path, mmap_mode="r", allow_pickle=False)
+        # Inserting unit axes keeps the memory map; indexing copies only the batch, whatever
+        # the file's order (np.take would first copy a Fortran-ordered file whole).
+        batch = mapped.reshape(source.shape)[:, :, :, unique]
+        signal, _ = as_complex(np.asarray(batch), f"signal file {source.path}")
+    else:
+        part = mrd_signal(
+            source.path, source.key, source.remove_oversampling, load=True, batch=unique
+        )
+        if part.signal is None:
+            raise RuntimeError(f"MRD reader returned no signal for {source.path}")
+        signal = part.signal
+    if len(unique) != len(wanted) or np.any(unique != wanted):
+        signal = signal[:, :, :, inverse]
+    check_finite(signal, f"slices {wanted} of signal file {source.path}")
+    return signal
