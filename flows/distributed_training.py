@@ -262,7 +262,7 @@ def train_on_ecs(run: RunContext, cfg: TrainConfig, config_uri: str) -> None:
     Leaving (done, failed or cancelled) stops every task and removes the Cloud Map service.
     """
     plan = plan_from_unit(run.unit, run.run_id, run.tags, config_uri, cfg.processes)
-    launch = ParameterServerLaunch(plan, run.unit.boto3_session(), poll_s=ECS_POLL_S)
+    launch = ParameterServerLaunch(plan, run.unit.aws_account(), poll_s=ECS_POLL_S)
     _ECS_LAUNCHES[run.run_id] = launch
     try:
         with launch:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from blocks.compute_unit import ComputeUnit
+from tasks.aws.clients import client
 from tasks.compute.batch import (
     JobFollower,
     RunningJob,
@@ -68,8 +69,8 @@ def run_batch_job(
     """
     unit = run.unit
     check_batch_unit(unit, runtime)
-    session = unit.boto3_session()
-    batch, logs = session.client("batch"), session.client("logs")
+    account = unit.aws_account()
+    batch, logs = client("batch", account), client("logs", account)
     job = submit_job(
         batch,
         name=f"{name}-{run.run_id[:8]}",

@@ -36,6 +36,8 @@ from prefect.workers.base import (
 from prefect_aws import AwsCredentials
 from pydantic import Field, PrivateAttr, model_validator
 
+from tasks.aws.clients import client
+from tasks.aws.tags import clean_tag, run_tags
 from tasks.compute.batch import (
     DEFAULT_LOG_GROUP,
     TERMINAL_STATES,
@@ -51,7 +53,6 @@ from tasks.compute.batch import (
     submit_job,
 )
 from tasks.compute.node_context import BATCH_JOB_ID, launcher_env
-from tasks.compute.tags import clean_tag, run_tags
 from tasks.errors import InputError
 
 if TYPE_CHECKING:
@@ -350,8 +351,10 @@ class AwsBatchJobConfiguration(BaseJobConfiguration):
 
     def clients(self) -> tuple[Any, Any]:
         """boto3 Batch and CloudWatch Logs clients from ``aws_credentials``."""
-        session = self.aws_credentials.get_boto3_session()
-        return session.client("batch"), session.client("logs")
+        return (
+            client("batch", credentials=self.aws_credentials),
+            client("logs", credentials=self.aws_credentials),
+        )
 
 
 class AwsBatchWorkerResult(BaseWorkerResult):
@@ -493,9 +496,7 @@ def terminate_own_job(
         return None
     job_id = own.partition("#")[0]  # a node job `<jobId>#<node>` ends with its parent
     if batch is None:
-        import boto3
-
-        batch = boto3.client("batch")
+        batch = client("batch")
     RunningJob(batch, job_id).kill(reason)
     return job_id
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from blocks.compute_unit import ComputeUnit
-from tasks.compute.tags import run_tags
+from tasks.aws.tags import run_tags
 from tasks.errors import SciflowError
 from tasks.settings import get_settings
 from tasks.storage.objects import ObjectStore, join_uri

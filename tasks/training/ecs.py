@@ -5,10 +5,10 @@ instance (its private IPv4 and port) of a Cloud Map service in a private DNS nam
 workers connect to ``<service>.<namespace>:<port>``. Every task runs in private subnets with
 no public IP: the server accepts gradients from anyone who reaches its port.
 
-Nothing here imports Prefect. Every AWS call goes through ``tasks.compute.batch._call``, which
-retries throttling and 5xx (``tasks.errors.classify``) and turns anything else into a sciflow
-error. ECS task states, in order: PROVISIONING, PENDING, ACTIVATING, RUNNING, DEACTIVATING,
-STOPPING, DEPROVISIONING, STOPPED.
+Nothing here imports Prefect. Every AWS call goes through ``tasks.aws.clients.call``: botocore
+retries throttling and 5xx, and what still fails becomes a sciflow error. ECS task states, in
+order: PROVISIONING, PENDING, ACTIVATING, RUNNING, DEACTIVATING, STOPPING, DEPROVISIONING,
+STOPPED.
 """
 
 from __future__ import annotations
@@ -21,15 +21,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from botocore.config import Config
-
-from tasks.compute.batch import _call
-from tasks.compute.tags import RUN_ID_TAG, UNIT_TAG, to_aws
+from tasks.aws.clients import AwsAccount, call, client, error_code
+from tasks.aws.tags import RUN_ID_TAG, UNIT_TAG, to_aws
 from tasks.errors import InputError, SciflowError, TransientError
 
 if TYPE_CHECKING:
-    import boto3
-
     from blocks.compute_unit import ComputeUnit
 
 logger = logging.getLogger(__name__)
@@ -151,7 +147,7 @@ class ParameterServerPlan:
                 "63 at most), e.g. service_name_for(run_id)"
             )
         if missing := {RUN_ID_TAG, UNIT_TAG} - self.tags.keys():
-            raise InputError(f"tags lack {sorted(missing)}; use tasks.compute.tags.run_tags")
+            raise InputError(f"tags lack {sorted(missing)}; use tasks.aws.tags.run_tags")
         if leaked := CREDENTIAL_VARIABLES & self.environment.keys():
             raise InputError(
                 f"environment holds {sorted(leaked)}: task definitions are readable by anyone "
@@ -340,28 +336,13 @@ def task_definitions(plan: ParameterServerPlan) -> dict[str, dict[str, Any]]:
     return definitions
 
 
-def aws_clients(session: boto3.Session | None, region: str) -> tuple[Any, Any, Any]:
-    """``(ecs, servicediscovery, ec2)`` clients from ``session`` (a default one if ``None``).
-
-    Cloud Map's client skips the ``data-`` host prefix of DiscoverInstances: with a custom
-    endpoint (moto, a VPC endpoint) the prefixed host does not resolve.
-    """
-    import boto3
-
-    session = session or boto3.Session()
-    discovery = session.client(
-        "servicediscovery", region_name=region, config=Config(inject_host_prefix=False)
-    )
+def aws_clients(account: AwsAccount | None, region: str) -> tuple[Any, Any, Any]:
+    """``(ecs, servicediscovery, ec2)`` clients in ``account`` (the ambient one if ``None``)."""
     return (
-        session.client("ecs", region_name=region),
-        discovery,
-        session.client("ec2", region_name=region),
+        client("ecs", account, region=region),
+        client("servicediscovery", account, region=region),
+        client("ec2", account, region=region),
     )
-
-
-def _error_code(error: SciflowError) -> str:
-    cause = error.__cause__
-    return str(getattr(cause, "response", {}).get("Error", {}).get("Code", ""))
 
 
 def _task_id(arn: str) -> str:
@@ -416,7 +397,7 @@ class ParameterServerLaunch:
 
     Example:
         ```python
-        with ParameterServerLaunch(plan, unit.boto3_session()) as launch:
+        with ParameterServerLaunch(plan, unit.aws_account()) as launch:
             launch.start()
             outcome = launch.wait()
         ```
@@ -425,7 +406,7 @@ class ParameterServerLaunch:
     def __init__(
         self,
         plan: ParameterServerPlan,
-        session: boto3.Session | None = None,
+        account: AwsAccount | None = None,
         *,
         poll_s: float = 5.0,
         start_timeout_s: float = 900.0,
@@ -436,14 +417,14 @@ class ParameterServerLaunch:
 
         Args:
             plan: What to launch.
-            session: boto3 session of the unit's account (``unit.boto3_session()``).
+            account: The unit's AWS account (``unit.aws_account()``); ambient if ``None``.
             poll_s: Seconds between DescribeTasks polls.
             start_timeout_s: Most seconds a task may take to reach RUNNING.
-            clients: ``(ecs, servicediscovery, ec2)`` to use instead of ``session``'s.
+            clients: ``(ecs, servicediscovery, ec2)`` to use instead of ``account``'s.
             sleep: Waits between polls.
         """
         self.plan = plan
-        self.ecs, self.discovery, self.ec2 = clients or aws_clients(session, plan.region)
+        self.ecs, self.discovery, self.ec2 = clients or aws_clients(account, plan.region)
         self.poll_s, self.start_timeout_s, self._sleep = poll_s, start_timeout_s, sleep
         self.definition_arns: dict[str, str] = {}
         self.namespace_id: str | None = None
@@ -496,14 +477,14 @@ class ParameterServerLaunch:
     def _start(self) -> None:
         plan = self.plan
         for role, kwargs in task_definitions(plan).items():
-            registered = _call(
+            registered = call(
                 self.ecs.register_task_definition,
                 f"register task definition {kwargs['family']}",
                 **kwargs,
             )
             self.definition_arns[role] = registered["taskDefinition"]["taskDefinitionArn"]
         self.namespace_id = self._namespace()
-        self.service_id = _call(
+        self.service_id = call(
             self.discovery.create_service,
             f"create Cloud Map service {plan.service_name}",
             Name=plan.service_name,
@@ -537,7 +518,7 @@ class ParameterServerLaunch:
         plan = self.plan
         kwargs: dict[str, Any] = {}
         while True:
-            page = _call(self.discovery.list_namespaces, "list Cloud Map namespaces", **kwargs)
+            page = call(self.discovery.list_namespaces, "list Cloud Map namespaces", **kwargs)
             for namespace in page.get("Namespaces", []):
                 if namespace["Name"] == plan.namespace and namespace["Type"] == "DNS_PRIVATE":
                     return namespace["Id"]
@@ -547,7 +528,7 @@ class ParameterServerLaunch:
         vpc = plan.vpc or self._vpc()
         # Shared by every run: a run id in its tags would make a sweep delete it.
         tags = {k: v for k, v in plan.tags.items() if k != RUN_ID_TAG}
-        operation = _call(
+        operation = call(
             self.discovery.create_private_dns_namespace,
             f"create Cloud Map namespace {plan.namespace} in {vpc}",
             Name=plan.namespace,
@@ -559,7 +540,7 @@ class ParameterServerLaunch:
 
     def _vpc(self) -> str:
         subnet = self.plan.subnets[0]
-        found = _call(self.ec2.describe_subnets, f"look up subnet {subnet}", SubnetIds=[subnet])[
+        found = call(self.ec2.describe_subnets, f"look up subnet {subnet}", SubnetIds=[subnet])[
             "Subnets"
         ]
         if not found:
@@ -570,7 +551,7 @@ class ParameterServerLaunch:
         """Wait for a Cloud Map operation; returns its targets."""
         deadline = time.monotonic() + self.start_timeout_s
         while True:
-            operation = _call(self.discovery.get_operation, doing, OperationId=operation_id)[
+            operation = call(self.discovery.get_operation, doing, OperationId=operation_id)[
                 "Operation"
             ]
             if operation["Status"] == "SUCCESS":
@@ -587,7 +568,7 @@ class ParameterServerLaunch:
     def _run(self, role: str, count: int) -> None:
         """RunTask; the ARNs are kept before any failure is raised, so stop() finds them."""
         plan = self.plan
-        response = _call(
+        response = call(
             self.ecs.run_task,
             f"run {count} {role} task(s) on cluster {plan.cluster}",
             cluster=plan.cluster,
@@ -623,7 +604,7 @@ class ParameterServerLaunch:
         found: dict[str, dict[str, Any]] = {}
         for start in range(0, len(arns), DESCRIBE_TASKS_MAX):
             chunk = list(arns[start : start + DESCRIBE_TASKS_MAX])
-            response = _call(
+            response = call(
                 self.ecs.describe_tasks,
                 f"describe tasks on cluster {self.plan.cluster}",
                 cluster=self.plan.cluster,
@@ -659,7 +640,7 @@ class ParameterServerLaunch:
         plan = self.plan
         if not (self.server_task and self.server_ip and self.service_id):
             raise SciflowError("internal: the server is not started")
-        operation = _call(
+        operation = call(
             self.discovery.register_instance,
             f"register the server in Cloud Map service {plan.service_name}",
             ServiceId=self.service_id,
@@ -668,7 +649,7 @@ class ParameterServerLaunch:
         )["OperationId"]
         self._instance_registered = True
         self._operation(operation, f"register instance in {plan.service_name}")
-        found = _call(
+        found = call(
             self.discovery.discover_instances,
             f"discover {plan.server_host}",
             NamespaceName=plan.namespace,
@@ -748,7 +729,7 @@ class ParameterServerLaunch:
             for task in described:
                 if task["lastStatus"] != "STOPPED":
                     try:
-                        _call(
+                        call(
                             self.ecs.stop_task,
                             f"stop task {task['taskArn']}",
                             cluster=self.plan.cluster,
@@ -769,7 +750,7 @@ class ParameterServerLaunch:
     def _remove_service(self) -> None:
         if self.service_id and self._instance_registered and self.server_task:
             try:
-                operation = _call(
+                operation = call(
                     self.discovery.deregister_instance,
                     f"deregister the server from {self.plan.service_name}",
                     ServiceId=self.service_id,
@@ -778,18 +759,18 @@ class ParameterServerLaunch:
                 # DeleteService refuses a service that still has instances.
                 self._operation(operation, f"deregister instance from {self.plan.service_name}")
             except SciflowError as exc:
-                if _error_code(exc) not in ("InstanceNotFound", "ServiceNotFound"):
+                if error_code(exc) not in ("InstanceNotFound", "ServiceNotFound"):
                     raise
             self._instance_registered = False
         if self.service_id:
             try:
-                _call(
+                call(
                     self.discovery.delete_service,
                     f"delete Cloud Map service {self.plan.service_name}",
                     Id=self.service_id,
                 )
             except SciflowError as exc:
-                if _error_code(exc) != "ServiceNotFound":
+                if error_code(exc) != "ServiceNotFound":
                     raise
             self.service_id = None
 

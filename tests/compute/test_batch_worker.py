@@ -19,6 +19,7 @@ from prefect.exceptions import InfrastructureNotFound
 from prefect.workers.base import BaseWorker
 from pydantic import ValidationError
 
+from tasks.aws.clients import client as aws_client
 from tasks.compute.batch import job_definition_name, job_definition_spec
 from tasks.compute.batch_worker import (
     BATCH_DEFAULT_MEMORY_MIB,
@@ -41,8 +42,8 @@ KEY_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:key"  # an ARN, 
 
 
 @pytest.fixture
-def client():
-    return boto3.client("batch", region_name=REGION)
+def client(aws):
+    return aws_client("batch", region=REGION)
 
 
 def configuration(**values: Any) -> AwsBatchJobConfiguration:

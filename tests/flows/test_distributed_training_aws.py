@@ -18,9 +18,9 @@ import pytest
 from blocks.compute_unit import ComputeUnit
 from flows import distributed_training as module
 from flows.distributed_training import distributed_training
+from tasks.aws.tags import RUN_ID_TAG, UNIT_TAG, from_aws
 from tasks.compute import batch_run
 from tasks.compute.batch import ContainerSpec, ensure_job_definition, job_definition_spec
-from tasks.compute.tags import RUN_ID_TAG, UNIT_TAG, from_aws
 from tasks.errors import InputError, SciflowError
 from tasks.training.config import TrainConfig
 from tasks.training.data import write_synthetic_set
@@ -307,7 +307,7 @@ def test_the_cancellation_hook_stops_the_tasks(
         f"{OUTPUT}/config.json",
         worker_count=2,
     )
-    launch = ParameterServerLaunch(plan, boto3.Session(), poll_s=0.01)
+    launch = ParameterServerLaunch(plan, None, poll_s=0.01)
     launch.start()
     assert cloud_map().list_services()["Services"]
     module._ECS_LAUNCHES[run_id] = launch

@@ -14,8 +14,8 @@ from blocks.compute_unit import ComputeUnit
 from flows import multinode_simulation as module
 from flows.mr_reconstruction import mr_reconstruction
 from flows.multinode_simulation import multinode_simulation
+from tasks.aws.tags import RUN_ID_TAG, UNIT_TAG
 from tasks.compute.batch import ContainerSpec, ensure_job_definition, job_definition_spec
-from tasks.compute.tags import RUN_ID_TAG, UNIT_TAG
 from tasks.errors import InputError
 from tasks.mr.readers import read_raw
 from tasks.simulation import mpi

@@ -13,10 +13,9 @@ from typing import Any
 
 import boto3
 import pytest
-from botocore.awsrequest import AWSResponse
 
 from blocks.compute_unit import ComputeUnit
-from tasks.compute.tags import from_aws, run_tags
+from tasks.aws.tags import from_aws, run_tags
 from tasks.errors import InputError, SciflowError, TransientError
 from tasks.training import ecs
 from tasks.training.ecs import (
@@ -27,6 +26,7 @@ from tasks.training.ecs import (
     service_name_for,
     task_definitions,
 )
+from tests.aws.fakes import inject_errors
 from tests.training import moto_ecs
 from tests.training.moto_ecs import (
     ACCOUNT,
@@ -54,7 +54,7 @@ def make_plan(network: dict[str, Any], worker_count: int = 2, **kwargs: Any) -> 
 
 
 def launch(plan: ParameterServerPlan, **kwargs: Any) -> tuple[ParameterServerLaunch, Recorder]:
-    runner = ParameterServerLaunch(plan, boto3.Session(), poll_s=POLL_S, **kwargs)
+    runner = ParameterServerLaunch(plan, None, poll_s=POLL_S, **kwargs)
     return runner, Recorder(runner.ecs)
 
 
@@ -291,22 +291,14 @@ def test_a_server_that_never_runs_times_out(
     assert not cloud_map().list_services()["Services"]
 
 
-def test_throttling_is_retried(network: dict[str, Any], lifecycle: int) -> None:
+def test_throttling_is_retried(network: dict[str, Any], lifecycle: int, no_backoff) -> None:
+    """Injected below botocore's retries: its retry is the only one."""
     runner, recorder = launch(make_plan(network, worker_count=1))
-    throttled: list[str] = []
-
-    def throttle_once(model: Any, **_: Any) -> Any:
-        if throttled:
-            return None
-        throttled.append(model.name)
-        error = {"Code": "ThrottlingException", "Message": "Rate exceeded"}
-        http = AWSResponse("http://127.0.0.1/", 400, {}, None)
-        return http, {"Error": error, "ResponseMetadata": {"HTTPStatusCode": 400}}
-
-    runner.ecs.meta.events.register("before-call.ecs.DescribeTasks", throttle_once)
+    throttled = inject_errors(runner.ecs, "DescribeTasks", [("ThrottlingException", 400)])
     with runner:
         runner.start()
-        assert throttled == ["DescribeTasks"]
+        assert throttled[:2] == ["DescribeTasks", "DescribeTasks"]
+        assert len(no_backoff) == 1
         assert recorder.seen(runner.server_task)[-1] == "RUNNING"
 
 
