@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tasks.aws.clients import AwsAccount
 from tasks.errors import InputError, describe_validation
 from tasks.settings import get_settings
-from tasks.storage.objects import ObjectStore
+from tasks.storage.objects import ObjectStore, join_uri
 
 SizeClass = Literal["small", "large", "multinode", "gpu"]
 SIZE_CLASSES: tuple[SizeClass, ...] = ("small", "large", "multinode", "gpu")
@@ -191,6 +191,10 @@ class ComputeUnit(Block):
             credentials_block=self.aws_credentials_block,
             session_name=f"sciflow-{self.name}",
         )
+
+    def run_dir(self, run_id: str) -> str:
+        """URI of the directory flow run ``run_id`` writes under: ``<root>/<unit>/<run id>``."""
+        return join_uri(self.storage_root or get_settings().storage_root, self.name, run_id)
 
     def object_store(self) -> ObjectStore:
         """Storage through this unit's credentials, sized by the process settings."""

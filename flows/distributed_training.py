@@ -24,9 +24,9 @@ from blocks.compute_unit import load_unit
 from flows.secure_cleanup import cleanup_on_exit
 from tasks.compute.batch_run import check_batch_unit, run_batch_job, terminate_batch_job
 from tasks.compute.batch_worker import cancel_own_batch_job
+from tasks.compute.run_context import RunContext
 from tasks.errors import InputError, SciflowError, describe_validation
 from tasks.progress import Progress, markdown_table, publish_summary, run_logger
-from tasks.storage.run_dir import RunContext
 from tasks.training.config import (
     CONFIG_NAME,
     CURVES_NAME,

@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 from blocks.compute_unit import SizeClass, load_unit
 from flows.secure_cleanup import cleanup_on_exit
 from tasks.compute.dask import dask_task_runner
+from tasks.compute.run_context import RunContext
 from tasks.errors import InputError
 from tasks.mr import export, readers
 from tasks.mr.estimate import JobEstimate, estimate_job
@@ -40,7 +41,6 @@ from tasks.mr.snr import SnrMaps, flip_angle_corrected, snr_map
 from tasks.progress import Progress, publish_summary, run_logger
 from tasks.retry import transient_retries
 from tasks.storage.objects import Location
-from tasks.storage.run_dir import RunContext
 
 # Slices per Dask task: enough work per task to hide scheduling, few enough to spread.
 SLICES_PER_TASK = 4

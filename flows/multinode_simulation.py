@@ -21,6 +21,7 @@ from blocks.compute_unit import load_unit
 from flows.secure_cleanup import cleanup_on_exit
 from tasks.compute.batch_run import job_seconds, run_batch_job, terminate_batch_job
 from tasks.compute.batch_worker import cancel_own_batch_job
+from tasks.compute.run_context import RunContext
 from tasks.errors import InputError, SciflowError
 from tasks.progress import Progress, publish_summary, run_logger
 from tasks.retry import transient_retries
@@ -35,7 +36,6 @@ from tasks.simulation.mpi_simulate import (
     plan,
 )
 from tasks.storage.objects import join_uri
-from tasks.storage.run_dir import RunContext
 
 RANK_MODULE = "tasks.simulation.mpi_simulate"
 RAW_NAME = "simulation.h5"

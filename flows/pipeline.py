@@ -20,11 +20,11 @@ from flows.mr_reconstruction import mr_reconstruction
 from flows.multinode_simulation import multinode_simulation
 from flows.preflight import preflight
 from flows.secure_cleanup import cleanup_on_exit, secure_cleanup
+from tasks.compute.run_context import RunContext
 from tasks.mr.options import MrOptions
 from tasks.progress import publish_summary
 from tasks.retry import transient_retries
 from tasks.simulation.mpi_simulate import PhantomSpec, SequenceSpec
-from tasks.storage.run_dir import RunContext
 from tasks.training.data import build_training_set
 
 # The demo simulation: a 64x64 Shepp-Logan, 4 spins per voxel, ideally spoiled GRE (few spins

@@ -17,8 +17,8 @@ from pydantic import BaseModel, Field
 from blocks.compute_unit import SizeClass, load_unit
 from tasks.cleanup.sweep import Check
 from tasks.compute.dask import dask_task_runner
+from tasks.compute.run_context import RunContext
 from tasks.progress import Progress, publish_summary
-from tasks.storage.run_dir import RunContext
 
 
 class PreflightResult(BaseModel):

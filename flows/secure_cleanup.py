@@ -15,7 +15,6 @@ from tasks.cleanup.sweep import (
     sweep_scratch,
 )
 from tasks.progress import publish_summary, run_logger
-from tasks.storage.run_dir import run_dir
 
 
 class CleanupResult(BaseModel):
@@ -36,7 +35,7 @@ def sweep_local_scratch(run_id: str) -> Check:
 def remove_partial_writes(unit: str, run_id: str) -> Check:
     """Remove temporary files a crashed writer left in the run directory."""
     compute_unit = load_unit(unit)
-    return find_partial_writes(compute_unit.object_store(), run_dir(compute_unit, run_id))
+    return find_partial_writes(compute_unit.object_store(), compute_unit.run_dir(run_id))
 
 
 @flow(name="secure-cleanup")
@@ -49,7 +48,7 @@ def secure_cleanup(run_id: str, unit: str = "local") -> CleanupResult:
     """
     checks = [sweep_local_scratch(run_id), remove_partial_writes(unit, run_id)]
     compute_unit = load_unit(unit)
-    root = run_dir(compute_unit, run_id)
+    root = compute_unit.run_dir(run_id)
     record = record_cleanup(compute_unit.object_store(), root, run_id, unit, checks)
     uri = f"{root}/cleanup.json"
     publish_summary(
@@ -69,7 +68,7 @@ def cleanup_on_exit(flow: Any, flow_run: Any, state: Any) -> None:
     unit_name = (flow_run.parameters or {}).get("unit") or None
     run_id = str(flow_run.id)
     compute_unit = load_unit(unit_name)
-    root = run_dir(compute_unit, run_id)
+    root = compute_unit.run_dir(run_id)
     store = compute_unit.object_store()
     checks = [sweep_scratch(run_id), find_partial_writes(store, root)]
     record = record_cleanup(store, root, run_id, compute_unit.name, checks)

@@ -19,9 +19,9 @@ from tasks.compute.batch import (
     check_job_queue,
     submit_job,
 )
+from tasks.compute.run_context import RunContext
 from tasks.errors import InputError, SciflowError
 from tasks.progress import run_logger
-from tasks.storage.run_dir import RunContext
 
 # Batch jobs this process follows, by flow run id: what the cancellation hook terminates.
 BATCH_JOBS: dict[str, RunningJob] = {}
