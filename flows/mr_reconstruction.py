@@ -20,12 +20,12 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-from prefect import flow, task
+from prefect import task
 from pydantic import BaseModel, Field
 
 from blocks.compute_unit import SizeClass, load_unit
-from flows.secure_cleanup import cleanup_on_exit
 from tasks.compute.dask import dask_task_runner
+from tasks.compute.hooks import sciflow_flow
 from tasks.compute.run_context import RunContext
 from tasks.errors import InputError
 from tasks.mr import export, readers
@@ -250,13 +250,7 @@ def _stack_optional(arrays: list[np.ndarray | None]) -> np.ndarray | None:
     return np.stack(arrays, axis=-1)
 
 
-@flow(
-    name="mr-reconstruction",
-    on_completion=[cleanup_on_exit],
-    on_failure=[cleanup_on_exit],
-    on_crashed=[cleanup_on_exit],
-    on_cancellation=[cleanup_on_exit],
-)
+@sciflow_flow(name="mr-reconstruction")
 def mr_reconstruction(
     signal: str | None = None,
     noise: str | None = None,

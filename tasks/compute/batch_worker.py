@@ -10,9 +10,9 @@ follows it until it SUCCEEDED or FAILED: every job and node state goes to the fl
 and so do the containers' CloudWatch lines.
 
 Cancelling: Prefect calls ``kill_infrastructure`` only for runs that have not started, and it
-terminates the job. A running flow is cancelled inside its container; its
-``on_cancellation=[cancel_own_batch_job]`` hook calls ``terminate_own_job``, which ends the
-job from within (the flow process alone would exit, but the other nodes would not).
+terminates the job. A running flow is cancelled inside its container; its stop hook
+(``tasks.compute.hooks.stop_launches``) calls ``terminate_own_job``, which ends the job from
+within (the flow process alone would exit, but the other nodes would not).
 """
 
 from __future__ import annotations
@@ -499,11 +499,6 @@ def terminate_own_job(
         batch = client("batch")
     RunningJob(batch, job_id).kill(reason)
     return job_id
-
-
-def cancel_own_batch_job(flow: Any, flow_run: FlowRun, state: Any) -> None:
-    """A flow's ``on_cancellation`` hook: end the Batch job the flow runs in, if any."""
-    terminate_own_job(TERMINATE_REASON.format(flow_run=flow_run.id))
 
 
 def default_base_job_template() -> dict[str, Any]:

@@ -18,11 +18,12 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from tasks.aws.clients import AwsAccount, call, client, error_code
 from tasks.aws.tags import RUN_ID_TAG, to_aws
+from tasks.compute.launches import Launch, LaunchRecord
 from tasks.errors import InputError, SciflowError, TransientError
 
 logger = logging.getLogger(__name__)
@@ -174,6 +175,7 @@ class ServerWorkersLaunch:
         start_timeout_s: float = 900.0,
         clients: tuple[Any, Any, Any] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        record: LaunchRecord | None = None,
     ) -> None:
         """A launch of ``plan``; nothing starts until ``start()``.
 
@@ -184,6 +186,7 @@ class ServerWorkersLaunch:
             start_timeout_s: Most seconds a task may take to reach RUNNING.
             clients: ``(ecs, servicediscovery, ec2)`` to use instead of ``account``'s.
             sleep: Waits between polls.
+            record: The run's launch record; every task and the service go in it.
         """
         self.plan = plan
         self.ecs, self.discovery, self.ec2 = clients or aws_clients(account, plan.region)
@@ -196,6 +199,9 @@ class ServerWorkersLaunch:
         self.worker_tasks: list[str] = []
         self._instance_registered = False
         self._stopped: set[str] = set()
+        self.record = record
+        self._recorded: dict[str, Launch] = {}
+        self._account = replace(account or AwsAccount(), region=plan.region)
 
     def __enter__(self) -> ServerWorkersLaunch:
         return self
@@ -258,6 +264,8 @@ class ServerWorkersLaunch:
             },
             Tags=to_aws(plan.tags),
         )["Service"]["Id"]
+        self._remember(Launch(kind="cloudmap-service", id=self.service_id, account=self._account,
+                              label=plan.service_name))  # fmt: skip
         self._run("server", 1)
         self._wait_running(self.tasks)
         [server] = self.describe(self.tasks)  # the waiter does not hand back its answer
@@ -350,6 +358,9 @@ class ServerWorkersLaunch:
             enableExecuteCommand=False,
         )
         arns = [task["taskArn"] for task in response.get("tasks", [])]
+        for arn in arns:
+            self._remember(Launch(kind="ecs-task", id=arn, account=self._account,
+                                  cluster=plan.cluster, label=role))  # fmt: skip
         if role == "server":
             self.server_task = arns[0] if arns else None
         else:
@@ -361,6 +372,14 @@ class ServerWorkersLaunch:
             raise SciflowError(
                 f"ECS started {len(arns)} of {count} {role} task(s): {reasons or 'no reason'}"
             )
+
+    def _remember(self, launch: Launch) -> None:
+        if self.record is not None:
+            self._recorded[launch.id] = self.record.add(launch)
+
+    def _forget(self, launch_id: str) -> None:
+        if self.record is not None and launch_id in self._recorded:
+            self.record.done(self._recorded.pop(launch_id))
 
     def describe(self, arns: Sequence[str]) -> list[dict[str, Any]]:
         """DescribeTasks of ``arns``, 100 a call, in their order."""
@@ -468,6 +487,8 @@ class ServerWorkersLaunch:
                 raise TransientError(f"{running} task(s) still running after {timeout_s} s")
             self._sleep(self.poll_s)
         self._stopped |= set(self.tasks)
+        for arn in self.tasks:
+            self._forget(arn)
         outcome = LaunchOutcome(
             tuple(
                 TaskOutcome(
@@ -516,6 +537,7 @@ class ServerWorkersLaunch:
                         errors.append(exc)
                         continue
                 self._stopped.add(task["taskArn"])
+                self._forget(task["taskArn"])
         try:
             self._remove_service()
         except SciflowError as exc:
@@ -548,6 +570,7 @@ class ServerWorkersLaunch:
             except SciflowError as exc:
                 if error_code(exc) != "ServiceNotFound":
                     raise
+            self._forget(self.service_id)
             self.service_id = None
 
 
