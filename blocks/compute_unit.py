@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import Any, Literal, Self
 
 from prefect.blocks.core import Block
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tasks.aws.clients import AwsAccount
 from tasks.errors import InputError, describe_validation
-
-if TYPE_CHECKING:
-    import boto3
-
-    from tasks.storage.objects import ObjectStore
+from tasks.settings import get_settings
+from tasks.storage.objects import ObjectStore, join_uri
 
 SizeClass = Literal["small", "large", "multinode", "gpu"]
 SIZE_CLASSES: tuple[SizeClass, ...] = ("small", "large", "multinode", "gpu")
@@ -185,33 +183,24 @@ class ComputeUnit(Block):
                 f"it has {sorted(self.work_pools)}"
             ) from None
 
-    def boto3_session(self) -> boto3.Session:
-        """A boto3 session in the unit's account: its credentials block, then its role."""
-        from prefect_aws import AwsCredentials
-        from prefect_aws.assume_role_parameters import AssumeRoleParameters
+    def aws_account(self) -> AwsAccount:
+        """The unit's AWS account as plain data: region, role, credentials block, session name."""
+        return AwsAccount(
+            region=self.region,
+            role_arn=self.role_arn,
+            credentials_block=self.aws_credentials_block,
+            session_name=f"sciflow-{self.name}",
+        )
 
-        if self.aws_credentials_block:
-            credentials = AwsCredentials.load(self.aws_credentials_block)
-        else:
-            credentials = AwsCredentials()
-        updates: dict[str, Any] = {}
-        if self.region and not credentials.region_name:
-            updates["region_name"] = self.region
-        if self.role_arn:
-            updates["assume_role_arn"] = self.role_arn
-            updates["assume_role_kwargs"] = AssumeRoleParameters(
-                RoleSessionName=f"sciflow-{self.name}"
-            )
-        return credentials.model_copy(update=updates).get_boto3_session()
+    def run_dir(self, run_id: str) -> str:
+        """URI of the directory flow run ``run_id`` writes under: ``<root>/<unit>/<run id>``."""
+        return join_uri(self.storage_root or get_settings().storage_root, self.name, run_id)
 
     def object_store(self) -> ObjectStore:
         """Storage through this unit's credentials, sized by the process settings."""
-        from tasks.settings import get_settings
-        from tasks.storage.objects import ObjectStore
-
         settings = get_settings()
-        session = None if self.is_local else self.boto3_session()
-        return ObjectStore(session, settings.part_size_mib, settings.transfer_concurrency)
+        account = None if self.is_local else self.aws_account()
+        return ObjectStore(account, settings.part_size_mib, settings.transfer_concurrency)
 
     @classmethod
     def from_terraform_output(cls, outputs: dict[str, Any]) -> Self:
@@ -297,8 +286,6 @@ def load_unit(name: str | None = None) -> ComputeUnit:
     Raises:
         InputError: No unit has that name.
     """
-    from tasks.settings import get_settings
-
     name = name or get_settings().default_unit
     if name == LOCAL_UNIT:
         return local_unit()

@@ -14,19 +14,18 @@ re-run with the same ``output`` continues from the newest complete one.
 from __future__ import annotations
 
 import json
-import threading
 from typing import Any
 
-from prefect import flow, task
+from prefect import task
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from blocks.compute_unit import load_unit
-from flows.secure_cleanup import cleanup_on_exit
-from tasks.compute.batch_run import check_batch_unit, run_batch_job, terminate_batch_job
-from tasks.compute.batch_worker import cancel_own_batch_job
+from tasks.compute.batch_run import check_batch_unit, run_batch_job
+from tasks.compute.hooks import sciflow_flow
+from tasks.compute.launches import LaunchRecord
+from tasks.compute.run_context import RunContext
 from tasks.errors import InputError, SciflowError, describe_validation
 from tasks.progress import Progress, markdown_table, publish_summary, run_logger
-from tasks.storage.run_dir import RunContext
 from tasks.training.config import (
     CONFIG_NAME,
     CURVES_NAME,
@@ -47,9 +46,6 @@ LOST_HOST_RETRIES = 3
 # Seconds between polls of a Batch job or ECS tasks.
 BATCH_POLL_S = 10.0
 ECS_POLL_S = 10.0
-# What the cancellation hook stops, by flow run id: local processes, ECS launches.
-_RUNNING: dict[str, threading.Event] = {}
-_ECS_LAUNCHES: dict[str, ParameterServerLaunch] = {}
 
 
 class TrainingOptions(BaseModel):
@@ -201,16 +197,14 @@ def train_locally(cfg: TrainConfig, config_uri: str, run_id: str, max_restarts: 
         }
     else:
         commands = local_parameter_server(config_uri, cfg.processes)
-    cancel = _RUNNING.setdefault(run_id, threading.Event())
     try:
-        run_processes(commands, on_event=follower.on_event, on_line=follower.on_line, cancel=cancel)
+        run_processes(commands, on_event=follower.on_event, on_line=follower.on_line)
     except SciflowError as exc:
         if follower.errors:  # the processes said what was wrong: that is the error
             kind = InputError if "InputError" in follower.errors.values() else SciflowError
             raise kind("; ".join(follower.errors)) from exc
         raise
     finally:
-        _RUNNING.pop(run_id, None)
         follower.close()
     if not follower.summary:
         raise SciflowError("training ended without its 'done' event: no summary")
@@ -262,21 +256,18 @@ def train_on_ecs(run: RunContext, cfg: TrainConfig, config_uri: str) -> None:
     Leaving (done, failed or cancelled) stops every task and removes the Cloud Map service.
     """
     plan = plan_from_unit(run.unit, run.run_id, run.tags, config_uri, cfg.processes)
-    launch = ParameterServerLaunch(plan, run.unit.boto3_session(), poll_s=ECS_POLL_S)
-    _ECS_LAUNCHES[run.run_id] = launch
-    try:
-        with launch:
-            launch.start()
-            run_logger().info(
-                "parameter server %s at %s:%d with %d worker task(s)",
-                launch.server_task,
-                plan.server_host,
-                plan.port,
-                len(launch.worker_tasks),
-            )
-            outcome = launch.wait()
-    finally:
-        _ECS_LAUNCHES.pop(run.run_id, None)
+    record = LaunchRecord(run.store, run.root)  # what the run's stop hook stops
+    launch = ParameterServerLaunch(plan, run.unit.aws_account(), poll_s=ECS_POLL_S, record=record)
+    with launch:
+        launch.start()
+        run_logger().info(
+            "parameter server %s at %s:%d with %d worker task(s)",
+            launch.server_task,
+            plan.server_host,
+            plan.port,
+            len(launch.worker_tasks),
+        )
+        outcome = launch.wait()
     if not outcome.succeeded:
         server = outcome.server
         raise SciflowError(
@@ -284,23 +275,7 @@ def train_on_ecs(run: RunContext, cfg: TrainConfig, config_uri: str) -> None:
         )
 
 
-def stop_training(flow: Any, flow_run: Any, state: Any) -> None:
-    """Flow hook: stop what this run started (local processes, ECS tasks), if still going."""
-    cancel = _RUNNING.get(str(flow_run.id))
-    if cancel is not None:
-        cancel.set()
-    launch = _ECS_LAUNCHES.pop(str(flow_run.id), None)
-    if launch is not None:
-        launch.stop(f"Prefect flow run {flow_run.id} was {state.name.lower()}")
-
-
-@flow(
-    name="distributed-training",
-    on_completion=[cleanup_on_exit],
-    on_failure=[stop_training, terminate_batch_job, cleanup_on_exit],
-    on_crashed=[stop_training, terminate_batch_job, cleanup_on_exit],
-    on_cancellation=[stop_training, terminate_batch_job, cancel_own_batch_job, cleanup_on_exit],
-)
+@sciflow_flow(name="distributed-training")
 def distributed_training(
     dataset: str,
     model: str = "unet",

@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from prefect import flow, task
+from prefect import task
 from pydantic import BaseModel, Field
 
 from blocks.compute_unit import SizeClass, load_unit
-from flows.secure_cleanup import cleanup_on_exit
 from tasks.compute.dask import dask_task_runner
+from tasks.compute.hooks import sciflow_flow
+from tasks.compute.run_context import RunContext
 from tasks.errors import InputError
 from tasks.mr import export
 from tasks.mr.estimate import JobEstimate, estimate_job
@@ -38,7 +39,6 @@ from tasks.mr.snr import SnrMaps, snr_map
 from tasks.progress import Progress, publish_summary, run_logger
 from tasks.retry import transient_retries
 from tasks.storage.objects import Location
-from tasks.storage.run_dir import RunContext
 
 # Slices per Dask task: enough work per task to hide scheduling, few enough to spread.
 SLICES_PER_TASK = 4
@@ -150,13 +150,7 @@ def write_outputs(
     )
 
 
-@flow(
-    name="mr-reconstruction",
-    on_completion=[cleanup_on_exit],
-    on_failure=[cleanup_on_exit],
-    on_crashed=[cleanup_on_exit],
-    on_cancellation=[cleanup_on_exit],
-)
+@sciflow_flow(name="mr-reconstruction")
 def mr_reconstruction(
     signal: str | None = None,
     noise: str | None = None,

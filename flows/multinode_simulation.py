@@ -14,13 +14,13 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from prefect import flow, task
+from prefect import task
 from pydantic import BaseModel, Field
 
 from blocks.compute_unit import load_unit
-from flows.secure_cleanup import cleanup_on_exit
-from tasks.compute.batch_run import job_seconds, run_batch_job, terminate_batch_job
-from tasks.compute.batch_worker import cancel_own_batch_job
+from tasks.compute.batch_run import job_seconds, run_batch_job
+from tasks.compute.hooks import sciflow_flow
+from tasks.compute.run_context import RunContext
 from tasks.errors import InputError, SciflowError
 from tasks.progress import Progress, publish_summary, run_logger
 from tasks.retry import transient_retries
@@ -35,7 +35,6 @@ from tasks.simulation.mpi_simulate import (
     plan,
 )
 from tasks.storage.objects import join_uri
-from tasks.storage.run_dir import RunContext
 
 RANK_MODULE = "tasks.simulation.mpi_simulate"
 RAW_NAME = "simulation.h5"
@@ -144,13 +143,7 @@ def simulate_on_batch(
     return {"out": raw_uri, "seconds": seconds, "job_id": job.job_id}
 
 
-@flow(
-    name="multinode-simulation",
-    on_completion=[cleanup_on_exit],
-    on_failure=[terminate_batch_job, cleanup_on_exit],
-    on_crashed=[terminate_batch_job, cleanup_on_exit],
-    on_cancellation=[terminate_batch_job, cancel_own_batch_job, cleanup_on_exit],
-)
+@sciflow_flow(name="multinode-simulation")
 def multinode_simulation(
     phantom: PhantomSpec | None = None,
     sequence: SequenceSpec | None = None,

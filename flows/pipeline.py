@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from prefect import flow, task
+from prefect import task
 from pydantic import BaseModel, Field
 
 from blocks.compute_unit import load_unit
@@ -19,12 +19,13 @@ from flows.distributed_training import TrainingOptions, distributed_training
 from flows.mr_reconstruction import mr_reconstruction
 from flows.multinode_simulation import multinode_simulation
 from flows.preflight import preflight
-from flows.secure_cleanup import cleanup_on_exit, secure_cleanup
+from flows.secure_cleanup import secure_cleanup
+from tasks.compute.hooks import sciflow_flow
+from tasks.compute.run_context import RunContext
 from tasks.mr.options import MrOptions
 from tasks.progress import publish_summary
 from tasks.retry import transient_retries
 from tasks.simulation.mpi_simulate import PhantomSpec, SequenceSpec
-from tasks.storage.run_dir import RunContext
 from tasks.training.data import build_training_set
 
 # The demo simulation: a 64x64 Shepp-Logan, 4 spins per voxel, ideally spoiled GRE (few spins
@@ -62,12 +63,7 @@ class PipelineResult(BaseModel):
     val_loss: float = Field(description="Validation loss of the trained model.")
 
 
-@flow(
-    name="research-pipeline",
-    on_failure=[cleanup_on_exit],
-    on_crashed=[cleanup_on_exit],
-    on_cancellation=[cleanup_on_exit],
-)
+@sciflow_flow(name="research-pipeline")
 def research_pipeline(
     unit: str = "local",
     preflight_probes: int = 4,

@@ -11,14 +11,15 @@ import sys
 import time
 from pathlib import Path
 
-from prefect import flow, task
+from prefect import task
 from pydantic import BaseModel, Field
 
 from blocks.compute_unit import SizeClass, load_unit
 from tasks.cleanup.sweep import Check
 from tasks.compute.dask import dask_task_runner
+from tasks.compute.hooks import sciflow_flow
+from tasks.compute.run_context import RunContext
 from tasks.progress import Progress, publish_summary
-from tasks.storage.run_dir import RunContext
 
 
 class PreflightResult(BaseModel):
@@ -61,7 +62,7 @@ def probe_mpiexec() -> Check:
     return Check("mpiexec", out.returncode == 0, f"{mpiexec}: {version.strip()}")
 
 
-@flow(name="preflight")
+@sciflow_flow(name="preflight")
 def preflight(unit: str = "local", size: SizeClass = "small", probes: int = 8) -> PreflightResult:
     """Check a compute unit end to end before real work goes to it.
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from prefect import flow, task
+from prefect import task
 from pydantic import BaseModel, Field
 
 from blocks.compute_unit import load_unit
@@ -14,8 +12,9 @@ from tasks.cleanup.sweep import (
     record_cleanup,
     sweep_scratch,
 )
-from tasks.progress import publish_summary, run_logger
-from tasks.storage.run_dir import run_dir
+from tasks.compute.hooks import sciflow_flow
+from tasks.compute.launches import LaunchRecord
+from tasks.progress import publish_summary
 
 
 class CleanupResult(BaseModel):
@@ -24,6 +23,16 @@ class CleanupResult(BaseModel):
     record_uri: str = Field(description="URI of cleanup.json.")
     ok: bool = Field(description="Whether every check passed.")
     checks: int = Field(description="Number of checks made.")
+
+
+@task
+def stop_recorded_launches(unit: str, run_id: str) -> Check:
+    """Stop whatever the run's launch record still holds (its own hooks may not have run)."""
+    compute_unit = load_unit(unit)
+    record = LaunchRecord(compute_unit.object_store(), compute_unit.run_dir(run_id))
+    stopped = record.stop_all(f"secure cleanup of flow run {run_id}")
+    detail = ", ".join(f"{launch.kind} {launch.id}" for launch in stopped) or "none left"
+    return Check("launches stopped", True, detail)
 
 
 @task
@@ -36,10 +45,10 @@ def sweep_local_scratch(run_id: str) -> Check:
 def remove_partial_writes(unit: str, run_id: str) -> Check:
     """Remove temporary files a crashed writer left in the run directory."""
     compute_unit = load_unit(unit)
-    return find_partial_writes(compute_unit.object_store(), run_dir(compute_unit, run_id))
+    return find_partial_writes(compute_unit.object_store(), compute_unit.run_dir(run_id))
 
 
-@flow(name="secure-cleanup")
+@sciflow_flow(name="secure-cleanup")
 def secure_cleanup(run_id: str, unit: str = "local") -> CleanupResult:
     """Clean up after the flow run ``run_id`` and write ``cleanup.json`` in its directory.
 
@@ -47,9 +56,13 @@ def secure_cleanup(run_id: str, unit: str = "local") -> CleanupResult:
         run_id: The flow run whose leftovers to sweep.
         unit: The compute unit it ran on.
     """
-    checks = [sweep_local_scratch(run_id), remove_partial_writes(unit, run_id)]
+    checks = [
+        stop_recorded_launches(unit, run_id),
+        sweep_local_scratch(run_id),
+        remove_partial_writes(unit, run_id),
+    ]
     compute_unit = load_unit(unit)
-    root = run_dir(compute_unit, run_id)
+    root = compute_unit.run_dir(run_id)
     record = record_cleanup(compute_unit.object_store(), root, run_id, unit, checks)
     uri = f"{root}/cleanup.json"
     publish_summary(
@@ -58,21 +71,3 @@ def secure_cleanup(run_id: str, unit: str = "local") -> CleanupResult:
         key=f"cleanup-{unit}",
     )
     return CleanupResult(record_uri=uri, ok=record.ok, checks=len(checks))
-
-
-def cleanup_on_exit(flow: Any, flow_run: Any, state: Any) -> None:
-    """Flow hook: run the cleanup checks when a run ends, however it ends.
-
-    Hooks run in the flow run's process, so this calls the checks directly rather than
-    starting a subflow whose own run could be cancelled with its parent.
-    """
-    unit_name = (flow_run.parameters or {}).get("unit") or None
-    run_id = str(flow_run.id)
-    compute_unit = load_unit(unit_name)
-    root = run_dir(compute_unit, run_id)
-    store = compute_unit.object_store()
-    checks = [sweep_scratch(run_id), find_partial_writes(store, root)]
-    record = record_cleanup(store, root, run_id, compute_unit.name, checks)
-    run_logger().info(
-        "cleanup after %s run %s: %d checks, ok=%s", state.name, run_id, len(checks), record.ok
-    )

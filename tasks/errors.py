@@ -35,7 +35,15 @@ NOT_FOUND = frozenset({"NoSuchBucket", "NoSuchKey", "404", "NotFound", "NoSuchUp
 
 
 class SciflowError(Exception):
-    """A failure sciflow understood; its message says what to check."""
+    """A failure sciflow understood; its message says what to check.
+
+    Attributes:
+        code: The AWS error code (``ThrottlingException``) when AWS refused a call.
+        operation: The AWS operation (``DescribeJobs``) that was refused.
+    """
+
+    code: str | None = None
+    operation: str | None = None
 
 
 class InputError(SciflowError, ValueError):
@@ -55,7 +63,8 @@ def classify(exc: ClientError, doing: str) -> SciflowError:
 
     Returns:
         ``TransientError`` for throttling and 5xx, ``InputError`` for missing or forbidden
-        resources the caller named, ``SciflowError`` otherwise.
+        resources the caller named, ``SciflowError`` otherwise; each carries the AWS error
+        ``code`` and ``operation``.
     """
     response: dict[str, Any] = exc.response
     code = str(response.get("Error", {}).get("Code", "Unknown"))
@@ -64,11 +73,14 @@ def classify(exc: ClientError, doing: str) -> SciflowError:
     message = f"cannot {doing}: {exc.operation_name} returned {code} (HTTP {status})"
     if detail and detail != code:
         message += f": {detail}"
+    kind: type[SciflowError] = SciflowError
     if code in THROTTLING or status >= 500:
-        return TransientError(message)
-    if code in NOT_FOUND or status in (403, 404):
-        return InputError(message)
-    return SciflowError(message)
+        kind = TransientError
+    elif code in NOT_FOUND or status in (403, 404):
+        kind = InputError
+    error = kind(message)
+    error.code, error.operation = code, exc.operation_name
+    return error
 
 
 def is_transient(exc: BaseException | None) -> bool:

@@ -54,6 +54,19 @@ class Settings(BaseSettings):
     transfer_concurrency: int = Field(
         8, ge=1, le=64, description="Parallel S3 part transfers per file."
     )
+    aws_retry_mode: Literal["standard", "adaptive"] = Field(
+        "adaptive",
+        description=(
+            "botocore's retry mode for every AWS call: `standard` (backoff with jitter) or "
+            "`adaptive` (standard plus client-side rate limiting)."
+        ),
+    )
+    aws_max_attempts: int = Field(
+        8,
+        ge=1,
+        le=20,
+        description="Attempts per AWS call, the first included, before a throttle or 5xx fails it.",
+    )
 
 
 @cache

@@ -7,6 +7,7 @@ import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -121,3 +122,21 @@ def aws(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     yield moto_server
     with httpx.Client(trust_env=False, timeout=30) as client:
         client.post(f"{moto_server}/moto-api/reset").raise_for_status()
+
+
+@pytest.fixture
+def no_backoff(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """botocore retries at once (no backoff, no adaptive rate limit); returns the delays."""
+    from botocore.retries import bucket, standard  # the one retry layer (tasks.aws.clients)
+
+    monkeypatch.setattr(bucket.TokenBucket, "acquire", lambda self, amount=1, block=True: True)
+
+    delays: list[float] = []
+    original = standard.ExponentialBackoff.delay_amount
+
+    def record(self: Any, context: Any) -> float:
+        delays.append(original(self, context))
+        return 0.0
+
+    monkeypatch.setattr(standard.ExponentialBackoff, "delay_amount", record)
+    return delays

@@ -1,8 +1,9 @@
 """AWS Batch with boto3: job definitions by content hash, submission, following and logs.
 
 The plain functions the ``aws-batch`` worker (``tasks.compute.batch_worker``) is built from.
-Nothing here imports Prefect. Every AWS call goes through ``_call``, which retries throttling
-and 5xx (``tasks.errors.classify``) and turns anything else into a sciflow error at once.
+Nothing here imports Prefect. Every AWS call goes through ``tasks.aws.clients.call``: botocore
+has retried throttling and 5xx (the one retry layer), and what still fails becomes a sciflow
+error carrying the AWS code and operation.
 
 Multi-node parallel jobs follow AWS's recipe (and Metaflow's Batch client): the job definition
 has ``type="multinode"``, ``mainNode`` and node ranges ``m:m`` for the main node and the rest
@@ -17,21 +18,17 @@ import hashlib
 import json
 import logging
 import re
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-from botocore.exceptions import ClientError
-
-from tasks.errors import InputError, TransientError, classify
+from tasks.aws.clients import aws_errors, call
+from tasks.errors import InputError, SciflowError
 
 logger = logging.getLogger(__name__)
 
 JOB_DEFINITION_PREFIX = "sciflow-"
 DEFAULT_LOG_GROUP = "/aws/batch/job"
-# Waits between attempts of a call that failed with throttling or a 5xx, in seconds.
-RETRY_DELAYS_S: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
 # Batch job states, in the order a job passes through them.
 JOB_STATES = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED", "FAILED")
 TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED"})
@@ -41,30 +38,6 @@ LOG_STREAMS_MAX = 100
 # Batch job names: letters, digits, hyphens and underscores, 128 at most.
 _JOB_NAME_NOT_ALLOWED = re.compile(r"[^A-Za-z0-9_-]")
 JOB_NAME_MAX = 128
-
-T = TypeVar("T")
-
-
-def _call(
-    fn: Callable[..., T], doing: str, delays: Sequence[float] = RETRY_DELAYS_S, **kwargs: Any
-) -> T:
-    """``fn(**kwargs)``, retried after each of ``delays`` while AWS says it is transient.
-
-    Raises:
-        TransientError: Still throttled or failing with 5xx after the last retry.
-        InputError: A resource the caller named is missing or forbidden.
-        SciflowError: Any other AWS error.
-    """
-    for attempt in range(len(delays) + 1):
-        try:
-            return fn(**kwargs)
-        except ClientError as exc:
-            error = classify(exc, doing)
-            if not isinstance(error, TransientError) or attempt == len(delays):
-                raise error from exc
-            logger.warning("%s; retrying in %.0f s", error, delays[attempt])
-            time.sleep(delays[attempt])
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def canonical_json(value: Any) -> bytes:
@@ -241,7 +214,7 @@ def ensure_job_definition(
         The ARN, and whether it was registered now.
     """
     name = job_definition_name(spec)
-    found = _call(
+    found = call(
         batch.describe_job_definitions,
         f"look up job definition {name}",
         jobDefinitionName=name,
@@ -253,7 +226,7 @@ def ensure_job_definition(
     kwargs: dict[str, Any] = {"jobDefinitionName": name, "propagateTags": True, **spec}
     if tags:
         kwargs["tags"] = dict(tags)
-    registered = _call(batch.register_job_definition, f"register job definition {name}", **kwargs)
+    registered = call(batch.register_job_definition, f"register job definition {name}", **kwargs)
     logger.info("registered Batch job definition %s", registered["jobDefinitionArn"])
     return registered["jobDefinitionArn"], True
 
@@ -264,7 +237,7 @@ def check_job_queue(batch: Any, queue: str) -> str:
     Raises:
         InputError: No such queue in this account and region, or it is disabled or invalid.
     """
-    queues = _call(batch.describe_job_queues, f"look up job queue {queue}", jobQueues=[queue])[
+    queues = call(batch.describe_job_queues, f"look up job queue {queue}", jobQueues=[queue])[
         "jobQueues"
     ]
     if not queues:
@@ -297,7 +270,7 @@ def check_job_definition(batch: Any, definition: str) -> str:
         args = {"jobDefinitionName": name, "status": "ACTIVE"}
     found = [
         d
-        for d in _call(
+        for d in call(
             batch.describe_job_definitions, f"look up job definition {definition}", **args
         )["jobDefinitions"]
         if d.get("status", "ACTIVE") == "ACTIVE"
@@ -380,7 +353,7 @@ def submit_job(
                 for target, is_main in node_ranges(node_count, main_node)
             ],
         }
-    submitted = _call(batch.submit_job, f"submit Batch job {kwargs['jobName']}", **kwargs)
+    submitted = call(batch.submit_job, f"submit Batch job {kwargs['jobName']}", **kwargs)
     logger.info("submitted Batch job %s (%s)", submitted["jobId"], submitted["jobName"])
     return RunningJob(batch, submitted["jobId"])
 
@@ -431,7 +404,7 @@ class RunningJob:
         Raises:
             InputError: Batch does not know the job id.
         """
-        jobs = _call(
+        jobs = call(
             self.batch.describe_jobs, f"describe Batch job {self.job_id}", jobs=[self.job_id]
         )["jobs"]
         if not jobs:
@@ -488,7 +461,7 @@ class RunningJob:
         ids = [f"{self.job_id}#{i}" for i in range(count)]
         found: list[dict[str, Any]] = []
         for start in range(0, len(ids), DESCRIBE_JOBS_MAX):
-            found += _call(
+            found += call(
                 self.batch.describe_jobs,
                 f"describe node jobs of {self.job_id}",
                 jobs=ids[start : start + DESCRIBE_JOBS_MAX],
@@ -504,7 +477,7 @@ class RunningJob:
 
     def kill(self, reason: str) -> None:
         """TerminateJob: stops a started job, cancels one still queued (all nodes)."""
-        _call(
+        call(
             self.batch.terminate_job,
             f"terminate Batch job {self.job_id}",
             jobId=self.job_id,
@@ -559,10 +532,13 @@ def read_logs(
     )
     raw: list[dict[str, Any]] = []
     try:
-        for page in _retrying_pages(pages, f"read logs of {log_group}"):
-            raw += page.get("events", [])
-    except InputError:
-        return [], since  # the group or stream is not there yet
+        with aws_errors(f"read logs of {log_group}"):
+            for page in pages:
+                raw += page.get("events", [])
+    except SciflowError as exc:
+        if exc.code == "ResourceNotFoundException":
+            return [], since  # the group or stream is not there yet
+        raise
     raw.sort(key=lambda e: (e["timestamp"], e.get("ingestionTime", 0)))
     events: list[LogEvent] = []
     newest, seen = since.since_ms, set(since.seen_at_since)
@@ -575,24 +551,6 @@ def read_logs(
         seen.add(event_id)
         events.append(LogEvent(stamp, event.get("logStreamName", ""), event["message"]))
     return events, LogCursor(newest, frozenset(seen))
-
-
-def _retrying_pages(pages: Any, doing: str) -> Iterator[dict[str, Any]]:
-    """Pages of a paginator; a transient failure restarts the whole read, up to the retries."""
-    for attempt in range(len(RETRY_DELAYS_S) + 1):
-        try:
-            collected = list(pages)
-        except ClientError as exc:
-            error = classify(exc, doing)
-            code = exc.response.get("Error", {}).get("Code")
-            if code == "ResourceNotFoundException":
-                raise InputError(str(error)) from exc
-            if not isinstance(error, TransientError) or attempt == len(RETRY_DELAYS_S):
-                raise error from exc
-            time.sleep(RETRY_DELAYS_S[attempt])
-            continue
-        yield from collected
-        return
 
 
 def exit_status(job: RunningJob) -> int:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 from blocks.compute_unit import ComputeUnit
+from tasks.aws.clients import client
 from tasks.compute.batch import (
     JobFollower,
     RunningJob,
@@ -18,12 +18,10 @@ from tasks.compute.batch import (
     check_job_queue,
     submit_job,
 )
+from tasks.compute.launches import Launch, LaunchRecord
+from tasks.compute.run_context import RunContext
 from tasks.errors import InputError, SciflowError
 from tasks.progress import run_logger
-from tasks.storage.run_dir import RunContext
-
-# Batch jobs this process follows, by flow run id: what the cancellation hook terminates.
-BATCH_JOBS: dict[str, RunningJob] = {}
 
 
 def check_batch_unit(unit: ComputeUnit, runtime: str) -> None:
@@ -68,8 +66,8 @@ def run_batch_job(
     """
     unit = run.unit
     check_batch_unit(unit, runtime)
-    session = unit.boto3_session()
-    batch, logs = session.client("batch"), session.client("logs")
+    account = unit.aws_account()
+    batch, logs = client("batch", account), client("logs", account)
     job = submit_job(
         batch,
         name=f"{name}-{run.run_id[:8]}",
@@ -81,7 +79,10 @@ def run_batch_job(
         node_count=nodes,
         lost_host_retries=lost_host_retries,
     )
-    BATCH_JOBS[run.run_id] = job
+    record = LaunchRecord(run.store, run.root)  # what the run's stop hook terminates
+    launch = record.add(
+        Launch(kind="batch-job", id=job.job_id, account=unit.aws_account(), label=name)
+    )
     follower = JobFollower(job, run_logger(), logs, on_line=on_line)
     try:
         while not follower.poll():
@@ -90,7 +91,7 @@ def run_batch_job(
         job.kill(f"sciflow flow run {run.run_id} stopped following it")
         raise
     finally:
-        BATCH_JOBS.pop(run.run_id, None)
+        record.done(launch)
     if job.status != "SUCCEEDED":
         raise SciflowError(f"Batch job {job.job_id} {job.status}: {job.reason or 'no reason'}")
     return job
@@ -102,11 +103,3 @@ def job_seconds(job: RunningJob, fallback: float) -> float:
     if info.get("startedAt") and info.get("stoppedAt"):
         return (info["stoppedAt"] - info["startedAt"]) / 1000
     return fallback
-
-
-def terminate_batch_job(flow: Any, flow_run: Any, state: Any) -> None:
-    """Flow hook: terminate the Batch job this run was following, if any."""
-    job = BATCH_JOBS.pop(str(flow_run.id), None)
-    if job is not None:
-        job.kill(f"Prefect flow run {flow_run.id} was {state.name.lower()}")
-        run_logger().info("terminated Batch job %s", job.job_id)

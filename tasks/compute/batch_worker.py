@@ -10,9 +10,9 @@ follows it until it SUCCEEDED or FAILED: every job and node state goes to the fl
 and so do the containers' CloudWatch lines.
 
 Cancelling: Prefect calls ``kill_infrastructure`` only for runs that have not started, and it
-terminates the job. A running flow is cancelled inside its container; its
-``on_cancellation=[cancel_own_batch_job]`` hook calls ``terminate_own_job``, which ends the
-job from within (the flow process alone would exit, but the other nodes would not).
+terminates the job. A running flow is cancelled inside its container; its stop hook
+(``tasks.compute.hooks.stop_launches``) calls ``terminate_own_job``, which ends the job from
+within (the flow process alone would exit, but the other nodes would not).
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ from prefect.workers.base import (
 from prefect_aws import AwsCredentials
 from pydantic import Field, PrivateAttr, model_validator
 
+from tasks.aws.clients import client
+from tasks.aws.tags import clean_tag, run_tags
 from tasks.compute.batch import (
     DEFAULT_LOG_GROUP,
     TERMINAL_STATES,
@@ -51,7 +53,6 @@ from tasks.compute.batch import (
     submit_job,
 )
 from tasks.compute.node_context import BATCH_JOB_ID, launcher_env
-from tasks.compute.tags import clean_tag, run_tags
 from tasks.errors import InputError
 
 if TYPE_CHECKING:
@@ -350,8 +351,10 @@ class AwsBatchJobConfiguration(BaseJobConfiguration):
 
     def clients(self) -> tuple[Any, Any]:
         """boto3 Batch and CloudWatch Logs clients from ``aws_credentials``."""
-        session = self.aws_credentials.get_boto3_session()
-        return session.client("batch"), session.client("logs")
+        return (
+            client("batch", credentials=self.aws_credentials),
+            client("logs", credentials=self.aws_credentials),
+        )
 
 
 class AwsBatchWorkerResult(BaseWorkerResult):
@@ -493,16 +496,9 @@ def terminate_own_job(
         return None
     job_id = own.partition("#")[0]  # a node job `<jobId>#<node>` ends with its parent
     if batch is None:
-        import boto3
-
-        batch = boto3.client("batch")
+        batch = client("batch")
     RunningJob(batch, job_id).kill(reason)
     return job_id
-
-
-def cancel_own_batch_job(flow: Any, flow_run: FlowRun, state: Any) -> None:
-    """A flow's ``on_cancellation`` hook: end the Batch job the flow runs in, if any."""
-    terminate_own_job(TERMINATE_REASON.format(flow_run=flow_run.id))
 
 
 def default_base_job_template() -> dict[str, Any]:

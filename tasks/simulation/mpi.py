@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
+from tasks.compute.launches import current_record, process_launch
 from tasks.compute.processes import kill_with_parent, read_lines, stop_group
 from tasks.errors import InputError, SciflowError
 
@@ -181,6 +182,8 @@ def run_mpi(
         start_new_session=True,  # its own process group, so a timeout can stop all of it
         preexec_fn=kill_with_parent,
     )
+    record = current_record()  # the flow run's stop hook kills what is recorded there
+    launch = record.add(process_launch(proc.pid, "mpiexec")) if record is not None else None
     lines: queue.Queue[tuple[str, str | None]] = queue.Queue()
     readers = [
         threading.Thread(target=read_lines, args=(stream, name, lines), daemon=True)
@@ -228,6 +231,8 @@ def run_mpi(
     finally:
         if proc.poll() is None:
             _stop(proc)
+        if record is not None and launch is not None:
+            record.done(launch)
     if returncode != 0:
         raise MpiError(
             _failure_message(argv, ranks, returncode, errors), returncode, _lists(errors)

@@ -5,8 +5,8 @@ directory and renamed; on S3 an object appears only when its single PUT or its m
 upload completes, and a failed multipart upload is aborted. A crash therefore never leaves a
 half-written file under its final name.
 
-S3 goes through boto3's TransferManager (multipart, parallel parts). The endpoint comes from
-boto3's own configuration, so ``AWS_ENDPOINT_URL`` points it at moto in tests.
+S3 goes through boto3's TransferManager (multipart, parallel parts), with a client from
+``tasks.aws.clients`` (its retry policy; ``AWS_ENDPOINT_URL`` points it at moto in tests).
 """
 
 from __future__ import annotations
@@ -14,17 +14,14 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 from urllib.parse import quote, unquote, urlsplit
 from uuid import uuid4
 
-from tasks.errors import THROTTLING, InputError, TransientError, classify
-
-if TYPE_CHECKING:
-    import boto3
+from tasks.aws.clients import AwsAccount, aws_errors, client, transfer_manager
+from tasks.errors import THROTTLING, InputError, TransientError
 
 MIB = 1024 * 1024
 
@@ -104,25 +101,26 @@ class ObjectStore:
     """Files and directories by URI, local or on S3.
 
     Args:
-        session: boto3 session for S3 (credentials, region); the default session if omitted.
+        account: AWS account for S3 (credentials, region); the ambient one if omitted.
         part_size_mib: Multipart threshold and part size in MiB (S3 minimum is 5).
         concurrency: Parallel part transfers.
         max_attempts: Attempts per S3 request, first try included, before a throttle or
-            lost connection is raised.
+            lost connection is raised; ``SCIFLOW_AWS_MAX_ATTEMPTS`` if omitted.
 
-    The store pickles without its S3 client, so it can travel to Dask workers.
+    The store pickles without its S3 client and account, so it can travel to Dask workers,
+    which use their own ambient credentials (a task role).
     """
 
     def __init__(
         self,
-        session: boto3.Session | None = None,
+        account: AwsAccount | None = None,
         part_size_mib: int = 64,
         concurrency: int = 8,
-        max_attempts: int = 8,
+        max_attempts: int | None = None,
     ) -> None:
         if part_size_mib < 5:
             raise InputError(f"part_size_mib={part_size_mib} is below S3's 5 MiB minimum")
-        self._session = session
+        self._account = account
         self.part_size = part_size_mib * MIB
         self.concurrency = concurrency
         self.max_attempts = max_attempts
@@ -130,7 +128,7 @@ class ObjectStore:
 
     def __getstate__(self) -> dict[str, Any]:
         return {
-            "_session": None,
+            "_account": None,
             "part_size": self.part_size,
             "concurrency": self.concurrency,
             "max_attempts": self.max_attempts,
@@ -146,7 +144,7 @@ class ObjectStore:
         loc = Location.parse(uri)
         if not loc.is_s3:
             return _local_read(loc.path)
-        with s3_errors(f"read {loc}"):
+        with aws_errors(f"read {loc}"):
             return self.s3.get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read()
 
     def download_file(self, uri: str, dest: str | os.PathLike[str]) -> Path:
@@ -159,7 +157,7 @@ class ObjectStore:
             with loc.path.open("rb") as src:
                 _atomic_local_write(target, src)
             return target
-        with s3_errors(f"download {loc}"), self._transfers() as manager:
+        with aws_errors(f"download {loc}"), self._transfers() as manager:
             # s3transfer writes a temporary name and renames it into place.
             manager.download(loc.bucket, loc.key, str(target)).result()
         return target
@@ -175,7 +173,7 @@ class ObjectStore:
             for rel in files:
                 out.append(self.download_file(str(root.join(rel)), target / rel))
             return out
-        with s3_errors(f"download {root}"), self._transfers() as manager:
+        with aws_errors(f"download {root}"), self._transfers() as manager:
             futures = []
             for rel in files:
                 path = target / rel
@@ -223,7 +221,7 @@ class ObjectStore:
             _atomic_local_write(loc.path, data)
             return str(loc)
         extra = {"Tagging": _tagging(tags)} if tags else {}
-        with s3_errors(f"write {loc}"):
+        with aws_errors(f"write {loc}"):
             # One PUT: the object appears whole or not at all.
             self.s3.put_object(Bucket=loc.bucket, Key=loc.key, Body=data, **extra)
         return str(loc)
@@ -246,7 +244,7 @@ class ObjectStore:
             _atomic_local_write(loc.path, fileobj)
             return str(loc)
         extra = {"Tagging": _tagging(tags)} if tags else None
-        with s3_errors(f"upload to {loc}"), self._transfers() as manager:
+        with aws_errors(f"upload to {loc}"), self._transfers() as manager:
             manager.upload(fileobj, loc.bucket, loc.key, extra_args=extra).result()
         return str(loc)
 
@@ -273,7 +271,7 @@ class ObjectStore:
             return [self.upload_file(root / r, str(dest.join(r))) for r in rel]
         extra = {"Tagging": _tagging(tags)} if tags else None
         uris = []
-        with s3_errors(f"upload to {dest}"), self._transfers() as manager:
+        with aws_errors(f"upload to {dest}"), self._transfers() as manager:
             futures = []
             for path in files:
                 target = dest.join(path.relative_to(root).as_posix())
@@ -298,7 +296,7 @@ class ObjectStore:
         keys = [loc.key] if self._s3_has(loc) else []
         prefix = loc.key.rstrip("/") + "/" if loc.key else ""
         keys += [prefix + rel for rel in self._s3_list(loc)]  # folder markers go too
-        with s3_errors(f"delete {loc}"):
+        with aws_errors(f"delete {loc}"):
             for start in range(0, len(keys), 1000):  # DeleteObjects takes 1000 at most
                 batch = [{"Key": key} for key in keys[start : start + 1000]]
                 response = self.s3.delete_objects(
@@ -313,26 +311,16 @@ class ObjectStore:
     def s3(self) -> Any:
         """The boto3 S3 client, created on first use."""
         if self._client is None:
-            import boto3
-            from botocore.config import Config
-
-            session = self._session or boto3.session.Session()
-            config = Config(
-                retries={"mode": "adaptive", "max_attempts": self.max_attempts},
+            self._client = client(
+                "s3",
+                self._account,
+                max_attempts=self.max_attempts,
                 max_pool_connections=max(10, self.concurrency * 2),
             )
-            self._client = session.client("s3", config=config)
         return self._client
 
     def _transfers(self) -> Any:
-        from boto3.s3.transfer import TransferConfig, create_transfer_manager
-
-        config = TransferConfig(
-            multipart_threshold=self.part_size,
-            multipart_chunksize=self.part_size,
-            max_concurrency=self.concurrency,
-        )
-        return create_transfer_manager(self.s3, config)
+        return transfer_manager(self.s3, self.part_size, self.concurrency)
 
     def _s3_has(self, loc: Location) -> bool:
         """Whether an object sits exactly at ``loc`` (a missing one is not an error)."""
@@ -340,7 +328,7 @@ class ObjectStore:
 
         if not loc.key or loc.key.endswith("/"):
             return False
-        with s3_errors(f"check {loc}"):
+        with aws_errors(f"check {loc}"):
             try:
                 self.s3.head_object(Bucket=loc.bucket, Key=loc.key)
             except ClientError as exc:
@@ -352,41 +340,13 @@ class ObjectStore:
     def _s3_list(self, loc: Location) -> Iterator[str]:
         """Every key under ``loc`` as a directory, relative to it, folder markers included."""
         prefix = loc.key.rstrip("/") + "/" if loc.key else ""
-        with s3_errors(f"list {loc}"):
+        with aws_errors(f"list {loc}"):
             pages = self.s3.get_paginator("list_objects_v2").paginate(
                 Bucket=loc.bucket, Prefix=prefix
             )
             for page in pages:
                 for item in page.get("Contents", []):
                     yield item["Key"][len(prefix) :]
-
-
-@contextmanager
-def s3_errors(doing: str) -> Iterator[None]:
-    """Turn boto3 failures into one-line sciflow errors naming what was being done."""
-    from botocore.exceptions import (
-        ClientError,
-        ConnectionError,
-        HTTPClientError,
-        NoCredentialsError,
-        NoRegionError,
-        ParamValidationError,
-    )
-
-    try:
-        yield
-    except ClientError as exc:
-        raise classify(exc, doing) from exc
-    except ParamValidationError as exc:  # e.g. an invalid bucket name
-        detail = " ".join(str(exc).split())
-        raise InputError(f"cannot {doing}: {detail}") from exc
-    except (NoCredentialsError, NoRegionError) as exc:
-        raise InputError(
-            f"cannot {doing}: {exc}; expected AWS credentials and a region "
-            "from the compute unit's AwsCredentials block or the environment"
-        ) from exc
-    except (ConnectionError, HTTPClientError) as exc:  # refused, reset, timed out
-        raise TransientError(f"cannot {doing}: {exc}") from exc
 
 
 def _raise_for_refused_deletes(loc: Location, errors: list[dict[str, str]]) -> None:

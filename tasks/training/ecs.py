@@ -5,10 +5,8 @@ instance (its private IPv4 and port) of a Cloud Map service in a private DNS nam
 workers connect to ``<service>.<namespace>:<port>``. Every task runs in private subnets with
 no public IP: the server accepts gradients from anyone who reaches its port.
 
-Nothing here imports Prefect. Every AWS call goes through ``tasks.compute.batch._call``, which
-retries throttling and 5xx (``tasks.errors.classify``) and turns anything else into a sciflow
-error. ECS task states, in order: PROVISIONING, PENDING, ACTIVATING, RUNNING, DEACTIVATING,
-STOPPING, DEPROVISIONING, STOPPED.
+Here: the plan (which tasks run with which command and environment); the ECS and Cloud Map
+mechanics are ``tasks.compute.ecs``. Nothing here imports Prefect or boto3.
 """
 
 from __future__ import annotations
@@ -16,20 +14,16 @@ from __future__ import annotations
 import logging
 import re
 import sys
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from botocore.config import Config
-
-from tasks.compute.batch import _call
-from tasks.compute.tags import RUN_ID_TAG, UNIT_TAG, to_aws
-from tasks.errors import InputError, SciflowError, TransientError
+from tasks.aws.clients import AwsAccount
+from tasks.aws.tags import RUN_ID_TAG, UNIT_TAG, to_aws
+from tasks.compute.ecs import ServerWorkersLaunch, ServicePlan, check_fargate_size
+from tasks.errors import InputError
 
 if TYPE_CHECKING:
-    import boto3
-
     from blocks.compute_unit import ComputeUnit
 
 logger = logging.getLogger(__name__)
@@ -39,23 +33,6 @@ WORKER_FAMILY = "sciflow-ps-worker"
 MODULE = "tasks.training.parameter_server"
 DEFAULT_PORT = 29500
 DEFAULT_NAMESPACE = "sciflow.local"
-# RunTask starts at most 10 tasks a call; DescribeTasks takes at most 100 ids.
-RUN_TASK_MAX = 10
-DESCRIBE_TASKS_MAX = 100
-# Cloud Map DNS TTL in seconds: short, since a restarted server gets a new IP.
-DNS_TTL_S = 10
-STARTING_STATES = frozenset({"PROVISIONING", "PENDING", "ACTIVATING"})
-STOPPING_STATES = frozenset({"DEACTIVATING", "STOPPING", "DEPROVISIONING", "STOPPED"})
-# Fargate's valid task sizes: CPU units -> allowed memory in MiB.
-FARGATE_SIZES: dict[int, tuple[int, ...]] = {
-    256: (512, 1024, 2048),
-    512: tuple(range(1024, 4097, 1024)),
-    1024: tuple(range(2048, 8193, 1024)),
-    2048: tuple(range(4096, 16385, 1024)),
-    4096: tuple(range(8192, 30721, 1024)),
-    8192: tuple(range(16384, 61441, 4096)),
-    16384: tuple(range(32768, 122881, 8192)),
-}
 # Environment names that would put credentials into a task definition (readable by anyone
 # who may describe it); tasks get theirs from the task role.
 CREDENTIAL_VARIABLES = frozenset(
@@ -70,17 +47,6 @@ def service_name_for(run_id: str) -> str:
     """A DNS label naming a run's Cloud Map service: ``ps-<run id>``, at most 63 characters."""
     cleaned = _DNS_NOT_ALLOWED.sub("-", run_id.lower()).strip("-") or "run"
     return f"ps-{cleaned}"[:DNS_LABEL_MAX].rstrip("-")
-
-
-def _check_size(role: str, cpu: int, memory: int) -> None:
-    if cpu not in FARGATE_SIZES:
-        raise InputError(f"{role}_cpu={cpu}: Fargate takes CPU units {sorted(FARGATE_SIZES)}")
-    allowed = FARGATE_SIZES[cpu]
-    if memory not in allowed:
-        raise InputError(
-            f"{role}_memory={memory}: with {role}_cpu={cpu} Fargate takes {allowed[0]} to "
-            f"{allowed[-1]} MiB in steps of {allowed[1] - allowed[0]}"
-        )
 
 
 @dataclass(kw_only=True, slots=True)
@@ -132,8 +98,8 @@ class ParameterServerPlan:
         self.subnets, self.security_groups = tuple(self.subnets), tuple(self.security_groups)
         if self.worker_count < 1:
             raise InputError(f"worker_count={self.worker_count}: expected at least 1 worker")
-        _check_size("server", self.server_cpu, self.server_memory)
-        _check_size("worker", self.worker_cpu, self.worker_memory)
+        check_fargate_size("server", self.server_cpu, self.server_memory)
+        check_fargate_size("worker", self.worker_cpu, self.worker_memory)
         if not 1 <= self.port <= 65535:
             raise InputError(f"port={self.port}: expected a TCP port, 1 to 65535")
         if not self.subnets:
@@ -151,7 +117,7 @@ class ParameterServerPlan:
                 "63 at most), e.g. service_name_for(run_id)"
             )
         if missing := {RUN_ID_TAG, UNIT_TAG} - self.tags.keys():
-            raise InputError(f"tags lack {sorted(missing)}; use tasks.compute.tags.run_tags")
+            raise InputError(f"tags lack {sorted(missing)}; use tasks.aws.tags.run_tags")
         if leaked := CREDENTIAL_VARIABLES & self.environment.keys():
             raise InputError(
                 f"environment holds {sorted(leaked)}: task definitions are readable by anyone "
@@ -168,10 +134,21 @@ class ParameterServerPlan:
         """The DNS name workers resolve to the server: ``<service>.<namespace>``."""
         return f"{self.service_name}.{self.namespace}"
 
-    @property
-    def started_by(self) -> str:
-        """ECS ``startedBy`` of every task: the service name, so leftovers are findable."""
-        return self.service_name
+    def service_plan(self) -> ServicePlan:
+        """The ECS launch of this plan: its task definitions, network and Cloud Map name."""
+        return ServicePlan(
+            cluster=self.cluster,
+            region=self.region,
+            subnets=self.subnets,
+            security_groups=self.security_groups,
+            service_name=self.service_name,
+            namespace=self.namespace,
+            port=self.port,
+            tags=self.tags,
+            definitions=task_definitions(self),
+            worker_count=self.worker_count,
+            vpc=self.vpc,
+        )
 
 
 def plan_from_unit(
@@ -340,483 +317,26 @@ def task_definitions(plan: ParameterServerPlan) -> dict[str, dict[str, Any]]:
     return definitions
 
 
-def aws_clients(session: boto3.Session | None, region: str) -> tuple[Any, Any, Any]:
-    """``(ecs, servicediscovery, ec2)`` clients from ``session`` (a default one if ``None``).
-
-    Cloud Map's client skips the ``data-`` host prefix of DiscoverInstances: with a custom
-    endpoint (moto, a VPC endpoint) the prefixed host does not resolve.
-    """
-    import boto3
-
-    session = session or boto3.Session()
-    discovery = session.client(
-        "servicediscovery", region_name=region, config=Config(inject_host_prefix=False)
-    )
-    return (
-        session.client("ecs", region_name=region),
-        discovery,
-        session.client("ec2", region_name=region),
-    )
-
-
-def _error_code(error: SciflowError) -> str:
-    cause = error.__cause__
-    return str(getattr(cause, "response", {}).get("Error", {}).get("Code", ""))
-
-
-def _task_id(arn: str) -> str:
-    return arn.rpartition("/")[2]
-
-
-@dataclass(frozen=True, slots=True)
-class TaskOutcome:
-    """How one task ended."""
-
-    task_arn: str
-    role: str
-    """``"server"`` or ``"worker"``."""
-    exit_code: int | None
-    """The container's exit code; ``None`` if it never ran."""
-    reason: str
-    """ECS ``stoppedReason`` (and ``stopCode``)."""
-
-
-@dataclass(frozen=True, slots=True)
-class LaunchOutcome:
-    """Every task's end; the server's exit code decides success."""
-
-    tasks: tuple[TaskOutcome, ...]
-
-    @property
-    def server(self) -> TaskOutcome:
-        """The server task's outcome."""
-        return next(t for t in self.tasks if t.role == "server")
-
-    @property
-    def succeeded(self) -> bool:
-        """Whether the server exited with 0."""
-        return self.server.exit_code == 0
-
-    @property
-    def failed_workers(self) -> tuple[TaskOutcome, ...]:
-        """Workers that exited non-zero or never ran."""
-        return tuple(t for t in self.tasks if t.role == "worker" and t.exit_code != 0)
-
-    @property
-    def exit_codes(self) -> dict[str, int | None]:
-        """Exit code by task id."""
-        return {_task_id(t.task_arn): t.exit_code for t in self.tasks}
-
-
-class ParameterServerLaunch:
-    """Starts, follows and stops one parameter-server run on ECS Fargate.
-
-    Use it as a context manager: leaving the block (normally or by an exception, e.g. the
-    flow run was cancelled) stops every task it started and removes its Cloud Map service.
+class ParameterServerLaunch(ServerWorkersLaunch):
+    """A ``ServerWorkersLaunch`` of the parameter server and its workers.
 
     Example:
         ```python
-        with ParameterServerLaunch(plan, unit.boto3_session()) as launch:
+        with ParameterServerLaunch(plan, unit.aws_account()) as launch:
             launch.start()
             outcome = launch.wait()
         ```
     """
 
     def __init__(
-        self,
-        plan: ParameterServerPlan,
-        session: boto3.Session | None = None,
-        *,
-        poll_s: float = 5.0,
-        start_timeout_s: float = 900.0,
-        clients: tuple[Any, Any, Any] | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        self, plan: ParameterServerPlan, account: AwsAccount | None = None, **kwargs: Any
     ) -> None:
         """A launch of ``plan``; nothing starts until ``start()``.
 
         Args:
             plan: What to launch.
-            session: boto3 session of the unit's account (``unit.boto3_session()``).
-            poll_s: Seconds between DescribeTasks polls.
-            start_timeout_s: Most seconds a task may take to reach RUNNING.
-            clients: ``(ecs, servicediscovery, ec2)`` to use instead of ``session``'s.
-            sleep: Waits between polls.
+            account: The unit's AWS account (``unit.aws_account()``); ambient if ``None``.
+            **kwargs: ``ServerWorkersLaunch``'s options (``poll_s``, ``start_timeout_s``,
+                ``clients``, ``sleep``).
         """
-        self.plan = plan
-        self.ecs, self.discovery, self.ec2 = clients or aws_clients(session, plan.region)
-        self.poll_s, self.start_timeout_s, self._sleep = poll_s, start_timeout_s, sleep
-        self.definition_arns: dict[str, str] = {}
-        self.namespace_id: str | None = None
-        self.service_id: str | None = None
-        self.server_task: str | None = None
-        self.server_ip: str | None = None
-        self.worker_tasks: list[str] = []
-        self._instance_registered = False
-        self._stopped: set[str] = set()
-
-    def __enter__(self) -> ParameterServerLaunch:
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        reason = f"sciflow: {exc_type.__name__}" if exc_type else "sciflow: launch closed"
-        try:
-            self.stop(reason)
-        except SciflowError:
-            if exc_type is None:
-                raise
-            logger.exception("cleanup after %s failed", exc_type.__name__)
-
-    @property
-    def tasks(self) -> list[str]:
-        """ARNs of every task started, server first."""
-        return ([self.server_task] if self.server_task else []) + self.worker_tasks
-
-    def start(self) -> None:
-        """Register, start the server, publish it in Cloud Map, start the workers.
-
-        Returns once every task is RUNNING. On any failure it stops what it started.
-
-        Raises:
-            TransientError: A task did not reach RUNNING within ``start_timeout_s``, or
-                AWS kept throttling.
-            SciflowError: A task stopped before RUNNING, ECS refused to place one, or AWS
-                refused a call.
-        """
-        if self.definition_arns:
-            raise SciflowError("this launch has started already; make a new one to start again")
-        try:
-            self._start()
-        except BaseException as exc:
-            try:
-                self.stop(f"sciflow: start failed: {type(exc).__name__}")
-            except SciflowError:
-                logger.exception("cleanup after a failed start failed")
-            raise
-
-    def _start(self) -> None:
-        plan = self.plan
-        for role, kwargs in task_definitions(plan).items():
-            registered = _call(
-                self.ecs.register_task_definition,
-                f"register task definition {kwargs['family']}",
-                **kwargs,
-            )
-            self.definition_arns[role] = registered["taskDefinition"]["taskDefinitionArn"]
-        self.namespace_id = self._namespace()
-        self.service_id = _call(
-            self.discovery.create_service,
-            f"create Cloud Map service {plan.service_name}",
-            Name=plan.service_name,
-            NamespaceId=self.namespace_id,
-            CreatorRequestId=plan.service_name,
-            DnsConfig={
-                "RoutingPolicy": "MULTIVALUE",
-                "DnsRecords": [{"Type": "A", "TTL": DNS_TTL_S}],
-            },
-            Tags=to_aws(plan.tags),
-        )["Service"]["Id"]
-        self._run("server", 1)
-        [server] = self._wait_running(self.tasks)
-        self.server_ip = _private_ip(server)
-        self._register_server()
-        for start in range(0, plan.worker_count, RUN_TASK_MAX):
-            count = min(RUN_TASK_MAX, plan.worker_count - start)
-            self._run("worker", count)
-        self._wait_running(self.worker_tasks)
-        logger.info(
-            "parameter server %s at %s:%d (%s), %d workers running",
-            _task_id(self.server_task),
-            self.server_ip,
-            plan.port,
-            plan.server_host,
-            len(self.worker_tasks),
-        )
-
-    def _namespace(self) -> str:
-        """The id of the private DNS namespace, created if absent (it outlives runs)."""
-        plan = self.plan
-        kwargs: dict[str, Any] = {}
-        while True:
-            page = _call(self.discovery.list_namespaces, "list Cloud Map namespaces", **kwargs)
-            for namespace in page.get("Namespaces", []):
-                if namespace["Name"] == plan.namespace and namespace["Type"] == "DNS_PRIVATE":
-                    return namespace["Id"]
-            if not page.get("NextToken"):
-                break
-            kwargs["NextToken"] = page["NextToken"]
-        vpc = plan.vpc or self._vpc()
-        # Shared by every run: a run id in its tags would make a sweep delete it.
-        tags = {k: v for k, v in plan.tags.items() if k != RUN_ID_TAG}
-        operation = _call(
-            self.discovery.create_private_dns_namespace,
-            f"create Cloud Map namespace {plan.namespace} in {vpc}",
-            Name=plan.namespace,
-            Vpc=vpc,
-            CreatorRequestId=f"{plan.namespace}-{vpc}",
-            Tags=to_aws(tags),
-        )["OperationId"]
-        return self._operation(operation, f"create namespace {plan.namespace}")["NAMESPACE"]
-
-    def _vpc(self) -> str:
-        subnet = self.plan.subnets[0]
-        found = _call(self.ec2.describe_subnets, f"look up subnet {subnet}", SubnetIds=[subnet])[
-            "Subnets"
-        ]
-        if not found:
-            raise InputError(f"subnets: no subnet {subnet} in region {self.plan.region}")
-        return found[0]["VpcId"]
-
-    def _operation(self, operation_id: str, doing: str) -> dict[str, str]:
-        """Wait for a Cloud Map operation; returns its targets."""
-        deadline = time.monotonic() + self.start_timeout_s
-        while True:
-            operation = _call(self.discovery.get_operation, doing, OperationId=operation_id)[
-                "Operation"
-            ]
-            if operation["Status"] == "SUCCESS":
-                return operation.get("Targets", {})
-            if operation["Status"] == "FAIL":
-                raise SciflowError(
-                    f"cannot {doing}: Cloud Map operation {operation_id} failed: "
-                    f"{operation.get('ErrorCode')} {operation.get('ErrorMessage', '')}"
-                )
-            if time.monotonic() > deadline:
-                raise TransientError(f"cannot {doing}: operation {operation_id} still pending")
-            self._sleep(self.poll_s)
-
-    def _run(self, role: str, count: int) -> None:
-        """RunTask; the ARNs are kept before any failure is raised, so stop() finds them."""
-        plan = self.plan
-        response = _call(
-            self.ecs.run_task,
-            f"run {count} {role} task(s) on cluster {plan.cluster}",
-            cluster=plan.cluster,
-            taskDefinition=self.definition_arns[role],
-            count=count,
-            launchType="FARGATE",
-            networkConfiguration={
-                "awsvpcConfiguration": {
-                    "subnets": list(plan.subnets),
-                    "securityGroups": list(plan.security_groups),
-                    "assignPublicIp": "DISABLED",
-                }
-            },
-            startedBy=plan.started_by,
-            tags=to_aws(plan.tags, key="key", value="value"),
-            enableExecuteCommand=False,
-        )
-        arns = [task["taskArn"] for task in response.get("tasks", [])]
-        if role == "server":
-            self.server_task = arns[0] if arns else None
-        else:
-            self.worker_tasks += arns
-        if response.get("failures") or len(arns) != count:
-            reasons = "; ".join(
-                f"{f.get('arn', '')} {f.get('reason', '')}" for f in response.get("failures", [])
-            )
-            raise SciflowError(
-                f"ECS started {len(arns)} of {count} {role} task(s): {reasons or 'no reason'}"
-            )
-
-    def describe(self, arns: Sequence[str]) -> list[dict[str, Any]]:
-        """DescribeTasks of ``arns``, 100 a call, in their order."""
-        found: dict[str, dict[str, Any]] = {}
-        for start in range(0, len(arns), DESCRIBE_TASKS_MAX):
-            chunk = list(arns[start : start + DESCRIBE_TASKS_MAX])
-            response = _call(
-                self.ecs.describe_tasks,
-                f"describe tasks on cluster {self.plan.cluster}",
-                cluster=self.plan.cluster,
-                tasks=chunk,
-            )
-            found |= {task["taskArn"]: task for task in response.get("tasks", [])}
-        if missing := [a for a in arns if a not in found]:
-            raise SciflowError(f"ECS no longer knows tasks {missing[:3]} ({len(missing)})")
-        return [found[a] for a in arns]
-
-    def _wait_running(self, arns: Sequence[str]) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + self.start_timeout_s
-        while True:
-            described = self.describe(arns)
-            if stopping := [t for t in described if t["lastStatus"] in STOPPING_STATES]:
-                task = stopping[0]
-                raise SciflowError(
-                    f"task {task['taskArn']} is {task['lastStatus']} before the launch "
-                    f"finished: {_reason(task)}; exit codes {_exit_codes(task)}"
-                )
-            pending = [t for t in described if t["lastStatus"] != "RUNNING"]
-            if not pending:
-                return described
-            if time.monotonic() > deadline:
-                states = ", ".join(f"{_task_id(t['taskArn'])} {t['lastStatus']}" for t in pending)
-                raise TransientError(
-                    f"{len(pending)} task(s) not RUNNING after {self.start_timeout_s:.0f} s: "
-                    f"{states}"
-                )
-            self._sleep(self.poll_s)
-
-    def _register_server(self) -> None:
-        plan = self.plan
-        if not (self.server_task and self.server_ip and self.service_id):
-            raise SciflowError("internal: the server is not started")
-        operation = _call(
-            self.discovery.register_instance,
-            f"register the server in Cloud Map service {plan.service_name}",
-            ServiceId=self.service_id,
-            InstanceId=_task_id(self.server_task),
-            Attributes={"AWS_INSTANCE_IPV4": self.server_ip, "AWS_INSTANCE_PORT": str(plan.port)},
-        )["OperationId"]
-        self._instance_registered = True
-        self._operation(operation, f"register instance in {plan.service_name}")
-        found = _call(
-            self.discovery.discover_instances,
-            f"discover {plan.server_host}",
-            NamespaceName=plan.namespace,
-            ServiceName=plan.service_name,
-        )["Instances"]
-        if not any(i["Attributes"].get("AWS_INSTANCE_IPV4") == self.server_ip for i in found):
-            raise SciflowError(
-                f"{plan.server_host} does not list the server ({self.server_ip}) after "
-                "registering it; workers could not find it"
-            )
-
-    def wait(self, timeout_s: float | None = None) -> LaunchOutcome:
-        """Poll until every task is STOPPED.
-
-        Args:
-            timeout_s: Most seconds to wait; no limit if ``None``.
-
-        Returns:
-            Every task's exit code and reason; failed workers are logged.
-
-        Raises:
-            TransientError: Tasks still running after ``timeout_s``.
-        """
-        if not self.server_task:
-            raise SciflowError("nothing to wait for: start() has not started the server")
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        stopping = False
-        while True:
-            described = self.describe(self.tasks)
-            if all(t["lastStatus"] == "STOPPED" for t in described):
-                break
-            failed = [t for t in described if _failed(t)]
-            if failed and not stopping:
-                stopping = True
-                # The server would wait for the lost worker's gradients until its group
-                # timeout; the run cannot finish as asked, so stop it now.
-                self.stop(f"sciflow: task {_task_id(failed[0]['taskArn'])} failed")
-            if deadline is not None and time.monotonic() > deadline:
-                running = sum(t["lastStatus"] != "STOPPED" for t in described)
-                raise TransientError(f"{running} task(s) still running after {timeout_s} s")
-            self._sleep(self.poll_s)
-        self._stopped |= set(self.tasks)
-        outcome = LaunchOutcome(
-            tuple(
-                TaskOutcome(
-                    task_arn=t["taskArn"],
-                    role="server" if t["taskArn"] == self.server_task else "worker",
-                    exit_code=next(iter(_exit_codes(t)), None),
-                    reason=_reason(t),
-                )
-                for t in described
-            )
-        )
-        for worker in outcome.failed_workers:
-            logger.warning(
-                "worker %s exited %s: %s", worker.task_arn, worker.exit_code, worker.reason
-            )
-        return outcome
-
-    def stop(self, reason: str = "sciflow: stopped") -> None:
-        """Stop every task started and remove the run's Cloud Map service; idempotent.
-
-        Tasks already STOPPED are left alone (StopTask would overwrite their reason).
-
-        Raises:
-            SciflowError: A call failed; the others were still attempted.
-        """
-        errors: list[SciflowError] = []
-        live = [arn for arn in self.tasks if arn not in self._stopped]
-        if live:
-            logger.info("stopping %d task(s) of %s: %s", len(live), self.plan.service_name, reason)
-            try:
-                described = self.describe(live)
-            except SciflowError as exc:  # stop them all blind rather than none
-                errors.append(exc)
-                described = [{"taskArn": a, "lastStatus": "UNKNOWN"} for a in live]
-            for task in described:
-                if task["lastStatus"] != "STOPPED":
-                    try:
-                        _call(
-                            self.ecs.stop_task,
-                            f"stop task {task['taskArn']}",
-                            cluster=self.plan.cluster,
-                            task=task["taskArn"],
-                            reason=reason[:255],
-                        )
-                    except SciflowError as exc:
-                        errors.append(exc)
-                        continue
-                self._stopped.add(task["taskArn"])
-        try:
-            self._remove_service()
-        except SciflowError as exc:
-            errors.append(exc)
-        if errors:
-            raise errors[0]
-
-    def _remove_service(self) -> None:
-        if self.service_id and self._instance_registered and self.server_task:
-            try:
-                operation = _call(
-                    self.discovery.deregister_instance,
-                    f"deregister the server from {self.plan.service_name}",
-                    ServiceId=self.service_id,
-                    InstanceId=_task_id(self.server_task),
-                )["OperationId"]
-                # DeleteService refuses a service that still has instances.
-                self._operation(operation, f"deregister instance from {self.plan.service_name}")
-            except SciflowError as exc:
-                if _error_code(exc) not in ("InstanceNotFound", "ServiceNotFound"):
-                    raise
-            self._instance_registered = False
-        if self.service_id:
-            try:
-                _call(
-                    self.discovery.delete_service,
-                    f"delete Cloud Map service {self.plan.service_name}",
-                    Id=self.service_id,
-                )
-            except SciflowError as exc:
-                if _error_code(exc) != "ServiceNotFound":
-                    raise
-            self.service_id = None
-
-
-def _failed(task: Mapping[str, Any]) -> bool:
-    """Whether a task stopped with a non-zero (or no) exit code."""
-    return task["lastStatus"] == "STOPPED" and any(code != 0 for code in _exit_codes(task))
-
-
-def _private_ip(task: Mapping[str, Any]) -> str:
-    for attachment in task.get("attachments", []):
-        if attachment.get("type") == "ElasticNetworkInterface":
-            for detail in attachment.get("details", []):
-                if detail.get("name") == "privateIPv4Address" and detail.get("value"):
-                    return str(detail["value"])
-    raise SciflowError(
-        f"server task {task['taskArn']} is RUNNING but has no privateIPv4Address in its "
-        "network interface attachment; is the task definition's networkMode awsvpc?"
-    )
-
-
-def _exit_codes(task: Mapping[str, Any]) -> list[int | None]:
-    return [c.get("exitCode") for c in task.get("containers", [])]
-
-
-def _reason(task: Mapping[str, Any]) -> str:
-    reason = task.get("stoppedReason") or ""
-    if code := task.get("stopCode"):
-        reason = f"{code}: {reason}" if reason else code
-    return reason or "no reason given"
+        super().__init__(plan.service_plan(), account, **kwargs)

@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tasks.compute.launches import Launch, current_record, process_launch
 from tasks.compute.node_context import LOOPBACK, NodeContext
 from tasks.compute.processes import kill_with_parent, read_lines, stop_group
 from tasks.errors import InputError, SciflowError
@@ -142,6 +143,8 @@ def run_processes(
     proc_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     lines: queue.Queue[tuple[str, str | None]] = queue.Queue()
     running: dict[str, _Process] = {}
+    record = current_record()  # the flow run's stop hook kills what is recorded there
+    recorded: list[Launch] = []
     try:
         for name, argv in commands.items():
             proc = subprocess.Popen(  # noqa: S603 - argv is built by this module
@@ -154,6 +157,8 @@ def run_processes(
                 preexec_fn=kill_with_parent,
             )
             running[name] = _Process(name, proc)
+            if record is not None:
+                recorded.append(record.add(process_launch(proc.pid, name)))
             reader = threading.Thread(target=read_lines, args=(proc.stdout, name, lines))
             reader.daemon = True
             reader.start()
@@ -161,6 +166,8 @@ def run_processes(
     finally:
         for process in running.values():
             stop_group(process.proc, KILL_GRACE_S)
+        for launch in recorded:
+            record.done(launch)  # type: ignore[union-attr]  # recorded only with a record
 
 
 def _follow(

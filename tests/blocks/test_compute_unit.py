@@ -8,6 +8,7 @@ from blocks.compute_unit import (
     load_unit,
     local_unit,
 )
+from tasks.aws.clients import client
 from tasks.errors import InputError
 
 
@@ -149,5 +150,5 @@ def test_missing_work_pool_for_a_size_names_what_exists():
 
 def test_user_mode_session_assumes_the_role(aws):
     unit = ComputeUnit.from_terraform_output(terraform_output())
-    identity = unit.boto3_session().client("sts").get_caller_identity()
+    identity = client("sts", unit.aws_account()).get_caller_identity()
     assert ":assumed-role/sciflow-runner/sciflow-lab-aws" in identity["Arn"]

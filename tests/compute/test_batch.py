@@ -1,7 +1,7 @@
 """Batch helpers against moto's Batch on 127.0.0.1, and botocore Stubbers where moto falls short.
 
 moto's Batch finishes every job at once, has no child node jobs and writes no logs: tests of
-node jobs, retries and log paging use a ``botocore.stub.Stubber`` whose responses are checked
+node jobs and log paging use a ``botocore.stub.Stubber`` whose responses are checked
 against the AWS API model; tests of state changes set the job's state in the in-process
 moto backend between polls.
 """
@@ -16,7 +16,7 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from tasks.compute import batch
+from tasks.aws.clients import client as aws_client
 from tasks.compute.batch import (
     ContainerSpec,
     EfsVolume,
@@ -35,6 +35,8 @@ from tasks.compute.batch import (
     submit_job,
 )
 from tasks.errors import InputError, SciflowError, TransientError
+from tasks.settings import get_settings
+from tests.aws.fakes import inject_errors
 from tests.compute.moto_batch import (
     ACCOUNT,
     QUEUE,
@@ -53,20 +55,13 @@ DEFINITION_ARN = f"arn:aws:batch:{REGION}:{ACCOUNT}:job-definition/sciflow-01234
 
 
 @pytest.fixture
-def client():
-    return boto3.client("batch", region_name=REGION)
+def client(aws):
+    return aws_client("batch", region=REGION)
 
 
 @pytest.fixture
-def logs_client():
-    return boto3.client("logs", region_name=REGION)
-
-
-@pytest.fixture
-def no_sleep(monkeypatch):
-    waits: list[float] = []
-    monkeypatch.setattr(batch.time, "sleep", waits.append)
-    return waits
+def logs_client(aws):
+    return aws_client("logs", region=REGION)
 
 
 def stubbed(service: str) -> tuple[object, Stubber]:
@@ -265,35 +260,33 @@ def describe_response(status: str, **extra) -> dict:
     }
 
 
-def test_throttling_and_5xx_are_retried_then_succeed(no_sleep):
-    """Stubber: moto never throttles. The errors are the codes and statuses AWS returns."""
-    client, stub = stubbed("batch")
-    stub.add_client_error("describe_jobs", "TooManyRequestsException", http_status_code=429)
-    stub.add_client_error("describe_jobs", "ServerException", http_status_code=500)
-    stub.add_response("describe_jobs", describe_response("RUNNING"), {"jobs": [JOB_ID]})
-    with stub:
-        assert RunningJob(client, JOB_ID).status == "RUNNING"
-    stub.assert_no_pending_responses()
-    assert no_sleep == list(batch.RETRY_DELAYS_S[:2])
+def test_throttling_and_5xx_are_retried_by_botocore_then_succeed(batch_queue, client, no_backoff):
+    """Injected below botocore's retries: moto never throttles."""
+    attempts = inject_errors(
+        client, "DescribeJobQueues", [("TooManyRequestsException", 429), ("ServerException", 500)]
+    )
+    assert check_job_queue(client, QUEUE).endswith(f"job-queue/{QUEUE}")
+    assert attempts == ["DescribeJobQueues"] * 3
+    assert len(no_backoff) == 2
 
 
-def test_client_errors_are_not_retried(no_sleep):
-    """Stubber: a 400 ClientException (bad request) fails at once, as AWS would answer it."""
-    client, stub = stubbed("batch")
-    stub.add_client_error("describe_jobs", "ClientException", "bad job id", http_status_code=400)
-    with stub, pytest.raises(SciflowError, match="ClientException") as caught:
+def test_client_errors_are_not_retried(batch_queue, client, no_backoff):
+    """A 400 ClientException (bad request) fails at once, as AWS would answer it."""
+    attempts = inject_errors(client, "DescribeJobs", [("ClientException", 400)])
+    with pytest.raises(SciflowError, match="ClientException") as caught:
         RunningJob(client, JOB_ID).refresh()
     assert not isinstance(caught.value, TransientError)
-    assert no_sleep == []
+    assert attempts == ["DescribeJobs"]
+    assert no_backoff == []
 
 
-def test_persistent_throttling_ends_as_a_transient_error(no_sleep):
-    """Stubber: throttled on every attempt."""
-    client, stub = stubbed("batch")
-    for _ in range(len(batch.RETRY_DELAYS_S) + 1):
-        stub.add_client_error("describe_jobs", "ThrottlingException", http_status_code=400)
-    with stub, pytest.raises(TransientError, match="ThrottlingException"):
+def test_persistent_throttling_ends_as_a_transient_error(batch_queue, client, no_backoff):
+    """Throttled on every attempt: botocore's attempts only, then one TransientError."""
+    attempts = inject_errors(client, "DescribeJobs", [("ThrottlingException", 400)], forever=True)
+    with pytest.raises(TransientError, match="ThrottlingException") as caught:
         RunningJob(client, JOB_ID).refresh()
+    assert (caught.value.code, caught.value.operation) == ("ThrottlingException", "DescribeJobs")
+    assert len(attempts) == get_settings().aws_max_attempts
 
 
 # --- following a job -------------------------------------------------------------------------

@@ -8,7 +8,7 @@ botocore Stubber (responses checked against the AWS API model), and say which.
 from __future__ import annotations
 
 import importlib.metadata
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 import boto3
@@ -16,9 +16,11 @@ import pytest
 from botocore.stub import Stubber
 from prefect.client.orchestration import get_client
 from prefect.exceptions import InfrastructureNotFound
+from prefect.states import Cancelling
 from prefect.workers.base import BaseWorker
 from pydantic import ValidationError
 
+from tasks.aws.clients import client as aws_client
 from tasks.compute.batch import job_definition_name, job_definition_spec
 from tasks.compute.batch_worker import (
     BATCH_DEFAULT_MEMORY_MIB,
@@ -28,11 +30,11 @@ from tasks.compute.batch_worker import (
     AwsBatchJobConfiguration,
     AwsBatchVariables,
     AwsBatchWorker,
-    cancel_own_batch_job,
     default_base_job_template,
     launch,
     terminate_own_job,
 )
+from tasks.compute.hooks import stop_launches
 from tasks.errors import InputError
 from tests.compute.moto_batch import QUEUE, REGION, operations, record_calls, set_job_status
 
@@ -41,8 +43,8 @@ KEY_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:key"  # an ARN, 
 
 
 @pytest.fixture
-def client():
-    return boto3.client("batch", region_name=REGION)
+def client(aws):
+    return aws_client("batch", region=REGION)
 
 
 def configuration(**values: Any) -> AwsBatchJobConfiguration:
@@ -278,14 +280,15 @@ def test_terminate_own_job_outside_batch_does_nothing(client):
 
 
 def test_cancellation_hook_terminates_the_job_it_runs_in(batch_queue, client, monkeypatch):
-    """The ``on_cancellation`` hook reads AWS_BATCH_JOB_ID and makes its own client (to moto)."""
+    """The stop hook reads AWS_BATCH_JOB_ID and makes its own client (to moto)."""
     job_id, _ = _submitted_job(client)
     monkeypatch.setenv("AWS_BATCH_JOB_ID", job_id)
 
     class Run:
         id = "run-42"
+        parameters: ClassVar[dict[str, str]] = {}
 
-    cancel_own_batch_job(None, Run(), None)
+    stop_launches(None, Run(), Cancelling())
     status_reason = client.describe_jobs(jobs=[job_id])["jobs"][0]["statusReason"]
     assert status_reason == "Prefect flow run run-42 was cancelled"
 

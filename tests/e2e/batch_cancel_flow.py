@@ -1,15 +1,13 @@
-"""A flow that waits to be cancelled, with the hook a Batch container's flows carry."""
+"""A flow that waits to be cancelled, with the hooks every sciflow flow carries."""
 
 from __future__ import annotations
 
 import time
 
-from prefect import flow
-
-from tasks.compute.batch_worker import cancel_own_batch_job
+from tasks.compute.hooks import sciflow_flow
 
 
-@flow(name="batch-cancel-e2e", on_cancellation=[cancel_own_batch_job])
+@sciflow_flow(name="batch-cancel-e2e")
 def wait_to_be_cancelled(seconds: float = 120.0) -> None:
     """Sleep in short steps until cancelled (or ``seconds`` pass)."""
     deadline = time.monotonic() + seconds

@@ -18,10 +18,12 @@ import pytest
 from blocks.compute_unit import ComputeUnit
 from flows import distributed_training as module
 from flows.distributed_training import distributed_training
+from tasks.aws.tags import RUN_ID_TAG, UNIT_TAG, from_aws
 from tasks.compute import batch_run
 from tasks.compute.batch import ContainerSpec, ensure_job_definition, job_definition_spec
-from tasks.compute.tags import RUN_ID_TAG, UNIT_TAG, from_aws
+from tasks.compute.launches import LaunchRecord
 from tasks.errors import InputError, SciflowError
+from tasks.storage.objects import ObjectStore
 from tasks.training.config import TrainConfig
 from tasks.training.data import write_synthetic_set
 from tasks.training.ecs import ParameterServerLaunch, plan_from_unit, service_name_for
@@ -273,7 +275,7 @@ def test_the_parameter_server_runs_as_fargate_tasks_and_cleans_up(
     assert container["command"][4:6] == ["--config", f"{OUTPUT}/config.json"]
     cfg = TrainConfig.model_validate_json(_read(f"{OUTPUT}/config.json"))
     assert (cfg.strategy, cfg.processes) == ("parameter_server", 2)
-    assert module._ECS_LAUNCHES == {}
+    assert not _recorded_launches(bucket)
 
     assert result.steps == 12
     assert (result.final_loss, result.val_loss) == (0.125, 0.25)
@@ -293,7 +295,7 @@ def test_a_failed_server_fails_the_flow_naming_its_task(
     (launch,) = recorded.launches
     assert launch.server_task in str(caught.value)
     assert not cloud_map().list_services()["Services"]
-    assert module._ECS_LAUNCHES == {}
+    assert not _recorded_launches(bucket)
 
 
 def test_the_cancellation_hook_stops_the_tasks(
@@ -307,18 +309,17 @@ def test_the_cancellation_hook_stops_the_tasks(
         f"{OUTPUT}/config.json",
         worker_count=2,
     )
-    launch = ParameterServerLaunch(plan, boto3.Session(), poll_s=0.01)
+    root = f"s3://{bucket}/runs/{run_id}"
+    launch = ParameterServerLaunch(
+        plan, None, poll_s=0.01, record=LaunchRecord(ObjectStore(), root)
+    )
     launch.start()
     assert cloud_map().list_services()["Services"]
-    module._ECS_LAUNCHES[run_id] = launch
 
-    class _Run:
-        id = run_id
-
-    class _State:
-        name = "Cancelling"
-
-    module.stop_training(None, _Run(), _State())
+    # A fresh record, as the hook's process (or secure cleanup) would read it.
+    record = LaunchRecord(ObjectStore(), root)
+    assert {entry.kind for entry in record.launches()} == {"ecs-task", "cloudmap-service"}
+    record.stop_all(f"Prefect flow run {run_id} was cancelling")
 
     described = boto3.client("ecs", region_name=REGION).describe_tasks(
         cluster="sciflow", tasks=launch.tasks
@@ -327,8 +328,8 @@ def test_the_cancellation_hook_stops_the_tasks(
     assert {t["lastStatus"] for t in described} == {"STOPPED"}
     assert {t["stoppedReason"] for t in described} == {f"Prefect flow run {run_id} was cancelling"}
     assert not cloud_map().list_services()["Services"]
-    assert run_id not in module._ECS_LAUNCHES
-    module.stop_training(None, _Run(), _State())  # nothing left: a no-op
+    assert record.launches() == []
+    assert record.stop_all("again") == []  # nothing left: a no-op
 
 
 def test_public_subnets_are_refused_for_the_parameter_server(
@@ -341,3 +342,9 @@ def test_public_subnets_are_refused_for_the_parameter_server(
     assert not recorded.launches
     cluster = boto3.client("ecs", region_name=REGION).list_tasks(cluster="sciflow")
     assert not cluster["taskArns"]
+
+
+def _recorded_launches(bucket: str) -> list[str]:
+    """Launch record entries left anywhere in the bucket."""
+    listed = boto3.client("s3", region_name=REGION).list_objects_v2(Bucket=bucket)
+    return [o["Key"] for o in listed.get("Contents", []) if "/launches/" in o["Key"]]

@@ -14,8 +14,9 @@ from blocks.compute_unit import ComputeUnit
 from flows import multinode_simulation as module
 from flows.mr_reconstruction import mr_reconstruction
 from flows.multinode_simulation import multinode_simulation
+from tasks.aws.clients import client as aws_client
+from tasks.aws.tags import RUN_ID_TAG, UNIT_TAG
 from tasks.compute.batch import ContainerSpec, ensure_job_definition, job_definition_spec
-from tasks.compute.tags import RUN_ID_TAG, UNIT_TAG
 from tasks.errors import InputError
 from tasks.mr.io import read_raw
 from tasks.simulation import mpi
@@ -171,30 +172,28 @@ def test_on_aws_a_multinode_batch_job_is_submitted_with_node_ranges_and_run_tags
     assert job["tags"][RUN_ID_TAG] == run_id  # what Batch propagates to the nodes' tasks
 
 
-def test_the_cancellation_hook_terminates_the_followed_batch_job(aws):
+def test_the_stop_hook_terminates_the_recorded_batch_job(aws, tmp_path, monkeypatch):
     """moto ignores TerminateJob for finished jobs: the call itself is what is checked."""
-    from tasks.compute import batch_run
-    from tasks.compute.batch import RunningJob
+    from tasks.compute import launches
+    from tasks.compute.launches import Launch, LaunchRecord
+    from tasks.storage.objects import ObjectStore
 
     batch_without_docker(aws)
     make_job_queue(QUEUE)
-    batch = boto3.client("batch", region_name=REGION)
+    batch = aws_client("batch", region=REGION)
     spec = job_definition_spec(ContainerSpec(image="repo/sciflow:sim"))
     definition, _ = ensure_job_definition(batch, spec)
     job_id = batch.submit_job(jobName="sim", jobQueue=QUEUE, jobDefinition=definition)["jobId"]
     calls = record_calls(batch)
     run_id = "11111111-2222-3333-4444-555555555555"
-    batch_run.BATCH_JOBS[run_id] = RunningJob(batch, job_id)
+    root = str(tmp_path / run_id)
+    LaunchRecord(ObjectStore(), root).add(Launch(kind="batch-job", id=job_id))
+    monkeypatch.setattr(launches, "client", lambda service, account=None: batch)
 
-    class _Run:
-        id = run_id
-
-    class _State:
-        name = "Cancelling"
-
-    batch_run.terminate_batch_job(None, _Run(), _State())
+    # A fresh record, as the hook's process would read it.
+    LaunchRecord(ObjectStore(), root).stop_all(f"Prefect flow run {run_id} was cancelling")
 
     (terminate,) = [params for name, params in calls if name == "TerminateJob"]
     assert terminate["jobId"] == job_id
     assert run_id in terminate["reason"]
-    assert run_id not in batch_run.BATCH_JOBS
+    assert LaunchRecord(ObjectStore(), root).launches() == []

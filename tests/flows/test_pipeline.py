@@ -6,7 +6,8 @@ from prefect import flow
 
 from flows.pipeline import research_pipeline
 from flows.preflight import preflight
-from flows.secure_cleanup import cleanup_on_exit, secure_cleanup
+from flows.secure_cleanup import secure_cleanup
+from tasks.compute.hooks import cleanup_on_exit
 from tasks.errors import InputError
 from tasks.settings import get_settings
 

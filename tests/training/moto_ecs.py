@@ -138,7 +138,7 @@ def set_exit_code(task_arn: str, code: int, cluster: str = CLUSTER) -> None:
 
 def cloud_map() -> Any:
     """A Cloud Map client that moto's server can answer DiscoverInstances on."""
-    from tasks.training.ecs import aws_clients
+    from tasks.compute.ecs import aws_clients
 
     return aws_clients(None, REGION)[1]
 

@@ -13,12 +13,11 @@ from typing import Any
 
 import boto3
 import pytest
-from botocore.awsrequest import AWSResponse
 
 from blocks.compute_unit import ComputeUnit
-from tasks.compute.tags import from_aws, run_tags
+from tasks.aws.tags import from_aws, run_tags
+from tasks.compute import ecs as compute_ecs
 from tasks.errors import InputError, SciflowError, TransientError
-from tasks.training import ecs
 from tasks.training.ecs import (
     ParameterServerLaunch,
     ParameterServerPlan,
@@ -27,6 +26,7 @@ from tasks.training.ecs import (
     service_name_for,
     task_definitions,
 )
+from tests.aws.fakes import inject_errors
 from tests.training import moto_ecs
 from tests.training.moto_ecs import (
     ACCOUNT,
@@ -54,7 +54,7 @@ def make_plan(network: dict[str, Any], worker_count: int = 2, **kwargs: Any) -> 
 
 
 def launch(plan: ParameterServerPlan, **kwargs: Any) -> tuple[ParameterServerLaunch, Recorder]:
-    runner = ParameterServerLaunch(plan, boto3.Session(), poll_s=POLL_S, **kwargs)
+    runner = ParameterServerLaunch(plan, None, poll_s=POLL_S, **kwargs)
     return runner, Recorder(runner.ecs)
 
 
@@ -123,7 +123,9 @@ def test_launch_on_moto(network: dict[str, Any], lifecycle: int) -> None:
         recorder.seen(w) == ["PROVISIONING", "PENDING", "ACTIVATING", "RUNNING"]
         for w in runner.worker_tasks
     )
-    assert len(recorder.states) == 2 * (3 * lifecycle)  # server, then workers: 3 states each
+    # Server, then workers: 3 states each through the waiter, and one more DescribeTasks for
+    # the server's address (boto3's waiter does not hand back its last answer).
+    assert len(recorder.states) == 2 * (3 * lifecycle) + 1
 
     # The server's ENI address is registered in Cloud Map and discoverable by workers.
     [service] = discovery.list_services()["Services"]
@@ -291,22 +293,14 @@ def test_a_server_that_never_runs_times_out(
     assert not cloud_map().list_services()["Services"]
 
 
-def test_throttling_is_retried(network: dict[str, Any], lifecycle: int) -> None:
+def test_throttling_is_retried(network: dict[str, Any], lifecycle: int, no_backoff) -> None:
+    """Injected below botocore's retries: its retry is the only one."""
     runner, recorder = launch(make_plan(network, worker_count=1))
-    throttled: list[str] = []
-
-    def throttle_once(model: Any, **_: Any) -> Any:
-        if throttled:
-            return None
-        throttled.append(model.name)
-        error = {"Code": "ThrottlingException", "Message": "Rate exceeded"}
-        http = AWSResponse("http://127.0.0.1/", 400, {}, None)
-        return http, {"Error": error, "ResponseMetadata": {"HTTPStatusCode": 400}}
-
-    runner.ecs.meta.events.register("before-call.ecs.DescribeTasks", throttle_once)
+    throttled = inject_errors(runner.ecs, "DescribeTasks", [("ThrottlingException", 400)])
     with runner:
         runner.start()
-        assert throttled == ["DescribeTasks"]
+        assert throttled[:2] == ["DescribeTasks", "DescribeTasks"]
+        assert len(no_backoff) == 1
         assert recorder.seen(runner.server_task)[-1] == "RUNNING"
 
 
@@ -333,7 +327,7 @@ def test_the_vpc_comes_from_the_first_subnet(network: dict[str, Any], lifecycle:
 
 def test_missing_ip_is_a_clear_error() -> None:
     with pytest.raises(SciflowError, match="privateIPv4Address"):
-        ecs._private_ip({"taskArn": "arn:aws:ecs:us-east-1:1:task/c/abc", "attachments": []})
+        compute_ecs.private_ip({"taskArn": "arn:aws:ecs:us-east-1:1:task/c/abc", "attachments": []})
 
 
 # Bad input: each names the field to fix.

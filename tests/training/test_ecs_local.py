@@ -15,7 +15,7 @@ from typing import Any
 import boto3
 import pytest
 
-from tasks.compute.tags import run_tags
+from tasks.aws.tags import run_tags
 from tasks.training.config import TrainConfig
 from tasks.training.data import write_synthetic_set
 from tasks.training.ecs import ParameterServerPlan, local_commands, service_name_for

@@ -1,4 +1,7 @@
-"""The per-run directory: every file a run writes lives under ``<root>/<unit>/<flow-run-id>/``."""
+"""A flow run's context: its unit, id and flow, its directory and the tags of what it creates.
+
+Every file a run writes lives under ``<root>/<unit>/<flow-run-id>/`` (``ComputeUnit.run_dir``).
+"""
 
 from __future__ import annotations
 
@@ -6,16 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from blocks.compute_unit import ComputeUnit
-from tasks.compute.tags import run_tags
+from tasks.aws.tags import run_tags
 from tasks.errors import SciflowError
 from tasks.settings import get_settings
 from tasks.storage.objects import ObjectStore, join_uri
-
-
-def run_dir(unit: ComputeUnit, run_id: str) -> str:
-    """URI of the directory a flow run writes under."""
-    root = unit.storage_root or get_settings().storage_root
-    return join_uri(root, unit.name, run_id)
 
 
 @dataclass(frozen=True)
@@ -44,7 +41,7 @@ class RunContext:
     @property
     def root(self) -> str:
         """URI of this run's directory."""
-        return run_dir(self.unit, self.run_id)
+        return self.unit.run_dir(self.run_id)
 
     @property
     def tags(self) -> dict[str, str]:

@@ -1,4 +1,4 @@
-from tasks.compute.tags import clean_tag, from_aws, run_tags, to_aws
+from tasks.aws.tags import clean_tag, from_aws, run_tags, to_aws
 
 
 def test_run_tags_carry_run_unit_and_flow():

@@ -1,0 +1,215 @@
+"""boto3 clients for an AWS account, with one retry policy, and AWS errors as sciflow's.
+
+Every boto3 client sciflow uses is made by ``client``: the account's session (its
+``AwsCredentials`` block, then its role), its region, and one botocore ``Config`` whose
+retries (``SCIFLOW_AWS_RETRY_MODE``, ``SCIFLOW_AWS_MAX_ATTEMPTS``) are the only retry layer
+of an AWS call: callers do not loop around calls. botocore reads ``AWS_ENDPOINT_URL`` itself,
+so tests point every client at moto's server on 127.0.0.1.
+
+``call`` and ``aws_errors`` turn what boto3 raises into ``tasks.errors`` types (decided by
+error code and HTTP status, never message text) that carry the AWS ``code`` and ``operation``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+from tasks.errors import InputError, SciflowError, TransientError, classify
+from tasks.settings import get_settings
+
+if TYPE_CHECKING:
+    import boto3
+    from botocore.config import Config
+    from prefect_aws import AwsCredentials
+
+T = TypeVar("T")
+DEFAULT_SESSION_NAME = "sciflow"
+# Services whose custom endpoints (moto, VPC endpoints) do not serve the prefixed host of
+# some operations: Cloud Map's DiscoverInstances would go to `data-<endpoint host>`.
+NO_HOST_PREFIX = frozenset({"servicediscovery"})
+
+
+@dataclass(frozen=True, slots=True)
+class AwsAccount:
+    """Which AWS account and region calls go to, and as whom; no secrets.
+
+    A compute unit gives its own (``ComputeUnit.aws_account()``); the default is the
+    ambient credentials and region of the process. It is plain data, so a launch record
+    can store it and another process can stop what a run started.
+    """
+
+    region: str | None = None
+    """AWS region; the credentials block's or the environment's if unset."""
+    role_arn: str | None = None
+    """IAM role to assume (Mode 2: the user's account)."""
+    credentials_block: str | None = None
+    """Name of a prefect-aws ``AwsCredentials`` block; ambient credentials if unset."""
+    session_name: str = DEFAULT_SESSION_NAME
+    """``RoleSessionName`` when assuming ``role_arn`` (shows in CloudTrail)."""
+
+    def to_dict(self) -> dict[str, str | None]:
+        """The account as JSON-ready values."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        """The inverse of ``to_dict``."""
+        return cls(
+            region=data.get("region"),
+            role_arn=data.get("role_arn"),
+            credentials_block=data.get("credentials_block"),
+            session_name=data.get("session_name") or DEFAULT_SESSION_NAME,
+        )
+
+
+def retry_config() -> Config:
+    """The botocore ``Config`` every client gets: the process's retry mode and attempts."""
+    from botocore.config import Config
+
+    settings = get_settings()
+    # total_max_attempts counts the first try; botocore's max_attempts would not.
+    retries = {"mode": settings.aws_retry_mode, "total_max_attempts": settings.aws_max_attempts}
+    return Config(retries=retries)
+
+
+def session(
+    account: AwsAccount | None = None, credentials: AwsCredentials | None = None
+) -> boto3.Session:
+    """A boto3 session in ``account``: its credentials block, then its role.
+
+    Args:
+        account: The account; the ambient credentials and region if ``None``.
+        credentials: A prefect-aws credentials object to use instead of the account's
+            block (the ``aws-batch`` worker's job variable).
+    """
+    account = account or AwsAccount()
+    if credentials is None and not (account.credentials_block or account.role_arn):
+        import boto3
+
+        return boto3.Session(region_name=account.region)
+    from prefect_aws import AwsCredentials
+    from prefect_aws.assume_role_parameters import AssumeRoleParameters
+
+    if credentials is None:
+        if account.credentials_block:
+            credentials = AwsCredentials.load(account.credentials_block)
+        else:
+            credentials = AwsCredentials()
+    updates: dict[str, Any] = {}
+    if account.region and not credentials.region_name:
+        updates["region_name"] = account.region
+    if account.role_arn:
+        updates["assume_role_arn"] = account.role_arn
+        updates["assume_role_kwargs"] = AssumeRoleParameters(RoleSessionName=account.session_name)
+    return credentials.model_copy(update=updates).get_boto3_session()
+
+
+def client(
+    service: str,
+    account: AwsAccount | None = None,
+    *,
+    region: str | None = None,
+    credentials: AwsCredentials | None = None,
+    max_attempts: int | None = None,
+    max_pool_connections: int | None = None,
+) -> Any:
+    """A boto3 client for ``service`` in ``account``, with the one retry policy.
+
+    Args:
+        service: boto3 service name (``"batch"``, ``"ecs"``, ``"s3"`` ...).
+        account: The account; the ambient credentials and region if ``None``.
+        region: Region to use instead of the session's.
+        credentials: prefect-aws credentials to use instead of the account's block.
+        max_attempts: Attempts per call instead of ``SCIFLOW_AWS_MAX_ATTEMPTS`` (a store
+            that must fail fast); still botocore's one retry layer.
+        max_pool_connections: HTTP connections kept for parallel transfers (S3).
+    """
+    from botocore.config import Config
+
+    config = retry_config()
+    extra: dict[str, Any] = {}
+    if max_attempts is not None:
+        extra["retries"] = {**(config.retries or {}), "total_max_attempts": max_attempts}
+    if max_pool_connections is not None:
+        extra["max_pool_connections"] = max_pool_connections
+    if service in NO_HOST_PREFIX:
+        extra["inject_host_prefix"] = False
+    if extra:
+        config = config.merge(Config(**extra))
+    kwargs: dict[str, Any] = {"config": config}
+    if region:
+        kwargs["region_name"] = region
+    return session(account, credentials).client(service, **kwargs)
+
+
+def transfer_manager(s3: Any, part_size: int, concurrency: int) -> Any:
+    """boto3's S3 TransferManager over ``s3`` (a ``client("s3", ...)``): multipart, parallel.
+
+    Args:
+        s3: The S3 client whose retry policy the transfers use.
+        part_size: Multipart threshold and part size in bytes.
+        concurrency: Parallel part transfers.
+    """
+    from boto3.s3.transfer import TransferConfig, create_transfer_manager
+
+    config = TransferConfig(
+        multipart_threshold=part_size, multipart_chunksize=part_size, max_concurrency=concurrency
+    )
+    return create_transfer_manager(s3, config)
+
+
+def call(fn: Callable[..., T], doing: str, **kwargs: Any) -> T:
+    """``fn(**kwargs)`` (a client method), with what boto3 raises turned into sciflow's errors.
+
+    One attempt here: botocore has already retried throttling and 5xx.
+
+    Args:
+        fn: A boto3 client method, e.g. ``batch.describe_jobs``.
+        doing: What is being attempted, for the message (``"describe Batch job j-1"``).
+        **kwargs: The call's parameters.
+
+    Raises:
+        TransientError: Still throttled, failing with 5xx or unreachable after botocore's
+            retries.
+        InputError: A resource the caller named is missing or forbidden, or a parameter
+            is invalid.
+        SciflowError: Any other AWS error.
+    """
+    with aws_errors(doing):
+        return fn(**kwargs)
+
+
+@contextmanager
+def aws_errors(doing: str) -> Iterator[None]:
+    """Turn boto3 failures inside the block into one-line sciflow errors naming ``doing``."""
+    from botocore.exceptions import (
+        ClientError,
+        ConnectionError,
+        HTTPClientError,
+        NoCredentialsError,
+        NoRegionError,
+        ParamValidationError,
+    )
+
+    try:
+        yield
+    except ClientError as exc:
+        raise classify(exc, doing) from exc
+    except ParamValidationError as exc:  # e.g. an invalid bucket name
+        detail = " ".join(str(exc).split())
+        raise InputError(f"cannot {doing}: {detail}") from exc
+    except (NoCredentialsError, NoRegionError) as exc:
+        raise InputError(
+            f"cannot {doing}: {exc}; expected AWS credentials and a region "
+            "from the compute unit's AwsCredentials block or the environment"
+        ) from exc
+    except (ConnectionError, HTTPClientError) as exc:  # refused, reset, timed out
+        raise TransientError(f"cannot {doing}: {exc}") from exc
+
+
+def error_code(error: BaseException) -> str:
+    """The AWS error code a sciflow error carries, or ``""``."""
+    return (error.code or "") if isinstance(error, SciflowError) else ""

@@ -1,0 +1,77 @@
+"""Every flow's end, the same way: stop what the run launched, then clean up after it.
+
+``sciflow_flow(name=...)`` is ``prefect.flow`` with the same hooks on completion, failure,
+crash and cancellation: ``stop_launches`` (the run's launch record, ``tasks.compute.launches``,
+and on cancellation the Batch job the flow itself runs in) and ``cleanup_on_exit``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from prefect import flow
+
+from blocks.compute_unit import load_unit
+from tasks.cleanup.sweep import find_partial_writes, record_cleanup, sweep_scratch
+from tasks.compute.batch_worker import TERMINATE_REASON, terminate_own_job
+from tasks.compute.launches import LaunchRecord
+from tasks.progress import run_logger
+
+
+def stop_launches(flow: Any, flow_run: Any, state: Any) -> None:
+    """Flow hook: stop everything the run's launch record holds; when cancelled, its own job.
+
+    Reads the record from the run directory, so it works in whichever process Prefect runs it.
+    """
+    unit = load_unit((flow_run.parameters or {}).get("unit") or None)
+    record = LaunchRecord(unit.object_store(), unit.run_dir(str(flow_run.id)))
+    stopped = record.stop_all(f"Prefect flow run {flow_run.id} was {state.name.lower()}")
+    if stopped:
+        run_logger().info(
+            "stopped %s", ", ".join(f"{launch.kind} {launch.id}" for launch in stopped)
+        )
+    if state.is_cancelled() or state.is_cancelling():
+        # A flow running as an aws-batch job ends its job, or its other nodes would run on.
+        terminate_own_job(TERMINATE_REASON.format(flow_run=flow_run.id))
+
+
+def cleanup_on_exit(flow: Any, flow_run: Any, state: Any) -> None:
+    """Flow hook: run the cleanup checks when a run ends, however it ends.
+
+    Hooks run in the flow run's process, so this calls the checks directly rather than
+    starting a subflow whose own run could be cancelled with its parent.
+    """
+    unit_name = (flow_run.parameters or {}).get("unit") or None
+    run_id = str(flow_run.id)
+    compute_unit = load_unit(unit_name)
+    root = compute_unit.run_dir(run_id)
+    store = compute_unit.object_store()
+    checks = [sweep_scratch(run_id), find_partial_writes(store, root)]
+    record = record_cleanup(store, root, run_id, compute_unit.name, checks)
+    run_logger().info(
+        "cleanup after %s run %s: %d checks, ok=%s", state.name, run_id, len(checks), record.ok
+    )
+
+
+# Stop first, then clean up: cleanup's checks should see what stopping left.
+END_HOOKS = (stop_launches, cleanup_on_exit)
+
+
+def sciflow_flow(**kwargs: Any) -> Callable[[Callable[..., Any]], Any]:
+    """``prefect.flow(**kwargs)`` with ``END_HOOKS`` on every way a run can end.
+
+    Example:
+        ```python
+        @sciflow_flow(name="mr-reconstruction")
+        def mr_reconstruction(raw_uri: str, unit: str = "local") -> ReconResult: ...
+        ```
+    """
+    hooks = list(END_HOOKS)
+    return flow(
+        on_completion=hooks,
+        on_failure=hooks,
+        on_crashed=hooks,
+        on_cancellation=hooks,
+        **kwargs,
+    )
