@@ -41,4 +41,6 @@ def test_readme_example_runs_as_a_script(index: int, tmp_path: Path, twix_exampl
         timeout=600,
         check=False,
     )
-    assert done.returncode == 0, f"{script.name} failed:\n{done.stdout[-2000:]}{done.stderr[-4000:]}"
+    assert done.returncode == 0, (
+        f"{script.name} failed:\n{done.stdout[-2000:]}{done.stderr[-4000:]}"
+    )
