@@ -49,9 +49,10 @@ demo: install  ## Run the research pipeline on this machine and print where outp
 test: install  ## Run the whole test suite.
 	$(BIN)/python -m pytest
 
-lint: install  ## Check style and common bugs with ruff.
+lint: install  ## Check style and common bugs with ruff, and the import layers with import-linter.
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 format: install  ## Rewrite files in ruff's style.
 	$(BIN)/ruff check --fix .
