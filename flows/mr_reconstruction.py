@@ -207,7 +207,7 @@ def mr_reconstruction(
     source = stage_slices(signal_path, job.key, opts.layout, run)
     size: SizeClass = job_estimate.size_class
     maps: list[SnrMaps] = []
-    with dask_task_runner(compute_unit, size, run.tags) as runner:
+    with dask_task_runner(compute_unit, size, run.tags, run.launches) as runner:
         futures = [
             runner.submit(
                 snr_for_slices,

@@ -76,7 +76,7 @@ def preflight(unit: str = "local", size: SizeClass = "small", probes: int = 8) -
     checks = [probe_storage(run), probe_mpiexec()]
 
     started = time.perf_counter()
-    with dask_task_runner(compute_unit, size, run.tags) as runner:
+    with dask_task_runner(compute_unit, size, run.tags, run.launches) as runner:
         futures = [runner.submit(probe_worker, {"index": i}) for i in range(probes)]
         with Progress(total=probes, what="probes", key=f"preflight-{run.run_id[:8]}") as bar:
             answers = []

@@ -18,7 +18,7 @@ from tasks.compute.batch import (
     check_job_queue,
     submit_job,
 )
-from tasks.compute.launches import Launch, LaunchRecord
+from tasks.compute.launches import Launch
 from tasks.compute.run_context import RunContext
 from tasks.errors import InputError, SciflowError
 from tasks.progress import run_logger
@@ -79,7 +79,7 @@ def run_batch_job(
         node_count=nodes,
         lost_host_retries=lost_host_retries,
     )
-    record = LaunchRecord(run.store, run.root)  # what the run's stop hook terminates
+    record = run.launches  # what the run's stop hook terminates
     launch = record.add(
         Launch(kind="batch-job", id=job.job_id, account=unit.aws_account(), label=name)
     )

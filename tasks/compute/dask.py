@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from blocks.compute_unit import ComputeUnit, SizeClass
+from tasks.aws.clients import AwsAccount
+from tasks.compute.launches import Launch, LaunchRecord
 from tasks.errors import InputError
 from tasks.settings import get_settings
 
@@ -89,16 +92,67 @@ def cluster_spec(
     return FARGATE_CLUSTER, {k: v for k, v in kwargs.items() if v is not None}
 
 
-def dask_task_runner(unit: ComputeUnit, size: SizeClass, tags: Mapping[str, str]) -> DaskTaskRunner:
+def dask_task_runner(
+    unit: ComputeUnit,
+    size: SizeClass,
+    tags: Mapping[str, str],
+    record: LaunchRecord | None = None,
+) -> DaskTaskRunner:
     """A ``DaskTaskRunner`` that starts the unit's cluster for ``size`` and stops it after.
 
     Use it on a subflow: ``step.with_options(task_runner=dask_task_runner(unit, "large", tags))``.
+
+    Args:
+        unit: Where the cluster runs.
+        size: Size class.
+        tags: The run's tags.
+        record: The run's launch record (``RunContext.launches``): a Fargate cluster's tasks
+            are in it while the cluster lives, so the run's stop hook, in whichever process,
+            stops them if the run dies first. Local clusters are threads of this process and
+            need none.
     """
     from prefect_dask import DaskTaskRunner
 
     quiet_dask_logs()
     cluster_class, cluster_kwargs = cluster_spec(unit, size, tags)
+    if cluster_class == FARGATE_CLUSTER and record is not None:
+        return DaskTaskRunner(
+            cluster_class=recorded_fargate_cluster,
+            cluster_kwargs={"record": record, "account": unit.aws_account(), **cluster_kwargs},
+        )
     return DaskTaskRunner(cluster_class=cluster_class, cluster_kwargs=cluster_kwargs)
+
+
+@contextmanager
+def recorded_fargate_cluster(
+    record: LaunchRecord, account: AwsAccount, **kwargs: Any
+) -> Iterator[Any]:
+    """A ``FargateCluster`` whose scheduler and worker tasks are in ``record`` while it runs.
+
+    They leave the record once the cluster has closed (which stops them); if the run dies
+    first they stay, for its stop hook.
+    """
+    from dask_cloudprovider.aws import FargateCluster
+
+    with FargateCluster(**kwargs) as cluster:
+        launches = [
+            record.add(
+                Launch(
+                    kind="ecs-task",
+                    id=task.task_arn,
+                    account=account,
+                    cluster=cluster.cluster_arn,
+                    label=label,
+                )
+            )
+            for label, task in [
+                ("dask-scheduler", cluster.scheduler),
+                *((f"dask-worker-{name}", worker) for name, worker in cluster.workers.items()),
+            ]
+        ]
+        yield cluster
+    for launch in launches:
+        record.done(launch)
 
 
 def quiet_dask_logs() -> None:

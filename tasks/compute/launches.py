@@ -1,8 +1,9 @@
 """One record of what a flow run launched, and one function that stops it all.
 
-Batch jobs, ECS tasks, Cloud Map services and local process groups a run starts are written
-to its run directory, one small JSON file each under ``launches/`` (written atomically: a
-rename locally, one PUT on S3), and removed when they end on their own. Prefect may run
+Batch jobs, ECS tasks (a Fargate Dask cluster's among them), Cloud Map services and local
+process groups a run starts are written to its run directory, one small JSON file each under
+``launches/`` (written atomically: a rename locally, one PUT on S3), and removed when they end
+on their own. Prefect may run
 cancellation and crash hooks in another process, and the secure-cleanup flow runs as its own
 deployment: both read the record, not this process's memory. Each entry says what it is and
 how to stop it (kind, id, the AWS account and region, ECS cluster, process group, start time).

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from blocks.compute_unit import ComputeUnit
 from tasks.aws.tags import run_tags
+from tasks.compute.launches import LaunchRecord
 from tasks.errors import SciflowError
 from tasks.settings import get_settings
 from tasks.storage.objects import ObjectStore, join_uri
@@ -54,6 +55,11 @@ class RunContext:
         path = get_settings().scratch_root / self.run_id
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    @property
+    def launches(self) -> LaunchRecord:
+        """The record of what this run launched (``tasks.compute.launches``)."""
+        return LaunchRecord(self.store, self.root)
 
     def uri(self, *parts: str) -> str:
         """URI of a file in this run's directory."""

@@ -132,3 +132,81 @@ def test_runner_wraps_the_cluster_spec():
     runner = dask_task_runner(aws_unit(public_subnets=False), "small", TAGS)
     assert isinstance(runner, DaskTaskRunner)
     assert runner.cluster_kwargs["tags"] == TAGS
+
+
+class _Task:
+    def __init__(self, arn: str) -> None:
+        self.task_arn = arn
+
+
+class _FakeFargateCluster:
+    """Stands in for FargateCluster's lifecycle only: moto runs no Dask (see the cloud-paths
+    issue's stand-in); what is checked here is what the run's record holds when."""
+
+    closed = False
+
+    def __init__(self, **kwargs: object) -> None:
+        self.cluster_arn = "arn:aws:ecs:eu-west-1:123456789012:cluster/dask-1"
+        self.scheduler = _Task(f"{self.cluster_arn}/sched")
+        self.workers = {0: _Task(f"{self.cluster_arn}/w0"), 1: _Task(f"{self.cluster_arn}/w1")}
+
+    def __enter__(self) -> "_FakeFargateCluster":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        type(self).closed = True
+
+
+def test_a_fargate_clusters_tasks_are_in_the_run_record_while_it_runs(tmp_path, monkeypatch):
+    import dask_cloudprovider.aws
+
+    from tasks.compute.dask import recorded_fargate_cluster
+    from tasks.compute.launches import LaunchRecord
+    from tasks.storage.objects import ObjectStore
+
+    monkeypatch.setattr(dask_cloudprovider.aws, "FargateCluster", _FakeFargateCluster)
+    record = LaunchRecord(ObjectStore(), str(tmp_path))
+    account = aws_unit(public_subnets=False).aws_account()
+    with recorded_fargate_cluster(record, account, n_workers=2) as cluster:
+        held = record.launches()
+        assert sorted(launch.id for launch in held) == sorted(
+            [cluster.scheduler.task_arn, *(w.task_arn for w in cluster.workers.values())]
+        )
+        assert {(launch.kind, launch.cluster, launch.account) for launch in held} == {
+            ("ecs-task", cluster.cluster_arn, account)
+        }
+    assert _FakeFargateCluster.closed
+    assert record.launches() == []
+
+
+def test_a_fargate_cluster_left_by_a_failing_run_stays_recorded_for_the_stop_hook(
+    tmp_path, monkeypatch
+):
+    import dask_cloudprovider.aws
+
+    from tasks.compute.dask import recorded_fargate_cluster
+    from tasks.compute.launches import LaunchRecord
+    from tasks.storage.objects import ObjectStore
+
+    monkeypatch.setattr(dask_cloudprovider.aws, "FargateCluster", _FakeFargateCluster)
+    record = LaunchRecord(ObjectStore(), str(tmp_path))
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        recorded_fargate_cluster(record, aws_unit(public_subnets=False).aws_account()),
+    ):
+        raise RuntimeError("boom")
+    assert len(record.launches()) == 3
+
+
+def test_aws_runner_records_its_cluster_when_given_the_runs_record(tmp_path):
+    from tasks.compute.dask import recorded_fargate_cluster
+    from tasks.compute.launches import LaunchRecord
+    from tasks.storage.objects import ObjectStore
+
+    record = LaunchRecord(ObjectStore(), str(tmp_path))
+    runner = dask_task_runner(aws_unit(public_subnets=False), "small", TAGS, record)
+    assert runner.cluster_class is recorded_fargate_cluster
+    assert runner.cluster_kwargs["record"] is record
+    assert runner.cluster_kwargs["tags"] == TAGS
+    local = dask_task_runner(local_unit(), "small", TAGS, record)
+    assert local.cluster_class == LOCAL_CLUSTER
