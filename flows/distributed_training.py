@@ -17,23 +17,20 @@ import json
 from typing import Any
 
 from prefect import task
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field
 
 from blocks.compute_unit import load_unit
 from tasks.compute.batch_run import check_batch_unit, run_batch_job
 from tasks.compute.hooks import sciflow_flow
-from tasks.compute.launches import LaunchRecord
 from tasks.compute.run_context import RunContext
-from tasks.errors import InputError, SciflowError, describe_validation
+from tasks.errors import InputError, SciflowError
 from tasks.progress import Progress, markdown_table, publish_summary, run_logger
 from tasks.training.config import (
     CONFIG_NAME,
     CURVES_NAME,
     METRICS_NAME,
-    Backend,
-    Device,
-    Strategy,
     TrainConfig,
+    TrainingSettings,
 )
 from tasks.training.ecs import ParameterServerLaunch, plan_from_unit
 from tasks.training.events import parse_event
@@ -46,21 +43,8 @@ LOST_HOST_RETRIES = 3
 # Seconds between polls of a Batch job or ECS tasks.
 BATCH_POLL_S = 10.0
 ECS_POLL_S = 10.0
-
-
-class TrainingOptions(BaseModel):
-    """What a pipeline's training stage trains (the flow's model and schedule parameters)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str = Field("unet", description="Model name: unet, convnet or linear.")
-    model_options: dict[str, Any] = Field(default_factory=dict, description="Model options.")
-    strategy: Strategy = Field("ddp", description="'ddp' or 'parameter_server'.")
-    procs_per_node: int = Field(2, ge=1, description="Processes (ranks or workers).")
-    epochs: int = Field(1, ge=1, description="Passes over the training split.")
-    batch_size: int = Field(8, ge=1, description="Samples per step over all processes.")
-    lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
-    max_steps: int | None = Field(None, ge=1, description="Stop after this many steps.")
+# The settings form's defaults: 2 DDP ranks of a U-Net, one epoch.
+DEFAULT_SETTINGS = TrainingSettings()
 
 
 class TrainingResult(BaseModel):
@@ -76,14 +60,6 @@ class TrainingResult(BaseModel):
     val_loss: float = Field(description="Validation loss at the end.")
     samples_per_s: float = Field(description="Training samples per second, all processes.")
     data_wait_fraction: float = Field(description="Share of step time spent waiting for data.")
-
-
-def build_config(**fields: Any) -> TrainConfig:
-    """A ``TrainConfig`` from flow parameters; bad values become one InputError."""
-    try:
-        return TrainConfig(**fields)
-    except ValidationError as exc:
-        raise InputError(f"training parameters: {describe_validation(exc)}") from None
 
 
 @task
@@ -186,13 +162,13 @@ class _Follower:
 
 
 @task
-def train_locally(cfg: TrainConfig, config_uri: str, run_id: str, max_restarts: int) -> None:
+def train_locally(cfg: TrainConfig, config_uri: str, run_id: str) -> None:
     """The processes on this machine, followed to their end."""
     follower = _Follower(f"training-{run_id[:8]}")
     if cfg.strategy == "ddp":
         commands = {
             "torchrun": torchrun_argv(
-                config_uri, procs_per_node=cfg.procs_per_node, max_restarts=max_restarts
+                config_uri, procs_per_node=cfg.procs_per_node, max_restarts=cfg.max_restarts
             )
         }
     else:
@@ -211,7 +187,7 @@ def train_locally(cfg: TrainConfig, config_uri: str, run_id: str, max_restarts: 
 
 
 @task
-def train_on_batch(run: RunContext, cfg: TrainConfig, config_uri: str, max_restarts: int) -> None:
+def train_on_batch(run: RunContext, cfg: TrainConfig, config_uri: str) -> None:
     """DDP as one AWS Batch job: every node runs torchrun, meeting at the main node.
 
     One node (a GPU instance, say) is a plain job; more make a multi-node parallel job. The
@@ -230,7 +206,7 @@ def train_on_batch(run: RunContext, cfg: TrainConfig, config_uri: str, max_resta
         "python", "-m", "tasks.training.launch", "node",
         "--config", config_uri,
         "--procs-per-node", str(cfg.procs_per_node),
-        "--max-restarts", str(max_restarts),
+        "--max-restarts", str(cfg.max_restarts),
     ]  # fmt: skip
     try:
         run_batch_job(
@@ -256,7 +232,7 @@ def train_on_ecs(run: RunContext, cfg: TrainConfig, config_uri: str) -> None:
     Leaving (done, failed or cancelled) stops every task and removes the Cloud Map service.
     """
     plan = plan_from_unit(run.unit, run.run_id, run.tags, config_uri, cfg.processes)
-    record = LaunchRecord(run.store, run.root)  # what the run's stop hook stops
+    record = run.launches  # what the run's stop hook stops
     launch = ParameterServerLaunch(plan, run.unit.aws_account(), poll_s=ECS_POLL_S, record=record)
     with launch:
         launch.start()
@@ -278,100 +254,50 @@ def train_on_ecs(run: RunContext, cfg: TrainConfig, config_uri: str) -> None:
 @sciflow_flow(name="distributed-training")
 def distributed_training(
     dataset: str,
-    model: str = "unet",
-    strategy: Strategy = "ddp",
-    nodes: int = 1,
-    procs_per_node: int = 2,
-    epochs: int = 1,
-    batch_size: int = 8,
-    lr: float = 1e-3,
-    checkpoint_every: int = 50,
-    resume: bool = True,
+    settings: TrainingSettings = DEFAULT_SETTINGS,
     output: str | None = None,
-    model_options: dict[str, Any] | None = None,
-    max_steps: int | None = None,
-    device: Device = "auto",
-    backend: Backend = "auto",
-    amp: bool = False,
-    channels_last: bool = False,
-    max_restarts: int = 1,
-    seed: int = 0,
     unit: str = "local",
 ) -> TrainingResult:
     """Train a model on a training set with DDP or a parameter server.
 
     Args:
         dataset: Directory or S3 prefix with manifest.json (``tasks.training.data``).
-        model: Model name: ``unet``, ``convnet`` or ``linear``.
-        strategy: ``ddp`` (torchrun) or ``parameter_server`` (asynchronous updates).
-        nodes: Nodes (more than 1 only on an AWS unit).
-        procs_per_node: DDP ranks, or parameter-server workers, per node.
-        epochs: Passes over the training split.
-        batch_size: Samples per step over all processes.
-        lr: Peak learning rate (Adam with cosine decay).
-        checkpoint_every: Steps between checkpoints.
-        resume: Continue from the newest complete checkpoint in ``output``.
+        settings: What to train and how: model, strategy, processes, schedule, checkpoints,
+            device (``TrainingSettings``; a dict of its fields from the CLI or
+            ``run_deployment``).
         output: Directory for checkpoints, model, metrics and curves; the run directory's
             ``training/`` if omitted (a retry of the flow run resumes there).
-        model_options: The model's options, e.g. ``{"width": 16, "depth": 2}``.
-        max_steps: Stop after this many steps.
-        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
-        backend: Process group: ``auto`` (gloo on CPU, NCCL on CUDA), ``gloo`` or ``nccl``.
-        amp: bf16 autocast on CUDA.
-        channels_last: channels-last memory format on CUDA.
-        max_restarts: torchrun restarts of the whole job when a rank dies (it resumes
-            from the newest checkpoint).
-        seed: Seed of initial parameters and data order.
         unit: Compute unit to run on.
     """
     logger = run_logger()
-    if nodes < 1 or procs_per_node < 1:
-        raise InputError(f"nodes={nodes}, procs_per_node={procs_per_node}; expected >= 1 each")
     compute_unit = load_unit(unit)
-    if compute_unit.is_local and nodes > 1:
-        raise InputError(f"nodes={nodes} on the local unit {unit!r}; expected 1 (or an AWS unit)")
+    if compute_unit.is_local and settings.nodes > 1:
+        raise InputError(
+            f"nodes={settings.nodes} on the local unit {unit!r}; expected 1 (or an AWS unit)"
+        )
     run = RunContext.current(compute_unit)
-    cfg = build_config(
-        dataset=dataset,
-        model=model,
-        model_options=model_options or {},
-        strategy=strategy,
-        nodes=nodes,
-        procs_per_node=procs_per_node,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        checkpoint_every=checkpoint_every,
-        resume=resume,
-        output=output or run.uri("training"),
-        seed=seed,
-        device=device,
-        backend=backend,
-        amp=amp,
-        channels_last=channels_last,
-        max_steps=max_steps,
-    )
+    cfg = TrainConfig.from_settings(settings, dataset=dataset, output=output or run.uri("training"))
     if not compute_unit.is_local:
         check_aws_unit(run, cfg)
     sizes = check_inputs(cfg)
     logger.info(
         "%s on %d training / %d validation samples; %s with %d process(es), global batch %d, "
         "%d steps",
-        model,
+        cfg.model,
         sizes["train"],
         sizes["validation"],
-        strategy,
+        cfg.strategy,
         cfg.processes,
-        batch_size,
+        cfg.batch_size,
         sizes["steps"],
     )
     # About 50 points on the loss curve, however long the run.
     cfg = cfg.model_copy(update={"log_every": max(1, min(100, sizes["steps"] // 50))})
     config_uri = write_config(run, cfg)
     if compute_unit.is_local:
-        train_locally(cfg, config_uri, run.run_id, max_restarts)
-    elif strategy == "ddp":
-        train_on_batch(run, cfg, config_uri, max_restarts)
+        train_locally(cfg, config_uri, run.run_id)
+    elif cfg.strategy == "ddp":
+        train_on_batch(run, cfg, config_uri)
     else:
         train_on_ecs(run, cfg, config_uri)
     return _publish(run, cfg)

@@ -15,7 +15,7 @@ from prefect import task
 from pydantic import BaseModel, Field
 
 from blocks.compute_unit import load_unit
-from flows.distributed_training import TrainingOptions, distributed_training
+from flows.distributed_training import distributed_training
 from flows.mr_reconstruction import mr_reconstruction
 from flows.multinode_simulation import multinode_simulation
 from flows.preflight import preflight
@@ -26,6 +26,7 @@ from tasks.mr.options import MrOptions
 from tasks.progress import publish_summary
 from tasks.retry import transient_retries
 from tasks.simulation.mpi_simulate import PhantomSpec, SequenceSpec
+from tasks.training.config import TrainingSettings
 from tasks.training.data import build_training_set
 
 # The demo simulation: a 64x64 Shepp-Logan, 4 spins per voxel, ideally spoiled GRE (few spins
@@ -42,7 +43,7 @@ DEMO_RECONSTRUCTION = MrOptions(
 
 # The demo training: a few DDP steps of a small U-Net on 2 processes; the images are tiny,
 # so it shows the machinery (processes, checkpoints, curves), not a useful denoiser.
-DEMO_TRAINING = TrainingOptions(model="unet", model_options={"width": 8}, epochs=2)
+DEMO_TRAINING = TrainingSettings(model="unet", model_options={"width": 8}, epochs=2)
 
 
 @task(**transient_retries())
@@ -74,7 +75,7 @@ def research_pipeline(
     signal: str | None = None,
     noise: str | None = None,
     reconstruction: MrOptions = DEMO_RECONSTRUCTION,
-    training: TrainingOptions = DEMO_TRAINING,
+    training: TrainingSettings = DEMO_TRAINING,
 ) -> PipelineResult:
     """Run every stage on one compute unit and write a manifest of their outputs.
 
@@ -111,10 +112,7 @@ def research_pipeline(
         run, [reconstructed.output, simulated.raw_uri], run.uri("training-set")
     )
     trained = distributed_training(
-        dataset=training_set,
-        **training.model_dump(),
-        output=run.uri("training"),
-        unit=unit,
+        dataset=training_set, settings=training, output=run.uri("training"), unit=unit
     )
     cleaned = secure_cleanup(run_id=run.run_id, unit=unit)
 

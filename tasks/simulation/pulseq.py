@@ -1,23 +1,34 @@
-"""Pulseq ``.seq`` files (versions 1.3 and 1.4): read into a ``Sequence``, write one out.
+"""Pulseq ``.seq`` files (versions 1.2 to 1.5): read into a ``Sequence``, write one out (1.4).
 
-Format (pulseq.github.io, "Pulseq specification" 1.4): text sections ``[VERSION]``,
+Format (pulseq.github.io, "Pulseq specification" 1.4 and 1.5): text sections ``[VERSION]``,
 ``[DEFINITIONS]``, ``[BLOCKS]``, ``[RF]``, ``[GRADIENTS]``, ``[TRAP]``, ``[ADC]``, ``[DELAYS]``
-(1.3), ``[EXTENSIONS]`` (ignored here), ``[SHAPES]`` and ``[SIGNATURE]``. Units in the file:
-RF amplitude Hz (``gamma B1 / 2 pi``), gradients Hz/m, times us, ADC dwell ns, phases rad;
+(1.2 and 1.3), ``[EXTENSIONS]`` (ignored here), ``[SHAPES]`` and ``[SIGNATURE]``. Units in the
+file: RF amplitude Hz (``gamma B1 / 2 pi``), gradients Hz/m, times us, ADC dwell ns, phases rad;
 phase shapes in cycles. Shapes may be compressed: run-length encoded first differences, a
-repeated value followed by the number of further repeats.
+repeated value followed by the number of further repeats. The columns of the event tables
+differ between versions (``_LAYOUTS``); 1.2 blocks may lack the extension column.
 
-Reading: a pulse whose magnitude and phase shapes are constant (and no frequency offset) becomes
-a hard pulse, simulated as an instantaneous rotation; others are shaped. Writing: ideal
-spoiling has no Pulseq form and is refused. ``Matrix``, ``Lines``, ``TE``, ``TR``, ``TI`` and
-``FlipAngle`` definitions carry the k-space layout and protocol, so a written file reads back
-to the same simulation.
+Why a parser of our own rather than ``pypulseq`` (``benchmarks/pulseq_read.py`` measures it):
+this reader is faster than ``pypulseq.Sequence.read`` alone, names the file and line of every
+problem, checks the ``[SIGNATURE]`` md5 (pypulseq reads it without checking), and bounds a
+shape's length before expanding it (pypulseq allocates whatever ``num_samples`` says). The
+tests cross-check it against pypulseq on files of every version.
+
+Reading: a pulse whose waveform is constant (and no frequency offset) becomes a hard pulse,
+simulated as an instantaneous rotation; others are shaped. An RF time shape (pypulseq's block
+pulses have one) is resampled, linearly, at the centres of the RF raster. Not modelled, and
+refused: gradient time shapes (extended trapezoids), ppm offsets and ADC phase shapes. The 1.5
+gradient ``first``/``last`` values are not kept: ``Waveform`` holds its end samples over the
+half rasters at either end. Writing: ideal spoiling has no Pulseq form and is refused.
+``Matrix``, ``Lines``, ``TE``, ``TR``, ``TI`` and ``FlipAngle`` definitions carry the k-space
+layout and protocol, so a written file reads back to the same simulation.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -55,6 +66,41 @@ _SECTIONS = (
 _PARAMETERS = {"TE": "te", "TR": "tr", "TI": "ti", "FlipAngle": "flip_deg"}
 _LABELS = {"Spoiling": "spoil"}
 
+MAX_SHAPE_SAMPLES = 10_000_000
+"""Longest shape read (10 s of RF on a 1 us raster): checked before a shape is expanded."""
+
+# Columns of each event table by minor version (1.2 reads as 1.3); ``use`` is a letter.
+_LAYOUTS: dict[str, dict[int, tuple[str, ...]]] = {
+    "RF": {
+        3: ("id", "amp", "mag", "phase_shape", "delay", "freq", "phase"),
+        4: ("id", "amp", "mag", "phase_shape", "time", "delay", "freq", "phase"),
+        5: (
+            *("id", "amp", "mag", "phase_shape", "time", "center", "delay"),
+            *("freq_ppm", "phase_ppm", "freq", "phase", "use"),
+        ),
+    },
+    "GRADIENTS": {
+        3: ("id", "amp", "shape", "delay"),
+        4: ("id", "amp", "shape", "time", "delay"),
+        5: ("id", "amp", "first", "last", "shape", "time", "delay"),
+    },
+    "TRAP": {v: ("id", "amp", "rise", "flat", "fall", "delay") for v in (3, 4, 5)},
+    "ADC": {
+        3: ("id", "num", "dwell", "delay", "freq", "phase"),
+        4: ("id", "num", "dwell", "delay", "freq", "phase"),
+        5: (
+            *("id", "num", "dwell", "delay", "freq_ppm", "phase_ppm"),
+            *("freq", "phase", "phase_shape"),
+        ),
+    },
+    "DELAYS": {v: ("id", "delay") for v in (3, 4, 5)},
+}
+_TEXT_COLUMNS = frozenset({"use"})
+_HASH = re.compile(r"[0-9a-f]{32}")
+
+Row = tuple[int, dict[str, float]]
+"""A table row: its line number and its columns by name (``use`` dropped)."""
+
 
 class _Source:
     """Lines of a ``.seq`` file and where they came from, for error messages."""
@@ -70,20 +116,22 @@ class _Source:
 
 
 def read_seq(path: Path) -> Sequence:
-    """Read a Pulseq 1.3 or 1.4 ``.seq`` file.
+    """Read a Pulseq 1.2, 1.3, 1.4 or 1.5 ``.seq`` file.
 
     Raises:
-        InputError: The file is missing or malformed; the message names the file, the line
-            and what was expected there.
+        InputError: The file is missing, malformed, or its ``[SIGNATURE]`` does not match its
+            content; the message names the file, the line and what was expected there.
     """
     path = Path(path)
     src = _Source(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: cannot read Pulseq file ({exc})") from exc
     sections = _split(text, src)
-    version = _version(sections.get("VERSION", []), src)
+    _check_signature(data, sections.get("SIGNATURE"), src)
+    minor = max(_version(sections.get("VERSION", []), src)[1], 3)
     defs = _definitions(sections.get("DEFINITIONS", []))
     rasters = {
         name: _number(defs.get(key, [str(default)])[0], 0, src, f"{key} in seconds")
@@ -93,38 +141,25 @@ def read_seq(path: Path) -> Sequence:
             ("block", "BlockDurationRaster", BLOCK_RASTER),
         )
     }
-    shapes = _shapes(sections.get("SHAPES", []), src)
-    minor = version[1]
-    rf_cols = 8 if minor >= 4 else 7
-    grad_cols = 5 if minor >= 4 else 4
-    rfs = _table(
-        sections, "RF", rf_cols, src, "id amplitude mag_id phase_id [time_id] delay freq phase"
-    )
-    grads = _table(sections, "GRADIENTS", grad_cols, src, "id amplitude shape_id [time_id] delay")
-    traps = _table(sections, "TRAP", 6, src, "id amplitude rise flat fall delay")
-    adcs = _table(sections, "ADC", 6, src, "id num dwell delay freq phase")
-    delays = _table(sections, "DELAYS", 2, src, "id delay")
+    shapes = _shapes(sections.get("SHAPES", []), minor, src)
+    tables = {
+        name: _table(sections, name, layouts[minor], src) for name, layouts in _LAYOUTS.items()
+    }
     blocks: list[Block] = []
     for line, cols in sections.get("BLOCKS", []):
         if len(cols) not in (7, 8):
             raise src.fail(line, f"block has {len(cols)} columns", "NUM DUR RF GX GY GZ ADC [EXT]")
         ids = [_integer(c, line, src, "integer event ids") for c in cols]
-        rf = _rf(rfs, ids[2], line, shapes, rasters["rf"], minor, src) if ids[2] else None
-        g = [
-            _gradient(ids[k], traps, grads, shapes, rasters["grad"], minor, line, src)
-            for k in (3, 4, 5)
-        ]
-        adc = _adc(adcs, ids[6], line, src) if ids[6] else None
+        rf = _rf(tables["RF"], ids[2], line, shapes, rasters["rf"], src) if ids[2] else None
+        g = [_gradient(ids[k], tables, shapes, rasters["grad"], line, src) for k in (3, 4, 5)]
+        adc = _adc(tables["ADC"], ids[6], line, src) if ids[6] else None
         duration = None
         if minor >= 4:
             duration = ids[1] * rasters["block"]
         elif ids[1]:
-            if ids[1] not in delays:
-                raise src.fail(line, f"block refers to delay {ids[1]}", "an id in [DELAYS]")
-            dline, dcols = delays[ids[1]]
-            wait = _number(dcols[1], dline, src, "a delay in us") * 1e-6
+            _, delay = _row(tables["DELAYS"], ids[1], line, "delay", "[DELAYS]", src)
             events = [e for e in (rf, *g, adc) if e is not None]
-            duration = max([wait, *(e.duration for e in events)])
+            duration = max([delay["delay"] * 1e-6, *(e.duration for e in events)])
         try:
             blocks.append(Block(duration=duration, rf=rf, gx=g[0], gy=g[1], gz=g[2], adc=adc))
         except InputError as exc:
@@ -154,6 +189,30 @@ def _split(text: str, src: _Source) -> dict[str, list[tuple[int, list[str]]]]:
     return sections
 
 
+def _check_signature(data: bytes, rows: list[tuple[int, list[str]]] | None, src: _Source) -> None:
+    """Check the md5 of everything before the newline that precedes ``[SIGNATURE]``.
+
+    Unsigned files (hand-written, or from writers older than signatures) are read as they are.
+    """
+    if rows is None:
+        return
+    values = {cols[0]: cols[1:] for _, cols in rows}
+    first = min((line for line, _ in rows), default=0)
+    if values.get("Type") != ["md5"]:
+        raise src.fail(first, f"[SIGNATURE] Type {values.get('Type')}", "'Type md5'")
+    expected = values.get("Hash", [""])
+    if len(expected) != 1 or not _HASH.fullmatch(expected[0].lower()):
+        raise src.fail(first, f"[SIGNATURE] Hash {expected}", "'Hash' and 32 hex digits")
+    # The header line itself, not the comments below it that name it.
+    end = 0 if data.startswith(b"[SIGNATURE]") else data.find(b"\n[SIGNATURE]")
+    actual = hashlib.md5(data[:end], usedforsecurity=False).hexdigest()
+    if actual != expected[0].lower():
+        raise InputError(
+            f"{src.path}: [SIGNATURE] md5 {expected[0]} does not match the content's md5 "
+            f"{actual}; expected the file as its writer signed it (was it edited or truncated?)"
+        )
+
+
 def _version(rows: list[tuple[int, list[str]]], src: _Source) -> tuple[int, int]:
     values = {cols[0]: cols[1:] for _, cols in rows}
     lines = {cols[0]: line for line, cols in rows}
@@ -164,8 +223,8 @@ def _version(rows: list[tuple[int, list[str]]], src: _Source) -> tuple[int, int]
         raise src.fail(
             where, "[VERSION] lacks integer major/minor", "'major 1', 'minor 4'"
         ) from exc
-    if major != 1 or minor not in (3, 4):
-        raise src.fail(lines["major"], f"version {major}.{minor}", "Pulseq 1.3 or 1.4")
+    if major != 1 or minor not in (2, 3, 4, 5):
+        raise src.fail(lines["major"], f"version {major}.{minor}", "Pulseq 1.2 to 1.5")
     return major, minor
 
 
@@ -196,22 +255,37 @@ def _integer(text: str, line: int, src: _Source, expected: str) -> int:
 def _table(
     sections: dict[str, list[tuple[int, list[str]]]],
     name: str,
-    columns: int,
+    layout: tuple[str, ...],
     src: _Source,
-    layout: str,
-) -> dict[int, tuple[int, list[str]]]:
-    out: dict[int, tuple[int, list[str]]] = {}
+) -> dict[int, Row]:
+    out: dict[int, Row] = {}
+    columns = " ".join(layout)
     for line, cols in sections.get(name, []):
-        if len(cols) != columns:
-            raise src.fail(line, f"[{name}] row has {len(cols)} columns", f"{columns}: {layout}")
+        if len(cols) != len(layout):
+            raise src.fail(
+                line, f"[{name}] row has {len(cols)} columns", f"{len(layout)}: {columns}"
+            )
         key = _integer(cols[0], line, src, f"an integer id in [{name}]")
-        for text in cols[1:]:
-            _number(text, line, src, f"numbers: {layout}")
-        out[key] = (line, cols)
+        out[key] = (
+            line,
+            {
+                column: _number(text, line, src, f"numbers: {columns}")
+                for column, text in zip(layout, cols, strict=True)
+                if column not in _TEXT_COLUMNS
+            },
+        )
     return out
 
 
-def _shapes(rows: list[tuple[int, list[str]]], src: _Source) -> dict[int, np.ndarray]:
+def _row(
+    table: dict[int, Row], key: int, block_line: int, what: str, name: str, src: _Source
+) -> Row:
+    if key not in table:
+        raise src.fail(block_line, f"block refers to {what} {key}", f"an id in {name}")
+    return table[key]
+
+
+def _shapes(rows: list[tuple[int, list[str]]], minor: int, src: _Source) -> dict[int, np.ndarray]:
     raw: dict[int, tuple[int, int, list[float]]] = {}
     current: int | None = None
     for line, cols in rows:
@@ -225,33 +299,48 @@ def _shapes(rows: list[tuple[int, list[str]]], src: _Source) -> dict[int, np.nda
                 raise src.fail(
                     line, "num_samples outside a shape", "'num_samples M' after shape_id"
                 )
+            samples = _integer(cols[1], line, src, "'num_samples M'")
+            if samples > MAX_SHAPE_SAMPLES:
+                raise src.fail(line, f"num_samples {samples}", f"at most {MAX_SHAPE_SAMPLES}")
             first, _, data = raw[current]
-            raw[current] = (first, _integer(cols[1], line, src, "'num_samples M'"), data)
+            raw[current] = (first, samples, data)
         else:
             if current is None or raw[current][1] < 0 or len(cols) != 1:
                 raise src.fail(line, f"shape data {' '.join(cols)!r}", "one number per line")
             raw[current][2].append(_number(cols[0], line, src, "a shape sample"))
-    return {sid: _decompress(data, n, line, src) for sid, (line, n, data) in raw.items()}
+    # Before 1.4 every shape is compressed, even one as long as its samples.
+    return {
+        sid: _decompress(data, n, minor >= 4, line, src) for sid, (line, n, data) in raw.items()
+    }
 
 
-def _decompress(packed: list[float], samples: int, line: int, src: _Source) -> np.ndarray:
-    """Pulseq shape decompression: run-length decode, then cumulative sum (unless raw)."""
-    if samples == len(packed):
+def _decompress(
+    packed: list[float], samples: int, raw_if_full: bool, line: int, src: _Source
+) -> np.ndarray:
+    """Pulseq shape decompression: run-length decode, then cumulative sum (unless stored raw).
+
+    The decoded length is counted before anything is expanded, so a repeat count such as
+    ``1e12`` is refused instead of allocated.
+    """
+    if raw_if_full and samples == len(packed):
         return np.asarray(packed)
-    out: list[float] = []
+    values: list[float] = []
+    counts: list[int] = []
     i = 0
     while i < len(packed):
         if i + 1 < len(packed) and packed[i] == packed[i + 1]:
             if i + 2 >= len(packed) or packed[i + 2] != int(packed[i + 2]) or packed[i + 2] < 0:
                 raise src.fail(line, "a repeated value without a repeat count", "value value count")
-            out += [packed[i]] * (int(packed[i + 2]) + 2)
+            values.append(packed[i])
+            counts.append(int(packed[i + 2]) + 2)
             i += 3
         else:
-            out.append(packed[i])
+            values.append(packed[i])
+            counts.append(1)
             i += 1
-    if len(out) != samples:
-        raise src.fail(line, f"shape decompresses to {len(out)} samples", f"num_samples {samples}")
-    return np.cumsum(out)
+    if (total := sum(counts)) != samples:
+        raise src.fail(line, f"shape decompresses to {total} samples", f"num_samples {samples}")
+    return np.cumsum(np.repeat(values, counts))
 
 
 def _shape(shapes: dict[int, np.ndarray], sid: int, line: int, src: _Source) -> np.ndarray:
@@ -260,74 +349,91 @@ def _shape(shapes: dict[int, np.ndarray], sid: int, line: int, src: _Source) -> 
     return shapes[sid]
 
 
+def _no_ppm(row: dict[str, float], line: int, what: str, src: _Source) -> None:
+    if row.get("freq_ppm", 0) or row.get("phase_ppm", 0):
+        raise src.fail(line, f"{what} with ppm offsets", "freqPPM 0 and phasePPM 0")
+
+
 def _rf(
-    rfs: dict[int, tuple[int, list[str]]],
+    rfs: dict[int, Row],
     rid: int,
     block_line: int,
     shapes: dict[int, np.ndarray],
     raster: float,
-    minor: int,
     src: _Source,
 ) -> RF:
-    if rid not in rfs:
-        raise src.fail(block_line, f"block refers to RF {rid}", "an id in [RF]")
-    line, cols = rfs[rid]
-    values = [float(c) for c in cols]
-    amplitude, mag_id, phase_id = values[1], int(values[2]), int(values[3])
-    if minor >= 4 and int(values[4]) != 0:
-        raise src.fail(line, "RF with a time shape", "time_shape_id 0 (regular raster)")
-    delay, freq, phase = (v for v in values[-3:])
-    mag = _shape(shapes, mag_id, line, src)
-    cycles = _shape(shapes, phase_id, line, src)
+    line, row = _row(rfs, rid, block_line, "RF", "[RF]", src)
+    _no_ppm(row, line, "RF", src)
+    mag = _shape(shapes, int(row["mag"]), line, src)
+    cycles = _shape(shapes, int(row["phase_shape"]), line, src)
     if mag.size != cycles.size:
         raise src.fail(line, f"RF shapes of {mag.size} and {cycles.size} samples", "equal lengths")
-    waveform = 2 * np.pi * amplitude * mag * np.exp(2j * np.pi * cycles)
-    if freq == 0 and np.ptp(mag) == 0 and np.ptp(cycles) == 0:
-        return RF(waveform=waveform[:1], raster=mag.size * raster, delay=delay * 1e-6, phase=phase)
-    return RF(waveform=waveform, raster=raster, delay=delay * 1e-6, phase=phase, freq_offset=freq)
+    waveform = 2 * np.pi * row["amp"] * mag * np.exp(2j * np.pi * cycles)
+    if time_id := int(row.get("time", 0)):
+        waveform = _on_raster(waveform, _shape(shapes, time_id, line, src), line, src)
+    delay, freq, phase = row["delay"] * 1e-6, row["freq"], row["phase"]
+    if freq == 0 and np.ptp(np.abs(waveform)) == 0 and np.ptp(np.angle(waveform)) == 0:
+        return RF(waveform=waveform[:1], raster=waveform.size * raster, delay=delay, phase=phase)
+    return RF(waveform=waveform, raster=raster, delay=delay, phase=phase, freq_offset=freq)
+
+
+def _on_raster(waveform: np.ndarray, times: np.ndarray, line: int, src: _Source) -> np.ndarray:
+    """An RF waveform given at ``times`` (in rasters), linear in between, at raster centres."""
+    if times.size != waveform.size or times[0] < 0 or np.any(np.diff(times) < 0):
+        raise src.fail(
+            line,
+            f"RF time shape of {times.size} samples from {times[0]} to {times[-1]}",
+            f"{waveform.size} non-decreasing times >= 0",
+        )
+    count = math.ceil(times[-1] - 1e-9)
+    if not 1 <= count <= MAX_SHAPE_SAMPLES:
+        raise src.fail(line, f"RF time shape lasting {count} rasters", f"1 to {MAX_SHAPE_SAMPLES}")
+    centres = np.arange(count) + 0.5
+    real = np.interp(centres, times, waveform.real, left=0.0, right=0.0)
+    imag = np.interp(centres, times, waveform.imag, left=0.0, right=0.0)
+    return real + 1j * imag
 
 
 def _gradient(
     gid: int,
-    traps: dict[int, tuple[int, list[str]]],
-    grads: dict[int, tuple[int, list[str]]],
+    tables: dict[str, dict[int, Row]],
     shapes: dict[int, np.ndarray],
     raster: float,
-    minor: int,
     block_line: int,
     src: _Source,
 ) -> Gradient | None:
     if gid == 0:
         return None
-    if gid in traps:
-        _, cols = traps[gid]
-        amp, rise, flat, fall, delay = (float(c) for c in cols[1:])
+    if gid in tables["TRAP"]:
+        _, row = tables["TRAP"][gid]
         return Trapezoid(
-            amplitude=amp / GAMMA_HZ,
-            rise=rise * 1e-6,
-            flat=flat * 1e-6,
-            fall=fall * 1e-6,
-            delay=delay * 1e-6,
+            amplitude=row["amp"] / GAMMA_HZ,
+            rise=row["rise"] * 1e-6,
+            flat=row["flat"] * 1e-6,
+            fall=row["fall"] * 1e-6,
+            delay=row["delay"] * 1e-6,
         )
-    if gid in grads:
-        line, cols = grads[gid]
-        amp, sid = float(cols[1]), int(cols[2])
-        if minor >= 4 and int(cols[3]) != 0:
-            raise src.fail(line, "gradient with a time shape", "time_shape_id 0 (regular raster)")
-        shape = _shape(shapes, sid, line, src)
-        return Waveform(samples=amp / GAMMA_HZ * shape, raster=raster, delay=float(cols[-1]) * 1e-6)
-    raise src.fail(block_line, f"block refers to gradient {gid}", "an id in [TRAP] or [GRADIENTS]")
+    line, row = _row(tables["GRADIENTS"], gid, block_line, "gradient", "[TRAP] or [GRADIENTS]", src)
+    if int(row.get("time", 0)) != 0:
+        raise src.fail(line, "gradient with a time shape", "time_shape_id 0 (regular raster)")
+    shape = _shape(shapes, int(row["shape"]), line, src)
+    return Waveform(samples=row["amp"] / GAMMA_HZ * shape, raster=raster, delay=row["delay"] * 1e-6)
 
 
-def _adc(adcs: dict[int, tuple[int, list[str]]], aid: int, block_line: int, src: _Source) -> ADC:
-    if aid not in adcs:
-        raise src.fail(block_line, f"block refers to ADC {aid}", "an id in [ADC]")
-    line, cols = adcs[aid]
-    num = _integer(cols[1], line, src, "an integer sample count")
-    dwell, delay, freq, phase = (float(c) for c in cols[2:])
+def _adc(adcs: dict[int, Row], aid: int, block_line: int, src: _Source) -> ADC:
+    line, row = _row(adcs, aid, block_line, "ADC", "[ADC]", src)
+    _no_ppm(row, line, "ADC", src)
+    if int(row.get("phase_shape", 0)) != 0:
+        raise src.fail(line, "ADC with a phase shape", "phase_id 0")
+    if row["num"] != int(row["num"]):
+        raise src.fail(line, f"{row['num']} is not an integer", "an integer sample count")
     try:
         return ADC(
-            samples=num, dwell=dwell * 1e-9, delay=delay * 1e-6, phase=phase, freq_offset=freq
+            samples=int(row["num"]),
+            dwell=row["dwell"] * 1e-9,
+            delay=row["delay"] * 1e-6,
+            phase=row["phase"],
+            freq_offset=row["freq"],
         )
     except InputError as exc:
         raise src.fail(line, str(exc), "a valid ADC event") from exc

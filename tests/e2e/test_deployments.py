@@ -155,9 +155,7 @@ def test_cli_runs_distributed_training_on_two_processes(api, deployed, process_w
     write_synthetic_set(str(tmp_path / "set"), train=32, validation=8, size=16)
     params = {
         "dataset": str(tmp_path / "set"),
-        "model_options": {"width": 8},
-        "epochs": 2,
-        "checkpoint_every": 2,
+        "settings": {"model_options": {"width": 8}, "epochs": 2, "checkpoint_every": 2},
     }
     out = api.cli("deployment", "run", "distributed-training/local", "--params", json.dumps(params))
     flow_run = wait_for_terminal(flow_run_id_from(out.stdout))

@@ -23,6 +23,7 @@ import pytest
 import torch
 from prefect import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+from prefect.exceptions import ParameterTypeError
 
 from flows.distributed_training import TrainingResult, distributed_training
 from tasks.errors import InputError
@@ -56,6 +57,15 @@ LONG_STEPS = 32
 DEADLINE_S = 120.0
 
 
+def _train(
+    dataset: str, *, output: str | None = None, return_state: bool = False, **settings: Any
+) -> Any:
+    """The flow, with ``settings`` a dict of TrainingSettings fields as the CLI sends them."""
+    return distributed_training(
+        dataset, settings=settings, output=output, return_state=return_state
+    )
+
+
 def _isolated_run(root: Path, **kwargs: Any) -> TrainingResult:
     """A flow run outside the per-test directories (for module-scoped fixtures)."""
     with pytest.MonkeyPatch.context() as patch:
@@ -63,7 +73,7 @@ def _isolated_run(root: Path, **kwargs: Any) -> TrainingResult:
         patch.setenv("SCIFLOW_SCRATCH_ROOT", str(root / "scratch"))
         get_settings.cache_clear()
         try:
-            return distributed_training(**kwargs)
+            return _train(**kwargs)
         finally:
             get_settings.cache_clear()
 
@@ -117,7 +127,7 @@ def _artifacts(flow_run_id: Any) -> list[Any]:
 
 def _run(**kwargs: Any) -> tuple[TrainingResult, Any]:
     """Run the flow; its result and flow run id."""
-    state = distributed_training(**kwargs, return_state=True)
+    state = _train(**kwargs, return_state=True)
     assert state.is_completed(), state.message
     return state.result(), state.state_details.flow_run_id
 
@@ -264,7 +274,7 @@ def _kill_a_rank_after_step_4(output: Path, **kwargs: Any) -> tuple[Any, int]:
     states: list[Any] = []
 
     def run_in_background() -> None:
-        states.append(distributed_training(output=str(output), **kwargs, return_state=True))
+        states.append(_train(output=str(output), **kwargs, return_state=True))
 
     runner = threading.Thread(target=run_in_background, daemon=True)
     runner.start()
@@ -332,7 +342,7 @@ def test_with_a_restart_left_torchrun_resumes_within_the_same_flow_run(
 def _refused(output: Path, match: str, **kwargs: Any) -> InputError:
     """The flow raises InputError matching ``match`` without writing config.json."""
     with pytest.raises(InputError, match=match) as caught:
-        distributed_training(output=str(output), **kwargs)
+        _train(output=str(output), **kwargs)
     assert not (output / "config.json").exists()  # no process was given a config to read
     return caught.value
 
@@ -367,7 +377,7 @@ def test_an_unknown_model_is_refused_listing_the_known_ones(tmp_path, dataset):
 def test_checkpoints_of_another_model_are_refused_and_left_untouched(linear_output, dataset):
     before = _checkpoint_bytes(linear_output)
     with pytest.raises(InputError) as caught:
-        distributed_training(dataset, output=str(linear_output), **TINY_UNET)
+        _train(dataset, output=str(linear_output), **TINY_UNET)
     message = str(caught.value)
     assert "linear" in message, message
     assert "unet" in message, message
@@ -377,7 +387,7 @@ def test_checkpoints_of_another_model_are_refused_and_left_untouched(linear_outp
 def test_resume_false_over_existing_checkpoints_is_refused_and_leaves_them(linear_output, dataset):
     before = _checkpoint_bytes(linear_output)
     with pytest.raises(InputError, match=r"resume=False"):
-        distributed_training(
+        _train(
             dataset,
             model="linear",
             procs_per_node=1,
@@ -404,9 +414,33 @@ def test_nccl_without_a_gpu_is_refused(tmp_path, dataset):
              backend="nccl")  # fmt: skip
 
 
+def _refused_settings(output: Path, match: str, **kwargs: Any) -> None:
+    """Prefect refuses the settings before the flow starts: no config.json is written."""
+    with pytest.raises(ParameterTypeError, match=match):
+        _train(output=str(output), **kwargs)
+    assert not (output / "config.json").exists()
+
+
 def test_a_batch_that_does_not_split_over_the_processes_is_refused(tmp_path, dataset):
-    _refused(tmp_path / "out", "batch_size=7 does not split over 2 processes", dataset=dataset,
-             **TINY_UNET, batch_size=7)  # fmt: skip
+    _refused_settings(tmp_path / "out", "batch_size=7 does not split over 2 processes",
+                      dataset=dataset, **TINY_UNET, batch_size=7)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        ({"epochs": 0}, r"settings.epochs: Input should be greater than or equal to 1"),
+        ({"epoch": 2}, r"settings.epoch: Extra inputs are not permitted"),
+        ({"strategy": "allreduce"}, r"settings.strategy: Input should be 'ddp' or 'parameter_s"),
+    ],
+)
+def test_settings_given_as_a_dict_are_refused_naming_the_field(tmp_path, dataset, settings, match):
+    _refused_settings(tmp_path / "out", match, dataset=dataset, **TINY_UNET, **settings)
+
+
+def test_more_than_one_node_on_the_local_unit_is_refused(tmp_path, dataset):
+    _refused(tmp_path / "out", r"nodes=2 on the local unit 'local'; expected 1", dataset=dataset,
+             **TINY_UNET, nodes=2, procs_per_node=1)  # fmt: skip
 
 
 def test_a_sample_file_of_the_wrong_shape_fails_the_run_naming_the_file(tmp_path):
@@ -418,4 +452,4 @@ def test_a_sample_file_of_the_wrong_shape_fails_the_run_naming_the_file(tmp_path
     bad = root / manifest["train"][3]["input"]
     np.save(bad, np.zeros((1, 8, 8), dtype=np.float32))
     with pytest.raises(InputError, match=rf"mismatched data set: .*{bad.name}.*\(1, 16, 16\)"):
-        distributed_training(str(root), output=str(tmp_path / "out"), **TINY_UNET, max_restarts=0)
+        _train(str(root), output=str(tmp_path / "out"), **TINY_UNET, max_restarts=0)

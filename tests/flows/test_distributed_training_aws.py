@@ -106,16 +106,10 @@ def _finished_job_id(batch: Any) -> str:
 
 
 def _train(unit: str, **params: Any) -> Any:
-    defaults: dict[str, Any] = {
-        "dataset": DATASET,
-        "model": "linear",
-        "procs_per_node": 2,
-        "batch_size": 8,
-        "max_steps": 12,
-        "output": OUTPUT,
-        "unit": unit,
-    }
-    return distributed_training(**(defaults | params))
+    settings: dict[str, Any] = {"model": "linear", "procs_per_node": 2, "batch_size": 8}
+    return distributed_training(
+        DATASET, settings=settings | {"max_steps": 12} | params, output=OUTPUT, unit=unit
+    )
 
 
 # DDP: one Batch job.

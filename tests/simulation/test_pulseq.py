@@ -1,4 +1,5 @@
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ from tasks.simulation.phantoms import coil_maps, shepp_logan, spins
 from tasks.simulation.pulseq import read_seq, write_seq
 from tasks.simulation.sequence import (
     ADC,
+    GAMMA_HZ,
     RF,
     Block,
     Sequence,
@@ -110,7 +112,8 @@ BASE = (
     ("old", "new", "match"),
     [
         ("[RF]", "[PULSES]", r"bad.seq:12: unknown section '\[PULSES\]'; expected one of"),
-        ("minor 4", "minor 6", r"bad.seq:2: version 1.6; expected Pulseq 1.3 or 1.4"),
+        ("minor 4", "minor 6", r"bad.seq:2: version 1.6; expected Pulseq 1.2 to 1.5"),
+        ("minor 4", "minor 1", r"bad.seq:2: version 1.1; expected Pulseq 1.2 to 1.5"),
         (
             "1 2500 1 1 0 0 0 0",
             "1 2500 1 1 0 0",
@@ -152,3 +155,149 @@ def test_missing_file_and_ideal_spoiling_are_refused(tmp_path):
     with pytest.raises(InputError, match="ideal spoiling; expected spoil='rf'"):
         write_seq(gre(matrix=(4, 4), spoil="ideal"), tmp_path / "ideal.seq")
     assert not list(Path(tmp_path).glob("*ideal*"))
+
+
+# --- every version, the signature and bounded shapes ------------------------------------------
+
+FIXTURES = Path(__file__).parent / "data" / "pulseq"
+VERSIONS = ["v1_2", "v1_3", "v1_4", "v1_5"]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_every_version_reads_its_hard_pulse_delay_readout_and_gradients(version):
+    seq = read_seq(FIXTURES / f"{version}.seq")
+    hard, delay = seq.blocks[0], seq.blocks[1]
+    assert hard.rf.is_hard
+    assert hard.rf.flip == pytest.approx(math.pi / 2)
+    assert hard.duration == pytest.approx(1e-4)
+    assert delay.duration == pytest.approx(5e-4)
+    assert not delay.events()
+    readout = next(b for b in seq.blocks if b.adc is not None)
+    assert (readout.adc.samples, readout.adc.dwell) == (32, pytest.approx(2e-5))
+    assert readout.adc.phase == pytest.approx(0.5)
+    assert readout.duration == pytest.approx(7.2e-4)
+    assert isinstance(seq.blocks[-1].gy, Waveform)
+
+
+def _expanded_rf_hz(rf: RF) -> np.ndarray:
+    steps = round(rf.raster / 1e-6)
+    return np.repeat(rf.waveform, steps) / (2 * np.pi)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_every_version_reads_the_events_pypulseq_reads(version):
+    pp = pytest.importorskip("pypulseq")
+    path = FIXTURES / f"{version}.seq"
+    theirs = pp.Sequence()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pypulseq's notices on older versions and rasters
+        theirs.read(str(path))
+    ours = read_seq(path)
+    assert len(ours.blocks) == len(theirs.block_events)
+    for block, key in zip(ours.blocks, theirs.block_events, strict=True):
+        other = theirs.get_block(key)
+        assert block.duration == pytest.approx(theirs.block_durations[key], abs=1e-12)
+        assert (block.rf is None) == (other.rf is None)
+        if block.rf is not None:
+            centres = (np.arange(_expanded_rf_hz(block.rf).size) + 0.5) * 1e-6
+            expected = np.interp(centres, other.rf.t, other.rf.signal.real)
+            np.testing.assert_allclose(_expanded_rf_hz(block.rf).real, expected, atol=1e-9)
+            assert (block.rf.delay, block.rf.phase, block.rf.freq_offset) == pytest.approx(
+                (other.rf.delay, other.rf.phase_offset, other.rf.freq_offset)
+            )
+        for ours_g, axis in zip(block.gradients, "xyz", strict=True):
+            their_g = getattr(other, f"g{axis}")
+            assert (ours_g is None) == (their_g is None)
+            if isinstance(ours_g, Trapezoid):
+                got = (ours_g.amplitude * GAMMA_HZ, ours_g.rise, ours_g.flat, ours_g.fall)
+                want = (their_g.amplitude, their_g.rise_time, their_g.flat_time, their_g.fall_time)
+                assert got == pytest.approx(want, rel=1e-12, abs=1e-12)
+            elif ours_g is not None:
+                np.testing.assert_allclose(ours_g.samples * GAMMA_HZ, their_g.waveform, rtol=1e-12)
+            if ours_g is not None:
+                assert ours_g.delay == pytest.approx(their_g.delay, abs=1e-12)
+        assert (block.adc is None) == (other.adc is None)
+        if block.adc is not None:
+            a, b = block.adc, other.adc
+            assert a.samples == b.num_samples
+            assert (a.dwell, a.delay, a.phase, a.freq_offset) == pytest.approx(
+                (b.dwell, b.delay, b.phase_offset, b.freq_offset), abs=1e-12
+            )
+
+
+def test_before_1_4_a_shape_as_long_as_its_samples_is_still_compressed(tmp_path):
+    text = (FIXTURES / "v1_3.seq").read_text()
+    packed = "shape_id 3\nnum_samples 5\n0.1\n0.1\n2\n0.4\n"
+    assert packed in text
+    path = tmp_path / "v13.seq"
+    path.write_text(text.replace(packed, "shape_id 3\nnum_samples 4\n0.1\n0.2\n0.3\n0.4\n"))
+    ramp = read_seq(path).blocks[-1].gy.samples * GAMMA_HZ
+    np.testing.assert_allclose(ramp, 1e5 * np.array([0.1, 0.3, 0.6, 1.0]), rtol=1e-12)
+
+
+@pytest.mark.parametrize("version", ["v1_4", "v1_5"])
+def test_a_file_changed_after_signing_is_refused(tmp_path, version):
+    text = (FIXTURES / f"{version}.seq").read_text()
+    path = tmp_path / "tampered.seq"
+    path.write_text(text.replace("640  40   0", "650  40   0", 1))
+    with pytest.raises(
+        InputError,
+        match=r"tampered.seq: \[SIGNATURE\] md5 [0-9a-f]{32} does not match the content's md5 "
+        r"[0-9a-f]{32}; expected the file as its writer signed it",
+    ):
+        read_seq(path)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "match"),
+    [
+        ("Type md5", "Type sha1", r"\[SIGNATURE\] Type \['sha1'\]; expected 'Type md5'"),
+        ("Hash ", "Hash 12", r"\[SIGNATURE\] Hash \['12[0-9a-f]{32}'\]; expected 'Hash' and 32"),
+    ],
+)
+def test_a_signature_of_another_kind_is_refused(tmp_path, old, new, match):
+    path = tmp_path / "odd.seq"
+    path.write_text((FIXTURES / "v1_5.seq").read_text().replace(old, new, 1))
+    with pytest.raises(InputError, match=match):
+        read_seq(path)
+
+
+def test_an_unsigned_file_and_our_own_signed_file_read(tmp_path):
+    signed = write_seq(gre(matrix=(4, 4)), tmp_path / "signed.seq")
+    body = signed.read_text().split("\n[SIGNATURE]")[0] + "\n"
+    unsigned = tmp_path / "unsigned.seq"
+    unsigned.write_text(body)
+    assert len(read_seq(signed).blocks) == len(read_seq(unsigned).blocks)
+
+
+@pytest.mark.parametrize(
+    ("samples", "match"),
+    [
+        (100, r"bad.seq:17: shape decompresses to 1000000000002 samples; expected num_samples 100"),
+        (10**12, r"bad.seq:18: num_samples 1000000000000; expected at most 10000000"),
+    ],
+)
+def test_a_run_length_beyond_the_shape_is_refused_before_expanding(tmp_path, samples, match):
+    path = tmp_path / "bad.seq"
+    path.write_text(
+        BASE.replace("num_samples 100\n1\n0\n0\n97\n", f"num_samples {samples}\n1\n1\n1e12\n")
+    )
+    with pytest.raises(InputError, match=match):
+        read_seq(path)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "match"),
+    [
+        ("0 0 0 0 0.3 u", "0 1.5 0 0 0.3 u", r"RF with ppm offsets; expected freqPPM 0"),
+        ("0 0 0 0.5 0", "0 0 0 0.5 6", r"ADC with a phase shape; expected phase_id 0"),
+        ("0            0 6 0 0", "0            0 6 3 0", r"gradient with a time shape"),
+    ],
+)
+def test_1_5_features_the_model_lacks_are_refused_by_name(tmp_path, old, new, match):
+    text = (FIXTURES / "v1_5.seq").read_text().split("\n[SIGNATURE]")[0] + "\n"
+    assert old in text
+    path = tmp_path / "v15.seq"
+    path.write_text(text.replace(old, new, 1))
+    with pytest.raises(InputError, match=match):
+        read_seq(path)
