@@ -46,7 +46,10 @@ class Settings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO",
-        description="Level of sciflow's logger outside Prefect runs (inside, Prefect's applies).",
+        description=(
+            "Level of sciflow's logger outside Prefect runs (inside, Prefect's applies); "
+            "DEBUG also lets Dask's INFO lines through."
+        ),
     )
     part_size_mib: int = Field(
         64, ge=5, le=5120, description="S3 multipart part size and threshold, in MiB."
