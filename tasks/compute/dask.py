@@ -85,7 +85,10 @@ def cluster_spec(
         "scheduler_timeout": fargate.scheduler_timeout,
         "fargate_spot": fargate.fargate_spot,
         "tags": dict(tags),
-        "skip_cleanup": False,
+        # False would make dask-cloudprovider delete every idle dask-cloudprovider cluster,
+        # role and security group in the account, whoever made them; a run removes only its
+        # own (its launch record, then its tags).
+        "skip_cleanup": True,
     }
     if workers.worker_gpu:
         kwargs["worker_gpu"] = workers.worker_gpu

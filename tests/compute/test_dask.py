@@ -98,7 +98,7 @@ def test_fargate_cluster_gets_exactly_the_units_settings():
         "scheduler_timeout": "15 minutes",
         "fargate_spot": False,
         "tags": TAGS,
-        "skip_cleanup": False,
+        "skip_cleanup": True,
     }
 
 
