@@ -8,12 +8,14 @@ from pydantic import BaseModel, Field
 from blocks.compute_unit import load_unit
 from tasks.cleanup.sweep import (
     Check,
+    check_run_id,
     find_partial_writes,
     record_cleanup,
     sweep_scratch,
 )
 from tasks.compute.hooks import sciflow_flow
 from tasks.compute.launches import LaunchRecord
+from tasks.errors import SciflowError
 from tasks.progress import publish_summary
 
 
@@ -30,7 +32,13 @@ def stop_recorded_launches(unit: str, run_id: str) -> Check:
     """Stop whatever the run's launch record still holds (its own hooks may not have run)."""
     compute_unit = load_unit(unit)
     record = LaunchRecord(compute_unit.object_store(), compute_unit.run_dir(run_id))
-    stopped = record.stop_all(f"secure cleanup of flow run {run_id}")
+    try:
+        stopped = record.stop_all(f"secure cleanup of flow run {run_id}")
+    except SciflowError as exc:  # the others were stopped; what failed stays recorded
+        return Check("launches stopped", False, str(exc))
+    if left := record.launches():
+        names = ", ".join(f"{launch.kind} {launch.id}" for launch in left)
+        return Check("launches stopped", False, f"still recorded: {names}")
     detail = ", ".join(f"{launch.kind} {launch.id}" for launch in stopped) or "none left"
     return Check("launches stopped", True, detail)
 
@@ -53,9 +61,13 @@ def secure_cleanup(run_id: str, unit: str = "local") -> CleanupResult:
     """Clean up after the flow run ``run_id`` and write ``cleanup.json`` in its directory.
 
     Args:
-        run_id: The flow run whose leftovers to sweep.
+        run_id: The flow run whose leftovers to sweep (its UUID).
         unit: The compute unit it ran on.
+
+    Raises:
+        InputError: ``run_id`` is not a flow-run id; nothing is touched.
     """
+    check_run_id(run_id)
     checks = [
         stop_recorded_launches(unit, run_id),
         sweep_local_scratch(run_id),

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from tasks.errors import InputError
 from tasks.settings import get_settings
 from tasks.storage.objects import Location, ObjectStore
+
+# Names writers give files before renaming them into place (ObjectStore, ``.<name>.<hex>.tmp``).
+TEMPORARY = ".*.tmp"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,29 +46,74 @@ class CleanupRecord:
         return json.dumps({**asdict(self), "ok": self.ok}, indent=2)
 
 
+def check_run_id(run_id: str) -> str:
+    """``run_id`` if it is a flow-run id (a UUID in canonical form), else an InputError.
+
+    It becomes part of paths that are deleted: ``"/home/me"`` joined onto the scratch root
+    would replace it, and ``""`` would name every run's scratch.
+    """
+    try:
+        canonical = str(uuid.UUID(run_id))
+    except (ValueError, TypeError, AttributeError):
+        canonical = None
+    if canonical != run_id:
+        raise InputError(
+            f"run_id={run_id!r} is not a flow-run id; expected a UUID such as "
+            "'0b9d2c4e-6f3a-4d1e-9c7b-2a5f8e1d3c6b' (the run's id in the Prefect UI)"
+        )
+    return run_id
+
+
+def run_scratch(run_id: str, scratch_root: Path | None = None) -> Path:
+    """The run's scratch directory, refused unless it lies inside the scratch root.
+
+    Raises:
+        InputError: ``run_id`` is not a flow-run id, or its directory is a symlink (which
+            could point anywhere).
+    """
+    root = (scratch_root or get_settings().scratch_root).resolve()
+    path = root / check_run_id(run_id)
+    if path.is_symlink():
+        raise InputError(
+            f"scratch of run {run_id} is a symlink to {path.readlink()}; expected a directory "
+            f"under {root}: nothing was deleted"
+        )
+    return path
+
+
 def sweep_scratch(run_id: str, scratch_root: Path | None = None) -> Check:
     """Delete a run's local scratch directory and verify it is gone."""
-    root = (scratch_root or get_settings().scratch_root) / run_id
+    root = run_scratch(run_id, scratch_root)
     count = sum(1 for p in root.rglob("*") if p.is_file()) if root.exists() else 0
-    shutil.rmtree(root, ignore_errors=True)
+    problem = ""
+    try:
+        shutil.rmtree(root)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        problem = f": {exc}"
     gone = not root.exists()
-    detail = f"removed {count} files under {root}" if gone else f"{root} still exists"
+    detail = f"removed {count} files under {root}" if gone else f"{root} still exists{problem}"
     return Check("scratch removed", gone, detail)
 
 
 def find_partial_writes(store: ObjectStore, run_root: str) -> Check:
-    """Verify no temporary (half-written) file is left in a local run directory.
+    """Remove temporary (half-written) files from a local run directory; verify none is left.
 
     On S3 an incomplete multipart upload is invisible and is aborted by the writer or the
-    bucket's lifecycle rule, so only local directories need this check.
+    bucket's lifecycle rule, so only local directories are checked here.
     """
     loc = Location.parse(run_root)
     if loc.is_s3 or not loc.path.is_dir():
-        return Check("no partial writes", True, f"nothing to check under {run_root}")
-    leftovers = sorted(str(p) for p in loc.path.rglob(".*.tmp"))
-    for path in leftovers:
-        Path(path).unlink(missing_ok=True)
-    detail = f"removed {len(leftovers)} temporary files" if leftovers else "none found"
+        return Check("no partial writes", True, f"no local directory at {run_root}")
+    found = sorted(loc.path.rglob(TEMPORARY))
+    for path in found:
+        with contextlib.suppress(OSError):  # whatever stays is reported below
+            path.unlink(missing_ok=True)
+    left = sorted(str(p) for p in loc.path.rglob(TEMPORARY))
+    if left:
+        return Check("no partial writes", False, f"{len(left)} temporary files remain: {left}")
+    detail = f"removed {len(found)} temporary files" if found else "none found"
     return Check("no partial writes", True, detail)
 
 
