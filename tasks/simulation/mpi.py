@@ -183,7 +183,7 @@ def run_mpi(
         preexec_fn=kill_with_parent,
     )
     record = current_record()  # the flow run's stop hook kills what is recorded there
-    launch = record.add(process_launch(proc.pid, "mpiexec")) if record is not None else None
+    recorded = record.add(process_launch(proc.pid, "mpiexec")) if record is not None else None
     lines: queue.Queue[tuple[str, str | None]] = queue.Queue()
     readers = [
         threading.Thread(target=read_lines, args=(stream, name, lines), daemon=True)
@@ -192,7 +192,7 @@ def run_mpi(
     for reader in readers:
         reader.start()
     errors: dict[int | None, deque[str]] = {}
-    launch: list[list[str]] | None = [] if launcher == "manual" else None
+    proxies: list[list[str]] | None = [] if launcher == "manual" else None
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     open_streams = len(readers)
     try:
@@ -209,14 +209,14 @@ def run_mpi(
             if line is None:
                 open_streams -= 1
                 continue
-            if launch is not None and stream == "out":
+            if proxies is not None and stream == "out":
                 if line.startswith(_LAUNCH_PREFIX):
-                    launch.append(shlex.split(line.removeprefix(_LAUNCH_PREFIX)))
+                    proxies.append(shlex.split(line.removeprefix(_LAUNCH_PREFIX)))
                     continue
                 if line.strip() == _LAUNCH_END:
                     if on_proxies is not None:  # _command insists on it
-                        on_proxies(launch)
-                    launch = None
+                        on_proxies(proxies)
+                    proxies = None
                     continue
             rank, text = parse_rank_line(line, style)
             if stream == "err" or (style == "gforker" and line.startswith(f"{rank}(err)>")):
@@ -231,8 +231,8 @@ def run_mpi(
     finally:
         if proc.poll() is None:
             _stop(proc)
-        if record is not None and launch is not None:
-            record.done(launch)
+        if record is not None and recorded is not None:
+            record.done(recorded)
     if returncode != 0:
         raise MpiError(
             _failure_message(argv, ranks, returncode, errors), returncode, _lists(errors)

@@ -168,3 +168,26 @@ def test_the_manual_launcher_needs_someone_to_start_the_proxies(tmp_path):
 def test_hosts_and_hostfile_together_are_an_input_error(tmp_path):
     with pytest.raises(InputError, match="not both"):
         run_mpi(["true"], 1, hosts=["127.0.0.1"], hostfile=tmp_path / "hostfile")
+
+
+def test_a_job_run_in_a_flow_is_recorded_while_it_runs_and_forgotten_after(sciflow_dirs):
+    from prefect import flow
+
+    from tasks.compute.launches import current_record
+
+    seen: list[int] = []
+
+    @flow
+    def hello() -> int:
+        record = current_record()
+        assert record is not None
+
+        def count_recorded(rank: int | None, line: str) -> None:
+            seen.append(len(record.launches()))
+
+        run_mpi(mpi4py_argv(HELLO), 2, on_line=count_recorded, timeout_s=JOB_TIMEOUT_S)
+        return len(record.launches())
+
+    assert hello() == 0  # forgotten once mpiexec ended, before the flow's stop hook ran
+    assert seen
+    assert max(seen) == 1  # recorded while its ranks printed
