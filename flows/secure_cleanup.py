@@ -30,8 +30,7 @@ class CleanupResult(BaseModel):
 @task
 def stop_recorded_launches(unit: str, run_id: str) -> Check:
     """Stop whatever the run's launch record still holds (its own hooks may not have run)."""
-    compute_unit = load_unit(unit)
-    record = LaunchRecord(compute_unit.object_store(), compute_unit.run_dir(run_id))
+    record = LaunchRecord.of_run(load_unit(unit), run_id)
     try:
         stopped = record.stop_all(f"secure cleanup of flow run {run_id}")
     except SciflowError as exc:  # the others were stopped; what failed stays recorded

@@ -12,10 +12,9 @@ from typing import Any
 
 from prefect import flow
 
-from blocks.compute_unit import load_unit
 from tasks.cleanup.sweep import find_partial_writes, record_cleanup, sweep_scratch
 from tasks.compute.batch_worker import TERMINATE_REASON, terminate_own_job
-from tasks.compute.launches import LaunchRecord
+from tasks.compute.launches import LaunchRecord, unit_of
 from tasks.progress import run_logger
 
 
@@ -24,8 +23,7 @@ def stop_launches(flow: Any, flow_run: Any, state: Any) -> None:
 
     Reads the record from the run directory, so it works in whichever process Prefect runs it.
     """
-    unit = load_unit((flow_run.parameters or {}).get("unit") or None)
-    record = LaunchRecord(unit.object_store(), unit.run_dir(str(flow_run.id)))
+    record = LaunchRecord.of_run(unit_of(flow_run.parameters), str(flow_run.id))
     stopped = record.stop_all(f"Prefect flow run {flow_run.id} was {state.name.lower()}")
     if stopped:
         run_logger().info(
@@ -42,9 +40,8 @@ def cleanup_on_exit(flow: Any, flow_run: Any, state: Any) -> None:
     Hooks run in the flow run's process, so this calls the checks directly rather than
     starting a subflow whose own run could be cancelled with its parent.
     """
-    unit_name = (flow_run.parameters or {}).get("unit") or None
     run_id = str(flow_run.id)
-    compute_unit = load_unit(unit_name)
+    compute_unit = unit_of(flow_run.parameters)
     root = compute_unit.run_dir(run_id)
     store = compute_unit.object_store()
     checks = [sweep_scratch(run_id), find_partial_writes(store, root)]

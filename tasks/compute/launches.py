@@ -17,13 +17,17 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from tasks.aws.clients import AwsAccount, call, client, error_code
 from tasks.errors import SciflowError
 from tasks.storage.objects import ObjectStore, join_uri
+
+if TYPE_CHECKING:
+    from blocks.compute_unit import ComputeUnit
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +111,11 @@ class LaunchRecord:
     def __init__(self, store: ObjectStore, run_root: str) -> None:
         self.store = store
         self.root = join_uri(run_root, RECORD_DIR)
+
+    @classmethod
+    def of_run(cls, unit: ComputeUnit, run_id: str) -> LaunchRecord:
+        """The record of flow run ``run_id`` on ``unit``, through the unit's storage."""
+        return cls(unit.object_store(), unit.run_dir(run_id))
 
     def add(self, launch: Launch) -> Launch:
         """Record ``launch`` (atomically); returns it."""
@@ -239,10 +248,14 @@ def current_record() -> LaunchRecord | None:
     """
     from prefect.runtime import flow_run
 
-    from blocks.compute_unit import load_unit
-
     run_id = flow_run.get_id()
     if not run_id:
         return None
-    unit = load_unit((flow_run.get_parameters() or {}).get("unit") or None)
-    return LaunchRecord(unit.object_store(), unit.run_dir(run_id))
+    return LaunchRecord.of_run(unit_of(flow_run.get_parameters()), run_id)
+
+
+def unit_of(parameters: Mapping[str, Any] | None) -> ComputeUnit:
+    """The compute unit a flow run's ``unit`` parameter names (the default unit if none)."""
+    from blocks.compute_unit import load_unit
+
+    return load_unit((parameters or {}).get("unit") or None)

@@ -28,7 +28,7 @@ def test_a_bad_run_id_fails_the_flow_before_anything_is_touched(run_id, sciflow_
 
 def test_a_launch_that_cannot_be_stopped_fails_its_check(aws, sciflow_dirs):
     unit = local_unit()
-    record = LaunchRecord(unit.object_store(), unit.run_dir(RUN_ID))
+    record = LaunchRecord.of_run(unit, RUN_ID)
     record.add(
         Launch(
             kind="ecs-task",
