@@ -80,9 +80,7 @@ def run_batch_job(
         lost_host_retries=lost_host_retries,
     )
     record = run.launches  # what the run's stop hook terminates
-    launch = record.add(
-        Launch(kind="batch-job", id=job.job_id, account=unit.aws_account(), label=name)
-    )
+    launch = record.add(Launch(kind="batch-job", id=job.job_id, account=account, label=name))
     follower = JobFollower(job, run_logger(), logs, on_line=on_line)
     try:
         while not follower.poll():
