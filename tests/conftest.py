@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import socket
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 
 from tasks.settings import get_settings
+from tests.standin import guard
 
 # Fake credentials: tests never hold real ones, and a stray call fails at moto, not AWS.
 FAKE_AWS_ENV = {
@@ -26,16 +26,15 @@ FAKE_AWS_ENV = {
 }
 
 
+pytest_plugins = ["tests.standin.fixtures"]
+
+
 def _is_loopback(address: object) -> bool:
+    """Loopback, or the stand-in's own block while its network is up (tests/standin)."""
     if not isinstance(address, tuple):  # AF_UNIX paths and the like stay on this machine
         return True
     host = str(address[0])
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.split("%")[0]).is_loopback
-    except ValueError:
-        return False
+    return host == "localhost" or guard.admitted(host)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -45,7 +44,9 @@ def loopback_only() -> Iterator[None]:
 
     def guard(address: object) -> None:
         if not _is_loopback(address):
-            raise ConnectionRefusedError(f"tests may only reach 127.0.0.1, not {address!r}")
+            raise ConnectionRefusedError(
+                f"tests may only reach 127.0.0.1 and the stand-in's block, not {address!r}"
+            )
 
     def connect(self: socket.socket, address: object) -> None:
         guard(address)
