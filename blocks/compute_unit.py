@@ -73,6 +73,23 @@ class FargateDask(BaseModel):
         "15 minutes", description="Idle time after which the scheduler shuts itself down."
     )
     fargate_spot: bool = Field(False, description="Run workers on Fargate Spot.")
+    prefect_api_url_secret: str | None = Field(
+        None,
+        description=(
+            "ARN of the Secrets Manager secret (or SSM parameter) holding the Prefect API URL; "
+            "ECS puts it in the tasks' PREFECT_API_URL, so task runs on the workers report."
+        ),
+    )
+    prefect_api_key_secret: str | None = Field(
+        None,
+        description="ARN of the secret (or SSM parameter) holding PREFECT_API_KEY, if any.",
+    )
+
+    def prefect_api_secrets(self) -> list[dict[str, str]]:
+        """ECS ``secrets`` entries for the Prefect API URL and key this unit names."""
+        named = {"PREFECT_API_URL": self.prefect_api_url_secret}
+        named["PREFECT_API_KEY"] = self.prefect_api_key_secret
+        return [{"name": k, "valueFrom": v} for k, v in named.items() if v]
 
 
 class ComputeUnit(Block):
