@@ -18,6 +18,8 @@ SIZE_CLASSES: tuple[SizeClass, ...] = ("small", "large", "multinode", "gpu")
 LOCAL_UNIT = "local"
 LOCAL_WORK_POOL = "sciflow-local"
 UNIT_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+# The storage root's folder for cleanup records (beside the units' folders).
+AUDIT_DIR = "audit"
 
 
 class DaskWorkers(BaseModel):
@@ -171,6 +173,8 @@ class ComputeUnit(Block):
 
     @model_validator(mode="after")
     def _check_platform(self) -> Self:
+        if self.name == AUDIT_DIR:
+            raise ValueError(f"name {AUDIT_DIR!r} is taken: cleanup records live under it")
         if self.platform == "aws":
             if not self.region:
                 raise ValueError("region is required when platform is 'aws'")
@@ -212,6 +216,15 @@ class ComputeUnit(Block):
     def run_dir(self, run_id: str) -> str:
         """URI of the directory flow run ``run_id`` writes under: ``<root>/<unit>/<run id>``."""
         return join_uri(self.storage_root or get_settings().storage_root, self.name, run_id)
+
+    def audit_uri(self, run_id: str) -> str:
+        """URI of run ``run_id``'s cleanup record: ``<root>/audit/<unit>/<run id>/...json``.
+
+        Outside the unit's run directories, so a run role's grant on those (on S3 a bucket
+        policy denies it delete here) does not reach the record.
+        """
+        root = self.storage_root or get_settings().storage_root
+        return join_uri(root, AUDIT_DIR, self.name, run_id, "cleanup_validation.json")
 
     def object_store(self) -> ObjectStore:
         """Storage through this unit's credentials, sized by the process settings."""

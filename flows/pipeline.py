@@ -62,6 +62,7 @@ class PipelineResult(BaseModel):
     ok: bool = Field(description="Whether every stage's checks passed.")
     median_snr: float = Field(description="Median SNR inside the mask of the reconstruction.")
     val_loss: float = Field(description="Validation loss of the trained model.")
+    cleanup_checks: int = Field(description="Cleanup checks made, all passed (else it failed).")
 
 
 @sciflow_flow(name="research-pipeline")
@@ -136,6 +137,7 @@ def research_pipeline(
         manifest_uri=manifest_uri,
         stages=stages,
         ok=checked.ok and cleaned.ok,
+        cleanup_checks=cleaned.checks,
         median_snr=reconstructed.median_snr,
         val_loss=trained.val_loss,
     )
@@ -147,6 +149,7 @@ if __name__ == "__main__":
     print(f"outputs: {result.run_dir}")
     for stage, uri in result.stages.items():
         print(f"  {stage:16s} {uri}")
+    print(f"cleanup: {result.cleanup_checks} checks passed")
     print(f"median SNR in the mask: {result.median_snr:.1f}")
     print(f"denoiser validation loss: {result.val_loss:.4g}")
     raise SystemExit(0 if result.ok else 1)

@@ -15,7 +15,7 @@ from prefect import task
 from pydantic import BaseModel, Field
 
 from blocks.compute_unit import SizeClass, load_unit
-from tasks.cleanup.sweep import Check
+from tasks.cleanup.audit import Check
 from tasks.compute.dask import dask_task_runner
 from tasks.compute.hooks import sciflow_flow
 from tasks.compute.run_context import RunContext

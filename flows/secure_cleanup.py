@@ -1,4 +1,4 @@
-"""Secure cleanup: sweep what a run left behind and record what was checked."""
+"""Secure cleanup: stop what a run launched, remove what it left, and seal a record of it."""
 
 from __future__ import annotations
 
@@ -6,31 +6,35 @@ from prefect import task
 from pydantic import BaseModel, Field
 
 from blocks.compute_unit import load_unit
-from tasks.cleanup.sweep import (
-    Check,
-    check_run_id,
-    find_partial_writes,
-    record_cleanup,
-    sweep_scratch,
-)
+from tasks.cleanup.audit import Check
+from tasks.cleanup.sweep import check_run_id
+from tasks.cleanup.validate import validate_run
 from tasks.compute.hooks import sciflow_flow
 from tasks.compute.launches import LaunchRecord
 from tasks.errors import SciflowError
 from tasks.progress import publish_summary
 
 
-class CleanupResult(BaseModel):
-    """Where the cleanup record is and whether every check passed."""
+class CleanupFailed(SciflowError):
+    """A cleanup check failed; the record says which and what was found."""
 
-    record_uri: str = Field(description="URI of cleanup.json.")
+
+class CleanupResult(BaseModel):
+    """Where the sealed cleanup record is and what it holds."""
+
+    record_uri: str = Field(description="URI of cleanup_validation.json.")
     ok: bool = Field(description="Whether every check passed.")
     checks: int = Field(description="Number of checks made.")
+    dry_run: bool = Field(False, description="Whether it only listed what would go.")
 
 
 @task
-def stop_recorded_launches(unit: str, run_id: str) -> Check:
+def stop_recorded_launches(unit: str, run_id: str, dry_run: bool = False) -> Check:
     """Stop whatever the run's launch record still holds (its own hooks may not have run)."""
     record = LaunchRecord.of_run(load_unit(unit), run_id)
+    if dry_run:
+        held = ", ".join(f"{launch.kind} {launch.id}" for launch in record.launches())
+        return Check("launches stopped", not held, f"would stop: {held or 'nothing'}")
     try:
         stopped = record.stop_all(f"secure cleanup of flow run {run_id}")
     except SciflowError as exc:  # the others were stopped; what failed stays recorded
@@ -39,46 +43,37 @@ def stop_recorded_launches(unit: str, run_id: str) -> Check:
         names = ", ".join(f"{launch.kind} {launch.id}" for launch in left)
         return Check("launches stopped", False, f"still recorded: {names}")
     detail = ", ".join(f"{launch.kind} {launch.id}" for launch in stopped) or "none left"
-    return Check("launches stopped", True, detail)
-
-
-@task
-def sweep_local_scratch(run_id: str) -> Check:
-    """Remove the run's scratch directory."""
-    return sweep_scratch(run_id)
-
-
-@task
-def remove_partial_writes(unit: str, run_id: str) -> Check:
-    """Remove temporary files a crashed writer left in the run directory."""
-    compute_unit = load_unit(unit)
-    return find_partial_writes(compute_unit.object_store(), compute_unit.run_dir(run_id))
+    return Check("launches stopped", True, detail, removed=len(stopped))
 
 
 @sciflow_flow(name="secure-cleanup")
-def secure_cleanup(run_id: str, unit: str = "local") -> CleanupResult:
-    """Clean up after the flow run ``run_id`` and write ``cleanup.json`` in its directory.
+def secure_cleanup(run_id: str, unit: str = "local", dry_run: bool = False) -> CleanupResult:
+    """Clean up after the flow run ``run_id``; seal the record under ``<root>/audit/<unit>/``.
+
+    Every check runs, whatever the others found; then a failed one fails this flow.
 
     Args:
-        run_id: The flow run whose leftovers to sweep (its UUID).
+        run_id: The flow run whose leftovers to remove (its UUID).
         unit: The compute unit it ran on.
+        dry_run: Only list what would go; remove nothing (the record says so).
 
     Raises:
         InputError: ``run_id`` is not a flow-run id; nothing is touched.
+        CleanupFailed: A check failed (after all ran and the record was written).
     """
     check_run_id(run_id)
-    checks = [
-        stop_recorded_launches(unit, run_id),
-        sweep_local_scratch(run_id),
-        remove_partial_writes(unit, run_id),
-    ]
     compute_unit = load_unit(unit)
-    root = compute_unit.run_dir(run_id)
-    record = record_cleanup(compute_unit.object_store(), root, run_id, unit, checks)
-    uri = f"{root}/cleanup.json"
+    launches = stop_recorded_launches(unit, run_id, dry_run)
+    record, uri = validate_run(compute_unit, run_id, "secure-cleanup", [launches], dry_run)
     publish_summary(
         "Secure cleanup",
-        [{"check": c.name, "ok": c.ok, "detail": c.detail} for c in checks],
+        [{"check": c.name, "ok": c.ok, "detail": c.detail} for c in record.checks],
         key=f"cleanup-{unit}",
     )
-    return CleanupResult(record_uri=uri, ok=record.ok, checks=len(checks))
+    if failed := record.failed:
+        names = "; ".join(f"{c.name}: {c.detail}" for c in failed)
+        raise CleanupFailed(
+            f"{len(failed)} of {len(record.checks)} cleanup checks failed for run {run_id} "
+            f"({names}); record at {uri}"
+        )
+    return CleanupResult(record_uri=uri, ok=record.ok, checks=len(record.checks), dry_run=dry_run)

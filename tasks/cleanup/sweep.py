@@ -1,49 +1,19 @@
-"""Secure cleanup checks: sweep a run's scratch space and record what was verified."""
+"""Secure cleanup checks on this machine: a run's scratch and its half-written files."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 import uuid
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
+from tasks.cleanup.audit import Check
 from tasks.errors import InputError
 from tasks.settings import get_settings
 from tasks.storage.objects import Location, ObjectStore
 
 # Names writers give files before renaming them into place (ObjectStore, ``.<name>.<hex>.tmp``).
 TEMPORARY = ".*.tmp"
-
-
-@dataclass(frozen=True, slots=True)
-class Check:
-    """One verified condition."""
-
-    name: str
-    ok: bool
-    detail: str
-
-
-@dataclass(slots=True)
-class CleanupRecord:
-    """What cleanup did and checked for one run; written as ``cleanup.json``."""
-
-    run_id: str
-    unit: str
-    finished_at: str = ""
-    checks: list[Check] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        """Whether every check passed."""
-        return all(check.ok for check in self.checks)
-
-    def to_json(self) -> str:
-        """The record as indented JSON."""
-        return json.dumps({**asdict(self), "ok": self.ok}, indent=2)
 
 
 def check_run_id(run_id: str) -> str:
@@ -81,10 +51,12 @@ def run_scratch(run_id: str, scratch_root: Path | None = None) -> Path:
     return path
 
 
-def sweep_scratch(run_id: str, scratch_root: Path | None = None) -> Check:
+def sweep_scratch(run_id: str, scratch_root: Path | None = None, dry_run: bool = False) -> Check:
     """Delete a run's local scratch directory and verify it is gone."""
     root = run_scratch(run_id, scratch_root)
     count = sum(1 for p in root.rglob("*") if p.is_file()) if root.exists() else 0
+    if dry_run:
+        return Check("scratch removed", count == 0, f"would remove {count} files under {root}")
     problem = ""
     try:
         shutil.rmtree(root)
@@ -94,10 +66,10 @@ def sweep_scratch(run_id: str, scratch_root: Path | None = None) -> Check:
         problem = f": {exc}"
     gone = not root.exists()
     detail = f"removed {count} files under {root}" if gone else f"{root} still exists{problem}"
-    return Check("scratch removed", gone, detail)
+    return Check("scratch removed", gone, detail, removed=count if gone else 0)
 
 
-def find_partial_writes(store: ObjectStore, run_root: str) -> Check:
+def find_partial_writes(store: ObjectStore, run_root: str, dry_run: bool = False) -> Check:
     """Remove temporary (half-written) files from a local run directory; verify none is left.
 
     On S3 an incomplete multipart upload is invisible and is aborted by the writer or the
@@ -107,6 +79,8 @@ def find_partial_writes(store: ObjectStore, run_root: str) -> Check:
     if loc.is_s3 or not loc.path.is_dir():
         return Check("no partial writes", True, f"no local directory at {run_root}")
     found = sorted(loc.path.rglob(TEMPORARY))
+    if dry_run:
+        return Check("no partial writes", not found, f"would remove {len(found)} temporary files")
     for path in found:
         with contextlib.suppress(OSError):  # whatever stays is reported below
             path.unlink(missing_ok=True)
@@ -114,15 +88,4 @@ def find_partial_writes(store: ObjectStore, run_root: str) -> Check:
     if left:
         return Check("no partial writes", False, f"{len(left)} temporary files remain: {left}")
     detail = f"removed {len(found)} temporary files" if found else "none found"
-    return Check("no partial writes", True, detail)
-
-
-def record_cleanup(
-    store: ObjectStore, run_root: str, run_id: str, unit: str, checks: list[Check]
-) -> CleanupRecord:
-    """Write ``cleanup.json`` into the run directory and return the record."""
-    record = CleanupRecord(
-        run_id=run_id, unit=unit, finished_at=datetime.now(UTC).isoformat(), checks=checks
-    )
-    store.write_text(str(Location.parse(run_root).join("cleanup.json")), record.to_json())
-    return record
+    return Check("no partial writes", True, detail, removed=len(found))

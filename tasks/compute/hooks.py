@@ -12,7 +12,8 @@ from typing import Any
 
 from prefect import flow
 
-from tasks.cleanup.sweep import find_partial_writes, record_cleanup, sweep_scratch
+from tasks.cleanup.audit import Check
+from tasks.cleanup.validate import validate_run
 from tasks.compute.batch_worker import TERMINATE_REASON, terminate_own_job
 from tasks.compute.launches import LaunchRecord, unit_of
 from tasks.progress import run_logger
@@ -35,20 +36,36 @@ def stop_launches(flow: Any, flow_run: Any, state: Any) -> None:
 
 
 def cleanup_on_exit(flow: Any, flow_run: Any, state: Any) -> None:
-    """Flow hook: run the cleanup checks when a run ends, however it ends.
+    """Flow hook: run the cleanup checks when a run ends, however it ends, and seal the record.
 
     Hooks run in the flow run's process, so this calls the checks directly rather than
-    starting a subflow whose own run could be cancelled with its parent.
+    starting a subflow whose own run could be cancelled with its parent. A hook cannot fail
+    its run; a failed check is logged as an error, and the record says which.
     """
     run_id = str(flow_run.id)
     compute_unit = unit_of(flow_run.parameters)
-    root = compute_unit.run_dir(run_id)
-    store = compute_unit.object_store()
-    checks = [sweep_scratch(run_id), find_partial_writes(store, root)]
-    record = record_cleanup(store, root, run_id, compute_unit.name, checks)
-    run_logger().info(
-        "cleanup after %s run %s: %d checks, ok=%s", state.name, run_id, len(checks), record.ok
+    left = LaunchRecord.of_run(compute_unit, run_id).launches()
+    launches = Check(
+        "launches stopped",
+        not left,
+        "still recorded: " + ", ".join(f"{launch.kind} {launch.id}" for launch in left)
+        if left
+        else "none left",
     )
+    record, uri = validate_run(compute_unit, run_id, f"end of run ({state.name})", [launches])
+    logger = run_logger()
+    if record.failed:
+        logger.error(
+            "cleanup after %s run %s failed: %s; record at %s",
+            state.name,
+            run_id,
+            "; ".join(f"{c.name}: {c.detail}" for c in record.failed),
+            uri,
+        )
+    else:
+        logger.info(
+            "cleanup after %s run %s: %d checks passed", state.name, run_id, len(record.checks)
+        )
 
 
 # Stop first, then clean up: cleanup's checks should see what stopping left.

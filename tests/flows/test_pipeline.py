@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 from prefect import flow
 
+from blocks.compute_unit import local_unit
 from flows.pipeline import research_pipeline
 from flows.preflight import preflight
 from flows.secure_cleanup import secure_cleanup
@@ -41,7 +42,12 @@ def test_research_pipeline_runs_every_stage_and_writes_a_manifest(sciflow_dirs):
     assert len(training_set["sources"]) == 2  # reconstruction and simulation
     cleanup = json.loads(Path(result.stages["secure-cleanup"]).read_text())
     assert cleanup["ok"] is True
-    assert {c["name"] for c in cleanup["checks"]} == {"scratch removed", "no partial writes"}
+    assert {c["name"] for c in cleanup["checks"]} == {
+        "launches stopped",
+        "scratch removed",
+        "no partial writes",
+        "intermediates purged",
+    }
 
 
 def test_preflight_checks_storage_dask_and_mpiexec():
@@ -72,7 +78,8 @@ def test_secure_cleanup_sweeps_scratch_and_partial_writes(sciflow_dirs):
     assert result.ok
     assert not scratch.exists()
     assert not (run_dir / ".snr.npy.abc.tmp").exists()
-    record = json.loads((run_dir / "cleanup.json").read_text())
+    assert result.record_uri == local_unit().audit_uri(run_id)
+    record = json.loads(Path(result.record_uri).read_text())
     details = {c["name"]: c["detail"] for c in record["checks"]}
     assert details["scratch removed"].startswith("removed 1 files")
     assert details["no partial writes"] == "removed 1 temporary files"
@@ -95,7 +102,6 @@ def test_a_failing_flow_is_cleaned_up_by_its_hook(sciflow_dirs):
         doomed()
 
     assert not (get_settings().scratch_root / seen["run_id"]).exists()
-    record = json.loads(
-        (sciflow_dirs / "runs" / "local" / seen["run_id"] / "cleanup.json").read_text()
-    )
+    record = json.loads(Path(local_unit().audit_uri(seen["run_id"])).read_text())
     assert record["ok"] is True
+    assert record["trigger"] == "end of run (Failed)"

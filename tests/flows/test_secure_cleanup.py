@@ -1,14 +1,16 @@
-"""The secure-cleanup flow: bad run ids touch nothing; a launch it cannot stop fails it."""
+"""The secure-cleanup flow: bad run ids touch nothing; every check can fail it; a dry run lists."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from blocks.compute_unit import local_unit
-from flows.secure_cleanup import secure_cleanup
+from flows.secure_cleanup import CleanupFailed, secure_cleanup
 from tasks.aws.clients import AwsAccount
+from tasks.cleanup import audit
 from tasks.compute.launches import Launch, LaunchRecord
 from tasks.errors import InputError
 from tasks.settings import get_settings
@@ -39,11 +41,77 @@ def test_a_launch_that_cannot_be_stopped_fails_its_check(aws, sciflow_dirs):
         )
     )
 
-    result = secure_cleanup(run_id=RUN_ID)
+    with pytest.raises(CleanupFailed, match="1 of 4 cleanup checks failed"):
+        secure_cleanup(run_id=RUN_ID)
 
-    assert not result.ok
-    checks = json.loads((sciflow_dirs / "runs" / "local" / RUN_ID / "cleanup.json").read_text())
+    checks = json.loads(Path(unit.audit_uri(RUN_ID)).read_text())
+    assert checks["ok"] is False
+    assert [c["ok"] for c in checks["checks"]] == [False, True, True, True]  # all still ran
     stopped = next(c for c in checks["checks"] if c["name"] == "launches stopped")
     assert not stopped["ok"]
     assert "ClusterNotFoundException" in stopped["detail"]
     assert len(record.launches()) == 1  # kept for the next try
+
+
+def _litter(run_id: str) -> tuple[Path, Path, Path]:
+    scratch = get_settings().scratch_root / run_id
+    scratch.mkdir(parents=True)
+    (scratch / "kspace.npy").write_bytes(b"data")
+    run_dir = Path(local_unit().run_dir(run_id))
+    (run_dir / "tmp").mkdir(parents=True)
+    (run_dir / "tmp" / "slice-0.npy").write_bytes(b"slice")
+    (run_dir / ".snr.npy.ab12.tmp").write_bytes(b"half")
+    (run_dir / "snr.npy").write_bytes(b"result")
+    return scratch, run_dir, Path(local_unit().audit_uri(run_id))
+
+
+def test_cleanup_removes_everything_but_results_and_seals_a_record(sciflow_dirs):
+    scratch, run_dir, record_path = _litter(RUN_ID)
+
+    result = secure_cleanup(run_id=RUN_ID)
+
+    assert result.ok
+    assert result.checks == 4
+    assert not scratch.exists()
+    assert sorted(p.name for p in run_dir.iterdir() if p.name != "launches") == ["snr.npy"]
+    assert result.record_uri == str(record_path)
+    content = audit.verify(record_path.read_text(), audit.audit_key(create=False))
+    removed = {c["name"]: c["removed"] for c in content["checks"]}
+    assert removed == {
+        "launches stopped": 0,
+        "scratch removed": 1,
+        "no partial writes": 1,
+        "intermediates purged": 1,
+    }
+    assert content["trigger"] == "secure-cleanup"
+    assert content["ok"] is True
+
+
+def test_a_dry_run_lists_what_would_go_and_removes_nothing(sciflow_dirs):
+    scratch, run_dir, record_path = _litter(RUN_ID)
+
+    with pytest.raises(CleanupFailed, match="3 of 4"):  # what is left fails, as it should
+        secure_cleanup(run_id=RUN_ID, dry_run=True)
+
+    assert (scratch / "kspace.npy").exists()
+    assert (run_dir / "tmp" / "slice-0.npy").exists()
+    assert (run_dir / ".snr.npy.ab12.tmp").exists()
+    content = audit.verify(record_path.read_text(), audit.audit_key(create=False))
+    assert content["dry_run"] is True
+    details = {c["name"]: c["detail"] for c in content["checks"]}
+    assert details["scratch removed"].startswith("would remove 1 files")
+    assert "slice-0.npy" in details["intermediates purged"]
+
+
+def test_a_scratch_that_cannot_be_removed_fails_its_check(sciflow_dirs, monkeypatch):
+    _, _, record_path = _litter(RUN_ID)
+    monkeypatch.setattr("shutil.rmtree", lambda path, *a, **k: None)  # a delete that silently fails
+
+    with pytest.raises(CleanupFailed, match="scratch removed"):
+        secure_cleanup(run_id=RUN_ID)
+
+    content = json.loads(record_path.read_text())
+    assert [c["name"] for c in content["checks"] if not c["ok"]] == [
+        "scratch removed",
+        "intermediates purged",
+    ]
