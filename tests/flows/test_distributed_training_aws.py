@@ -210,10 +210,10 @@ class _Recorded:
                 recorded.recorders.append(Recorder(self.ecs))
                 recorded.discovery = record_calls(self.discovery)
 
-            def wait(self, timeout_s: float | None = None) -> Any:
+            def wait(self, timeout_s: float | None = None, on_line: Any = None) -> Any:
                 if server_exit is not None and self.server_task:
                     set_exit_code(self.server_task, server_exit)
-                return super().wait(timeout_s)
+                return super().wait(timeout_s, on_line)
 
         monkeypatch.setattr(module, "ParameterServerLaunch", Launch)
         monkeypatch.setattr(module, "ECS_POLL_S", 0.02)
