@@ -87,6 +87,13 @@ def check_aws_unit(run: RunContext, cfg: TrainConfig) -> None:
     """Refuse a unit that cannot run the strategy before anything is read or written."""
     unit = run.unit
     if cfg.strategy == "parameter_server":
+        # Fargate tasks mount nothing of this machine's: a path here is not there.
+        for name, uri in (("dataset", cfg.dataset), ("output", cfg.output)):
+            if not uri.startswith("s3://"):
+                raise InputError(
+                    f"{name}={uri!r} on the AWS unit {unit.name!r}: the parameter server's "
+                    "tasks run on Fargate and read by URI; expected s3://bucket/prefix"
+                )
         plan_from_unit(unit, run.run_id, run.tags, cfg.uri(CONFIG_NAME), cfg.processes)
         return
     check_batch_unit(unit, BATCH_RUNTIME)

@@ -338,6 +338,30 @@ def test_public_subnets_are_refused_for_the_parameter_server(
     assert not cluster["taskArns"]
 
 
+@pytest.mark.parametrize("field", ["dataset", "output"])
+def test_a_path_on_the_flow_host_is_refused_for_the_parameter_server(
+    bucket: str, network: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Any, field: str
+) -> None:
+    """Fargate tasks cannot see this machine's disk: refused before any task starts."""
+    _ecs_unit("train-ecs", network)
+    recorded = _Recorded(monkeypatch)
+    local_set = str(tmp_path / "set")
+    write_synthetic_set(local_set, train=32, validation=8, size=16, seed=1)
+    paths = {"dataset": local_set, "output": str(tmp_path / "out")}
+    dataset, output = (
+        (paths["dataset"], OUTPUT) if field == "dataset" else (DATASET, paths["output"])
+    )
+    with pytest.raises(InputError, match=rf"{field}='/.*' on the AWS unit 'train-ecs'.*s3://"):
+        distributed_training(
+            dataset,
+            settings={"model": "linear", "strategy": "parameter_server", "batch_size": 8},
+            output=output,
+            unit="train-ecs",
+        )
+    assert not recorded.launches
+    assert not boto3.client("ecs", region_name=REGION).list_tasks(cluster="sciflow")["taskArns"]
+
+
 def _recorded_launches(bucket: str) -> list[str]:
     """Launch record entries left anywhere in the bucket."""
     listed = boto3.client("s3", region_name=REGION).list_objects_v2(Bucket=bucket)
