@@ -87,6 +87,13 @@ def check_aws_unit(run: RunContext, cfg: TrainConfig) -> None:
     """Refuse a unit that cannot run the strategy before anything is read or written."""
     unit = run.unit
     if cfg.strategy == "parameter_server":
+        # Fargate tasks mount nothing of this machine's: a path here is not there.
+        for name, uri in (("dataset", cfg.dataset), ("output", cfg.output)):
+            if not uri.startswith("s3://"):
+                raise InputError(
+                    f"{name}={uri!r} on the AWS unit {unit.name!r}: the parameter server's "
+                    "tasks run on Fargate and read by URI; expected s3://bucket/prefix"
+                )
         plan_from_unit(unit, run.run_id, run.tags, cfg.uri(CONFIG_NAME), cfg.processes)
         return
     check_batch_unit(unit, BATCH_RUNTIME)
@@ -155,6 +162,21 @@ class _Follower:
     def on_line(self, name: str, line: str) -> None:
         self.logger.info("[%s] %s", name, line)
 
+    def on_output(self, name: str, line: str) -> None:
+        """A line a remote process wrote (CloudWatch): an event, or a line to log."""
+        event = parse_event(line)
+        if event is None:
+            self.on_line(name, line)
+        else:
+            self.on_event(name, event)
+
+    def failure(self, exc: SciflowError) -> SciflowError:
+        """The error to raise for ``exc``: what the processes said was wrong, if they did."""
+        if not self.errors:
+            return exc
+        kind = InputError if "InputError" in self.errors.values() else SciflowError
+        return kind("; ".join(self.errors))
+
     def close(self) -> None:
         """Finish the progress artifact."""
         if self.progress is not None:
@@ -176,10 +198,10 @@ def train_locally(cfg: TrainConfig, config_uri: str, run_id: str) -> None:
     try:
         run_processes(commands, on_event=follower.on_event, on_line=follower.on_line)
     except SciflowError as exc:
-        if follower.errors:  # the processes said what was wrong: that is the error
-            kind = InputError if "InputError" in follower.errors.values() else SciflowError
-            raise kind("; ".join(follower.errors)) from exc
-        raise
+        error = follower.failure(exc)  # the processes said what was wrong: that is the error
+        if error is exc:
+            raise
+        raise error from exc
     finally:
         follower.close()
     if not follower.summary:
@@ -194,14 +216,6 @@ def train_on_batch(run: RunContext, cfg: TrainConfig, config_uri: str) -> None:
     ranks' event lines come back through CloudWatch into this run's log and progress.
     """
     follower = _Follower(f"training-{run.run_id[:8]}")
-
-    def on_line(node: str, line: str) -> None:
-        event = parse_event(line)
-        if event is None:
-            follower.on_line(node, line)
-        else:
-            follower.on_event(node, event)
-
     command = [
         "python", "-m", "tasks.training.launch", "node",
         "--config", config_uri,
@@ -216,7 +230,7 @@ def train_on_batch(run: RunContext, cfg: TrainConfig, config_uri: str) -> None:
             command=command,
             nodes=cfg.nodes,
             poll_s=BATCH_POLL_S,
-            on_line=on_line,
+            on_line=follower.on_output,
             # A reclaimed Spot node: Batch starts the job again and it resumes from the
             # newest checkpoint, losing at most one interval.
             lost_host_retries=LOST_HOST_RETRIES,
@@ -229,26 +243,35 @@ def train_on_batch(run: RunContext, cfg: TrainConfig, config_uri: str) -> None:
 def train_on_ecs(run: RunContext, cfg: TrainConfig, config_uri: str) -> None:
     """The parameter server and its workers as ECS Fargate tasks, followed to their end.
 
-    Leaving (done, failed or cancelled) stops every task and removes the Cloud Map service.
+    Their event lines come back through CloudWatch into this run's log and progress, as
+    from the local processes. Leaving (done, failed or cancelled) stops every task and
+    removes the Cloud Map service.
     """
     plan = plan_from_unit(run.unit, run.run_id, run.tags, config_uri, cfg.processes)
     record = run.launches  # what the run's stop hook stops
     launch = ParameterServerLaunch(plan, run.unit.aws_account(), poll_s=ECS_POLL_S, record=record)
-    with launch:
-        launch.start()
-        run_logger().info(
-            "parameter server %s at %s:%d with %d worker task(s)",
-            launch.server_task,
-            plan.server_host,
-            plan.port,
-            len(launch.worker_tasks),
-        )
-        outcome = launch.wait()
+    follower = _Follower(f"training-{run.run_id[:8]}")
+    try:
+        with launch:
+            launch.start()
+            follower.logger.info(
+                "parameter server %s at %s:%d with %d worker task(s)",
+                launch.server_task,
+                plan.server_host,
+                plan.port,
+                len(launch.worker_tasks),
+            )
+            outcome = launch.wait(on_line=follower.on_output)
+    finally:
+        follower.close()
     if not outcome.succeeded:
         server = outcome.server
-        raise SciflowError(
+        error = SciflowError(
             f"parameter server task {server.task_arn} exited {server.exit_code}: {server.reason}"
         )
+        if (reported := follower.failure(error)) is not error:
+            raise reported from error
+        raise error
 
 
 @sciflow_flow(name="distributed-training")

@@ -23,6 +23,7 @@ from typing import Any
 
 from tasks.aws.clients import AwsAccount, call, client, error_code
 from tasks.aws.tags import RUN_ID_TAG, to_aws
+from tasks.compute.batch import LOG_STREAMS_MAX, LogCursor, read_logs
 from tasks.compute.launches import Launch, LaunchRecord
 from tasks.errors import InputError, SciflowError, TransientError
 
@@ -45,7 +46,6 @@ FARGATE_SIZES: dict[int, tuple[int, ...]] = {
     8192: tuple(range(16384, 61441, 4096)),
     16384: tuple(range(32768, 122881, 8192)),
 }
-# Environment names that would put credentials into a task definition (readable by anyone
 
 
 def check_fargate_size(role: str, cpu: int, memory: int) -> None:
@@ -96,6 +96,19 @@ class ServicePlan:
     def started_by(self) -> str:
         """ECS ``startedBy`` of every task: the service name, so leftovers are findable."""
         return self.service_name
+
+    def log_stream(self, role: str, task_arn: str) -> tuple[str, str] | None:
+        """``(log group, stream)`` where awslogs writes ``role``'s task; None without awslogs.
+
+        The awslogs driver names a task's stream ``<prefix>/<container name>/<task id>``.
+        """
+        [container] = self.definitions[role]["containerDefinitions"]
+        config = container.get("logConfiguration") or {}
+        options = config.get("options") or {}
+        if config.get("logDriver") != "awslogs" or not options.get("awslogs-group"):
+            return None
+        prefix = options.get("awslogs-stream-prefix", "")
+        return options["awslogs-group"], f"{prefix}/{container['name']}/{task_id(task_arn)}"
 
 
 def aws_clients(account: AwsAccount | None, region: str) -> tuple[Any, Any, Any]:
@@ -190,6 +203,7 @@ class ServerWorkersLaunch:
         """
         self.plan = plan
         self.ecs, self.discovery, self.ec2 = clients or aws_clients(account, plan.region)
+        self.logs = client("logs", account, region=plan.region)
         self.poll_s, self.start_timeout_s, self._sleep = poll_s, start_timeout_s, sleep
         self.definition_arns: dict[str, str] = {}
         self.namespace_id: str | None = None
@@ -456,11 +470,18 @@ class ServerWorkersLaunch:
                 "registering it; workers could not find it"
             )
 
-    def wait(self, timeout_s: float | None = None) -> LaunchOutcome:
-        """Poll until every task is STOPPED.
+    def wait(
+        self,
+        timeout_s: float | None = None,
+        on_line: Callable[[str, str], None] | None = None,
+    ) -> LaunchOutcome:
+        """Poll until every task is STOPPED, handing on the tasks' output as it arrives.
 
         Args:
             timeout_s: Most seconds to wait; no limit if ``None``.
+            on_line: Called with (task label: ``server``, ``worker-1``, ...; line) for each
+                line the tasks wrote to CloudWatch Logs (awslogs), each once, in order per
+                task, the last ones after the tasks stopped. Not read if ``None``.
 
         Returns:
             Every task's exit code and reason; failed workers are logged.
@@ -472,8 +493,11 @@ class ServerWorkersLaunch:
             raise SciflowError("nothing to wait for: start() has not started the server")
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         stopping = False
+        output = _TaskOutput(self.logs, self._log_streams()) if on_line else None
         while True:
             described = self.describe(self.tasks)
+            if output is not None and on_line is not None:
+                output.read(on_line)  # after the describe: all of a STOPPED task's lines
             if all(t["lastStatus"] == "STOPPED" for t in described):
                 break
             failed = [t for t in described if _failed(t)]
@@ -505,6 +529,17 @@ class ServerWorkersLaunch:
                 "worker %s exited %s: %s", worker.task_arn, worker.exit_code, worker.reason
             )
         return outcome
+
+    def _log_streams(self) -> dict[tuple[str, str], str]:
+        """``(log group, stream)`` -> label of every task that logs with awslogs."""
+        labels = [("server", self.server_task)] if self.server_task else []
+        labels += [(f"worker-{i}", arn) for i, arn in enumerate(self.worker_tasks, 1)]
+        streams = {}
+        for label, arn in labels:
+            where = self.plan.log_stream("server" if label == "server" else "worker", arn)
+            if where is not None:
+                streams[where] = label
+        return streams
 
     def stop(self, reason: str = "sciflow: stopped") -> None:
         """Stop every task started and remove the run's Cloud Map service; idempotent.
@@ -572,6 +607,29 @@ class ServerWorkersLaunch:
                     raise
             self._forget(self.service_id)
             self.service_id = None
+
+
+class _TaskOutput:
+    """New CloudWatch lines of the tasks' streams, read in groups of 100 streams a call."""
+
+    def __init__(self, logs: Any, streams: Mapping[tuple[str, str], str]) -> None:
+        self.logs, self.streams = logs, dict(streams)
+        by_group: dict[str, list[str]] = {}
+        for group, stream in self.streams:
+            by_group.setdefault(group, []).append(stream)
+        self.chunks = [
+            (group, names[start : start + LOG_STREAMS_MAX])
+            for group, names in by_group.items()
+            for start in range(0, len(names), LOG_STREAMS_MAX)
+        ]
+        self.cursors = [LogCursor() for _ in self.chunks]
+
+    def read(self, on_line: Callable[[str, str], None]) -> None:
+        """Hand every line not read yet to ``on_line``, with its task's label."""
+        for i, (group, names) in enumerate(self.chunks):
+            events, self.cursors[i] = read_logs(self.logs, group, names, self.cursors[i])
+            for event in events:
+                on_line(self.streams.get((group, event.stream), event.stream), event.message)
 
 
 def _failed(task: Mapping[str, Any]) -> bool:

@@ -210,10 +210,10 @@ class _Recorded:
                 recorded.recorders.append(Recorder(self.ecs))
                 recorded.discovery = record_calls(self.discovery)
 
-            def wait(self, timeout_s: float | None = None) -> Any:
+            def wait(self, timeout_s: float | None = None, on_line: Any = None) -> Any:
                 if server_exit is not None and self.server_task:
                     set_exit_code(self.server_task, server_exit)
-                return super().wait(timeout_s)
+                return super().wait(timeout_s, on_line)
 
         monkeypatch.setattr(module, "ParameterServerLaunch", Launch)
         monkeypatch.setattr(module, "ECS_POLL_S", 0.02)
@@ -336,6 +336,30 @@ def test_public_subnets_are_refused_for_the_parameter_server(
     assert not recorded.launches
     cluster = boto3.client("ecs", region_name=REGION).list_tasks(cluster="sciflow")
     assert not cluster["taskArns"]
+
+
+@pytest.mark.parametrize("field", ["dataset", "output"])
+def test_a_path_on_the_flow_host_is_refused_for_the_parameter_server(
+    bucket: str, network: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Any, field: str
+) -> None:
+    """Fargate tasks cannot see this machine's disk: refused before any task starts."""
+    _ecs_unit("train-ecs", network)
+    recorded = _Recorded(monkeypatch)
+    local_set = str(tmp_path / "set")
+    write_synthetic_set(local_set, train=32, validation=8, size=16, seed=1)
+    paths = {"dataset": local_set, "output": str(tmp_path / "out")}
+    dataset, output = (
+        (paths["dataset"], OUTPUT) if field == "dataset" else (DATASET, paths["output"])
+    )
+    with pytest.raises(InputError, match=rf"{field}='/.*' on the AWS unit 'train-ecs'.*s3://"):
+        distributed_training(
+            dataset,
+            settings={"model": "linear", "strategy": "parameter_server", "batch_size": 8},
+            output=output,
+            unit="train-ecs",
+        )
+    assert not recorded.launches
+    assert not boto3.client("ecs", region_name=REGION).list_tasks(cluster="sciflow")["taskArns"]
 
 
 def _recorded_launches(bucket: str) -> list[str]:

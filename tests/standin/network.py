@@ -198,12 +198,14 @@ class Network:
         with self._mutex:
             self._hosts.pop(f"reserved-{address}", None)
             self._counter += 1
-            name = f"{self.tag}-{self._counter}"
+            # Read under the lock: tasks start on threads, and two hosts must not share a peer.
+            index = self._counter
+            name = f"{self.tag}-{index}"
             host = Host(name, address, hostname)
             self._hosts[name] = host
         ip("netns", "add", name)
         ip("-n", name, "link", "set", "lo", "up")
-        peer = f"v{self._counter}"
+        peer = f"v{index}"
         ip("link", "add", "name", "eth0", "netns", name, "type", "veth", "peer", "name", peer, "netns", self.switch)  # fmt: skip
         ip("-n", self.switch, "link", "set", peer, "master", "br0", "up")
         ip("-n", name, "addr", "add", f"{address}/{BLOCK_PREFIX}", "dev", "eth0")

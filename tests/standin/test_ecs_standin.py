@@ -28,6 +28,11 @@ def cluster(ecs_standin, standin_network):
 
 
 def _run(cluster, command, secrets=(), environment=()):
+    [task] = _run_many(cluster, command, 1, secrets, environment)
+    return task
+
+
+def _run_many(cluster, command, count, secrets=(), environment=()):
     ecs = cluster["ecs"]
     definition = ecs.register_task_definition(
         family="probe",
@@ -54,9 +59,10 @@ def _run(cluster, command, secrets=(), environment=()):
             }
         ],
     )["taskDefinition"]["taskDefinitionArn"]
-    [task] = ecs.run_task(
+    return ecs.run_task(
         cluster=cluster["arn"],
         taskDefinition=definition,
+        count=count,
         launchType="FARGATE",
         networkConfiguration={
             "awsvpcConfiguration": {
@@ -65,7 +71,6 @@ def _run(cluster, command, secrets=(), environment=()):
             }
         },
     )["tasks"]
-    return task
 
 
 def _describe(cluster, arn):
@@ -79,10 +84,13 @@ def _stopped(cluster, arn, timeout=60):
     )
 
 
-def test_a_task_runs_its_command_in_its_own_address_and_logs_to_cloudwatch(cluster):
+def test_a_task_runs_its_command_in_its_own_address_and_logs_to_cloudwatch(
+    cluster, standin_network
+):
+    # An address on the bridge: the session's block is not always 198.18.0.0/20.
     program = (
         "import socket, os; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
-        "s.connect(('198.18.0.1', 9)); print('ADDR', s.getsockname()[0]); "
+        f"s.connect(('{standin_network.host_address}', 9)); print('ADDR', s.getsockname()[0]); "
         "print('HOST', socket.gethostname()); print('GREETING', os.environ['GREETING'])"
     )
     task = _run(cluster, [PYTHON, "-c", program], environment=[{"name": "GREETING", "value": "hi"}])
@@ -101,6 +109,15 @@ def test_a_task_runs_its_command_in_its_own_address_and_logs_to_cloudwatch(clust
     assert f"ADDR {eni}" in lines
     assert f"HOST ip-{eni.replace('.', '-')}.ec2.internal" in lines
     assert "GREETING hi" in lines
+
+
+def test_tasks_of_one_run_task_call_start_together(cluster):
+    """Their namespaces are made at once, on the stand-in's threads: no name may clash."""
+    tasks = _run_many(cluster, [PYTHON, "-c", "pass"], 3)
+    done = [_stopped(cluster, task["taskArn"]) for task in tasks]
+    assert [t["containers"][0]["exitCode"] for t in done] == [0, 0, 0], [
+        t["stoppedReason"] for t in done
+    ]
 
 
 def test_an_exit_status_becomes_the_tasks(cluster):

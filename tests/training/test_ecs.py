@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +171,45 @@ def test_wait_reports_exit_codes(network: dict[str, Any], lifecycle: int) -> Non
     assert recorder.seen(runner.server_task)[-1] == "STOPPED"
     runner.stop()  # all STOPPED already: nothing to stop, the Cloud Map service goes
     assert not cloud_map().list_services()["Services"]
+
+
+def test_wait_hands_on_each_tasks_cloudwatch_lines_once(
+    network: dict[str, Any], lifecycle: int
+) -> None:
+    runner, _ = launch(make_plan(network, worker_count=2))
+    runner.start()
+    logs = boto3.client("logs", region_name=REGION)
+    logs.create_log_group(logGroupName="/sciflow/train")
+    service = service_name_for(RUN_ID)
+    labelled = {
+        "server": (runner.server_task, "server"),
+        "worker-1": (runner.worker_tasks[0], "worker"),
+        "worker-2": (runner.worker_tasks[1], "worker"),
+    }
+    for i, (label, (arn, container)) in enumerate(labelled.items()):
+        stream = f"{service}/{container}/{arn.rsplit('/', 1)[1]}"
+        logs.create_log_stream(logGroupName="/sciflow/train", logStreamName=stream)
+        stamp = int(time.time() * 1000) + i  # CloudWatch refuses events 14 days old
+        lines = [{"timestamp": stamp, "message": f"{label} says {n}"} for n in (1, 2)]
+        logs.put_log_events(logGroupName="/sciflow/train", logStreamName=stream, logEvents=lines)
+    seen: list[tuple[str, str]] = []
+
+    runner.wait(on_line=lambda label, line: seen.append((label, line)))
+
+    expected = [(label, f"{label} says {n}") for label in labelled for n in (1, 2)]
+    assert sorted(seen) == sorted(expected)  # each line once, by its task's label
+    assert [line for label, line in seen if label == "server"] == ["server says 1", "server says 2"]
+    runner.stop()
+
+
+def test_wait_reads_no_logs_without_awslogs(network: dict[str, Any], lifecycle: int) -> None:
+    runner, _ = launch(plan_from_unit(make_unit(network, log_group=None), RUN_ID, TAGS, CONFIG, 1))
+    runner.start()
+    assert runner.plan.log_stream("server", runner.server_task) is None
+    seen: list[tuple[str, str]] = []
+    assert runner.wait(on_line=lambda *line: seen.append(line)).server.task_arn
+    assert seen == []
+    runner.stop()
 
 
 def test_a_lost_worker_stops_the_run_instead_of_leaving_the_server_waiting(
