@@ -26,6 +26,7 @@ import inspect
 import json
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -358,7 +359,7 @@ class EcsStandIn:
         }
         event = {
             "version": "0",
-            "id": f"{task.id}-{task._status}",
+            "id": str(uuid.uuid4()),  # EventBridge's ids are UUIDs; prefect-aws parses them
             "detail-type": "ECS Task State Change",
             "source": "aws.ecs",
             "account": ACCOUNT,
