@@ -22,9 +22,11 @@ Installed on the moto backends of this process (``ThreadedMotoServer`` serves th
 
 from __future__ import annotations
 
+import inspect
 import json
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -86,11 +88,15 @@ class EcsStandIn:
             (backend_class, "stop_task"): self._wrap_stop_task(backend_class.stop_task),
             (ecs_models.Task, "__init__"): self._wrap_task_init(ecs_models.Task.__init__),
             (ecs_models, "random_private_ip"): self._private_ip,
+            (backend_class, "_calculate_task_resource_requirements"): staticmethod(
+                _fargate_resources(backend_class._calculate_task_resource_requirements)
+            ),
         }
         sd_class = sd_models.ServiceDiscoveryBackend
         for name in ("register_instance", "deregister_instance"):
             patched[(sd_class, name)] = self._wrap_cloud_map(getattr(sd_class, name))
-        originals = {key: getattr(*key) for key in patched}
+        # Raw attributes (a staticmethod stays one when put back).
+        originals = {key: inspect.getattr_static(*key) for key in patched}
         for (owner, name), value in patched.items():
             setattr(owner, name, value)
         state_manager.set_transition("ecs::task", {"progression": "manual", "times": PINNED})
@@ -353,7 +359,7 @@ class EcsStandIn:
         }
         event = {
             "version": "0",
-            "id": f"{task.id}-{task._status}",
+            "id": str(uuid.uuid4()),  # EventBridge's ids are UUIDs; prefect-aws parses them
             "detail-type": "ECS Task State Change",
             "source": "aws.ecs",
             "account": ACCOUNT,
@@ -375,6 +381,32 @@ class EcsStandIn:
                 if address:
                     names[f"{service.name}.{namespace.name}"] = address
         self.network.set_names(names)
+
+
+def _fargate_resources(original: Any) -> Any:
+    """moto's RunTask sums container ``memory``, which Fargate definitions may leave to the task.
+
+    A container without ``memory`` or ``memoryReservation`` (prefect-aws's ECS worker registers
+    such) made moto's RunTask fail with a TypeError; it counts as 0 here, as the task-level
+    ``memory`` bounds it on Fargate.
+    """
+
+    def calculate(task_definition: Any) -> Any:
+        containers = task_definition.container_definitions
+        missing = [
+            c
+            for c in containers
+            if not {"memory", "memoryReservation", "Memory", "MemoryReservation"} & c.keys()
+        ]
+        for container in missing:
+            container["memoryReservation"] = 0
+        try:
+            return original(task_definition)
+        finally:
+            for container in missing:
+                del container["memoryReservation"]
+
+    return calculate
 
 
 class TaskCannotStart(Exception):
