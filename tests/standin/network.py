@@ -206,12 +206,11 @@ class Network:
         with self._mutex:
             self._hosts.pop(f"reserved-{address}", None)
             self._counter += 1
-            name = f"{self.tag}-{self._counter}"
+            name, peer = f"{self.tag}-{self._counter}", f"v{self._counter}"
             host = Host(name, address, hostname)
             self._hosts[name] = host
         ip("netns", "add", name)
         ip("-n", name, "link", "set", "lo", "up")
-        peer = f"v{self._counter}"
         ip("link", "add", "name", "eth0", "netns", name, "type", "veth", "peer", "name", peer, "netns", self.switch)  # fmt: skip
         ip("-n", self.switch, "link", "set", peer, "master", "br0", "up")
         ip("-n", name, "addr", "add", f"{address}/{BLOCK_PREFIX}", "dev", "eth0")
