@@ -299,10 +299,15 @@ def test_numpy_replicas_layout_feeds_multiple_replicas(tmp_path, phantom):
 def test_a_slice_batch_tasks_peak_memory_does_not_grow_with_the_file(tmp_path):
     import tracemalloc
 
-    from flows.mr_reconstruction import snr_for_slices
+    from blocks.compute_unit import local_unit
+    from flows.mr_reconstruction import SharedSlices, snr_for_slices
+    from tasks.compute.run_context import RunContext
     from tasks.mr.io import read_info
     from tasks.mr.io.slices import slice_source
     from tasks.mr.options import MrOptions
+    from tasks.storage.objects import ObjectStore
+
+    run = RunContext(unit=local_unit(), run_id="r", flow="f", store=ObjectStore())
 
     rng = np.random.default_rng(8)
     peaks = {}
@@ -315,7 +320,8 @@ def test_a_slice_batch_tasks_peak_memory_does_not_grow_with_the_file(tmp_path):
         options = MrOptions(method="ac", recon="rss")
         tracemalloc.start()
         try:
-            snr_for_slices.fn(source, [0, 1, 2, 3], np.eye(16), options, info)
+            shared = SharedSlices(str(source.path), source)
+            snr_for_slices.fn(shared, [0, 1, 2, 3], np.eye(16), options, info, run)
             peaks[count] = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
