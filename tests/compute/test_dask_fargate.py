@@ -14,69 +14,26 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import boto3
 import nibabel as nib
 import numpy as np
 import pytest
 
-from blocks.compute_unit import ComputeUnit, FargateDask, local_unit
+from blocks.compute_unit import ComputeUnit
 from tasks.mr.io import write_mrd
 from tasks.mr.phantom import make_phantom, phantom_acquisition
+from tests.standin.fargate import (
+    REGION,
+    bridge_api_url,
+    enable_long_task_arns,
+    prefect_api_secret,
+    standin_unit,
+)
 
-REGION = "us-east-1"
-ACCOUNT = "123456789012"
 BUCKET = "lab-sciflow"
 UNIT = "standin"
 OPTIONS = {"method": "ac", "recon": "b1"}
-
-
-def enable_long_task_arns() -> None:
-    """ECS's default since 2021, which dask-cloudprovider asks for and moto does not report."""
-    boto3.client("ecs", region_name=REGION).put_account_setting(
-        name="taskLongArnFormat", value="enabled"
-    )
-
-
-def bridge_api_url(standin_network: Any) -> str:
-    """The test's Prefect API URL as containers reach it: through a relay on the bridge."""
-    from prefect.settings import PREFECT_API_URL
-
-    api = urlsplit(PREFECT_API_URL.value())
-    return standin_network.relay(api.port).url(api.path)
-
-
-def prefect_api_secret(url: str) -> str:
-    """A Secrets Manager secret holding the Prefect API URL; returns its ARN."""
-    return boto3.client("secretsmanager", region_name=REGION).create_secret(
-        Name="sciflow/prefect-api-url", SecretString=url
-    )["ARN"]
-
-
-def standin_unit(made: dict[str, Any], api_secret: str, n_workers: int = 2) -> ComputeUnit:
-    """An AWS unit on the stand-in's VPC whose every size class is ``n_workers`` CPU workers."""
-    workers = {
-        size: spec.model_copy(update={"n_workers": n_workers, "worker_gpu": 0, "worker_mem": 2048})
-        for size, spec in local_unit().dask_workers.items()
-    }
-    return ComputeUnit(
-        name=UNIT,
-        platform="aws",
-        region=REGION,
-        storage_root=f"s3://{BUCKET}/runs",
-        dask_workers=workers,
-        fargate=FargateDask(
-            image="sciflow:standin",
-            subnets=made["subnets"],
-            security_groups=[made["group"]],
-            cluster_arn=made["cluster"],
-            task_role_arn=f"arn:aws:iam::{ACCOUNT}:role/sciflow-task",
-            execution_role_arn=f"arn:aws:iam::{ACCOUNT}:role/sciflow-exec",
-            log_group="/sciflow/dask",
-            prefect_api_url_secret=api_secret,
-        ),
-    )
 
 
 @pytest.fixture
@@ -94,7 +51,7 @@ def fargate_unit(ecs_standin, standin_network) -> Iterator[ComputeUnit]:
     enable_long_task_arns()
     boto3.client("s3", region_name=REGION).create_bucket(Bucket=BUCKET)
     url = bridge_api_url(standin_network)
-    unit = standin_unit(made, prefect_api_secret(url))
+    unit = standin_unit(UNIT, made, prefect_api_secret(url), f"s3://{BUCKET}/runs")
     unit.save(UNIT, overwrite=True)
     with temporary_settings(updates={PREFECT_API_URL: url}):
         yield unit
