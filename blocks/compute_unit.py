@@ -75,6 +75,14 @@ class FargateDask(BaseModel):
         "15 minutes", description="Idle time after which the scheduler shuts itself down."
     )
     fargate_spot: bool = Field(False, description="Run workers on Fargate Spot.")
+    gpu_capacity_provider: str | None = Field(
+        None,
+        description=(
+            "ECS capacity provider of EC2 GPU instances in `cluster_arn`; Dask workers that "
+            "ask for GPUs run there (Fargate has none), the scheduler stays on Fargate."
+        ),
+        examples=["sciflow-gpu"],
+    )
     prefect_api_url_secret: str | None = Field(
         None,
         description=(
@@ -86,6 +94,15 @@ class FargateDask(BaseModel):
         None,
         description="ARN of the secret (or SSM parameter) holding PREFECT_API_KEY, if any.",
     )
+
+    @model_validator(mode="after")
+    def _check_gpu_capacity(self) -> Self:
+        if self.gpu_capacity_provider and not self.cluster_arn:
+            raise ValueError(
+                "gpu_capacity_provider needs cluster_arn: the ECS cluster the capacity "
+                "provider belongs to"
+            )
+        return self
 
     def prefect_api_secrets(self) -> list[dict[str, str]]:
         """ECS ``secrets`` entries for the Prefect API URL and key this unit names."""
@@ -243,7 +260,7 @@ class ComputeUnit(Block):
                 ``batch_job_definitions``, ``efs_file_system_id``, ``dask_image``,
                 ``subnets``, ``security_groups``, ``public_subnets``, ``ecs_cluster_arn``,
                 ``task_role_arn``, ``execution_role_arn``, ``log_group``,
-                ``spending_cap_usd``, ``tags``.
+                ``gpu_capacity_provider``, ``spending_cap_usd``, ``tags``.
 
         Raises:
             InputError: A required output is missing or a value is invalid.
@@ -271,6 +288,7 @@ class ComputeUnit(Block):
                 task_role_arn=value.get("task_role_arn"),
                 execution_role_arn=value.get("execution_role_arn"),
                 log_group=value.get("log_group"),
+                gpu_capacity_provider=value.get("gpu_capacity_provider"),
             )
         try:
             return cls(

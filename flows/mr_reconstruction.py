@@ -4,6 +4,12 @@ signal (+ noise) → stage → estimate → noise statistics → SNR per slice b
 reads only its own slices) → maps, previews and info.json in the run directory → summary
 artifact.
 
+The Dask workers read the signal by URI, never by the flow host's path: on an AWS unit they
+run on Fargate and see nothing of the flow host's disk. A file that can be read by slice as
+it is (``.npy``, 2-D MRD) is read from where it is (``s3://``); anything else is staged once
+and the staged copy put in the run directory. A worker fetches the file into its own scratch
+once, then reads only its batch.
+
 3-D Cartesian data (MRD partitions, NumPy/MATLAB ``layout="volume"``) arrive from
 ``tasks.mr.io.read_raw`` in hybrid space, ``(y, z, coils, x, replicas)``: the "slices" are the x
 positions, each an in-plane (y, z) problem with the header's acceleration ``(R_y, R_z)`` and
@@ -14,8 +20,10 @@ central z plane.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,26 +95,70 @@ def noise_statistics(
     return referred_noise(raw, convention)
 
 
-@task
-def stage_slices(signal_path: str, key: str | None, layout: str, run: RunContext) -> SliceSource:
-    """Where the slice batches read from: the file itself, or a copy staged once in scratch.
+@dataclass(frozen=True, slots=True)
+class SharedSlices:
+    """The slice file as every Dask worker reaches it: by URI.
+
+    Attributes:
+        uri: The file: a local path on a local unit (the workers are this process's
+            threads); on an AWS unit the ``s3://`` input itself or its staged copy in the
+            run directory.
+        source: How to read it (reader, shape, MRD group); its ``path`` is the flow host's
+            copy and means nothing on a worker.
+    """
+
+    uri: str
+    source: SliceSource
+
+
+@task(**transient_retries())
+def stage_slices(
+    signal: str, signal_path: str, key: str | None, layout: str, run: RunContext
+) -> SharedSlices:
+    """Where the slice batches read from: the file itself, or a copy staged once.
 
     ``.npy`` and 2-D MRD files are read by slice as they are; other formats and 3-D data are
-    staged as one ``.npy`` (``tasks.mr.io.slices``).
+    staged as one ``.npy`` (``tasks.mr.io.slices``). On an AWS unit a file not already on
+    S3 goes to the run directory, so nothing the workers read lives only on this machine.
     """
-    return slice_source(Path(signal_path), run.scratch / "staged", key=key, layout=layout)
+    source = slice_source(Path(signal_path), run.scratch / "staged", key=key, layout=layout)
+    if run.unit.is_local:
+        return SharedSlices(str(source.path), source)
+    if source.path == Path(signal_path) and Location.parse(signal).is_s3:
+        return SharedSlices(signal, source)
+    uri = run.uri("staged", source.path.name)
+    if not run.store.exists(uri):
+        run.store.upload_file(source.path, uri, tags=run.tags)
+    return SharedSlices(uri, source)
+
+
+def local_slices(shared: SharedSlices, run: RunContext) -> SliceSource:
+    """The slice source on this machine: a local file as it is, an S3 one fetched once.
+
+    The copy goes to this machine's scratch under a name made from the URI, so the worker's
+    next batch reads it again rather than fetching it again.
+    """
+    loc = Location.parse(shared.uri)
+    if not loc.is_s3:
+        return replace(shared.source, path=loc.path)
+    digest = hashlib.sha256(shared.uri.encode()).hexdigest()[:16]
+    local = run.scratch / "inputs" / f"{digest}-{Path(loc.key).name}"
+    if not local.exists():
+        run.store.download_file(shared.uri, local)
+    return replace(shared.source, path=local)
 
 
 @task(**transient_retries())
 def snr_for_slices(
-    source: SliceSource,
+    shared: SharedSlices,
     slices: list[int],
     noise_cov: np.ndarray,
     options: MrOptions,
     header: AcquisitionInfo,
+    run: RunContext,
 ) -> list[SnrMaps]:
     """SNR maps for a batch of slices, reading only those (replicas vectorised per slice)."""
-    signal = read_slices(source, slices)
+    signal = read_slices(local_slices(shared, run), slices)
     header_acl = header.acs_block or ((None, header.acs_lines) if header.acs_lines else None)
     recon_spec = options.recon_spec(header_acceleration=header.acceleration, header_acl=header_acl)
     snr_spec = options.snr_spec()
@@ -204,7 +256,7 @@ def mr_reconstruction(
     batches = [slices[i : i + SLICES_PER_TASK] for i in range(0, len(slices), SLICES_PER_TASK)]
 
     mark = time.perf_counter()
-    source = stage_slices(signal_path, job.key, opts.layout, run)
+    shared = stage_slices(signal, signal_path, job.key, opts.layout, run)
     size: SizeClass = job_estimate.size_class
     maps: list[SnrMaps] = []
     with dask_task_runner(compute_unit, size, run.tags, run.launches) as runner:
@@ -212,11 +264,12 @@ def mr_reconstruction(
             runner.submit(
                 snr_for_slices,
                 {
-                    "source": source,
+                    "shared": shared,
                     "slices": batch,
                     "noise_cov": stats.noise_cov,
                     "options": opts,
                     "header": info,
+                    "run": run,
                 },
             )
             for batch in batches

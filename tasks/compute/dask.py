@@ -1,24 +1,51 @@
-"""Dask task runners for a compute unit: a LocalCluster here, a FargateCluster on AWS."""
+"""Dask task runners for a compute unit: a LocalCluster here, Dask on ECS on AWS.
+
+On AWS the scheduler runs on Fargate, and so do the workers unless they ask for GPUs: those run
+on the unit's EC2 GPU capacity provider through ``ECSCluster`` (Fargate has no GPUs). sciflow
+registers the scheduler's and workers' task definitions itself, since dask-cloudprovider's
+carry no ``secrets``: the workers get the Prefect API URL and key from Secrets Manager or SSM,
+never as plain environment. Everything a cluster needs (its task definitions, and its ECS
+cluster when the unit names none) exists only while it runs and is tagged with the run's tags;
+IAM roles and the log group are the unit's, never made per run.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import json
 import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from functools import cache
+from typing import TYPE_CHECKING, Any, Literal
 
-from blocks.compute_unit import ComputeUnit, SizeClass
-from tasks.aws.clients import AwsAccount
+from blocks.compute_unit import ComputeUnit, FargateDask, SizeClass
+from tasks.aws.clients import AwsAccount, call, client
+from tasks.aws.tags import RUN_ID_TAG, to_aws
 from tasks.compute.launches import Launch, LaunchRecord
-from tasks.errors import InputError
+from tasks.errors import InputError, SciflowError
 from tasks.settings import get_settings
 
 if TYPE_CHECKING:
     from prefect_dask import DaskTaskRunner
 
+logger = logging.getLogger(__name__)
+
 LOCAL_CLUSTER = "distributed.LocalCluster"
 FARGATE_CLUSTER = "dask_cloudprovider.aws.FargateCluster"
+ECS_CLUSTER = "dask_cloudprovider.aws.ECSCluster"
 LOOPBACK = "127.0.0.1"
+# Where the tasks log when the unit names no group (created by the awslogs driver, kept),
+# and their streams' prefix: ``dask/<container>/<task id>``.
+DEFAULT_LOG_GROUP = "/sciflow/dask"
+LOG_STREAM_PREFIX = "dask"
+# dask-cloudprovider names the containers it overrides by these.
+CONTAINERS = {"scheduler": "dask-scheduler", "worker": "dask-worker"}
+# Open files per container, as dask-cloudprovider's own definitions allow.
+NOFILE = 65535
+
+Role = Literal["scheduler", "worker"]
 
 
 def cluster_spec(
@@ -58,12 +85,7 @@ def cluster_spec(
             # a limit would pause workers when the flow itself holds the memory.
             "memory_limit": 0,
         }
-    if unit.fargate is None:
-        raise InputError(
-            f"compute unit {unit.name!r} has no `fargate` settings; expected image, subnets "
-            "and security groups to start Dask on Fargate"
-        )
-    fargate = unit.fargate
+    fargate = _fargate_settings(unit)
     kwargs: dict[str, Any] = {
         "image": fargate.image,
         "region_name": unit.region,
@@ -75,7 +97,8 @@ def cluster_spec(
         "cluster_arn": fargate.cluster_arn,
         "task_role_arn": fargate.task_role_arn,
         "execution_role_arn": fargate.execution_role_arn,
-        "cloudwatch_logs_group": fargate.log_group,
+        "cloudwatch_logs_group": fargate.log_group or DEFAULT_LOG_GROUP,
+        "cloudwatch_logs_stream_prefix": LOG_STREAM_PREFIX,
         "n_workers": workers.n_workers,
         "worker_nthreads": workers.threads_per_worker,
         "worker_cpu": workers.worker_cpu,
@@ -90,9 +113,116 @@ def cluster_spec(
         # own (its launch record, then its tags).
         "skip_cleanup": True,
     }
-    if workers.worker_gpu:
-        kwargs["worker_gpu"] = workers.worker_gpu
-    return FARGATE_CLUSTER, {k: v for k, v in kwargs.items() if v is not None}
+    if not workers.worker_gpu:
+        return FARGATE_CLUSTER, {k: v for k, v in kwargs.items() if v is not None}
+    if not fargate.gpu_capacity_provider:
+        raise InputError(
+            f"compute unit {unit.name!r}: size class {size!r} asks for "
+            f"{workers.worker_gpu} GPU(s) per Dask worker, but Fargate has no GPUs and the "
+            "unit names no EC2 GPU capacity; expected `fargate.gpu_capacity_provider` (an "
+            "ECS capacity provider of GPU instances in `fargate.cluster_arn`)"
+        )
+    kwargs.pop("fargate_spot")  # Spot is a Fargate capacity provider; the workers are on EC2
+    kwargs |= {
+        "fargate_scheduler": True,
+        "fargate_workers": False,
+        "worker_gpu": workers.worker_gpu,
+        # Not the cluster's default strategy: the workers go where the GPUs are.
+        "worker_task_kwargs": {
+            "capacityProviderStrategy": [{"capacityProvider": fargate.gpu_capacity_provider}]
+        },
+    }
+    return ECS_CLUSTER, {k: v for k, v in kwargs.items() if v is not None}
+
+
+def _fargate_settings(unit: ComputeUnit) -> FargateDask:
+    """The unit's Dask-on-ECS settings, refused when a cluster could not run with them."""
+    if unit.fargate is None:
+        raise InputError(
+            f"compute unit {unit.name!r} has no `fargate` settings; expected image, subnets "
+            "and security groups to start Dask on Fargate"
+        )
+    fargate = unit.fargate
+    missing = [
+        name
+        for name in ("execution_role_arn", "task_role_arn", "prefect_api_url_secret")
+        if not getattr(fargate, name)
+    ]
+    if missing:
+        raise InputError(
+            f"compute unit {unit.name!r}: `fargate` lacks {missing}; Dask on ECS needs the "
+            "execution role (image, logs, secrets), the task role (the run's storage) and the "
+            "secret holding the Prefect API URL the workers report to (a run makes no IAM "
+            "roles and puts no API address in plain environment)"
+        )
+    return fargate
+
+
+def task_definitions(
+    unit: ComputeUnit, cluster_class: str, kwargs: Mapping[str, Any]
+) -> dict[Role, dict[str, Any]]:
+    """The scheduler's and workers' ``RegisterTaskDefinition`` bodies for a cluster spec.
+
+    dask-cloudprovider overrides each container's command at ``RunTask``; what these add to
+    its own definitions is the workers' ``secrets`` (the Prefect API URL and key) and the
+    run's tags. A GPU worker asks for its GPUs and runs on EC2.
+
+    Args:
+        unit: The AWS unit (``unit.fargate`` set).
+        cluster_class: ``FARGATE_CLUSTER`` or ``ECS_CLUSTER``, from ``cluster_spec``.
+        kwargs: The cluster's keyword arguments, from ``cluster_spec``.
+
+    Returns:
+        Body by role; each family is named by a hash of its body.
+    """
+    fargate = _fargate_settings(unit)
+    gpu = int(kwargs.get("worker_gpu") or 0)
+    sizes: dict[Role, tuple[int, int]] = {
+        "scheduler": (kwargs["scheduler_cpu"], kwargs["scheduler_mem"]),
+        "worker": (kwargs["worker_cpu"], kwargs["worker_mem"]),
+    }
+    bodies: dict[Role, dict[str, Any]] = {}
+    for role, (cpu, memory) in sizes.items():
+        on_fargate = role == "scheduler" or cluster_class == FARGATE_CLUSTER
+        container: dict[str, Any] = {
+            "name": CONTAINERS[role],
+            "image": kwargs["image"],
+            "cpu": cpu,
+            "memory": memory,
+            "essential": True,
+            # Replaced by dask-cloudprovider's override (address, threads, memory limit).
+            "command": [CONTAINERS[role]],
+            "ulimits": [{"name": "nofile", "softLimit": NOFILE, "hardLimit": NOFILE}],
+            "logConfiguration": {
+                "logDriver": "awslogs",
+                "options": {
+                    "awslogs-group": kwargs["cloudwatch_logs_group"],
+                    "awslogs-region": kwargs["region_name"],
+                    "awslogs-stream-prefix": kwargs["cloudwatch_logs_stream_prefix"],
+                    "awslogs-create-group": "true",
+                },
+            },
+        }
+        if role == "worker":
+            # Task runs on the workers report to Prefect; the scheduler never calls it.
+            container["secrets"] = fargate.prefect_api_secrets()
+            if gpu:
+                container["resourceRequirements"] = [{"type": "GPU", "value": str(gpu)}]
+        body: dict[str, Any] = {
+            "taskRoleArn": kwargs["task_role_arn"],
+            "executionRoleArn": kwargs["execution_role_arn"],
+            "networkMode": "awsvpc",
+            "requiresCompatibilities": ["FARGATE" if on_fargate else "EC2"],
+            "runtimePlatform": {"cpuArchitecture": "X86_64", "operatingSystemFamily": "LINUX"},
+            "cpu": str(cpu),
+            "memory": str(memory),
+            "containerDefinitions": [container],
+        }
+        digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+        body["family"] = f"sciflow-dask-{role}-{digest}"
+        body["tags"] = to_aws(kwargs.get("tags") or {}, key="key", value="value")
+        bodies[role] = body
+    return bodies
 
 
 def dask_task_runner(
@@ -109,7 +239,7 @@ def dask_task_runner(
         unit: Where the cluster runs.
         size: Size class.
         tags: The run's tags.
-        record: The run's launch record (``RunContext.launches``): a Fargate cluster's tasks
+        record: The run's launch record (``RunContext.launches``): an ECS cluster's tasks
             are in it while the cluster lives, so the run's stop hook, in whichever process,
             stops them if the run dies first. Local clusters are threads of this process and
             need none.
@@ -118,28 +248,68 @@ def dask_task_runner(
 
     quiet_dask_logs()
     cluster_class, cluster_kwargs = cluster_spec(unit, size, tags)
-    if cluster_class == FARGATE_CLUSTER and record is not None:
-        return DaskTaskRunner(
-            cluster_class=recorded_fargate_cluster,
-            cluster_kwargs={"record": record, "account": unit.aws_account(), **cluster_kwargs},
-        )
-    return DaskTaskRunner(cluster_class=cluster_class, cluster_kwargs=cluster_kwargs)
+    if cluster_class == LOCAL_CLUSTER:
+        return DaskTaskRunner(cluster_class=cluster_class, cluster_kwargs=cluster_kwargs)
+    return DaskTaskRunner(
+        cluster_class=recorded_ecs_cluster,
+        cluster_kwargs={
+            "cluster_class": cluster_class,
+            "definitions": task_definitions(unit, cluster_class, cluster_kwargs),
+            "account": unit.aws_account(),
+            "record": record,
+            **cluster_kwargs,
+        },
+    )
 
 
 @contextmanager
-def recorded_fargate_cluster(
-    record: LaunchRecord, account: AwsAccount, **kwargs: Any
+def recorded_ecs_cluster(
+    cluster_class: str,
+    definitions: Mapping[Role, Mapping[str, Any]],
+    account: AwsAccount,
+    record: LaunchRecord | None = None,
+    **kwargs: Any,
 ) -> Iterator[Any]:
-    """A ``FargateCluster`` whose scheduler and worker tasks are in ``record`` while it runs.
+    """A Dask cluster on ECS, with everything it needs made before it and removed after it.
 
-    They leave the record once the cluster has closed (which stops them); if the run dies
-    first they stay, for its stop hook.
+    Registers ``definitions`` (and an ECS cluster when ``kwargs`` names none), starts
+    ``cluster_class`` on them, and puts its scheduler and worker tasks in ``record`` while it
+    runs. Once it has closed (which stops its tasks) the tasks leave the record and the
+    definitions and the ECS cluster made here are removed. If the run dies first the tasks
+    stay recorded for its stop hook; what this made is still removed, or, should AWS refuse,
+    left to cleanup, which finds it by the run's tags.
+
+    Args:
+        cluster_class: ``FARGATE_CLUSTER`` or ``ECS_CLUSTER``.
+        definitions: ``task_definitions(...)``.
+        account: The unit's account (the ECS calls made here).
+        record: The run's launch record, if any.
+        **kwargs: The cluster's keyword arguments (``cluster_spec``).
     """
-    from dask_cloudprovider.aws import FargateCluster
-
-    with FargateCluster(**kwargs) as cluster:
-        launches = [
-            record.add(
+    ecs = client("ecs", account, region=kwargs.get("region_name"))
+    made_cluster: str | None = None
+    registered: dict[Role, str] = {}
+    try:
+        if not kwargs.get("cluster_arn"):
+            made_cluster = _create_ecs_cluster(ecs, kwargs.get("tags") or {})
+            kwargs["cluster_arn"] = made_cluster
+        for role, body in definitions.items():
+            registered[role] = call(
+                ecs.register_task_definition,
+                f"register task definition {body['family']}",
+                **body,
+            )["taskDefinition"]["taskDefinitionArn"]
+        cluster_type = _tolerant_cluster_class(cluster_class)
+        with cluster_type(
+            scheduler_task_definition_arn=registered["scheduler"],
+            worker_task_definition_arn=registered["worker"],
+            **kwargs,
+        ) as cluster:
+            tasks = [
+                ("dask-scheduler", cluster.scheduler),
+                *((f"dask-worker-{name}", worker) for name, worker in cluster.workers.items()),
+            ]
+            launches = [
                 Launch(
                     kind="ecs-task",
                     id=task.task_arn,
@@ -147,15 +317,81 @@ def recorded_fargate_cluster(
                     cluster=cluster.cluster_arn,
                     label=label,
                 )
-            )
-            for label, task in [
-                ("dask-scheduler", cluster.scheduler),
-                *((f"dask-worker-{name}", worker) for name, worker in cluster.workers.items()),
+                for label, task in tasks
             ]
-        ]
-        yield cluster
-    for launch in launches:
-        record.done(launch)
+            if record is not None:
+                for launch in launches:
+                    record.add(launch)
+            yield cluster
+        if record is not None:
+            for launch in launches:
+                record.done(launch)
+    finally:
+        _remove(ecs, registered.values(), made_cluster)
+
+
+def _create_ecs_cluster(ecs: Any, tags: Mapping[str, str]) -> str:
+    run = tags.get(RUN_ID_TAG, "")
+    name = f"sciflow-dask-{run[:8] or hashlib.sha256(json.dumps(tags).encode()).hexdigest()[:8]}"
+    return call(
+        ecs.create_cluster,
+        f"create ECS cluster {name}",
+        clusterName=name,
+        capacityProviders=["FARGATE", "FARGATE_SPOT"],
+        tags=to_aws(tags, key="key", value="value"),
+    )["cluster"]["clusterArn"]
+
+
+def _remove(ecs: Any, definition_arns: Any, cluster_arn: str | None) -> None:
+    """Deregister and delete the cluster's task definitions; delete its ECS cluster if made."""
+    arns = list(definition_arns)
+    try:
+        for arn in arns:
+            call(ecs.deregister_task_definition, f"deregister {arn}", taskDefinition=arn)
+        if arns:
+            call(ecs.delete_task_definitions, "delete task definitions", taskDefinitions=arns)
+        if cluster_arn:
+            call(ecs.delete_cluster, f"delete ECS cluster {cluster_arn}", cluster=cluster_arn)
+    except SciflowError:
+        # Tagged with the run: cleanup's sweep removes what is left.
+        logger.exception("could not remove what the Dask cluster used; cleanup will")
+
+
+@cache
+def _tolerant_cluster_class(path: str) -> type:
+    """``path``'s cluster class, with tasks that wait through ECS's ACTIVATING state.
+
+    dask-cloudprovider polls a new task only while it is PROVISIONING or PENDING and takes any
+    other state but RUNNING for a failure, so a task seen ACTIVATING (ECS's step between
+    PENDING and RUNNING) fails the whole cluster. The stand-in showed it; here the scheduler
+    and workers keep polling through ACTIVATING.
+    """
+    from dask_cloudprovider.aws import ecs
+    from distributed.deploy.spec import SpecCluster
+    from prefect.utilities.importtools import from_qualified_name
+
+    class WaitsPastActivating:
+        async def _update_task(self) -> None:
+            await super()._update_task()  # type: ignore[misc]
+            while self.task["lastStatus"] == "ACTIVATING":  # type: ignore[attr-defined]
+                await asyncio.sleep(1)
+                await super()._update_task()  # type: ignore[misc]
+
+    scheduler = type("Scheduler", (WaitsPastActivating, ecs.Scheduler), {})
+    worker = type("Worker", (WaitsPastActivating, ecs.Worker), {})
+
+    class UsesTolerantTasks(SpecCluster):
+        # Between ECSCluster._start (which sets the specs) and SpecCluster._start (which
+        # starts the scheduler and workers from them).
+        async def _start(self) -> None:
+            self.scheduler_spec["cls"] = scheduler
+            self.new_spec["cls"] = worker
+            for spec in self.worker_spec.values():
+                spec["cls"] = worker
+            await super()._start()
+
+    base = from_qualified_name(path)
+    return type(base.__name__, (base, UsesTolerantTasks), {})
 
 
 def quiet_dask_logs() -> None:

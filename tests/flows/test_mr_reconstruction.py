@@ -299,10 +299,15 @@ def test_numpy_replicas_layout_feeds_multiple_replicas(tmp_path, phantom):
 def test_a_slice_batch_tasks_peak_memory_does_not_grow_with_the_file(tmp_path):
     import tracemalloc
 
-    from flows.mr_reconstruction import snr_for_slices
+    from blocks.compute_unit import local_unit
+    from flows.mr_reconstruction import SharedSlices, snr_for_slices
+    from tasks.compute.run_context import RunContext
     from tasks.mr.io import read_info
     from tasks.mr.io.slices import slice_source
     from tasks.mr.options import MrOptions
+    from tasks.storage.objects import ObjectStore
+
+    run = RunContext(unit=local_unit(), run_id="r", flow="f", store=ObjectStore())
 
     rng = np.random.default_rng(8)
     peaks = {}
@@ -315,8 +320,48 @@ def test_a_slice_batch_tasks_peak_memory_does_not_grow_with_the_file(tmp_path):
         options = MrOptions(method="ac", recon="rss")
         tracemalloc.start()
         try:
-            snr_for_slices.fn(source, [0, 1, 2, 3], np.eye(16), options, info)
+            shared = SharedSlices(str(source.path), source)
+            snr_for_slices.fn(shared, [0, 1, 2, 3], np.eye(16), options, info, run)
             peaks[count] = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
     assert peaks[32] < 1.5 * peaks[4]
+
+
+def _aws_run(tmp_path):
+    import boto3
+
+    from blocks.compute_unit import ComputeUnit
+    from tasks.compute.run_context import RunContext
+
+    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="lab")
+    unit = ComputeUnit(name="lab", platform="aws", region="us-east-1", storage_root="s3://lab/runs")
+    return RunContext(unit=unit, run_id="r1", flow="mr-reconstruction", store=unit.object_store())
+
+
+def test_on_aws_workers_read_an_s3_input_that_reads_by_slice_where_it_is(aws, mrd_file, tmp_path):
+    from flows.mr_reconstruction import local_slices, stage_slices
+
+    run = _aws_run(tmp_path)
+    run.store.upload_file(mrd_file, "s3://lab/in/phantom.h5")
+    shared = stage_slices.fn("s3://lab/in/phantom.h5", str(mrd_file), None, "slices", run)
+    assert shared.uri == "s3://lab/in/phantom.h5"
+    on_worker = local_slices(shared, run)
+    assert on_worker.path != mrd_file
+    assert on_worker.path.read_bytes() == mrd_file.read_bytes()
+
+
+def test_on_aws_a_staged_copy_goes_to_the_run_directory_not_only_this_disk(aws, phantom, tmp_path):
+    from flows.mr_reconstruction import local_slices, stage_slices
+    from tasks.mr.io.slices import read_slices
+
+    signal, _ = phantom_acquisition(phantom, slices=2, noise_samples=48, seed=6)
+    np.savez(tmp_path / "signal.npz", kspace=signal)  # an .npz member cannot be read by slice
+    run = _aws_run(tmp_path)
+    shared = stage_slices.fn(
+        str(tmp_path / "signal.npz"), str(tmp_path / "signal.npz"), "kspace", "slices", run
+    )
+    assert shared.uri.startswith("s3://lab/runs/lab/r1/staged/")
+    assert run.store.exists(shared.uri)
+    shared.source.path.unlink()  # the flow host's copy: a worker must not need it
+    np.testing.assert_array_equal(read_slices(local_slices(shared, run), [1]), signal[:, :, :, [1]])

@@ -87,6 +87,7 @@ class Network:
         self._hosts: dict[str, Host] = {}
         self._names: dict[str, str] = {}  # Cloud Map and other DNS names -> address
         self._counter = 0
+        self._last_allocated: dict[str, int] = {}  # subnet -> index of its last address given
         self._mutex = threading.Lock()
 
     # ---- the block ---------------------------------------------------------------------------
@@ -186,8 +187,15 @@ class Network:
             )
         with self._mutex:
             used = {h.address for h in self._hosts.values()} | {self.host_address}
-            for address in subnet.hosts():
+            candidates = list(subnet.hosts())
+            # Round the subnet from the last address given, as a fresh ENI would: an address
+            # freed a moment ago is still in this host's ARP cache under the old veth's MAC,
+            # and a new task there would be unreachable for half a minute.
+            start = self._last_allocated.get(cidr, -1) + 1
+            for index in [*range(start, len(candidates)), *range(start)]:
+                address = candidates[index]
                 if str(address) not in used and not str(address).endswith(".0"):
+                    self._last_allocated[cidr] = index
                     # Reserve it before the namespace exists: the caller adds it next.
                     self._hosts[f"reserved-{address}"] = Host("", str(address), "")
                     return str(address)
@@ -198,18 +206,23 @@ class Network:
         with self._mutex:
             self._hosts.pop(f"reserved-{address}", None)
             self._counter += 1
-            # Read under the lock: tasks start on threads, and two hosts must not share a peer.
-            index = self._counter
-            name = f"{self.tag}-{index}"
+            # Named under the lock: tasks start on threads, and two hosts must not share a peer.
+            name, peer = f"{self.tag}-{self._counter}", f"v{self._counter}"
             host = Host(name, address, hostname)
             self._hosts[name] = host
         ip("netns", "add", name)
         ip("-n", name, "link", "set", "lo", "up")
-        peer = f"v{index}"
         ip("link", "add", "name", "eth0", "netns", name, "type", "veth", "peer", "name", peer, "netns", self.switch)  # fmt: skip
         ip("-n", self.switch, "link", "set", peer, "master", "br0", "up")
         ip("-n", name, "addr", "add", f"{address}/{BLOCK_PREFIX}", "dev", "eth0")
         ip("-n", name, "link", "set", "eth0", "up")
+        # Whatever held this address before had another MAC; forget it (once round the
+        # subnet, addresses are reused).
+        subprocess.run(
+            ["ip", "neigh", "flush", "to", address, "dev", self.host_link],
+            capture_output=True,
+            timeout=IP_TIMEOUT_S,
+        )
         self._write_hosts_file(host)
         return host
 

@@ -1,0 +1,131 @@
+"""Dask on Fargate for real: sciflow's cluster runs as processes on the ECS stand-in.
+
+The scheduler and worker tasks dask-cloudprovider starts through moto are processes in network
+namespaces holding the addresses moto reports (tests/standin). The workers get the Prefect API
+URL only from Secrets Manager, and reach it and moto through relays on the stand-in's bridge;
+they see the flow host's disk only because the stand-in shares it, so the test checks that
+they read the input by URI into a scratch directory of their own.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import nibabel as nib
+import numpy as np
+import pytest
+
+from blocks.compute_unit import ComputeUnit
+from tasks.mr.io import write_mrd
+from tasks.mr.phantom import make_phantom, phantom_acquisition
+from tests.standin.fargate import (
+    REGION,
+    bridge_api_url,
+    enable_long_task_arns,
+    prefect_api_secret,
+    standin_unit,
+)
+
+BUCKET = "lab-sciflow"
+UNIT = "standin"
+OPTIONS = {"method": "ac", "recon": "b1"}
+
+
+@pytest.fixture
+def fargate_unit(ecs_standin, standin_network) -> Iterator[ComputeUnit]:
+    """The ``standin`` unit, saved as a block, with its bucket in moto.
+
+    The flow host (this process) talks to Prefect by the bridge address too while it runs,
+    as a flow run on ECS and its Dask workers share one API URL: Prefect's Dask runner ships
+    the flow's settings, API URL and key included, with every task it submits, and a worker
+    runs the task under those rather than its own environment's.
+    """
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    made = standin_network.make_vpc(cluster="sciflow")
+    enable_long_task_arns()
+    boto3.client("s3", region_name=REGION).create_bucket(Bucket=BUCKET)
+    url = bridge_api_url(standin_network)
+    unit = standin_unit(UNIT, made, prefect_api_secret(url), f"s3://{BUCKET}/runs")
+    unit.save(UNIT, overwrite=True)
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        yield unit
+
+
+@pytest.fixture
+def mrd_input(tmp_path) -> Path:
+    phantom = make_phantom(48, 48, 4, amplitude=40.0, correlation=0.3, seed=5)
+    signal, noise = phantom_acquisition(phantom, slices=8, noise_samples=48 * 400, seed=6)
+    return write_mrd(
+        tmp_path / "phantom.h5", signal, noise, fov_mm=(256.0, 256.0, 5.0), dwell_s=5e-6
+    )
+
+
+def _snr(uri: str, tmp_path: Path) -> np.ndarray:
+    if uri.startswith("s3://"):
+        bucket, key = uri.removeprefix("s3://").split("/", 1)
+        local = tmp_path / "fetched" / Path(key).name
+        local.parent.mkdir(exist_ok=True)
+        boto3.client("s3", region_name=REGION).download_file(bucket, key, str(local))
+        uri = str(local)
+    return nib.load(uri).get_fdata()
+
+
+def _task_runs(run_id: str) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        return client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
+        )
+
+
+def test_mr_reconstruction_on_fargate_matches_the_local_run_and_leaves_nothing(
+    fargate_unit, mrd_input, tmp_path
+):
+    from flows.mr_reconstruction import mr_reconstruction
+    from tasks.compute.launches import LaunchRecord
+
+    s3 = boto3.client("s3", region_name=REGION)
+    s3.upload_file(str(mrd_input), BUCKET, "inputs/phantom.h5")
+    signal = f"s3://{BUCKET}/inputs/phantom.h5"
+
+    on_fargate = mr_reconstruction(signal=signal, options=OPTIONS, unit=UNIT)
+    local = mr_reconstruction(
+        signal=str(mrd_input), options=OPTIONS, output=str(tmp_path / "local")
+    )
+
+    np.testing.assert_array_equal(_snr(on_fargate.snr, tmp_path), _snr(local.snr, tmp_path))
+    assert on_fargate.median_snr == local.median_snr
+    run_id = on_fargate.output.rstrip("/").rsplit("/", 1)[-1]
+
+    # The workers ran the slice batches and reported them to Prefect through the secret's URL.
+    batches = [t for t in _task_runs(run_id) if t.name.startswith("snr_for_slices")]
+    assert len(batches) == 2
+    assert all(t.state.is_completed() for t in batches)
+    # They read the input by its URI into their own scratch, not the flow host's.
+    worker_scratch = Path(tempfile.gettempdir()) / "sciflow-scratch" / run_id
+    try:
+        assert [p.name.split("-", 1)[1] for p in (worker_scratch / "inputs").iterdir()] == [
+            "phantom.h5"
+        ]
+    finally:
+        shutil.rmtree(worker_scratch, ignore_errors=True)
+
+    # Everything the cluster started or registered is gone; the unit's own things stay.
+    ecs = boto3.client("ecs", region_name=REGION)
+    cluster = fargate_unit.fargate.cluster_arn
+    assert ecs.list_tasks(cluster=cluster, desiredStatus="RUNNING")["taskArns"] == []
+    stopped = ecs.list_tasks(cluster=cluster, desiredStatus="STOPPED")["taskArns"]
+    assert len(stopped) == 3  # scheduler and two workers
+    assert ecs.list_task_definitions(status="ACTIVE")["taskDefinitionArns"] == []
+    assert ecs.list_clusters()["clusterArns"] == [cluster]
+    groups = boto3.client("ec2", region_name=REGION).describe_security_groups()["SecurityGroups"]
+    assert {g["GroupName"] for g in groups} <= {"default", "standin"}
+    assert LaunchRecord.of_run(fargate_unit, run_id).launches() == []
