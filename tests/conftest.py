@@ -26,7 +26,7 @@ FAKE_AWS_ENV = {
 }
 
 
-pytest_plugins = ["tests.standin.fixtures"]
+pytest_plugins = ["tests.standin.fixtures", "tests.standin.batch_fixtures"]
 
 
 def _is_loopback(address: object) -> bool:

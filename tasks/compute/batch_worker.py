@@ -10,16 +10,15 @@ follows it until it SUCCEEDED or FAILED: every job and node state goes to the fl
 and so do the containers' CloudWatch lines.
 
 Cancelling: Prefect calls ``kill_infrastructure`` only for runs that have not started, and it
-terminates the job. A running flow is cancelled inside its container; its stop hook
-(``tasks.compute.hooks.stop_launches``) calls ``terminate_own_job``, which ends the job from
-within (the flow process alone would exit, but the other nodes would not).
+terminates the job. A running flow is cancelled inside its container by ``prefect flow-run
+execute``, which then records Cancelled and exits; that ends the job, and Batch stops a
+multi-node job's other nodes once its main node (the flow's) exits.
 """
 
 from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any, Self
 
@@ -52,7 +51,6 @@ from tasks.compute.batch import (
     job_definition_spec,
     submit_job,
 )
-from tasks.compute.node_context import BATCH_JOB_ID, launcher_env
 from tasks.errors import InputError
 
 if TYPE_CHECKING:
@@ -473,32 +471,6 @@ class AwsBatchWorker(BaseWorker[AwsBatchJobConfiguration, AwsBatchVariables, Aws
         reason = TERMINATE_REASON.format(flow_run=flow_run)
         await anyio.to_thread.run_sync(partial(terminate, batch, infrastructure_pid, reason))
         self._logger.info("Terminated Batch job %s: %s", infrastructure_pid, reason)
-
-
-def terminate_own_job(
-    reason: str, env: Mapping[str, str] | None = None, batch: Any | None = None
-) -> str | None:
-    """From inside a Batch container, terminate the job it belongs to (all its nodes).
-
-    With ``NodeContext``, the only reader of ``AWS_BATCH_*`` (through ``launcher_env``).
-
-    Args:
-        reason: Why, as Batch shows it (``statusReason``).
-        env: The environment; this process's (``launcher_env()``) if not given.
-        batch: A boto3 Batch client; one for the container's region if not given.
-
-    Returns:
-        The job id terminated, or ``None`` when not running in Batch.
-    """
-    env = launcher_env() if env is None else env
-    own = env.get(BATCH_JOB_ID)
-    if not own:
-        return None
-    job_id = own.partition("#")[0]  # a node job `<jobId>#<node>` ends with its parent
-    if batch is None:
-        batch = client("batch")
-    RunningJob(batch, job_id).kill(reason)
-    return job_id
 
 
 def default_base_job_template() -> dict[str, Any]:

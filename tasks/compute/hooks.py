@@ -1,8 +1,8 @@
 """Every flow's end, the same way: stop what the run launched, then clean up after it.
 
 ``sciflow_flow(name=...)`` is ``prefect.flow`` with the same hooks on completion, failure,
-crash and cancellation: ``stop_launches`` (the run's launch record, ``tasks.compute.launches``,
-and on cancellation the Batch job the flow itself runs in) and ``cleanup_on_exit``.
+crash and cancellation: ``stop_launches`` (the run's launch record, ``tasks.compute.launches``)
+and ``cleanup_on_exit``.
 """
 
 from __future__ import annotations
@@ -14,15 +14,18 @@ from prefect import flow
 
 from tasks.cleanup.audit import Check
 from tasks.cleanup.validate import validate_run
-from tasks.compute.batch_worker import TERMINATE_REASON, terminate_own_job
 from tasks.compute.launches import LaunchRecord, unit_of
 from tasks.progress import run_logger
 
 
 def stop_launches(flow: Any, flow_run: Any, state: Any) -> None:
-    """Flow hook: stop everything the run's launch record holds; when cancelled, its own job.
+    """Flow hook: stop everything the run's launch record holds.
 
     Reads the record from the run directory, so it works in whichever process Prefect runs it.
+    It leaves alone the Batch job the flow itself runs in: ``prefect flow-run execute`` runs
+    the cancellation hooks before it records Cancelled, so terminating that job from here
+    killed the process that was to record it (the run stayed Cancelling). The job ends when
+    the flow's process exits, and a multi-node job whose main node exits stops its others.
     """
     record = LaunchRecord.of_run(unit_of(flow_run.parameters), str(flow_run.id))
     stopped = record.stop_all(f"Prefect flow run {flow_run.id} was {state.name.lower()}")
@@ -30,9 +33,6 @@ def stop_launches(flow: Any, flow_run: Any, state: Any) -> None:
         run_logger().info(
             "stopped %s", ", ".join(f"{launch.kind} {launch.id}" for launch in stopped)
         )
-    if state.is_cancelled() or state.is_cancelling():
-        # A flow running as an aws-batch job ends its job, or its other nodes would run on.
-        terminate_own_job(TERMINATE_REASON.format(flow_run=flow_run.id))
 
 
 def cleanup_on_exit(flow: Any, flow_run: Any, state: Any) -> None:

@@ -32,7 +32,6 @@ from tasks.compute.batch_worker import (
     AwsBatchWorker,
     default_base_job_template,
     launch,
-    terminate_own_job,
 )
 from tasks.compute.hooks import stop_launches
 from tasks.errors import InputError
@@ -265,32 +264,22 @@ def test_kill_infrastructure_sends_terminate_job_with_a_reason(monkeypatch):
     stub.assert_no_pending_responses()
 
 
-def test_terminate_own_job_ends_the_parent_of_a_node_job(batch_queue, client):
-    """moto records TerminateJob's reason as the statusReason of the job it was sent for."""
+def test_cancellation_hook_leaves_the_job_it_runs_in_to_end_with_its_process(
+    batch_queue, client, monkeypatch
+):
+    """Terminating it would kill ``prefect flow-run execute`` before it records Cancelled.
+
+    tests/e2e/test_batch_pool_simulation.py shows the run reach Cancelled and the job end.
+    """
     job_id, _ = _submitted_job(client)
-    env = {"AWS_BATCH_JOB_ID": f"{job_id}#1"}
-    assert terminate_own_job("flow cancelled", env=env, batch=client) == job_id
-    assert client.describe_jobs(jobs=[job_id])["jobs"][0]["statusReason"] == "flow cancelled"
-
-
-def test_terminate_own_job_outside_batch_does_nothing(client):
-    calls = record_calls(client)
-    assert terminate_own_job("flow cancelled", env={}, batch=client) is None
-    assert calls == []
-
-
-def test_cancellation_hook_terminates_the_job_it_runs_in(batch_queue, client, monkeypatch):
-    """The stop hook reads AWS_BATCH_JOB_ID and makes its own client (to moto)."""
-    job_id, _ = _submitted_job(client)
-    monkeypatch.setenv("AWS_BATCH_JOB_ID", job_id)
+    monkeypatch.setenv("AWS_BATCH_JOB_ID", f"{job_id}#0")
 
     class Run:
         id = "run-42"
         parameters: ClassVar[dict[str, str]] = {}
 
     stop_launches(None, Run(), Cancelling())
-    status_reason = client.describe_jobs(jobs=[job_id])["jobs"][0]["statusReason"]
-    assert status_reason == "Prefect flow run run-42 was cancelled"
+    assert "statusReason" not in client.describe_jobs(jobs=[job_id])["jobs"][0]
 
 
 def test_job_definition_names_do_not_change_with_the_run():

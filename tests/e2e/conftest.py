@@ -24,6 +24,9 @@ from typing import IO
 import httpx
 import pytest
 
+from tests.compute.moto_batch import make_job_queue, use_batch_without_docker
+from tests.conftest import FAKE_AWS_ENV
+
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 SERVER_START_TIMEOUT_S = 90.0
@@ -33,6 +36,9 @@ POLL_S = 0.2
 LOOPBACK_HOSTS = "127.0.0.1,localhost"
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
 WORK_POOL = "sciflow-local"
+# The aws-batch pool and the moto job queue its runs go to (tests/compute/moto_batch.py).
+BATCH_POOL = "sciflow-batch-e2e"
+BATCH_QUEUE = "sciflow-e2e"
 
 
 class _ProxyHandler(socketserver.StreamRequestHandler):
@@ -340,3 +346,31 @@ def flow_run_id_from(output: str) -> str:
     match = re.search(r"UUID:\s*([0-9a-f-]{36})", output)
     assert match, f"no flow run UUID in:\n{output}"
     return match.group(1)
+
+
+@pytest.fixture
+def batch_worker(prefect_server: PrefectServer, aws: str) -> Iterator[Service]:
+    """``prefect worker start --pool sciflow-batch-e2e --type aws-batch``, AWS being moto.
+
+    The worker runs in this host's namespace and reaches moto on 127.0.0.1. moto's Batch is
+    the Docker-less one (jobs finish at once) unless a test installs ``batch_standin``.
+    """
+    use_batch_without_docker(aws)
+    make_job_queue(BATCH_QUEUE)
+    env = {
+        **prefect_server.env,
+        **FAKE_AWS_ENV,
+        "AWS_ENDPOINT_URL": aws,
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+    }
+    service = start_service(
+        "aws-batch worker",
+        [str(VENV_BIN / "prefect"), "worker", "start", "--pool", BATCH_POOL, "--type", "aws-batch"],
+        env,
+        prefect_server.service.log_path.with_name("batch-worker.log"),
+    )
+    try:
+        wait_for_worker(prefect_server.api_url, BATCH_POOL, service, WORKER_START_TIMEOUT_S)
+        yield service
+    finally:
+        service.stop()
