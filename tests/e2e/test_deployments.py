@@ -95,13 +95,21 @@ def test_cli_deployment_run_completes_the_pipeline_and_writes_its_outputs(api, p
         "training",
         "secure-cleanup",
     }
-    for uri in manifest["stages"].values():
+    stages = dict(manifest["stages"])
+    record = Path(stages.pop("secure-cleanup"))
+    for uri in stages.values():
         assert Path(uri).is_relative_to(api.storage_root / "local"), uri
 
-    assert Path(manifest["stages"]["secure-cleanup"]) == run_dir / "cleanup.json"
-    cleanup = read_json(run_dir / "cleanup.json")
+    # The cleanup record lives outside the unit's run directories (run roles cannot delete it).
+    assert record == api.storage_root / "audit" / "local" / run_dir.name / "cleanup_validation.json"
+    cleanup = read_json(record)
     assert cleanup["ok"] is True
-    assert {c["name"] for c in cleanup["checks"]} == {"scratch removed", "no partial writes"}
+    assert {c["name"] for c in cleanup["checks"]} == {
+        "launches stopped",
+        "scratch removed",
+        "no partial writes",
+        "intermediates purged",
+    }
 
     preflight = read_json(manifest["stages"]["preflight"])
     assert [c["check"] for c in preflight] == ["storage round trip", "mpiexec", "dask workers"]

@@ -215,7 +215,7 @@ class Relay:
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> object:
-    """Poll ``predicate`` until it returns something true; fail naming ``what`` after ``timeout``."""
+    """Poll ``predicate`` until it returns something true; fail naming ``what`` at ``timeout``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if value := predicate():

@@ -23,6 +23,7 @@ Installed on the moto backends of this process (``ThreadedMotoServer`` serves th
 from __future__ import annotations
 
 import inspect
+import itertools
 import json
 import threading
 import time
@@ -120,7 +121,7 @@ class EcsStandIn:
             self.network.remove_host(host)
         self.hosts.clear()
 
-    # ---- patches ----------------------------------------------------------------------------------
+    # ---- patches ----------------------------------------------------------------------
 
     def _private_ip(self, *_: Any, **__: Any) -> str:
         return self._next_address.value
@@ -137,7 +138,7 @@ class EcsStandIn:
                 subnet = ec2_backends[ACCOUNT][stand_in.region].get_subnet(subnets[0])
                 stand_in._next_address.value = stand_in.network.allocate(subnet.cidr_block)
             original(task, *args, **kwargs)
-            task._transitions = list(zip(STATES_TO_RUNNING, STATES_TO_RUNNING[1:], strict=False))
+            task._transitions = list(itertools.pairwise(STATES_TO_RUNNING))
             task._status = "PROVISIONING"
 
         return init
@@ -178,7 +179,7 @@ class EcsStandIn:
 
         return call
 
-    # ---- a task's life -----------------------------------------------------------------------------
+    # ---- a task's life ------------------------------------------------------------
 
     def _start(self, task: Any) -> None:
         try:
@@ -242,7 +243,9 @@ class EcsStandIn:
         log_options = (container.get("logConfiguration") or {}).get("options") or {}
         logs = {
             "group": log_options.get("awslogs-group", ""),
-            "stream": f"{log_options.get('awslogs-stream-prefix', '')}/{container.get('name')}/{task.id}",
+            "stream": "/".join(
+                [log_options.get("awslogs-stream-prefix", ""), container.get("name"), task.id]
+            ),
             "create": log_options.get("awslogs-create-group", "false"),
         }
         return argv, env, logs

@@ -6,21 +6,29 @@ namespaces cannot be made). ``ecs_standin``: moto's ECS runs its tasks for one t
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import boto3
-
 import pytest
 
 from tests.standin import guard
 from tests.standin.containers import Relay, image_environment, make_shims
 from tests.standin.ecs import EcsStandIn
-from tests.standin.network import Network, NamespacesUnavailable, cannot_make_namespaces
+from tests.standin.network import NamespacesUnavailable, Network, cannot_make_namespaces
 
 REGION = "us-east-1"
+STANDIN_FIXTURES = {"standin_network", "ecs_standin", "batch_standin"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses the stand-in ``standin``: real processes, the slow ones."""
+    for item in items:
+        if STANDIN_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.standin)
 
 
 @dataclass
@@ -91,6 +99,12 @@ def standin_network(
         print(f"SKIP stand-in: {exc}")
         pytest.skip(str(exc))
     guard.admit(network.block)
+    # The proxies CI sets (.ci/run) must let this process reach the bridge and nothing more.
+    # httpx and botocore match NO_PROXY by host, not by CIDR: the host address is what
+    # this process dials over HTTP (relays); tasks are reached by raw TCP.
+    saved_bypass = {var: os.environ.get(var) for var in ("NO_PROXY", "no_proxy")}
+    for var, value in saved_bypass.items():
+        os.environ[var] = ",".join(filter(None, [value, network.host_address]))
     moto_port = int(moto_server.rsplit(":", 1)[1])
     moto = Relay(network.host_address, moto_port)
     (base / "home").mkdir()
@@ -103,6 +117,11 @@ def standin_network(
         for relay in [moto, *stand_in.relays]:
             relay.close()
         guard.revoke(network.block)
+        for var, value in saved_bypass.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
         network.close()
 
 

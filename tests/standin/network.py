@@ -120,7 +120,8 @@ class Network:
             ip("netns", "add", self.switch)
             ip("-n", self.switch, "link", "add", "br0", "type", "bridge")
             ip("-n", self.switch, "link", "set", "br0", "up")
-            ip("link", "add", self.host_link, "type", "veth", "peer", "name", "up0", "netns", self.switch)  # fmt: skip
+            veth = ["type", "veth", "peer", "name", "up0", "netns", self.switch]
+            ip("link", "add", self.host_link, *veth)
             ip("-n", self.switch, "link", "set", "up0", "master", "br0", "up")
             ip("addr", "add", f"{self.host_address}/{BLOCK_PREFIX}", "dev", self.host_link)
             ip("link", "set", self.host_link, "up")
@@ -212,7 +213,8 @@ class Network:
             self._hosts[name] = host
         ip("netns", "add", name)
         ip("-n", name, "link", "set", "lo", "up")
-        ip("link", "add", "name", "eth0", "netns", name, "type", "veth", "peer", "name", peer, "netns", self.switch)  # fmt: skip
+        veth = ["type", "veth", "peer", "name", peer, "netns", self.switch]
+        ip("link", "add", "name", "eth0", "netns", name, *veth)
         ip("-n", self.switch, "link", "set", peer, "master", "br0", "up")
         ip("-n", name, "addr", "add", f"{address}/{BLOCK_PREFIX}", "dev", "eth0")
         ip("-n", name, "link", "set", "eth0", "up")

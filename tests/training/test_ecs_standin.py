@@ -147,4 +147,3 @@ def test_a_workers_error_in_its_task_is_the_flows_error(unit: str, ecs_standin: 
     assert ecs_standin.exits
     assert not ecs_standin.containers
     assert not cloud_map().list_services()["Services"]
-
