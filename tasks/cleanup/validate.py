@@ -8,12 +8,15 @@ the same checks and whichever runs last leaves a complete record.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime
 
 from blocks.compute_unit import ComputeUnit
 from tasks.cleanup.audit import Check, ValidationRecord, audit_key, write_record
 from tasks.cleanup.intermediates import purge_intermediates
+from tasks.cleanup.resources import CHECK_NAME as CLOUD_CHECK
+from tasks.cleanup.resources import DASK_LOG_GROUP, cloud_resources_check
+from tasks.cleanup.scope import PARTS, Part
 from tasks.cleanup.sweep import find_partial_writes, sweep_scratch
 from tasks.errors import SciflowError
 
@@ -28,19 +31,38 @@ def timed(name: str, check: Callable[[], Check]) -> Check:
     return Check(result.name, result.ok, result.detail, result.removed, time.perf_counter() - start)
 
 
-def run_checks(unit: ComputeUnit, run_id: str, dry_run: bool = False) -> list[Check]:
-    """Scratch, half-written files and intermediates of the run, each removed and verified."""
+def run_checks(
+    unit: ComputeUnit, run_id: str, dry_run: bool = False, scope: Collection[Part] = PARTS
+) -> list[Check]:
+    """The run's scratch, half-written files, intermediates and tagged cloud resources.
+
+    Each is removed and verified, if its part is in ``scope`` (``tasks.cleanup.scope``).
+    """
     store, run_dir = unit.object_store(), unit.run_dir(run_id)
 
     def intermediates() -> Check:
         purge = purge_intermediates(store, run_dir, dry_run)
         return Check("intermediates purged", purge.ok, purge.describe(), purge.versions)
 
-    return [
-        timed("scratch removed", lambda: sweep_scratch(run_id, dry_run=dry_run)),
-        timed("no partial writes", lambda: find_partial_writes(store, run_dir, dry_run)),
-        timed("intermediates purged", intermediates),
-    ]
+    def cloud() -> Check:
+        if unit.is_local:
+            return cloud_resources_check(None, run_id)
+        log_group = (unit.fargate.log_group if unit.fargate else None) or DASK_LOG_GROUP
+        return cloud_resources_check(
+            unit.aws_account(), run_id, log_groups=[log_group], dry_run=dry_run
+        )
+
+    checks: list[Check] = []
+    if "local" in scope:
+        checks.append(timed("scratch removed", lambda: sweep_scratch(run_id, dry_run=dry_run)))
+        checks.append(
+            timed("no partial writes", lambda: find_partial_writes(store, run_dir, dry_run))
+        )
+    if "intermediates" in scope:
+        checks.append(timed("intermediates purged", intermediates))
+    if "cloud" in scope:
+        checks.append(timed(CLOUD_CHECK, cloud))
+    return checks
 
 
 def validate_run(
@@ -49,10 +71,11 @@ def validate_run(
     trigger: str,
     first: Sequence[Check] = (),
     dry_run: bool = False,
+    scope: Collection[Part] = PARTS,
 ) -> tuple[ValidationRecord, str]:
-    """Run the checks after ``first``, write the sealed record; returns it and its URI."""
+    """Run the checks (of ``scope``) after ``first``, write the sealed record; returns both."""
     started = datetime.now(UTC).isoformat()
-    checks = [*first, *run_checks(unit, run_id, dry_run)]
+    checks = [*first, *run_checks(unit, run_id, dry_run, scope)]
     record = ValidationRecord(
         run_id=run_id,
         unit=unit.name,
