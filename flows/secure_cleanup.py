@@ -7,6 +7,7 @@ from pydantic import BaseModel, Field
 
 from blocks.compute_unit import load_unit
 from tasks.cleanup.audit import Check
+from tasks.cleanup.scope import Scope, resolve_scope
 from tasks.cleanup.sweep import check_run_id
 from tasks.cleanup.validate import validate_run
 from tasks.compute.hooks import sciflow_flow
@@ -47,7 +48,9 @@ def stop_recorded_launches(unit: str, run_id: str, dry_run: bool = False) -> Che
 
 
 @sciflow_flow(name="secure-cleanup")
-def secure_cleanup(run_id: str, unit: str = "local", dry_run: bool = False) -> CleanupResult:
+def secure_cleanup(
+    run_id: str, unit: str = "local", scope: tuple[Scope, ...] = ("all",), dry_run: bool = False
+) -> CleanupResult:
     """Clean up after the flow run ``run_id``; seal the record under ``<root>/audit/<unit>/``.
 
     Every check runs, whatever the others found; then a failed one fails this flow.
@@ -55,16 +58,21 @@ def secure_cleanup(run_id: str, unit: str = "local", dry_run: bool = False) -> C
     Args:
         run_id: The flow run whose leftovers to remove (its UUID).
         unit: The compute unit it ran on.
+        scope: What to clean: ``local`` (scratch, half-written files, processes),
+            ``intermediates`` (its ``tmp/`` prefix), ``cloud`` (what it launched, then every
+            resource tagged with its run id), or ``all``.
         dry_run: Only list what would go; remove nothing (the record says so).
 
     Raises:
-        InputError: ``run_id`` is not a flow-run id; nothing is touched.
+        InputError: ``run_id`` is not a flow-run id, or ``scope`` names nothing or an
+            unknown part; nothing is touched.
         CleanupFailed: A check failed (after all ran and the record was written).
     """
     check_run_id(run_id)
+    parts = resolve_scope(scope)
     compute_unit = load_unit(unit)
-    launches = stop_recorded_launches(unit, run_id, dry_run)
-    record, uri = validate_run(compute_unit, run_id, "secure-cleanup", [launches], dry_run)
+    launched = [stop_recorded_launches(unit, run_id, dry_run)] if parts & {"local", "cloud"} else []
+    record, uri = validate_run(compute_unit, run_id, "secure-cleanup", launched, dry_run, parts)
     publish_summary(
         "Secure cleanup",
         [{"check": c.name, "ok": c.ok, "detail": c.detail} for c in record.checks],

@@ -201,7 +201,11 @@ class _Recorded:
         self.launches: list[ParameterServerLaunch] = []
         self.recorders: list[Recorder] = []
         self.discovery: list[tuple[str, dict[str, Any]]] = []  # of the last launch
+        self.definitions: dict[str, dict[str, Any]] = {}  # RegisterTaskDefinition, by family
         recorded = self
+
+        def register(params: dict[str, Any], **_: Any) -> None:
+            recorded.definitions[params["family"]] = params
 
         class Launch(ParameterServerLaunch):
             def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -209,6 +213,9 @@ class _Recorded:
                 recorded.launches.append(self)
                 recorded.recorders.append(Recorder(self.ecs))
                 recorded.discovery = record_calls(self.discovery)
+                self.ecs.meta.events.register(
+                    "provide-client-params.ecs.RegisterTaskDefinition", register
+                )
 
             def wait(self, timeout_s: float | None = None, on_line: Any = None) -> Any:
                 if server_exit is not None and self.server_task:
@@ -263,8 +270,9 @@ def test_the_parameter_server_runs_as_fargate_tasks_and_cleans_up(
     }
     assert [n for n, _ in recorded.discovery if n == "DeleteService"] == ["DeleteService"]
     assert not cloud_map().list_services()["Services"]
-    worker_definition = ecs.describe_task_definition(taskDefinition="sciflow-ps-worker")
-    (container,) = worker_definition["taskDefinition"]["containerDefinitions"]
+    # The run's end removed its task definitions (by its tag); what was registered:
+    assert not ecs.list_task_definitions(familyPrefix="sciflow-ps")["taskDefinitionArns"]
+    (container,) = recorded.definitions["sciflow-ps-worker"]["containerDefinitions"]
     assert container["command"][-2:] == ["--server", f"{service}.sciflow.local:29500"]
     assert container["command"][4:6] == ["--config", f"{OUTPUT}/config.json"]
     cfg = TrainConfig.model_validate_json(_read(f"{OUTPUT}/config.json"))

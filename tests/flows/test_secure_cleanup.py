@@ -41,12 +41,12 @@ def test_a_launch_that_cannot_be_stopped_fails_its_check(aws, sciflow_dirs):
         )
     )
 
-    with pytest.raises(CleanupFailed, match="1 of 4 cleanup checks failed"):
+    with pytest.raises(CleanupFailed, match="1 of 5 cleanup checks failed"):
         secure_cleanup(run_id=RUN_ID)
 
     checks = json.loads(Path(unit.audit_uri(RUN_ID)).read_text())
     assert checks["ok"] is False
-    assert [c["ok"] for c in checks["checks"]] == [False, True, True, True]  # all still ran
+    assert [c["ok"] for c in checks["checks"]] == [False, True, True, True, True]  # all ran
     stopped = next(c for c in checks["checks"] if c["name"] == "launches stopped")
     assert not stopped["ok"]
     assert "ClusterNotFoundException" in stopped["detail"]
@@ -71,7 +71,7 @@ def test_cleanup_removes_everything_but_results_and_seals_a_record(sciflow_dirs)
     result = secure_cleanup(run_id=RUN_ID)
 
     assert result.ok
-    assert result.checks == 4
+    assert result.checks == 5
     assert not scratch.exists()
     assert sorted(p.name for p in run_dir.iterdir() if p.name != "launches") == ["snr.npy"]
     assert result.record_uri == str(record_path)
@@ -82,6 +82,7 @@ def test_cleanup_removes_everything_but_results_and_seals_a_record(sciflow_dirs)
         "scratch removed": 1,
         "no partial writes": 1,
         "intermediates purged": 1,
+        "cloud resources removed": 0,
     }
     assert content["trigger"] == "secure-cleanup"
     assert content["ok"] is True
@@ -90,7 +91,7 @@ def test_cleanup_removes_everything_but_results_and_seals_a_record(sciflow_dirs)
 def test_a_dry_run_lists_what_would_go_and_removes_nothing(sciflow_dirs):
     scratch, run_dir, record_path = _litter(RUN_ID)
 
-    with pytest.raises(CleanupFailed, match="3 of 4"):  # what is left fails, as it should
+    with pytest.raises(CleanupFailed, match="3 of 5"):  # what is left fails, as it should
         secure_cleanup(run_id=RUN_ID, dry_run=True)
 
     assert (scratch / "kspace.npy").exists()
@@ -115,3 +116,27 @@ def test_a_scratch_that_cannot_be_removed_fails_its_check(sciflow_dirs, monkeypa
         "scratch removed",
         "intermediates purged",
     ]
+
+
+def test_a_scope_cleans_only_its_parts(sciflow_dirs):
+    scratch, run_dir, record_path = _litter(RUN_ID)
+
+    result = secure_cleanup(run_id=RUN_ID, scope=("intermediates",))
+
+    assert result.ok
+    content = audit.verify(record_path.read_text(), audit.audit_key(create=False))
+    assert [c["name"] for c in content["checks"]] == ["intermediates purged"]
+    assert not (run_dir / "tmp").exists()
+    assert (scratch / "kspace.npy").exists()  # local was not in scope
+    assert (run_dir / ".snr.npy.ab12.tmp").exists()
+
+
+@pytest.mark.parametrize(("scope", "problem"), [((), "scope is empty"), (("x",), "scope names")])
+def test_a_scope_that_names_nothing_known_is_refused_before_anything_goes(
+    scope, problem, sciflow_dirs
+):
+    scratch, _, record_path = _litter(RUN_ID)
+    with pytest.raises(InputError, match=problem):
+        secure_cleanup.fn(run_id=RUN_ID, scope=scope)
+    assert (scratch / "kspace.npy").exists()
+    assert not record_path.exists()
