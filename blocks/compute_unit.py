@@ -36,6 +36,90 @@ class DaskWorkers(BaseModel):
     worker_gpu: int = Field(0, ge=0, le=8, description="GPUs per worker (EC2-backed ECS only).")
 
 
+# Bounds of a size class's limits. AWS Batch takes no attempt timeout under 60 s; a week is
+# longer than any sciflow job should run unattended. The largest EC2 instances have 192 vCPUs
+# and 2 TiB of memory.
+MIN_WALL_TIME_S = 60
+MAX_WALL_TIME_S = 7 * 24 * 3600
+MAX_VCPUS = 192
+MAX_MEMORY_MIB = 2 * 1024 * 1024
+
+
+class SizeLimits(BaseModel):
+    """The most one job of a size class may take: per container, in time and in parallel."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vcpus: float = Field(
+        ge=0.25,
+        le=MAX_VCPUS,
+        description=(
+            f"Most vCPUs of one container (Batch node, ECS task, Dask worker), 0.25 to {MAX_VCPUS}."
+        ),
+    )
+    memory_mib: int = Field(
+        ge=512,
+        le=MAX_MEMORY_MIB,
+        description=f"Most memory of one container in MiB, 512 to {MAX_MEMORY_MIB}.",
+    )
+    wall_time_s: int = Field(
+        ge=MIN_WALL_TIME_S,
+        le=MAX_WALL_TIME_S,
+        description=(
+            "Most seconds a job runs before it is stopped (Batch attempt timeout, parameter "
+            f"server wall clock, Dask worker lifetime), {MIN_WALL_TIME_S} to {MAX_WALL_TIME_S}."
+        ),
+    )
+    concurrent_runs: int = Field(
+        ge=1,
+        le=1000,
+        description=(
+            "Most runs of this size class at once, 1 to 1000. Not enforced yet: meant as the "
+            "work pool's concurrency limit."
+        ),
+    )
+
+
+# Sized to hold what the flows start today: Batch's default node (1 vCPU, 2 GiB), the
+# parameter server's Fargate tasks (1 vCPU, 4 GiB) and every default Dask worker.
+DEFAULT_LIMITS: dict[SizeClass, SizeLimits] = {
+    "small": SizeLimits(vcpus=4, memory_mib=16384, wall_time_s=3600, concurrent_runs=16),
+    "large": SizeLimits(vcpus=16, memory_mib=122880, wall_time_s=6 * 3600, concurrent_runs=4),
+    "multinode": SizeLimits(vcpus=96, memory_mib=393216, wall_time_s=12 * 3600, concurrent_runs=2),
+    "gpu": SizeLimits(vcpus=48, memory_mib=196608, wall_time_s=12 * 3600, concurrent_runs=2),
+}
+
+
+class UnitLimits(BaseModel):
+    """Limits of each size class; a class left out keeps its default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    small: SizeLimits = Field(
+        default_factory=lambda: DEFAULT_LIMITS["small"].model_copy(),
+        description="Limits of small jobs (default 4 vCPU, 16 GiB, 1 h, 16 at once).",
+    )
+    large: SizeLimits = Field(
+        default_factory=lambda: DEFAULT_LIMITS["large"].model_copy(),
+        description="Limits of large jobs (default 16 vCPU, 120 GiB, 6 h, 4 at once).",
+    )
+    multinode: SizeLimits = Field(
+        default_factory=lambda: DEFAULT_LIMITS["multinode"].model_copy(),
+        description="Limits per node of multi-node jobs (default 96 vCPU, 384 GiB, 12 h, 2).",
+    )
+    gpu: SizeLimits = Field(
+        default_factory=lambda: DEFAULT_LIMITS["gpu"].model_copy(),
+        description="Limits of GPU jobs (default 48 vCPU, 192 GiB, 12 h, 2 at once).",
+    )
+
+    def of(self, size: SizeClass) -> SizeLimits:
+        """The limits of size class ``size``."""
+        if size not in SIZE_CLASSES:
+            raise InputError(f"size class {size!r}; expected one of {list(SIZE_CLASSES)}")
+        limits: SizeLimits = getattr(self, size)
+        return limits
+
+
 def _default_dask_workers() -> dict[SizeClass, DaskWorkers]:
     return {
         "small": DaskWorkers(n_workers=2, worker_cpu=1024, worker_mem=4096),
@@ -115,7 +199,8 @@ class ComputeUnit(Block):
     """Where a job may run: this machine, or an AWS account (Mode 1 managed, Mode 2 user).
 
     A unit names the work pool for each size class, the storage root runs write under,
-    AWS Batch queue and job definitions, Dask-on-Fargate settings and a spending cap.
+    AWS Batch queue and job definitions, Dask-on-Fargate settings, limits per size class
+    (vCPUs, memory, wall time, runs at once) and a spending cap.
     AWS units are made from ``terraform output -json`` with ``from_terraform_output``.
     The unit ``local`` is built in and needs no registration.
 
@@ -184,6 +269,12 @@ class ComputeUnit(Block):
     spending_cap_usd: float | None = Field(
         None, ge=0, description="Most a single run may spend, in US dollars."
     )
+    limits: UnitLimits = Field(
+        default_factory=UnitLimits,
+        description=(
+            "Per size class: most vCPUs and memory of one container, wall time, runs at once."
+        ),
+    )
     tags: dict[str, str] = Field(
         default_factory=dict, description="Extra tags on every resource the unit's runs create."
     )
@@ -204,6 +295,14 @@ class ComputeUnit(Block):
             raise ValueError("role_arn is required when mode is 'user' (Mode 2)")
         if missing := set(SIZE_CLASSES) - self.dask_workers.keys():
             raise ValueError(f"dask_workers lacks size classes {sorted(missing)}")
+        for size, workers in self.dask_workers.items():
+            limit = self.limits.of(size)
+            if workers.worker_cpu / 1024 > limit.vcpus or workers.worker_mem > limit.memory_mib:
+                raise ValueError(
+                    f"dask_workers[{size!r}] asks {workers.worker_cpu / 1024:g} vCPU and "
+                    f"{workers.worker_mem} MiB per worker; limits.{size} allows "
+                    f"{limit.vcpus:g} vCPU and {limit.memory_mib} MiB"
+                )
         return self
 
     @property
@@ -220,6 +319,10 @@ class ComputeUnit(Block):
                 f"compute unit {self.name!r} has no work pool for size {size!r}; "
                 f"it has {sorted(self.work_pools)}"
             ) from None
+
+    def size_limits(self, size: SizeClass) -> SizeLimits:
+        """The limits of size class ``size`` (``limits``, defaults where unset)."""
+        return self.limits.of(size)
 
     def aws_account(self) -> AwsAccount:
         """The unit's AWS account as plain data: region, role, credentials block, session name."""

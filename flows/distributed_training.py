@@ -19,8 +19,8 @@ from typing import Any
 from prefect import task
 from pydantic import BaseModel, Field
 
-from blocks.compute_unit import load_unit
-from tasks.compute.batch_run import check_batch_unit, run_batch_job
+from blocks.compute_unit import SizeClass, load_unit
+from tasks.compute.batch_run import batch_size_class, check_batch_unit, run_batch_job
 from tasks.compute.hooks import sciflow_flow
 from tasks.compute.run_context import RunContext
 from tasks.errors import InputError, SciflowError
@@ -32,7 +32,7 @@ from tasks.training.config import (
     TrainConfig,
     TrainingSettings,
 )
-from tasks.training.ecs import ParameterServerLaunch, plan_from_unit
+from tasks.training.ecs import WALL_CLOCK_GRACE_S, ParameterServerLaunch, plan_from_unit
 from tasks.training.events import parse_event
 from tasks.training.launch import local_parameter_server, run_processes, torchrun_argv
 
@@ -184,8 +184,8 @@ class _Follower:
 
 
 @task
-def train_locally(cfg: TrainConfig, config_uri: str, run_id: str) -> None:
-    """The processes on this machine, followed to their end."""
+def train_locally(cfg: TrainConfig, config_uri: str, run_id: str, wall_time_s: float) -> None:
+    """The processes on this machine, followed to their end or their wall-clock limit."""
     follower = _Follower(f"training-{run_id[:8]}")
     if cfg.strategy == "ddp":
         commands = {
@@ -194,9 +194,14 @@ def train_locally(cfg: TrainConfig, config_uri: str, run_id: str) -> None:
             )
         }
     else:
-        commands = local_parameter_server(config_uri, cfg.processes)
+        commands = local_parameter_server(config_uri, cfg.processes, wall_time_s)
     try:
-        run_processes(commands, on_event=follower.on_event, on_line=follower.on_line)
+        run_processes(
+            commands,
+            on_event=follower.on_event,
+            on_line=follower.on_line,
+            timeout_s=wall_time_s + WALL_CLOCK_GRACE_S,
+        )
     except SciflowError as exc:
         error = follower.failure(exc)  # the processes said what was wrong: that is the error
         if error is exc:
@@ -229,6 +234,7 @@ def train_on_batch(run: RunContext, cfg: TrainConfig, config_uri: str) -> None:
             name="sciflow-training",
             command=command,
             nodes=cfg.nodes,
+            size=_size_class(cfg),
             poll_s=BATCH_POLL_S,
             on_line=follower.on_output,
             # A reclaimed Spot node: Batch starts the job again and it resumes from the
@@ -247,7 +253,8 @@ def train_on_ecs(run: RunContext, cfg: TrainConfig, config_uri: str) -> None:
     from the local processes. Leaving (done, failed or cancelled) stops every task and
     removes the Cloud Map service.
     """
-    plan = plan_from_unit(run.unit, run.run_id, run.tags, config_uri, cfg.processes)
+    size = batch_size_class(cfg.nodes)  # Fargate has no GPUs
+    plan = plan_from_unit(run.unit, run.run_id, run.tags, config_uri, cfg.processes, size=size)
     record = run.launches  # what the run's stop hook stops
     launch = ParameterServerLaunch(plan, run.unit.aws_account(), poll_s=ECS_POLL_S, record=record)
     follower = _Follower(f"training-{run.run_id[:8]}")
@@ -318,12 +325,18 @@ def distributed_training(
     cfg = cfg.model_copy(update={"log_every": max(1, min(100, sizes["steps"] // 50))})
     config_uri = write_config(run, cfg)
     if compute_unit.is_local:
-        train_locally(cfg, config_uri, run.run_id)
+        wall_time_s = compute_unit.size_limits(_size_class(cfg)).wall_time_s
+        train_locally(cfg, config_uri, run.run_id, wall_time_s)
     elif cfg.strategy == "ddp":
         train_on_batch(run, cfg, config_uri)
     else:
         train_on_ecs(run, cfg, config_uri)
     return _publish(run, cfg)
+
+
+def _size_class(cfg: TrainConfig) -> SizeClass:
+    """The class whose limits bound the training: multinode, gpu unless on CPU, else large."""
+    return batch_size_class(cfg.nodes, gpu=cfg.device != "cpu")
 
 
 def _publish(run: RunContext, cfg: TrainConfig) -> TrainingResult:

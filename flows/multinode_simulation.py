@@ -18,7 +18,7 @@ from prefect import task
 from pydantic import BaseModel, Field
 
 from blocks.compute_unit import load_unit
-from tasks.compute.batch_run import job_seconds, run_batch_job
+from tasks.compute.batch_run import batch_size_class, job_seconds, run_batch_job
 from tasks.compute.hooks import sciflow_flow
 from tasks.compute.run_context import RunContext
 from tasks.errors import InputError, SciflowError
@@ -135,6 +135,7 @@ def simulate_on_batch(
         name="sciflow-simulation",
         command=[*command, "--", *program],
         nodes=nodes,
+        size=batch_size_class(nodes),
         poll_s=BATCH_POLL_S,
     )
     if not run.store.exists(raw_uri):

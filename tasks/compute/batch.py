@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,11 @@ TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED"})
 # DescribeJobs takes at most 100 ids; FilterLogEvents at most 100 stream names.
 DESCRIBE_JOBS_MAX = 100
 LOG_STREAMS_MAX = 100
+# Batch refuses attempt timeouts under 60 s. A job with a time estimate gets this many times
+# it, plus the minutes an instance and its image take to start, capped by its class's wall time.
+MIN_ATTEMPT_TIMEOUT_S = 60
+ESTIMATE_MARGIN = 3.0
+STARTUP_ALLOWANCE_S = 600
 # Batch job names: letters, digits, hyphens and underscores, 128 at most.
 _JOB_NAME_NOT_ALLOWED = re.compile(r"[^A-Za-z0-9_-]")
 JOB_NAME_MAX = 128
@@ -54,6 +60,30 @@ def job_name(name: str) -> str:
     """A valid Batch job name from ``name`` (a flow run's name): cleaned and cut to 128."""
     cleaned = _JOB_NAME_NOT_ALLOWED.sub("-", name).strip("-_") or "sciflow"
     return cleaned[:JOB_NAME_MAX]
+
+
+def attempt_timeout_s(wall_time_s: int, estimate_s: float | None = None) -> int:
+    """Batch's ``attemptDurationSeconds`` for a job: never above its size class's wall time.
+
+    Args:
+        wall_time_s: The size class's wall-time limit in s (``SizeLimits.wall_time_s``).
+        estimate_s: The job's estimated run time in s, if there is one; the timeout is then
+            ``ESTIMATE_MARGIN`` times it plus ``STARTUP_ALLOWANCE_S``, at least 60 s.
+
+    Raises:
+        InputError: ``wall_time_s`` is under Batch's minimum, or the estimate is negative.
+    """
+    if wall_time_s < MIN_ATTEMPT_TIMEOUT_S:
+        raise InputError(
+            f"wall_time_s={wall_time_s}: AWS Batch takes attempt timeouts of at least "
+            f"{MIN_ATTEMPT_TIMEOUT_S} s"
+        )
+    if estimate_s is None:
+        return int(wall_time_s)
+    if not estimate_s >= 0:  # also NaN
+        raise InputError(f"estimate_s={estimate_s}; expected seconds >= 0")
+    wanted = math.ceil(ESTIMATE_MARGIN * estimate_s + STARTUP_ALLOWANCE_S)
+    return int(min(wall_time_s, max(MIN_ATTEMPT_TIMEOUT_S, wanted)))
 
 
 def to_batch_environment(env: Mapping[str, str | None]) -> list[dict[str, str]]:
@@ -300,6 +330,7 @@ def submit_job(
     definition: str,
     tags: Mapping[str, str],
     environment: Mapping[str, str | None],
+    timeout_s: int,
     command: Sequence[str] = (),
     node_count: int = 1,
     main_node: int = 0,
@@ -315,6 +346,9 @@ def submit_job(
         definition: Job definition ARN.
         tags: Tags on the job, e.g. ``run_tags(...)``.
         environment: Environment of every node (per run, so not in the definition).
+        timeout_s: Batch's attempt timeout (``attempt_timeout_s``): Batch terminates an
+            attempt that runs longer, so a job outlives no flow run by more than this, even
+            one killed before its hooks could stop it.
         command: Command of the main node (or the only container); the definition's if empty.
         node_count: Nodes; 2 or more makes a multi-node parallel job.
         main_node: Index of the main node.
@@ -322,13 +356,22 @@ def submit_job(
         lost_host_retries: Times Batch starts the job again when its instance went away (a
             reclaimed Spot instance: status reason ``Host EC2 ...``); any other failure ends
             it. Only for jobs that resume rather than repeat (training from checkpoints).
+
+    Raises:
+        InputError: ``timeout_s`` is under Batch's minimum of 60 s.
     """
+    if timeout_s < MIN_ATTEMPT_TIMEOUT_S:
+        raise InputError(
+            f"timeout_s={timeout_s}: AWS Batch takes attempt timeouts of at least "
+            f"{MIN_ATTEMPT_TIMEOUT_S} s"
+        )
     kwargs: dict[str, Any] = {
         "jobName": job_name(name),
         "jobQueue": queue,
         "jobDefinition": definition,
         "tags": dict(tags),
         "propagateTags": True,
+        "timeout": {"attemptDurationSeconds": int(timeout_s)},
     }
     if lost_host_retries:
         kwargs["retryStrategy"] = {

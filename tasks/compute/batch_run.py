@@ -9,11 +9,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from blocks.compute_unit import ComputeUnit
+from blocks.compute_unit import ComputeUnit, SizeClass
 from tasks.aws.clients import client
 from tasks.compute.batch import (
     JobFollower,
     RunningJob,
+    attempt_timeout_s,
     check_job_definition,
     check_job_queue,
     submit_job,
@@ -35,6 +36,13 @@ def check_batch_unit(unit: ComputeUnit, runtime: str) -> None:
         )
 
 
+def batch_size_class(nodes: int, gpu: bool = False) -> SizeClass:
+    """The size class whose limits bound a Batch job: ``multinode``, ``gpu``, else ``large``."""
+    if nodes > 1:
+        return "multinode"
+    return "gpu" if gpu else "large"
+
+
 def run_batch_job(
     run: RunContext,
     *,
@@ -42,6 +50,8 @@ def run_batch_job(
     name: str,
     command: Sequence[str],
     nodes: int,
+    size: SizeClass,
+    estimate_s: float | None = None,
     environment: Mapping[str, str] | None = None,
     poll_s: float = 10.0,
     on_line: Callable[[str, str], None] | None = None,
@@ -55,6 +65,9 @@ def run_batch_job(
         name: Job name prefix; the run id's start is appended.
         command: Command of every node.
         nodes: Nodes; 2 or more makes a multi-node parallel job.
+        size: The job's size class: Batch stops it after the class's wall time (or sooner,
+            from ``estimate_s``), even if this flow run is killed.
+        estimate_s: The job's estimated run time in s, if there is one (``attempt_timeout_s``).
         environment: Variables for every node (on top of PYTHONUNBUFFERED=1).
         poll_s: Seconds between polls.
         on_line: Called with (node label, line) for each CloudWatch line; logged if omitted.
@@ -75,6 +88,7 @@ def run_batch_job(
         definition=check_job_definition(batch, unit.batch_job_definitions[runtime]),
         tags=run.tags,
         environment={"PYTHONUNBUFFERED": "1", **(environment or {})},
+        timeout_s=attempt_timeout_s(unit.size_limits(size).wall_time_s, estimate_s),
         command=list(command),
         node_count=nodes,
         lost_host_retries=lost_host_retries,

@@ -5,7 +5,8 @@ through the ``prefect.collections`` entry point in ``pyproject.toml``. The pool'
 template comes from ``AwsBatchVariables`` (``python -m tasks.compute.batch_worker`` prints it).
 
 For each run the worker checks the job queue, reuses or registers a job definition named by
-the hash of its content (``tasks.compute.batch``), submits the job with the run's tags, then
+the hash of its content (``tasks.compute.batch``), submits the job with the run's tags and an
+attempt timeout (``timeout_s``, else its size class's default wall time), then
 follows it until it SUCCEEDED or FAILED: every job and node state goes to the flow run's log,
 and so do the containers' CloudWatch lines.
 
@@ -35,10 +36,12 @@ from prefect.workers.base import (
 from prefect_aws import AwsCredentials
 from pydantic import Field, PrivateAttr, model_validator
 
+from blocks.compute_unit import DEFAULT_LIMITS, MAX_WALL_TIME_S, SizeClass
 from tasks.aws.clients import client
 from tasks.aws.tags import clean_tag, run_tags
 from tasks.compute.batch import (
     DEFAULT_LOG_GROUP,
+    MIN_ATTEMPT_TIMEOUT_S,
     TERMINAL_STATES,
     ContainerSpec,
     EfsVolume,
@@ -114,6 +117,25 @@ def _check_fields(values: Any) -> None:
         )
     if not values.efs_mount_path.startswith("/"):
         raise ValueError(f"efs_mount_path={values.efs_mount_path!r} must be an absolute path")
+    if values.size_class and values.gpus and values.size_class not in ("gpu", "multinode"):
+        raise ValueError(
+            f"size_class={values.size_class!r} with gpus={values.gpus}: a GPU job is of size "
+            "class 'gpu' (or 'multinode' across nodes)"
+        )
+
+
+def job_size_class(values: Any) -> SizeClass:
+    """``size_class``, else ``multinode`` for several nodes, ``gpu`` with GPUs, else ``large``."""
+    if values.size_class:
+        return values.size_class  # type: ignore[no-any-return]
+    if values.node_count > 1:
+        return "multinode"
+    return "gpu" if values.gpus else "large"
+
+
+def job_timeout_s(values: Any) -> int:
+    """The job's attempt timeout: ``timeout_s``, else its size class's default wall time."""
+    return int(values.timeout_s or DEFAULT_LIMITS[job_size_class(values)].wall_time_s)
 
 
 class AwsBatchVariables(BaseVariables):
@@ -230,6 +252,28 @@ class AwsBatchVariables(BaseVariables):
             "the key is not a plain submission argument. Needs `execution_role_arn`."
         ),
     )
+    size_class: SizeClass | None = Field(
+        default=None,
+        title="Size Class",
+        description=(
+            "Size class of the job, for its default timeout: `multinode` with 2 or more nodes, "
+            "`gpu` with GPUs, else `large` if not set."
+        ),
+    )
+    timeout_s: int | None = Field(
+        default=None,
+        ge=MIN_ATTEMPT_TIMEOUT_S,
+        le=MAX_WALL_TIME_S,
+        title="Attempt Timeout (s)",
+        description=(
+            "Batch terminates a job attempt that runs longer, even if the flow run was killed "
+            "and no hook stopped it. Set it to the unit's `limits.<size class>.wall_time_s` "
+            f"or less, {MIN_ATTEMPT_TIMEOUT_S} to {MAX_WALL_TIME_S}; the size class's default "
+            "wall time if not set ("
+            + ", ".join(f"{k} {v.wall_time_s} s" for k, v in DEFAULT_LIMITS.items())
+            + ")."
+        ),
+    )
     unit: str | None = Field(
         default=None,
         title="Compute Unit",
@@ -289,6 +333,8 @@ class AwsBatchJobConfiguration(BaseJobConfiguration):
     job_role_arn: str | None = None
     execution_role_arn: str | None = None
     prefect_api_key_secret_arn: str | None = None
+    size_class: SizeClass | None = None
+    timeout_s: int | None = Field(default=None, ge=MIN_ATTEMPT_TIMEOUT_S, le=MAX_WALL_TIME_S)
     unit: str | None = None
     tags: dict[str, str] = Field(default_factory=dict)
     log_group: str = DEFAULT_LOG_GROUP
@@ -380,6 +426,7 @@ def launch(batch: Any, configuration: AwsBatchJobConfiguration) -> RunningJob:
         definition=definition,
         tags=configuration.tags,
         environment=configuration.env,
+        timeout_s=job_timeout_s(configuration),
         command=shlex.split(configuration.command or ""),
         node_count=configuration.node_count,
         main_node=configuration.main_node,

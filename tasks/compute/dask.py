@@ -7,6 +7,11 @@ carry no ``secrets``: the workers get the Prefect API URL and key from Secrets M
 never as plain environment. Everything a cluster needs (its task definitions, and its ECS
 cluster when the unit names none) exists only while it runs and is tagged with the run's tags;
 IAM roles and the log group are the unit's, never made per run.
+
+Bounded in time even when the flow run is killed: the scheduler exits after
+``scheduler_timeout`` idle (a dead client's work is released), the workers after the size
+class's wall time (``--lifetime``), and work left without workers fails after
+``scheduler_timeout``, so the scheduler falls idle.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ DEFAULT_LOG_GROUP = "/sciflow/dask"
 LOG_STREAM_PREFIX = "dask"
 # dask-cloudprovider names the containers it overrides by these.
 CONTAINERS = {"scheduler": "dask-scheduler", "worker": "dask-worker"}
+# Dask's setting distributed.scheduler.no-workers-timeout, as the scheduler reads it.
+NO_WORKERS_TIMEOUT_VARIABLE = "DASK_DISTRIBUTED__SCHEDULER__NO_WORKERS_TIMEOUT"
 # Open files per container, as dask-cloudprovider's own definitions allow.
 NOFILE = 65535
 
@@ -106,6 +113,9 @@ def cluster_spec(
         "scheduler_cpu": fargate.scheduler_cpu,
         "scheduler_mem": fargate.scheduler_mem,
         "scheduler_timeout": fargate.scheduler_timeout,
+        # Workers exit after the class's wall time; the scheduler then fails the work left
+        # (no workers, see task_definitions), falls idle and exits after scheduler_timeout.
+        "worker_extra_args": ["--lifetime", f"{unit.size_limits(size).wall_time_s}s"],
         "fargate_spot": fargate.fargate_spot,
         "tags": dict(tags),
         # False would make dask-cloudprovider delete every idle dask-cloudprovider cluster,
@@ -203,6 +213,12 @@ def task_definitions(
                 },
             },
         }
+        if role == "scheduler":
+            # Work no worker can run (they exit at the wall time) fails after this, rather
+            # than keeping the scheduler busy, and so billed, for ever.
+            container["environment"] = [
+                {"name": NO_WORKERS_TIMEOUT_VARIABLE, "value": fargate.scheduler_timeout}
+            ]
         if role == "worker":
             # Task runs on the workers report to Prefect; the scheduler never calls it.
             container["secrets"] = fargate.prefect_api_secrets()

@@ -14,17 +14,19 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tasks.aws.clients import AwsAccount
 from tasks.aws.tags import RUN_ID_TAG, UNIT_TAG, to_aws
-from tasks.compute.ecs import ServerWorkersLaunch, ServicePlan, check_fargate_size
-from tasks.errors import InputError
+from tasks.compute.ecs import LaunchOutcome, ServerWorkersLaunch, ServicePlan, check_fargate_size
+from tasks.errors import InputError, SciflowError, TransientError
+from tasks.training.launch import DEFAULT_WALL_TIME_S
 
 if TYPE_CHECKING:
-    from blocks.compute_unit import ComputeUnit
+    from blocks.compute_unit import ComputeUnit, SizeClass
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +35,9 @@ WORKER_FAMILY = "sciflow-ps-worker"
 MODULE = "tasks.training.parameter_server"
 DEFAULT_PORT = 29500
 DEFAULT_NAMESPACE = "sciflow.local"
+# Seconds the launcher waits past the wall-clock limit for the processes to exit by themselves
+# (they count from their own start, which is before the launch's tasks are all RUNNING).
+WALL_CLOCK_GRACE_S = 60.0
 # Environment names that would put credentials into a task definition (readable by anyone
 # who may describe it); tasks get theirs from the task role.
 CREDENTIAL_VARIABLES = frozenset(
@@ -93,6 +98,8 @@ class ParameterServerPlan:
     """Cloud Map private DNS namespace, shared by runs in the VPC."""
     environment: dict[str, str] = field(default_factory=dict)
     """Extra environment of every container; never credentials."""
+    wall_time_s: float = DEFAULT_WALL_TIME_S
+    """Seconds after which server and workers exit by themselves, and the launch stops them."""
 
     def __post_init__(self) -> None:
         self.subnets, self.security_groups = tuple(self.subnets), tuple(self.security_groups)
@@ -100,6 +107,8 @@ class ParameterServerPlan:
             raise InputError(f"worker_count={self.worker_count}: expected at least 1 worker")
         check_fargate_size("server", self.server_cpu, self.server_memory)
         check_fargate_size("worker", self.worker_cpu, self.worker_memory)
+        if not self.wall_time_s > 0:
+            raise InputError(f"wall_time_s={self.wall_time_s}: expected seconds > 0")
         if not 1 <= self.port <= 65535:
             raise InputError(f"port={self.port}: expected a TCP port, 1 to 65535")
         if not self.subnets:
@@ -158,6 +167,7 @@ def plan_from_unit(
     config_uri: str,
     worker_count: int,
     *,
+    size: SizeClass = "large",
     cluster: str | None = None,
     server_cpu: int = 1024,
     server_memory: int = 4096,
@@ -175,6 +185,7 @@ def plan_from_unit(
         tags: The run's tags (``run_tags(...)``).
         config_uri: ``s3://`` URI of the run's ``config.json``.
         worker_count: Worker tasks, at least 1.
+        size: The run's size class; its wall time (``unit.size_limits``) bounds the tasks.
         cluster: ECS cluster; the unit's ``fargate.cluster_arn`` if omitted.
         server_cpu: Server CPU units.
         server_memory: Server memory in MiB.
@@ -225,16 +236,19 @@ def plan_from_unit(
         port=port,
         namespace=namespace,
         environment=dict(environment or {}),
+        wall_time_s=unit.size_limits(size).wall_time_s,
     )
 
 
 def commands(plan: ParameterServerPlan) -> dict[str, list[str]]:
     """The containers' argv for ``"server"`` and ``"worker"``."""
     base = ["python", "-m", MODULE]
+    wall = ["--wall-time-s", f"{plan.wall_time_s:g}"]
     return {
         "server": [
             *base,
             "server",
+            *wall,
             "--config",
             plan.config_uri,
             "--port",
@@ -245,6 +259,7 @@ def commands(plan: ParameterServerPlan) -> dict[str, list[str]]:
         "worker": [
             *base,
             "worker",
+            *wall,
             "--config",
             plan.config_uri,
             "--server",
@@ -317,8 +332,16 @@ def task_definitions(plan: ParameterServerPlan) -> dict[str, dict[str, Any]]:
     return definitions
 
 
+class WallClockExceeded(SciflowError):
+    """The tasks ran past the plan's wall-clock limit and were stopped."""
+
+
 class ParameterServerLaunch(ServerWorkersLaunch):
     """A ``ServerWorkersLaunch`` of the parameter server and its workers.
+
+    ``wait`` stops every task once the plan's ``wall_time_s`` (plus ``WALL_CLOCK_GRACE_S``)
+    has passed since they were all RUNNING: the processes exit by themselves at their limit,
+    and this stops a task whose process did not.
 
     Example:
         ```python
@@ -340,3 +363,37 @@ class ParameterServerLaunch(ServerWorkersLaunch):
                 ``clients``, ``sleep``).
         """
         super().__init__(plan.service_plan(), account, **kwargs)
+        self.wall_time_s = plan.wall_time_s
+        self.running_since: float | None = None
+
+    def start(self) -> None:
+        """Start the tasks (``ServerWorkersLaunch.start``); the wall clock runs from then."""
+        super().start()
+        self.running_since = time.monotonic()
+
+    def wait(
+        self,
+        timeout_s: float | None = None,
+        on_line: Callable[[str, str], None] | None = None,
+    ) -> LaunchOutcome:
+        """``ServerWorkersLaunch.wait``, ending at the wall-clock limit at the latest.
+
+        Raises:
+            WallClockExceeded: The tasks still ran at the limit; they were stopped.
+            TransientError: Tasks still running after ``timeout_s`` (if that comes first).
+        """
+        since = self.running_since if self.running_since is not None else time.monotonic()
+        left = self.wall_time_s + WALL_CLOCK_GRACE_S - (time.monotonic() - since)
+        if timeout_s is not None and timeout_s < left:
+            return super().wait(timeout_s, on_line)
+        try:
+            return super().wait(max(left, 0.0), on_line)
+        except TransientError as exc:
+            if time.monotonic() - since < self.wall_time_s:
+                raise  # AWS kept throttling: not the limit
+            reason = f"sciflow: wall-clock limit of {self.wall_time_s:g} s reached"
+            self.stop(reason)
+            raise WallClockExceeded(
+                f"parameter-server tasks of {self.plan.service_name} ran past the wall-clock "
+                f"limit of {self.wall_time_s:g} s; stopped them"
+            ) from exc

@@ -34,6 +34,10 @@ from tasks.training import events
 RENDEZVOUS_PORT = 29400
 # Parameter-server port (its workers connect to it).
 SERVER_PORT = 29500
+# Parameter-server processes exit after this many seconds unless told another limit: the
+# longest default wall time of a size class (``blocks.compute_unit.DEFAULT_LIMITS``, not
+# imported: these processes do not load Prefect). Launchers pass the unit's.
+DEFAULT_WALL_TIME_S = 12 * 3600
 # Seconds between SIGTERM and SIGKILL when stopping processes.
 KILL_GRACE_S = 10.0
 # Error lines kept per process for the exception message.
@@ -83,9 +87,18 @@ def torchrun_argv(
 
 
 def parameter_server_argv(
-    role: str, config_uri: str, *, server: str = "", port: int = SERVER_PORT, workers: int = 0
+    role: str,
+    config_uri: str,
+    *,
+    server: str = "",
+    port: int = SERVER_PORT,
+    workers: int = 0,
+    wall_time_s: float = DEFAULT_WALL_TIME_S,
 ) -> list[str]:
-    """The command of the parameter server (``role="server"``) or of one worker."""
+    """The command of the parameter server (``role="server"``) or of one worker.
+
+    Each exits by itself after ``wall_time_s`` seconds, whatever it is doing.
+    """
     command = [
         sys.executable,
         "-m",
@@ -93,17 +106,28 @@ def parameter_server_argv(
         role,
         "--config",
         config_uri,
+        "--wall-time-s",
+        f"{wall_time_s:g}",
     ]
     if role == "server":
         return [*command, "--port", str(port), "--workers", str(workers)]
     return [*command, "--server", server]
 
 
-def local_parameter_server(config_uri: str, workers: int) -> dict[str, list[str]]:
-    """The server and ``workers`` workers on 127.0.0.1, by name, for ``run_processes``."""
+def local_parameter_server(
+    config_uri: str, workers: int, wall_time_s: float = DEFAULT_WALL_TIME_S
+) -> dict[str, list[str]]:
+    """The server and ``workers`` workers on 127.0.0.1, by name, for ``run_processes``.
+
+    Each process exits by itself after ``wall_time_s`` seconds.
+    """
     port = free_port()
-    server = parameter_server_argv("server", config_uri, port=port, workers=workers)
-    worker = parameter_server_argv("worker", config_uri, server=f"{LOOPBACK}:{port}")
+    server = parameter_server_argv(
+        "server", config_uri, port=port, workers=workers, wall_time_s=wall_time_s
+    )
+    worker = parameter_server_argv(
+        "worker", config_uri, server=f"{LOOPBACK}:{port}", wall_time_s=wall_time_s
+    )
     return {
         "server": [*server, "--host", LOOPBACK],
         **{f"worker-{i}": list(worker) for i in range(1, workers + 1)},

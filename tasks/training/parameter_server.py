@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ from torch import nn
 from tasks.errors import InputError, TransientError
 from tasks.training import events
 from tasks.training.config import TrainConfig
-from tasks.training.launch import SERVER_PORT
+from tasks.training.launch import DEFAULT_WALL_TIME_S, SERVER_PORT
 from tasks.training.loop import (
     History,
     Meter,
@@ -62,6 +63,8 @@ from tasks.training.loop import (
 GROUP_TIMEOUT = timedelta(minutes=10)
 # How long a worker keeps trying to reach the server (ECS may start it first), in seconds.
 CONNECT_TIMEOUT_S = 600.0
+# Exit status of a process stopped by its wall-clock limit.
+WALL_CLOCK_EXIT = 3
 # Store key of the worker-rank counter; process-group keys live under "ps/".
 RANK_KEY = "ps/next-rank"
 
@@ -432,6 +435,33 @@ def work(cfg: TrainConfig, address: str, timeout_s: float = CONNECT_TIMEOUT_S) -
     return step
 
 
+# --- wall clock ---------------------------------------------------------------------------------
+
+
+def exit_after(seconds: float, role: str) -> threading.Timer:
+    """End this process after ``seconds``, whatever it is doing; returns the running timer.
+
+    A flow run killed with SIGKILL runs no hook: on ECS nothing else would stop the server,
+    which would wait for its workers (and bill) for ever. The timer's thread ends the
+    process with ``os._exit`` (exit status ``WALL_CLOCK_EXIT``) after one ``error`` event,
+    also while the main thread is blocked in a gloo receive.
+    """
+
+    def expire() -> None:
+        events.emit(
+            "error",
+            message=f"the parameter-server {role} ran past its wall-clock limit of "
+            f"{seconds:g} s and exits",
+            kind="WallClockExceeded",
+        )
+        os._exit(WALL_CLOCK_EXIT)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 # --- entry point -------------------------------------------------------------------------------
 
 
@@ -452,12 +482,23 @@ def _parser() -> argparse.ArgumentParser:
         default=CONNECT_TIMEOUT_S,
         help=f"seconds to keep trying to reach the server (default {CONNECT_TIMEOUT_S:g})",
     )
+    for role in (server, worker):
+        role.add_argument(
+            "--wall-time-s",
+            type=float,
+            default=DEFAULT_WALL_TIME_S,
+            help=f"exit after this many seconds, whatever happens (default {DEFAULT_WALL_TIME_S})",
+        )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the server or of one worker."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not args.wall_time_s > 0:
+        parser.error(f"--wall-time-s={args.wall_time_s}; expected seconds > 0")
+    exit_after(args.wall_time_s, args.role)
 
     def program() -> None:
         cfg = read_config(args.config)

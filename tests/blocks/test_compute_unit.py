@@ -2,9 +2,11 @@ import pytest
 from prefect.testing.standard_test_suites.blocks import BlockStandardTestSuite
 
 from blocks.compute_unit import (
+    DEFAULT_LIMITS,
     SIZE_CLASSES,
     ComputeUnit,
     DaskWorkers,
+    SizeLimits,
     load_unit,
     local_unit,
 )
@@ -152,3 +154,90 @@ def test_user_mode_session_assumes_the_role(aws):
     unit = ComputeUnit.from_terraform_output(terraform_output())
     identity = client("sts", unit.aws_account()).get_caller_identity()
     assert ":assumed-role/sciflow-runner/sciflow-lab-aws" in identity["Arn"]
+
+
+# --- limits per size class ---------------------------------------------------------------------
+
+
+def test_every_size_class_has_default_limits_that_hold_todays_jobs():
+    unit = ComputeUnit(name="x")
+    for size in SIZE_CLASSES:
+        limits = unit.size_limits(size)
+        assert limits == DEFAULT_LIMITS[size]
+        workers = unit.dask_workers[size]
+        assert workers.worker_cpu / 1024 <= limits.vcpus
+        assert workers.worker_mem <= limits.memory_mib
+        assert limits.wall_time_s >= 3600
+    # Batch's default node and the parameter server's Fargate tasks fit the large class.
+    large = unit.size_limits("large")
+    assert (large.vcpus, large.memory_mib) >= (1, 4096)
+    assert unit.size_limits("small").wall_time_s < large.wall_time_s
+
+
+def test_limits_set_for_one_class_keep_the_others_defaults():
+    small = SizeLimits(vcpus=2, memory_mib=8192, wall_time_s=600, concurrent_runs=3)
+    unit = ComputeUnit(name="x", limits={"small": small.model_dump()})
+    assert unit.size_limits("small") == small
+    assert unit.size_limits("gpu") == DEFAULT_LIMITS["gpu"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("vcpus", 0, "greater than or equal to 0.25"),
+        ("vcpus", 500, "less than or equal to 192"),
+        ("memory_mib", 100, "greater than or equal to 512"),
+        ("wall_time_s", 59, "greater than or equal to 60"),
+        ("wall_time_s", -1, "greater than or equal to 60"),
+        ("wall_time_s", 8 * 24 * 3600, "less than or equal to 604800"),
+        ("concurrent_runs", 0, "greater than or equal to 1"),
+        ("unknown", 1, "Extra inputs are not permitted"),
+    ],
+)
+def test_bad_limits_are_refused_naming_the_field(field, value, message):
+    fields = DEFAULT_LIMITS["large"].model_dump() | {field: value}
+    with pytest.raises(ValueError, match=message) as caught:
+        ComputeUnit(name="x", limits={"large": fields})
+    assert field in str(caught.value)
+
+
+def test_unknown_size_class_in_limits_is_refused():
+    with pytest.raises(ValueError, match="Extra inputs are not permitted"):
+        ComputeUnit(name="x", limits={"huge": DEFAULT_LIMITS["large"].model_dump()})
+    with pytest.raises(InputError, match=r"size class 'huge'; expected one of"):
+        ComputeUnit(name="x").size_limits("huge")
+
+
+def test_dask_workers_larger_than_their_class_limits_are_refused():
+    limits = {"small": {**DEFAULT_LIMITS["small"].model_dump(), "memory_mib": 2048}}
+    with pytest.raises(ValueError, match=r"dask_workers\['small'\] asks 1 vCPU and 4096 MiB"):
+        ComputeUnit(name="x", limits=limits)
+
+
+def test_a_unit_saved_before_limits_existed_loads_with_the_defaults():
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import BlockDocumentUpdate
+
+    ComputeUnit(name="older", storage_root="/tmp/older").save("older-unit", overwrite=True)
+    with get_client(sync_client=True) as prefect:
+        saved = prefect.read_block_document_by_name("older-unit", "sciflow-compute-unit")
+        data = {k: v for k, v in saved.data.items() if k != "limits"}
+        prefect.update_block_document(
+            saved.id, BlockDocumentUpdate(data=data, merge_existing_data=False)
+        )
+        assert "limits" not in prefect.read_block_document(saved.id).data
+    unit = load_unit("older-unit")
+    assert unit.storage_root == "/tmp/older"
+    assert unit.size_limits("multinode") == DEFAULT_LIMITS["multinode"]
+
+
+def test_limits_render_as_a_form_with_described_fields():
+    schema = ComputeUnit.model_json_schema()
+    assert schema["properties"]["limits"]["description"]
+    definitions = schema["definitions"]
+    assert set(definitions["UnitLimits"]["properties"]) == set(SIZE_CLASSES)
+    fields = definitions["SizeLimits"]["properties"]
+    assert set(fields) == {"vcpus", "memory_mib", "wall_time_s", "concurrent_runs"}
+    assert all(f["description"].endswith(".") for f in fields.values())
+    assert "MiB" in fields["memory_mib"]["description"]
+    assert "Not enforced yet" in fields["concurrent_runs"]["description"]

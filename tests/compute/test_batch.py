@@ -9,6 +9,7 @@ moto backend between polls.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 
@@ -18,11 +19,14 @@ from botocore.stub import Stubber
 
 from tasks.aws.clients import client as aws_client
 from tasks.compute.batch import (
+    ESTIMATE_MARGIN,
+    STARTUP_ALLOWANCE_S,
     ContainerSpec,
     EfsVolume,
     JobFollower,
     LogCursor,
     RunningJob,
+    attempt_timeout_s,
     check_job_definition,
     check_job_queue,
     ensure_job_definition,
@@ -50,6 +54,7 @@ from tests.compute.moto_batch import (
 TAGS = {"sciflow:run-id": "run-1", "sciflow:unit": "lab", "sciflow:flow": "sim"}
 CONTAINER = ContainerSpec(image="repo/sciflow:1", vcpus=2, memory_mib=4096)
 JOB_ID = "4c9e6c1a-1111-2222-3333-444455556666"
+TIMEOUT_S = 3600
 QUEUE_ARN = f"arn:aws:batch:{REGION}:{ACCOUNT}:job-queue/{QUEUE}"
 DEFINITION_ARN = f"arn:aws:batch:{REGION}:{ACCOUNT}:job-definition/sciflow-0123456789abcdef:1"
 
@@ -84,7 +89,15 @@ def test_moto_batch_finishes_jobs_without_starting_docker(aws, batch_queue, clie
 
     assert use_batch_without_docker(aws)["batch"] == {"use_docker": False}
     arn, _ = ensure_job_definition(client, job_definition_spec(CONTAINER))
-    job = submit_job(client, name="x", queue=QUEUE, definition=arn, tags=TAGS, environment={})
+    job = submit_job(
+        client,
+        name="x",
+        queue=QUEUE,
+        definition=arn,
+        tags=TAGS,
+        environment={},
+        timeout_s=TIMEOUT_S,
+    )
     assert job.status == "SUCCEEDED"
     backend_job = batch_backends[ACCOUNT][REGION]._jobs[job.job_id]
     # moto's Docker Batch runs each job in a thread that starts a container; this one never
@@ -167,6 +180,7 @@ def test_multinode_job_is_submitted_with_ranges_overrides_efs_and_tags(batch_que
         definition=definition,
         tags=TAGS,
         environment={"PREFECT__FLOW_RUN_ID": "run-1", "UNSET": None},
+        timeout_s=TIMEOUT_S,
         command=["prefect", "flow-run", "execute"],
         node_count=3,
         node_command=["sciflow-mpi-node"],
@@ -218,11 +232,77 @@ def test_multinode_job_is_submitted_with_ranges_overrides_efs_and_tags(batch_que
     assert described["nodeProperties"]["numNodes"] == 3
 
 
+# --- attempt timeouts -------------------------------------------------------------------------
+
+
+def test_a_job_without_an_estimate_gets_its_class_wall_time():
+    assert attempt_timeout_s(21600) == 21600
+
+
+def test_an_estimate_shortens_the_timeout_but_never_past_the_wall_time():
+    assert attempt_timeout_s(21600, 100.0) == math.ceil(ESTIMATE_MARGIN * 100 + STARTUP_ALLOWANCE_S)
+    assert attempt_timeout_s(21600, 1e6) == 21600
+    assert attempt_timeout_s(3600, 0.0) == STARTUP_ALLOWANCE_S
+    assert attempt_timeout_s(60, 0.0) == 60  # Batch's minimum, which is also this class's cap
+
+
+@pytest.mark.parametrize(
+    ("wall", "estimate", "message"),
+    [
+        (59, None, "wall_time_s=59: AWS Batch takes attempt timeouts of at least 60 s"),
+        (3600, -1.0, r"estimate_s=-1.0; expected seconds >= 0"),
+        (3600, float("nan"), r"estimate_s=nan; expected seconds >= 0"),
+    ],
+)
+def test_bad_timeout_inputs_are_refused(wall, estimate, message):
+    with pytest.raises(InputError, match=message):
+        attempt_timeout_s(wall, estimate)
+
+
+def test_the_submitted_job_carries_its_attempt_timeout(batch_queue, client):
+    """moto keeps SubmitJob's timeout and DescribeJobs reports it, as Batch does."""
+    definition, _ = ensure_job_definition(client, job_definition_spec(CONTAINER, node_count=2))
+    job = submit_job(
+        client,
+        name="bounded",
+        queue=QUEUE,
+        definition=definition,
+        tags=TAGS,
+        environment={},
+        timeout_s=5400,
+        node_count=2,
+    )
+    described = client.describe_jobs(jobs=[job.job_id])["jobs"][0]
+    assert described["timeout"] == {"attemptDurationSeconds": 5400}
+
+
+def test_a_timeout_under_batchs_minimum_is_refused_before_submitting(batch_queue, client):
+    definition, _ = ensure_job_definition(client, job_definition_spec(CONTAINER))
+    calls = record_calls(client)
+    with pytest.raises(InputError, match="timeout_s=30: AWS Batch takes attempt timeouts"):
+        submit_job(
+            client,
+            name="short",
+            queue=QUEUE,
+            definition=definition,
+            tags=TAGS,
+            environment={},
+            timeout_s=30,
+        )
+    assert operations(calls) == []
+
+
 def test_single_container_job_uses_container_overrides(batch_queue, client):
     definition, _ = ensure_job_definition(client, job_definition_spec(CONTAINER))
     calls = record_calls(client)
     submit_job(
-        client, name="one", queue=QUEUE, definition=definition, tags=TAGS, environment={"A": "1"}
+        client,
+        name="one",
+        queue=QUEUE,
+        definition=definition,
+        tags=TAGS,
+        environment={"A": "1"},
+        timeout_s=TIMEOUT_S,
     )
     submitted = dict(calls)["SubmitJob"]
     assert "nodeOverrides" not in submitted
@@ -393,7 +473,13 @@ def test_follower_reports_running_then_failed_with_new_log_lines_once(
     writes none); DescribeJobs, FilterLogEvents and their paging go over HTTP to moto."""
     definition, _ = ensure_job_definition(client, job_definition_spec(CONTAINER))
     job = submit_job(
-        client, name="one", queue=QUEUE, definition=definition, tags=TAGS, environment={}
+        client,
+        name="one",
+        queue=QUEUE,
+        definition=definition,
+        tags=TAGS,
+        environment={},
+        timeout_s=TIMEOUT_S,
     )
     stream = job.refresh()["container"]["logStreamName"]
     group = "/aws/batch/job"
@@ -467,7 +553,13 @@ def test_kill_calls_terminate_job_with_the_reason(batch_queue, client):
     """moto records TerminateJob's reason as the job's statusReason."""
     definition, _ = ensure_job_definition(client, job_definition_spec(CONTAINER))
     job = submit_job(
-        client, name="k", queue=QUEUE, definition=definition, tags=TAGS, environment={}
+        client,
+        name="k",
+        queue=QUEUE,
+        definition=definition,
+        tags=TAGS,
+        environment={},
+        timeout_s=TIMEOUT_S,
     )
     job.kill("cancelled from the UI")
     assert job.refresh()["statusReason"] == "cancelled from the UI"

@@ -20,6 +20,7 @@ from prefect.states import Cancelling
 from prefect.workers.base import BaseWorker
 from pydantic import ValidationError
 
+from blocks.compute_unit import DEFAULT_LIMITS
 from tasks.aws.clients import client as aws_client
 from tasks.compute.batch import job_definition_name, job_definition_spec
 from tasks.compute.batch_worker import (
@@ -183,6 +184,45 @@ def test_worker_runs_a_flow_run_as_a_batch_job_with_the_runs_tags(batch_queue, c
     assert definitions[0]["jobDefinitionName"].startswith("sciflow-")
     second_job = client.describe_jobs(jobs=[second.identifier])["jobs"][0]
     assert second_job["jobDefinition"] == job["jobDefinition"]
+
+
+@pytest.mark.parametrize(
+    ("variables", "size"),
+    [
+        ({}, "large"),
+        ({"gpus": 1}, "gpu"),
+        ({"node_count": 2}, "multinode"),
+        ({"size_class": "small"}, "small"),
+    ],
+)
+def test_every_job_is_submitted_with_its_classs_wall_time(batch_queue, client, variables, size):
+    _, _, result, _ = anyio.run(
+        _run_through_worker, "batch-test", {**BASE, **variables, "poll_interval_s": 0.01}
+    )
+    job = client.describe_jobs(jobs=[result.identifier])["jobs"][0]
+    expected = DEFAULT_LIMITS[size].wall_time_s
+    assert job["timeout"] == {"attemptDurationSeconds": expected}
+
+
+def test_a_deployments_timeout_is_the_jobs_timeout(batch_queue, client):
+    _, _, result, _ = anyio.run(
+        _run_through_worker, "batch-test", {**BASE, "timeout_s": 900, "poll_interval_s": 0.01}
+    )
+    job = client.describe_jobs(jobs=[result.identifier])["jobs"][0]
+    assert job["timeout"] == {"attemptDurationSeconds": 900}
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"timeout_s": 59}, "greater than or equal to 60"),
+        ({"timeout_s": 8 * 24 * 3600}, "less than or equal to 604800"),
+        ({"size_class": "small", "gpus": 1}, "size_class='small' with gpus=1"),
+    ],
+)
+def test_bad_timeout_variables_are_refused(values, message):
+    with pytest.raises(ValueError, match=message):
+        AwsBatchVariables(**BASE, **values)
 
 
 def test_a_failed_job_gives_a_nonzero_status(batch_queue, client, monkeypatch):

@@ -1,7 +1,7 @@
 import pytest
 from prefect_dask import DaskTaskRunner
 
-from blocks.compute_unit import ComputeUnit, FargateDask, local_unit
+from blocks.compute_unit import DEFAULT_LIMITS, ComputeUnit, FargateDask, UnitLimits, local_unit
 from tasks.compute.dask import (
     ECS_CLUSTER,
     FARGATE_CLUSTER,
@@ -108,10 +108,33 @@ def test_fargate_cluster_gets_exactly_the_units_settings():
         "scheduler_cpu": 1024,
         "scheduler_mem": 4096,
         "scheduler_timeout": "15 minutes",
+        "worker_extra_args": ["--lifetime", "21600s"],  # the large class's wall time
         "fargate_spot": False,
         "tags": TAGS,
         "skip_cleanup": True,
     }
+
+
+def test_workers_live_no_longer_than_their_classs_wall_time():
+    limits = {"small": {**DEFAULT_LIMITS["small"].model_dump(), "wall_time_s": 900}}
+    unit = aws_unit(public_subnets=False).model_copy(update={"limits": UnitLimits(**limits)})
+    _, small = cluster_spec(unit, "small", TAGS)
+    assert small["worker_extra_args"] == ["--lifetime", "900s"]
+    _, large = cluster_spec(unit, "large", TAGS)
+    assert large["worker_extra_args"] == ["--lifetime", f"{DEFAULT_LIMITS['large'].wall_time_s}s"]
+
+
+def test_work_left_without_workers_fails_so_the_scheduler_can_fall_idle():
+    """Dask reads the variable as distributed.scheduler.no-workers-timeout."""
+    unit = aws_unit(public_subnets=False)
+    cls, kwargs = cluster_spec(unit, "small", TAGS)
+    bodies = task_definitions(unit, cls, kwargs)
+    (scheduler,) = bodies["scheduler"]["containerDefinitions"]
+    assert scheduler["environment"] == [
+        {"name": "DASK_DISTRIBUTED__SCHEDULER__NO_WORKERS_TIMEOUT", "value": "15 minutes"}
+    ]
+    (worker,) = bodies["worker"]["containerDefinitions"]
+    assert "environment" not in worker
 
 
 def test_public_subnets_let_the_client_use_public_addresses():

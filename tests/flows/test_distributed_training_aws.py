@@ -15,7 +15,7 @@ from typing import Any
 import boto3
 import pytest
 
-from blocks.compute_unit import ComputeUnit
+from blocks.compute_unit import DEFAULT_LIMITS, ComputeUnit
 from flows import distributed_training as module
 from flows.distributed_training import distributed_training
 from tasks.aws.tags import RUN_ID_TAG, UNIT_TAG, from_aws
@@ -145,6 +145,10 @@ def test_ddp_on_two_nodes_is_one_multinode_batch_job(
     assert submitted["tags"][UNIT_TAG] == "train-batch"
     run_id = submitted["tags"][RUN_ID_TAG]
     assert submitted["jobName"] == f"sciflow-training-{run_id[:8]}"
+    # Two nodes: the multinode class's wall time bounds each attempt.
+    assert submitted["timeout"] == {
+        "attemptDurationSeconds": DEFAULT_LIMITS["multinode"].wall_time_s
+    }
     # A reclaimed Spot node restarts the job (which resumes); any other failure ends it.
     assert submitted["retryStrategy"] == {
         "attempts": 4,
@@ -274,7 +278,10 @@ def test_the_parameter_server_runs_as_fargate_tasks_and_cleans_up(
     assert not ecs.list_task_definitions(familyPrefix="sciflow-ps")["taskDefinitionArns"]
     (container,) = recorded.definitions["sciflow-ps-worker"]["containerDefinitions"]
     assert container["command"][-2:] == ["--server", f"{service}.sciflow.local:29500"]
-    assert container["command"][4:6] == ["--config", f"{OUTPUT}/config.json"]
+    # Each process exits by itself at the large class's wall time (Fargate has no GPUs).
+    assert container["command"][4:6] == ["--wall-time-s", "21600"]
+    assert DEFAULT_LIMITS["large"].wall_time_s == 21600
+    assert container["command"][6:8] == ["--config", f"{OUTPUT}/config.json"]
     cfg = TrainConfig.model_validate_json(_read(f"{OUTPUT}/config.json"))
     assert (cfg.strategy, cfg.processes) == ("parameter_server", 2)
     assert not _recorded_launches(bucket)

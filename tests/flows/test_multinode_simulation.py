@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from blocks.compute_unit import ComputeUnit
+from blocks.compute_unit import DEFAULT_LIMITS, ComputeUnit
 from flows import multinode_simulation as module
 from flows.mr_reconstruction import mr_reconstruction
 from flows.multinode_simulation import multinode_simulation
@@ -118,6 +118,7 @@ def test_on_aws_a_multinode_batch_job_is_submitted_with_node_ranges_and_run_tags
         storage_root=f"s3://{BUCKET}/runs",
         batch_job_queue=QUEUE,
         batch_job_definitions={"simulation": definition},
+        limits={"multinode": {**DEFAULT_LIMITS["multinode"].model_dump(), "wall_time_s": 5400}},
     ).save("sim-aws", overwrite=True)
     output = f"s3://{BUCKET}/sim"
     # What the job's rank 0 would have written (moto's Batch runs no container).
@@ -148,6 +149,8 @@ def test_on_aws_a_multinode_batch_job_is_submitted_with_node_ranges_and_run_tags
     assert submitted["jobQueue"].endswith(f"job-queue/{QUEUE}")
     assert submitted["jobDefinition"] == definition
     assert submitted["propagateTags"] is True
+    # Batch stops the job at the unit's multinode wall time, even if this flow is killed.
+    assert submitted["timeout"] == {"attemptDurationSeconds": 5400}
     assert submitted["tags"][UNIT_TAG] == "sim-aws"
     run_id = submitted["tags"][RUN_ID_TAG]
     overrides = submitted["nodeOverrides"]
@@ -170,6 +173,7 @@ def test_on_aws_a_multinode_batch_job_is_submitted_with_node_ranges_and_run_tags
     (summary,) = batch.list_jobs(jobQueue=QUEUE, jobStatus="SUCCEEDED")["jobSummaryList"]
     (job,) = batch.describe_jobs(jobs=[summary["jobId"]])["jobs"]
     assert job["tags"][RUN_ID_TAG] == run_id  # what Batch propagates to the nodes' tasks
+    assert job["timeout"] == {"attemptDurationSeconds": 5400}
 
 
 def test_the_stop_hook_terminates_the_recorded_batch_job(aws, tmp_path, monkeypatch):

@@ -20,7 +20,11 @@ process, which serves moto through ``ThreadedMotoServer``):
 - a container's exit status ends its node job (SUCCEEDED on 0, else FAILED, with
   ``exitCode`` and ``statusReason``); the main node's end ends the job and stops the others;
 - TerminateJob stops every process (SIGTERM, then SIGKILL) and the job ends FAILED with the
-  caller's reason; CancelJob does so for a job that has not started and ignores one that has.
+  caller's reason; CancelJob does so for a job that has not started and ignores one that has;
+- a job's ``timeout`` (``attemptDurationSeconds`` of SubmitJob, else of the job definition)
+  runs from the start of its containers; a job still running then is stopped as by
+  TerminateJob and ends FAILED with Batch's reason ``TIMEOUT_REASON``. Unlike Batch, the
+  stand-in takes timeouts under 60 s, so a test need not wait a minute.
 
 Not modelled: ``dependsOn``, array jobs and retry strategies (SubmitJob refuses the first two;
 a failed job is not retried), resource limits, EFS volumes.
@@ -52,6 +56,8 @@ STATES_TO_RUNNING = ("PENDING", "RUNNABLE", "STARTING")
 EXITED_REASON = "Essential container in task exited"
 # Why the other nodes of a multi-node job stop: Batch ends the job when its main node exits.
 MAIN_EXITED = "the main node exited"
+# Batch's statusReason of a job stopped at its attempt timeout.
+TIMEOUT_REASON = "Job attempt duration exceeded timeout"
 SUBMIT_PARAMETERS = (
     "jobName",
     "jobQueue",
@@ -107,6 +113,7 @@ class BatchStandIn:
         self.exits: dict[str, int] = {}  # node job id -> Docker-style exit status, once ended
         self._lock = threading.RLock()
         self._runners: list[threading.Thread] = []
+        self._timeouts: list[threading.Timer] = []
 
     # ---- moto backends -------------------------------------------------------------------------
 
@@ -148,6 +155,8 @@ class BatchStandIn:
         with self._lock:
             for job in self.jobs.values():
                 job.standin_stopping = job.standin_stopping or "stand-in closed"
+        for timer in self._timeouts:
+            timer.cancel()
         for thread in list(self._runners):
             thread.join(timeout=60)
         with self._lock:
@@ -355,6 +364,12 @@ class BatchStandIn:
                 if node is main or not job.standin_nodes:
                     job.job_started_at = node.job_started_at
                     job.status = "RUNNING"
+        if seconds := job._get_attempt_duration():
+            timer = threading.Timer(seconds, self.stop, (job.job_id, TIMEOUT_REASON, True))
+            timer.daemon = True
+            with self._lock:
+                self._timeouts.append(timer)
+            timer.start()
 
     def _container_spec(self, node: Any) -> tuple[list[str], dict[str, str], dict[str, str]]:
         """argv, environment (less Batch's variables) and log settings of one node's container."""

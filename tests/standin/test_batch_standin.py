@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import ipaddress
 import sys
+import time
 
 import boto3
 import pytest
 
 from tasks.compute.batch import RunningJob, exit_status, read_logs
 from tests.compute.moto_batch import QUEUE, make_job_queue
-from tests.standin.batch import DEFAULT_LOG_GROUP, MAIN_EXITED
+from tests.standin.batch import DEFAULT_LOG_GROUP, MAIN_EXITED, TIMEOUT_REASON
 from tests.standin.containers import wait_for
 
 REGION = "us-east-1"
@@ -260,3 +261,38 @@ def test_terminate_job_stops_every_node_and_fails_the_job_with_the_reason(batch,
     assert {n.reason for n in job.nodes()} == {"enough"}
     assert batch_standin.containers == {}
     assert MAIN_EXITED not in done["statusReason"]
+
+
+def test_a_job_that_outruns_its_attempt_timeout_is_stopped_as_batch_does(batch, batch_standin):
+    definition = _definition(batch, name="slow")
+    started = time.monotonic()
+    job_id = batch.submit_job(
+        jobName="slow",
+        jobQueue=QUEUE,
+        jobDefinition=definition,
+        containerOverrides={"command": [PYTHON, "-c", "import time; time.sleep(600)"]},
+        timeout={"attemptDurationSeconds": 2},
+    )["jobId"]
+
+    done = _done(batch, job_id)
+
+    assert time.monotonic() - started < 60
+    assert done["status"] == "FAILED"
+    assert done["statusReason"] == TIMEOUT_REASON
+    assert done["timeout"] == {"attemptDurationSeconds": 2}
+    wait_for(lambda: job_id in batch_standin.exits, 30, "the container ended")
+    assert batch_standin.exits[job_id] == 143  # SIGTERM, as TerminateJob sends
+    assert batch_standin.containers == {}
+
+
+def test_a_job_within_its_attempt_timeout_is_not_stopped(batch, batch_standin):
+    definition = _definition(batch, name="quick")
+    job_id = batch.submit_job(
+        jobName="quick",
+        jobQueue=QUEUE,
+        jobDefinition=definition,
+        containerOverrides={"command": [PYTHON, "-c", "print('done')"]},
+        timeout={"attemptDurationSeconds": 60},
+    )["jobId"]
+    done = _done(batch, job_id)
+    assert (done["status"], done["container"]["exitCode"]) == ("SUCCEEDED", 0)

@@ -9,19 +9,22 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 
-from blocks.compute_unit import ComputeUnit
+from blocks.compute_unit import DEFAULT_LIMITS, ComputeUnit, UnitLimits
 from tasks.aws.tags import from_aws, run_tags
 from tasks.compute import ecs as compute_ecs
 from tasks.errors import InputError, SciflowError, TransientError
+from tasks.training import ecs as training_ecs
 from tasks.training.ecs import (
     ParameterServerLaunch,
     ParameterServerPlan,
+    WallClockExceeded,
     local_commands,
     plan_from_unit,
     service_name_for,
@@ -80,7 +83,8 @@ def test_launch_on_moto(network: dict[str, Any], lifecycle: int) -> None:
         assert not any("AWS_" in name for name in environment)
         assert container["logConfiguration"]["options"]["awslogs-group"] == "/sciflow/train"
         assert from_aws(stored["tags"]) == TAGS
-        expected = ["python", "-m", "tasks.training.parameter_server", role, "--config", CONFIG]
+        expected = ["python", "-m", "tasks.training.parameter_server", role]
+        expected += ["--wall-time-s", "21600", "--config", CONFIG]  # the large class's
         expected += (
             ["--port", "29500", "--workers", "12"]
             if role == "server"
@@ -460,3 +464,56 @@ def test_local_commands_run(network: dict[str, Any]) -> None:
         assert done.returncode == 0, (role, done.stderr)
         for option in (a for a in argv[4:] if a.startswith("--")):
             assert option in done.stdout, (role, option)
+
+
+# The wall clock.
+
+
+def test_the_processes_get_the_units_wall_clock(network: dict[str, Any]) -> None:
+    limits = {"multinode": {**DEFAULT_LIMITS["multinode"].model_dump(), "wall_time_s": 1800}}
+    unit = make_unit(network).model_copy(update={"limits": UnitLimits(**limits)})
+    plan = plan_from_unit(unit, RUN_ID, TAGS, CONFIG, 2, size="multinode")
+    assert plan.wall_time_s == 1800
+    for definition in task_definitions(plan).values():
+        command = definition["containerDefinitions"][0]["command"]
+        assert command[4:6] == ["--wall-time-s", "1800"]
+    assert make_plan(network).wall_time_s == DEFAULT_LIMITS["large"].wall_time_s
+
+
+def test_tasks_still_running_at_the_wall_clock_are_stopped(
+    aws: str, network: dict[str, Any], lifecycle: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once RUNNING, moto's tasks are held there until stopped: a server that did not exit at
+    its limit, as the launcher sees it."""
+    monkeypatch.setattr(training_ecs, "WALL_CLOCK_GRACE_S", 0.0)
+    runner, _ = launch(replace(make_plan(network, worker_count=2), wall_time_s=0.5))
+    with runner:
+        runner.start()
+        set_transition(aws, times=10_000)
+        started = time.monotonic()
+        with pytest.raises(WallClockExceeded, match=r"ran past the wall-clock limit of 0\.5 s"):
+            runner.wait()
+        assert time.monotonic() - started < 30
+    described = boto3.client("ecs", region_name=REGION).describe_tasks(
+        cluster="sciflow", tasks=runner.tasks
+    )["tasks"]
+    assert len(described) == 3
+    assert {t["lastStatus"] for t in described} == {"STOPPED"}
+    assert {t["stoppedReason"] for t in described} == {"sciflow: wall-clock limit of 0.5 s reached"}
+    assert not cloud_map().list_services()["Services"]
+
+
+def test_a_shorter_timeout_of_wait_stays_a_timeout(
+    aws: str, network: dict[str, Any], lifecycle: int
+) -> None:
+    runner, _ = launch(make_plan(network, worker_count=1))
+    with runner:
+        runner.start()
+        set_transition(aws, times=10_000)
+        with pytest.raises(TransientError, match=r"still running after 0\.2 s"):
+            runner.wait(timeout_s=0.2)
+
+
+def test_a_wall_clock_that_is_not_positive_is_refused(network: dict[str, Any]) -> None:
+    with pytest.raises(InputError, match=r"wall_time_s=0: expected seconds > 0"):
+        replace(make_plan(network), wall_time_s=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import torch.distributed as dist
 
 from tasks.training.config import TrainConfig
 from tasks.training.data import ImageDataset, load_manifest, write_synthetic_set
+from tasks.training.events import parse_event
 from tasks.training.launch import (
     TrainingFailed,
     free_port,
@@ -23,9 +25,11 @@ from tasks.training.launch import (
     torchrun_argv,
 )
 from tasks.training.models import build_model
-from tasks.training.parameter_server import RANK_KEY
+from tasks.training.parameter_server import RANK_KEY, WALL_CLOCK_EXIT
 
 REPO = Path(__file__).resolve().parents[2]
+# A wall clock short enough for a test, long enough for the server to be up before it.
+WALL_S = 10.0
 
 
 @pytest.fixture(scope="module")
@@ -180,3 +184,54 @@ def test_help_of_each_role(role):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "--config" in done.stdout
+
+
+# --- the wall clock ----------------------------------------------------------------------------
+
+
+def test_a_server_whose_workers_never_come_exits_by_itself_at_its_wall_clock(tmp_path, dataset):
+    """Nobody stops it: without its limit it would wait GROUP_TIMEOUT (10 min) for workers,
+    blocked inside gloo, as it would on ECS after its flow run was killed."""
+    config = _config(tmp_path, dataset, "abandoned")
+    server = parameter_server_argv(
+        "server", config, port=free_port(), workers=2, wall_time_s=WALL_S
+    )
+    started = time.monotonic()
+    done = subprocess.run(
+        [*server, "--host", "127.0.0.1"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    seconds = time.monotonic() - started
+    assert done.returncode == WALL_CLOCK_EXIT, done.stderr
+    assert WALL_S <= seconds < WALL_S + 60
+    events = [e for e in map(parse_event, done.stdout.splitlines()) if e]
+    assert events[0]["event"] == "rank"  # it was up, waiting for its workers
+    assert events[-1]["event"] == "error"
+    assert events[-1]["message"] == (
+        f"the parameter-server server ran past its wall-clock limit of {WALL_S:g} s and exits"
+    )
+
+
+def test_the_launcher_reports_the_wall_clock_as_the_failure(tmp_path, dataset):
+    config = _config(tmp_path, dataset, "abandoned-too")
+    commands = local_parameter_server(config, workers=2)  # the default limit: 12 h
+    port = commands["server"][commands["server"].index("--port") + 1]
+    # One worker short, so the server waits for ever; only the server has the short limit.
+    commands = {
+        "server": [
+            *parameter_server_argv("server", config, port=int(port), workers=2, wall_time_s=WALL_S),
+            "--host", "127.0.0.1",
+        ],
+        "worker-1": commands["worker-1"],
+    }  # fmt: skip
+    with pytest.raises(TrainingFailed, match=r"'server' exited with 3: .*wall-clock limit of 10 s"):
+        run_processes(commands, timeout_s=120)
+
+
+def test_a_wall_clock_that_is_not_positive_is_refused():
+    done = subprocess.run(
+        [sys.executable, "-m", "tasks.training.parameter_server", "worker", "--config", "c",
+         "--server", "h:1", "--wall-time-s", "0"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "--wall-time-s=0.0; expected seconds > 0" in done.stderr
