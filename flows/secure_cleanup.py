@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from prefect import task
+from prefect.client.schemas.objects import FlowRun
+from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
 from blocks.compute_unit import load_unit
 from tasks.cleanup.audit import Check
+from tasks.cleanup.runs import read_run, started_by, unit_name
 from tasks.cleanup.scope import Scope, resolve_scope
-from tasks.cleanup.sweep import check_run_id
 from tasks.cleanup.validate import validate_run
 from tasks.compute.hooks import sciflow_flow
 from tasks.compute.launches import LaunchRecord
@@ -47,32 +49,47 @@ def stop_recorded_launches(unit: str, run_id: str, dry_run: bool = False) -> Che
     return Check("launches stopped", True, detail, removed=len(stopped))
 
 
+def cleanup_trigger(target: FlowRun) -> str:
+    """What the record names as its trigger: the automation that started this run, if one did."""
+    own = flow_run.get_id()
+    by = started_by(read_run(own)) if own else ""
+    if by.startswith("automation"):
+        return f"secure-cleanup by {by} after the run was {target.state_name}"
+    return "secure-cleanup"
+
+
 @sciflow_flow(name="secure-cleanup")
 def secure_cleanup(
-    run_id: str, unit: str = "local", scope: tuple[Scope, ...] = ("all",), dry_run: bool = False
+    run_id: str,
+    unit: str | None = None,
+    scope: tuple[Scope, ...] = ("all",),
+    dry_run: bool = False,
 ) -> CleanupResult:
     """Clean up after the flow run ``run_id``; seal the record under ``<root>/audit/<unit>/``.
 
     Every check runs, whatever the others found; then a failed one fails this flow.
 
     Args:
-        run_id: The flow run whose leftovers to remove (its UUID).
-        unit: The compute unit it ran on.
+        run_id: The flow run whose leftovers to remove (its UUID, known to the Prefect API).
+        unit: The compute unit it ran on; by default the one its ``unit`` parameter names.
         scope: What to clean: ``local`` (scratch, half-written files, processes),
             ``intermediates`` (its ``tmp/`` prefix), ``cloud`` (what it launched, then every
             resource tagged with its run id), or ``all``.
         dry_run: Only list what would go; remove nothing (the record says so).
 
     Raises:
-        InputError: ``run_id`` is not a flow-run id, or ``scope`` names nothing or an
-            unknown part; nothing is touched.
+        InputError: ``run_id`` is not a flow-run id or names no flow run, or ``scope`` names
+            nothing or an unknown part; nothing is touched.
         CleanupFailed: A check failed (after all ran and the record was written).
     """
-    check_run_id(run_id)
     parts = resolve_scope(scope)
-    compute_unit = load_unit(unit)
+    target = read_run(run_id)
+    compute_unit = load_unit(unit or unit_name(target))
+    unit = compute_unit.name
     launched = [stop_recorded_launches(unit, run_id, dry_run)] if parts & {"local", "cloud"} else []
-    record, uri = validate_run(compute_unit, run_id, "secure-cleanup", launched, dry_run, parts)
+    record, uri = validate_run(
+        compute_unit, run_id, cleanup_trigger(target), launched, dry_run, parts
+    )
     publish_summary(
         "Secure cleanup",
         [{"check": c.name, "ok": c.ok, "detail": c.detail} for c in record.checks],

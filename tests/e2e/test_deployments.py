@@ -25,6 +25,7 @@ DEPLOYMENTS = (
     "distributed-training/local",
     "preflight/local",
     "secure-cleanup/local",
+    "cleanup-sweep/local",
 )
 RUN_TIMEOUT_S = 120.0
 

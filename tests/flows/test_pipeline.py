@@ -11,6 +11,7 @@ from flows.secure_cleanup import secure_cleanup
 from tasks.compute.hooks import cleanup_on_exit
 from tasks.errors import InputError
 from tasks.settings import get_settings
+from tests.cleanup.flow_runs import make_flow_run
 
 
 def test_research_pipeline_runs_every_stage_and_writes_a_manifest(sciflow_dirs):
@@ -66,7 +67,7 @@ def test_pipeline_rejects_an_unknown_unit_before_doing_anything(sciflow_dirs):
 
 
 def test_secure_cleanup_sweeps_scratch_and_partial_writes(sciflow_dirs):
-    run_id = "11111111-2222-3333-4444-555555555555"
+    run_id = make_flow_run()  # cleanup refuses ids the API does not know
     scratch = get_settings().scratch_root / run_id
     (scratch / "deep").mkdir(parents=True)
     (scratch / "deep" / "weights.bin").write_bytes(b"secret weights")

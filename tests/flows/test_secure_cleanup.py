@@ -14,8 +14,15 @@ from tasks.cleanup import audit
 from tasks.compute.launches import Launch, LaunchRecord
 from tasks.errors import InputError
 from tasks.settings import get_settings
+from tests.cleanup.flow_runs import make_flow_run
 
-RUN_ID = "0b9d2c4e-6f3a-4d1e-9c7b-2a5f8e1d3c6b"
+RUN_ID = "0b9d2c4e-6f3a-4d1e-9c7b-2a5f8e1d3c6b"  # well-formed, but no flow run has it
+
+
+@pytest.fixture
+def run_id() -> str:
+    """A flow run the API knows: cleanup refuses any other id."""
+    return make_flow_run()
 
 
 @pytest.mark.parametrize("run_id", ["", "/", "../x"])
@@ -28,9 +35,27 @@ def test_a_bad_run_id_fails_the_flow_before_anything_is_touched(run_id, sciflow_
     assert (scratch / RUN_ID / "kspace.npy").exists()
 
 
-def test_a_launch_that_cannot_be_stopped_fails_its_check(aws, sciflow_dirs):
+def test_an_unknown_run_id_is_refused_and_nothing_is_deleted(sciflow_dirs):
+    scratch, run_dir, record_path = _litter(RUN_ID)
+
+    with pytest.raises(InputError, match=f"run_id='{RUN_ID}' names no flow run"):
+        secure_cleanup(run_id=RUN_ID)
+
+    assert (scratch / "kspace.npy").exists()
+    assert (run_dir / "tmp" / "slice-0.npy").exists()
+    assert (run_dir / ".snr.npy.ab12.tmp").exists()
+    assert not record_path.exists()
+
+
+def test_the_unit_comes_from_the_runs_own_parameters(sciflow_dirs):
+    elsewhere = make_flow_run(parameters={"unit": "mars"})
+    with pytest.raises(InputError, match="compute unit 'mars' not found"):
+        secure_cleanup(run_id=elsewhere)
+
+
+def test_a_launch_that_cannot_be_stopped_fails_its_check(aws, sciflow_dirs, run_id):
     unit = local_unit()
-    record = LaunchRecord.of_run(unit, RUN_ID)
+    record = LaunchRecord.of_run(unit, run_id)
     record.add(
         Launch(
             kind="ecs-task",
@@ -42,9 +67,9 @@ def test_a_launch_that_cannot_be_stopped_fails_its_check(aws, sciflow_dirs):
     )
 
     with pytest.raises(CleanupFailed, match="1 of 5 cleanup checks failed"):
-        secure_cleanup(run_id=RUN_ID)
+        secure_cleanup(run_id=run_id)
 
-    checks = json.loads(Path(unit.audit_uri(RUN_ID)).read_text())
+    checks = json.loads(Path(unit.audit_uri(run_id)).read_text())
     assert checks["ok"] is False
     assert [c["ok"] for c in checks["checks"]] == [False, True, True, True, True]  # all ran
     stopped = next(c for c in checks["checks"] if c["name"] == "launches stopped")
@@ -65,10 +90,10 @@ def _litter(run_id: str) -> tuple[Path, Path, Path]:
     return scratch, run_dir, Path(local_unit().audit_uri(run_id))
 
 
-def test_cleanup_removes_everything_but_results_and_seals_a_record(sciflow_dirs):
-    scratch, run_dir, record_path = _litter(RUN_ID)
+def test_cleanup_removes_everything_but_results_and_seals_a_record(sciflow_dirs, run_id):
+    scratch, run_dir, record_path = _litter(run_id)
 
-    result = secure_cleanup(run_id=RUN_ID)
+    result = secure_cleanup(run_id=run_id)
 
     assert result.ok
     assert result.checks == 5
@@ -88,11 +113,11 @@ def test_cleanup_removes_everything_but_results_and_seals_a_record(sciflow_dirs)
     assert content["ok"] is True
 
 
-def test_a_dry_run_lists_what_would_go_and_removes_nothing(sciflow_dirs):
-    scratch, run_dir, record_path = _litter(RUN_ID)
+def test_a_dry_run_lists_what_would_go_and_removes_nothing(sciflow_dirs, run_id):
+    scratch, run_dir, record_path = _litter(run_id)
 
     with pytest.raises(CleanupFailed, match="3 of 5"):  # what is left fails, as it should
-        secure_cleanup(run_id=RUN_ID, dry_run=True)
+        secure_cleanup(run_id=run_id, dry_run=True)
 
     assert (scratch / "kspace.npy").exists()
     assert (run_dir / "tmp" / "slice-0.npy").exists()
@@ -104,12 +129,12 @@ def test_a_dry_run_lists_what_would_go_and_removes_nothing(sciflow_dirs):
     assert "slice-0.npy" in details["intermediates purged"]
 
 
-def test_a_scratch_that_cannot_be_removed_fails_its_check(sciflow_dirs, monkeypatch):
-    _, _, record_path = _litter(RUN_ID)
+def test_a_scratch_that_cannot_be_removed_fails_its_check(sciflow_dirs, run_id, monkeypatch):
+    _, _, record_path = _litter(run_id)
     monkeypatch.setattr("shutil.rmtree", lambda path, *a, **k: None)  # a delete that silently fails
 
     with pytest.raises(CleanupFailed, match="scratch removed"):
-        secure_cleanup(run_id=RUN_ID)
+        secure_cleanup(run_id=run_id)
 
     content = json.loads(record_path.read_text())
     assert [c["name"] for c in content["checks"] if not c["ok"]] == [
@@ -118,10 +143,10 @@ def test_a_scratch_that_cannot_be_removed_fails_its_check(sciflow_dirs, monkeypa
     ]
 
 
-def test_a_scope_cleans_only_its_parts(sciflow_dirs):
-    scratch, run_dir, record_path = _litter(RUN_ID)
+def test_a_scope_cleans_only_its_parts(sciflow_dirs, run_id):
+    scratch, run_dir, record_path = _litter(run_id)
 
-    result = secure_cleanup(run_id=RUN_ID, scope=("intermediates",))
+    result = secure_cleanup(run_id=run_id, scope=("intermediates",))
 
     assert result.ok
     content = audit.verify(record_path.read_text(), audit.audit_key(create=False))
@@ -133,10 +158,10 @@ def test_a_scope_cleans_only_its_parts(sciflow_dirs):
 
 @pytest.mark.parametrize(("scope", "problem"), [((), "scope is empty"), (("x",), "scope names")])
 def test_a_scope_that_names_nothing_known_is_refused_before_anything_goes(
-    scope, problem, sciflow_dirs
+    scope, problem, sciflow_dirs, run_id
 ):
-    scratch, _, record_path = _litter(RUN_ID)
+    scratch, _, record_path = _litter(run_id)
     with pytest.raises(InputError, match=problem):
-        secure_cleanup.fn(run_id=RUN_ID, scope=scope)
+        secure_cleanup.fn(run_id=run_id, scope=scope)
     assert (scratch / "kspace.npy").exists()
     assert not record_path.exists()
