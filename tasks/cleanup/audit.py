@@ -29,13 +29,18 @@ class RecordTampered(SciflowError):
 
 @dataclass(frozen=True, slots=True)
 class Check:
-    """One verified condition: what was found, what was removed, whether it holds."""
+    """One verified condition: what was found, what was removed, whether it holds.
+
+    ``skipped`` marks a check with nothing to act on here (no GPU on this machine): it passes,
+    and its detail says why, so the record never shows an unmade check as a clean one.
+    """
 
     name: str
     ok: bool
     detail: str
     removed: int = 0
     seconds: float = 0.0
+    skipped: bool = False
 
 
 @dataclass(slots=True)
