@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from blocks.compute_unit import ComputeUnit
 from tasks.cleanup.audit import Check, ValidationRecord, audit_key, write_record
+from tasks.cleanup.gpu import scrub_gpus
 from tasks.cleanup.intermediates import purge_intermediates
+from tasks.cleanup.shred import shred_run_key
 from tasks.cleanup.sweep import find_partial_writes, sweep_scratch
 from tasks.errors import SciflowError
 
@@ -25,11 +28,11 @@ def timed(name: str, check: Callable[[], Check]) -> Check:
         result = check()
     except SciflowError as exc:
         result = Check(name, False, str(exc))
-    return Check(result.name, result.ok, result.detail, result.removed, time.perf_counter() - start)
+    return replace(result, seconds=time.perf_counter() - start)
 
 
 def run_checks(unit: ComputeUnit, run_id: str, dry_run: bool = False) -> list[Check]:
-    """Scratch, half-written files and intermediates of the run, each removed and verified."""
+    """Scratch and its key, half-written files, intermediates, GPU memory: cleaned, verified."""
     store, run_dir = unit.object_store(), unit.run_dir(run_id)
 
     def intermediates() -> Check:
@@ -40,6 +43,8 @@ def run_checks(unit: ComputeUnit, run_id: str, dry_run: bool = False) -> list[Ch
         timed("scratch removed", lambda: sweep_scratch(run_id, dry_run=dry_run)),
         timed("no partial writes", lambda: find_partial_writes(store, run_dir, dry_run)),
         timed("intermediates purged", intermediates),
+        timed("scratch key destroyed", lambda: shred_run_key(run_id, dry_run)),
+        timed("gpu scrubbed", lambda: scrub_gpus(dry_run)),
     ]
 
 

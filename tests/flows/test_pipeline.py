@@ -47,6 +47,8 @@ def test_research_pipeline_runs_every_stage_and_writes_a_manifest(sciflow_dirs):
         "scratch removed",
         "no partial writes",
         "intermediates purged",
+        "scratch key destroyed",
+        "gpu scrubbed",
     }
 
 

@@ -41,12 +41,12 @@ def test_a_launch_that_cannot_be_stopped_fails_its_check(aws, sciflow_dirs):
         )
     )
 
-    with pytest.raises(CleanupFailed, match="1 of 4 cleanup checks failed"):
+    with pytest.raises(CleanupFailed, match="1 of 6 cleanup checks failed"):
         secure_cleanup(run_id=RUN_ID)
 
     checks = json.loads(Path(unit.audit_uri(RUN_ID)).read_text())
     assert checks["ok"] is False
-    assert [c["ok"] for c in checks["checks"]] == [False, True, True, True]  # all still ran
+    assert [c["ok"] for c in checks["checks"]] == [False, True, True, True, True, True]  # all ran
     stopped = next(c for c in checks["checks"] if c["name"] == "launches stopped")
     assert not stopped["ok"]
     assert "ClusterNotFoundException" in stopped["detail"]
@@ -71,7 +71,7 @@ def test_cleanup_removes_everything_but_results_and_seals_a_record(sciflow_dirs)
     result = secure_cleanup(run_id=RUN_ID)
 
     assert result.ok
-    assert result.checks == 4
+    assert result.checks == 6
     assert not scratch.exists()
     assert sorted(p.name for p in run_dir.iterdir() if p.name != "launches") == ["snr.npy"]
     assert result.record_uri == str(record_path)
@@ -82,6 +82,8 @@ def test_cleanup_removes_everything_but_results_and_seals_a_record(sciflow_dirs)
         "scratch removed": 1,
         "no partial writes": 1,
         "intermediates purged": 1,
+        "scratch key destroyed": 0,
+        "gpu scrubbed": 0,
     }
     assert content["trigger"] == "secure-cleanup"
     assert content["ok"] is True
@@ -90,7 +92,7 @@ def test_cleanup_removes_everything_but_results_and_seals_a_record(sciflow_dirs)
 def test_a_dry_run_lists_what_would_go_and_removes_nothing(sciflow_dirs):
     scratch, run_dir, record_path = _litter(RUN_ID)
 
-    with pytest.raises(CleanupFailed, match="3 of 4"):  # what is left fails, as it should
+    with pytest.raises(CleanupFailed, match="3 of 6"):  # what is left fails, as it should
         secure_cleanup(run_id=RUN_ID, dry_run=True)
 
     assert (scratch / "kspace.npy").exists()
