@@ -84,7 +84,8 @@ def estimate(signal_path: str, options: MrOptions, key: str | None) -> JobEstima
     return estimate_job(shape, options)
 
 
-@task
+# Results derived from a patient's data stay in memory: never written to Prefect's result storage.
+@task(persist_result=False)
 def noise_statistics(
     signal_path: str, noise_path: str | None, key: str | None, convention: Convention, layout: str
 ) -> NoiseStatistics:
@@ -148,7 +149,7 @@ def local_slices(shared: SharedSlices, run: RunContext) -> SliceSource:
     return replace(shared.source, path=local)
 
 
-@task(**transient_retries())
+@task(persist_result=False, **transient_retries())
 def snr_for_slices(
     shared: SharedSlices,
     slices: list[int],

@@ -75,21 +75,24 @@ def purge_intermediates(store: ObjectStore, run_dir: str, dry_run: bool = False)
         listed = [f"{key} (version {vid})" for key, vid in versions + markers]
         listed += [f"{key} (upload {uid})" for key, uid in uploads]
         return Purge(0, 0, 0, listed, [])
-    refused: list[str] = []
     with aws_errors(f"purge {loc}"):
         for key, upload_id in uploads:
             s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
-        everything = versions + markers
-        for start in range(0, len(everything), DELETE_BATCH):
-            batch = [
-                {"Key": k, "VersionId": v} for k, v in everything[start : start + DELETE_BATCH]
-            ]
-            answer = s3.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
-            refused += [f"{e['Key']}: {e.get('Code', '')}" for e in answer.get("Errors", [])]
+        refused = delete_versions(s3, bucket, versions + markers)
     left_versions, left_markers = _versions(s3, bucket, prefix)
     left = [key for key, _ in left_versions + left_markers]
     left += [f"{key} (upload)" for key, _ in _uploads(s3, bucket, prefix)]
     return Purge(len(versions), len(markers), len(uploads), left, refused)
+
+
+def delete_versions(s3: Any, bucket: str, versions: list[tuple[str, str]]) -> list[str]:
+    """Delete ``(key, version id)`` pairs, 1,000 a call; returns ``"key: code"`` per refusal."""
+    refused: list[str] = []
+    for start in range(0, len(versions), DELETE_BATCH):
+        batch = [{"Key": k, "VersionId": v} for k, v in versions[start : start + DELETE_BATCH]]
+        answer = s3.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+        refused += [f"{e['Key']}: {e.get('Code', '')}" for e in answer.get("Errors", [])]
+    return refused
 
 
 def _purge_local(loc: Location, dry_run: bool) -> Purge:

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from blocks.compute_unit import ComputeUnit
 from tasks.cleanup.audit import Check, ValidationRecord, audit_key, write_record
+from tasks.cleanup.gpu import scrub_gpus
 from tasks.cleanup.intermediates import purge_intermediates
 from tasks.cleanup.resources import CHECK_NAME as CLOUD_CHECK
 from tasks.cleanup.resources import DASK_LOG_GROUP, cloud_resources_check
 from tasks.cleanup.scope import PARTS, Part
+from tasks.cleanup.shred import shred_run_key
 from tasks.cleanup.sweep import find_partial_writes, sweep_scratch
 from tasks.errors import SciflowError
 
@@ -28,13 +31,13 @@ def timed(name: str, check: Callable[[], Check]) -> Check:
         result = check()
     except SciflowError as exc:
         result = Check(name, False, str(exc))
-    return Check(result.name, result.ok, result.detail, result.removed, time.perf_counter() - start)
+    return replace(result, seconds=time.perf_counter() - start)
 
 
 def run_checks(
     unit: ComputeUnit, run_id: str, dry_run: bool = False, scope: Collection[Part] = PARTS
 ) -> list[Check]:
-    """The run's scratch, half-written files, intermediates and tagged cloud resources.
+    """Scratch and its key, half-written files, GPU memory, intermediates, cloud resources.
 
     Each is removed and verified, if its part is in ``scope`` (``tasks.cleanup.scope``).
     """
@@ -58,6 +61,8 @@ def run_checks(
         checks.append(
             timed("no partial writes", lambda: find_partial_writes(store, run_dir, dry_run))
         )
+        checks.append(timed("scratch key destroyed", lambda: shred_run_key(run_id, dry_run)))
+        checks.append(timed("gpu scrubbed", lambda: scrub_gpus(dry_run)))
     if "intermediates" in scope:
         checks.append(timed("intermediates purged", intermediates))
     if "cloud" in scope:

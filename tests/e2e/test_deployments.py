@@ -111,6 +111,8 @@ def test_cli_deployment_run_completes_the_pipeline_and_writes_its_outputs(api, p
         "no partial writes",
         "intermediates purged",
         "cloud resources removed",
+        "scratch key destroyed",
+        "gpu scrubbed",
     }
 
     preflight = read_json(manifest["stages"]["preflight"])

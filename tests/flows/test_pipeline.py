@@ -49,6 +49,8 @@ def test_research_pipeline_runs_every_stage_and_writes_a_manifest(sciflow_dirs):
         "no partial writes",
         "intermediates purged",
         "cloud resources removed",
+        "scratch key destroyed",
+        "gpu scrubbed",
     }
 
 

@@ -1,0 +1,180 @@
+"""Secure cleanup's cost on S3 (moto's server on loopback, real HTTP).
+
+Metrics:
+
+- ``delete_versions``: deleting 10,000 object versions under a run's ``tmp/`` prefix (2,500
+  keys written 4 times each; quick: 1,000) with ``tasks.cleanup.intermediates.delete_versions``
+  (``DeleteObjects``, 1,000 versions a call) against one ``DeleteObject`` call per version.
+  Throughputs in versions/s, so ``ratio`` is the speedup; the issue expects 50x. Both sides
+  get the same list of versions: listing is the same for both, and moto's listing of
+  versions is slow enough (about 40 s for 10,000) to drown the difference, so the versions
+  are written and listed through moto's backend in this process, untimed. After each run the
+  prefix is checked empty and the run's result beside it kept.
+- Sweep time against the number of tagged resources (10, 100, 1,000): added with the sweep
+  (see ``main``).
+
+moto answers from memory on this machine: a call costs an HTTP round trip and moto's own
+work, about 10 ms for one DeleteObject and 0.4 ms per version inside a DeleteObjects here
+(10,000 versions: 108 s against 4 s, 27x, with other work on the machine), so the ratio on
+moto stays below the 50x goal. Against AWS a call costs tens of milliseconds of latency and a
+version inside a batch little, so there the batched delete gains more, not less.
+
+Run from the repository root: ``python -m benchmarks.cleanup [--quick] [--repeats N]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from benchmarks._common import Metric, median_of, parse_args, repeats_for, write_results
+
+NAME = "cleanup"
+BUCKET = "bench-cleanup"
+RUN_DIR = f"s3://{BUCKET}/runs/bench/0b9d2c4e-6f3a-4d1e-9c7b-2a5f8e1d3c6b"
+VERSIONS_FULL = 10_000
+VERSIONS_QUICK = 1_000
+VERSIONS_PER_KEY = 4
+GOAL_SPEEDUP = 50.0
+FAKE_AWS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+
+
+@contextmanager
+def moto_s3() -> Iterator[None]:
+    """Start moto's server on 127.0.0.1, AWS variables pointing at it; restore them after."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    updates = {**FAKE_AWS, "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
+    saved = {key: os.environ.get(key) for key in updates}
+    os.environ.update(updates)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        server.stop()
+
+
+def _prefix(run_dir: str) -> tuple[str, str]:
+    from tasks.cleanup.intermediates import intermediates_uri
+    from tasks.storage.objects import Location
+
+    loc = Location.parse(intermediates_uri(run_dir))
+    return loc.bucket, loc.key.rstrip("/") + "/"
+
+
+def litter(run_dir: str, versions: int) -> list[tuple[str, str]]:
+    """``versions`` object versions under the run's ``tmp/`` and one result beside it.
+
+    Written through moto's backend in this process (setup, untimed); returns the
+    ``(key, version id)`` pairs as a listing would.
+    """
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.s3.models import s3_backends
+
+    backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
+    bucket, prefix = _prefix(run_dir)
+    keys = [f"{prefix}slices/{i:05d}.npy" for i in range(-(-versions // VERSIONS_PER_KEY))]
+    writes = [key for key in keys for _ in range(VERSIONS_PER_KEY)][:versions]
+    written = [(key, backend.put_object(bucket, key, b"x").version_id) for key in writes]
+    backend.put_object(bucket, f"{prefix.removesuffix('tmp/')}snr.npy", b"result")
+    return written
+
+
+def left_under(s3: Any, run_dir: str) -> tuple[int, bool]:
+    """Versions and markers still under ``tmp/``, and whether the run's result is there."""
+    bucket, prefix = _prefix(run_dir)
+    left = 0
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
+        left += len(page.get("Versions", [])) + len(page.get("DeleteMarkers", []))
+    result = f"{prefix.removesuffix('tmp/')}snr.npy"
+    kept = "Contents" in s3.list_objects_v2(Bucket=bucket, Prefix=result)
+    return left, kept
+
+
+def delete_batched(s3: Any, bucket: str, versions: list[tuple[str, str]]) -> None:
+    """Ours: ``DeleteObjects``, 1,000 versions a call."""
+    from tasks.cleanup.intermediates import delete_versions
+
+    if refused := delete_versions(s3, bucket, versions):
+        raise RuntimeError(f"batched delete refused {len(refused)}: {refused[:3]}")
+
+
+def delete_one_by_one(s3: Any, bucket: str, versions: list[tuple[str, str]]) -> None:
+    """The baseline: one ``DeleteObject`` call per version."""
+    for key, version_id in versions:
+        s3.delete_object(Bucket=bucket, Key=key, VersionId=version_id)
+
+
+def measure_deletes(versions: int, repeats: int) -> tuple[Metric, dict[str, Any]]:
+    """Both ways of deleting ``versions`` fresh versions, ``repeats`` times each."""
+    import boto3
+
+    s3 = boto3.client("s3")
+    bucket, _ = _prefix(RUN_DIR)
+    s3.create_bucket(Bucket=bucket)
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+
+    def timed(delete: Any) -> float:
+        listed = litter(RUN_DIR, versions)
+        started = time.perf_counter()
+        delete(s3, bucket, listed)
+        seconds = time.perf_counter() - started
+        left, kept = left_under(s3, RUN_DIR)
+        if left or not kept:
+            raise RuntimeError(f"after the deletes: {left} versions left, result kept: {kept}")
+        return seconds
+
+    ours_s, ours_runs = median_of(lambda: timed(delete_batched), repeats, warmup=0)
+    base_s, base_runs = median_of(lambda: timed(delete_one_by_one), repeats, warmup=0)
+    ours, base = versions / ours_s, versions / base_s
+    metric = Metric(
+        "delete_versions",
+        ours,
+        base,
+        "one DeleteObject call per version",
+        "versions/s",
+        f">= {GOAL_SPEEDUP:g}x",
+        ours / base >= GOAL_SPEEDUP,
+    )
+    print(
+        f"{versions} versions: batched {ours_s:.2f} s, one by one {base_s:.2f} s: "
+        f"{ours / base:.1f}x faster"
+    )
+    return metric, {"versions": versions, "batched_s": ours_runs, "one_by_one_s": base_runs}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(__doc__.splitlines()[0], argv)
+    repeats = repeats_for(args, quick_default=2)
+    versions = VERSIONS_QUICK if args.quick else VERSIONS_FULL
+    with moto_s3():
+        deletes, delete_runs = measure_deletes(versions, repeats)
+        metrics = [deletes]
+        # Sweep time against tagged resources (10, 100, 1,000) goes here, on the same moto
+        # server: one Metric per count, and its raw times beside "deletes" below.
+    write_results(NAME, metrics, args, deletes=delete_runs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
