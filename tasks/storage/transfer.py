@@ -32,10 +32,12 @@ import fcntl
 import hashlib
 import os
 import re
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -153,16 +155,33 @@ def download_verified(
 ) -> Path:
     """Copy ``uri`` to ``dest`` only if its size and SHA-256 (hex) are the recorded ones.
 
+    On S3 an object larger than the store's part size comes as ranged GETs, ``concurrency``
+    at a time, all of one object version (``If-Match`` its ETag), hashed in order as they
+    arrive; a size that differs is refused before anything is fetched.
+
     Raises:
         IntegrityError: The content differs; nothing is left at ``dest``.
+        InputError: There is no object at ``uri``.
     """
     loc, target = Location.parse(uri), Path(dest)
+    if loc.is_s3:
+        stored = _head(store, loc)
+        if stored is None:
+            raise InputError(f"cannot read {loc}: no such object")
+        if stored.size != size:
+            raise IntegrityError(
+                f"refusing {loc}: it has {stored.size} bytes; expected {size} bytes "
+                f"with SHA-256 {sha256}"
+            )
+        chunks = _s3_chunks(store, loc, stored)
+    else:
+        chunks = _local_chunks(loc)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary(target)
     try:
         hasher, got = hashlib.sha256(), 0
         with tmp.open("wb") as out:
-            for chunk in _read_chunks(store, loc):
+            for chunk in chunks:
                 hasher.update(chunk)
                 got += len(chunk)
                 out.write(chunk)
@@ -645,18 +664,45 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _read_chunks(store: ObjectStore, loc: Location) -> Iterator[bytes]:
-    if not loc.is_s3:
-        try:
-            with loc.path.open("rb") as src:
-                while chunk := src.read(CHUNK):
-                    yield chunk
-        except FileNotFoundError:
-            raise InputError(f"cannot read {loc}: no such file") from None
+def _local_chunks(loc: Location) -> Iterator[bytes]:
+    try:
+        with loc.path.open("rb") as src:
+            while chunk := src.read(CHUNK):
+                yield chunk
+    except FileNotFoundError:
+        raise InputError(f"cannot read {loc}: no such file") from None
+
+
+def _s3_chunks(store: ObjectStore, loc: Location, stored: _Stored) -> Iterator[bytes]:
+    """The object's bytes in order: one GET, or part-sized ranges fetched in parallel."""
+    step = store.part_size
+
+    def fetch(start: int) -> bytes:
+        end = min(start + step, stored.size) - 1
+        with aws_errors(f"download bytes {start}-{end} of {loc}"):
+            response = store.s3.get_object(
+                Bucket=loc.bucket, Key=loc.key, Range=f"bytes={start}-{end}", IfMatch=stored.etag
+            )
+            return bytes(response["Body"].read())
+
+    if stored.size <= step:
+        with aws_errors(f"download {loc}"):
+            body = store.s3.get_object(Bucket=loc.bucket, Key=loc.key, IfMatch=stored.etag)
+            yield from body["Body"].iter_chunks(CHUNK)
         return
-    with aws_errors(f"download {loc}"):
-        body = store.s3.get_object(Bucket=loc.bucket, Key=loc.key)["Body"]
-        yield from body.iter_chunks(CHUNK)
+    starts = iter(range(0, stored.size, step))
+    with ThreadPoolExecutor(store.concurrency, thread_name_prefix="sciflow-download") as pool:
+        # A sliding window: at most `concurrency` ranges in memory, consumed in order.
+        window = deque(pool.submit(fetch, start) for start in islice(starts, store.concurrency))
+        try:
+            while window:
+                data = window.popleft().result()
+                if (start := next(starts, None)) is not None:
+                    window.append(pool.submit(fetch, start))
+                yield data
+        finally:
+            for future in window:
+                future.cancel()
 
 
 # --- small helpers ------------------------------------------------------------------------

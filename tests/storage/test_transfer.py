@@ -204,6 +204,38 @@ def test_a_flipped_byte_on_s3_is_refused_and_leaves_nothing(store, s3, big, tmp_
     assert list(dest.parent.iterdir()) == []
 
 
+def test_a_size_that_differs_is_refused_before_anything_is_fetched(store, s3, big, tmp_path):
+    path, data = big
+    done = upload_verified(store, path, f"s3://{BUCKET}/s/big.bin")
+    gets = _count(store.s3, "after-call.s3.GetObject")
+
+    with pytest.raises(IntegrityError, match=f"has {len(data)} bytes; expected {len(data) - 1}"):
+        download_verified(
+            store, done.uri, tmp_path / "s.bin", size=len(data) - 1, sha256=done.sha256
+        )
+
+    assert gets == []
+    assert not (tmp_path / "s.bin").exists()
+
+
+def test_a_large_download_comes_in_part_sized_ranges_of_one_version(store, s3, big, tmp_path):
+    path, data = big
+    done = upload_verified(store, path, f"s3://{BUCKET}/g/big.bin")
+    gets = _count(store.s3, "provide-client-params.s3.GetObject")
+
+    download_verified(store, done.uri, tmp_path / "g.bin", size=done.size, sha256=done.sha256)
+
+    etag = s3.head_object(Bucket=BUCKET, Key="g/big.bin")["ETag"]
+    assert {call["params"]["Range"] for call in gets} == {
+        f"bytes=0-{PART - 1}",
+        f"bytes={PART}-{2 * PART - 1}",
+        f"bytes={2 * PART}-{len(data) - 1}",
+    }
+    assert len(gets) == 3
+    assert {call["params"]["IfMatch"] for call in gets} == {etag}
+    assert (tmp_path / "g.bin").read_bytes() == data
+
+
 def test_uploading_the_same_file_again_sends_nothing(store, s3, big, tmp_path):
     path, data = big
     (tmp_path / "small.bin").write_bytes(b"small")
