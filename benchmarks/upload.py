@@ -15,6 +15,10 @@ busy machine slows every case alike:
 - ``crt``: the AWS Common Runtime S3 client (``benchmarks/baselines/crt_upload.py``), when
   ``--crt-python`` names a Python that has ``awscrt`` (not a sciflow dependency).
 
+On moto the part size weighs: its CompleteMultipartUpload joins the parts and hashes them
+again in one thread, more slowly for 64 MiB parts than for boto3's 8 MiB ones (measured
+about 4.2 s against 2.8 s per GiB); ``SCIFLOW_PART_SIZE_MIB=16`` compares nearer that size.
+
 Every case writes a fresh key, deleted (untimed) after it. Run from the repository root:
 ``python -m benchmarks.upload [--quick] [--repeats N] [--crt-python PATH]``.
 """
