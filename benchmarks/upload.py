@@ -1,0 +1,276 @@
+"""Verified upload speed: ``upload_verified`` against plain boto3 ``upload_file``, on moto.
+
+Uploads one random file (1 GiB; ``--quick``: 64 MiB) to moto's S3 server on 127.0.0.1,
+which runs in its own process, as S3 would. Timed in the same run, in rotating order so a
+busy machine slows every case alike:
+
+- ``ours``: ``tasks.storage.transfer.upload_verified`` with the process settings' part size
+  (``--quick``: 16 MiB, so its file is still split) and concurrency: SHA-256 of the whole
+  file while it streams, a SHA-256 checksum on every part, resumable.
+- ``boto3``: ``boto3.client("s3").upload_file`` with default settings, no verification
+  (the target: ours at most 1.0x its time).
+- ``transfer manager + hash``: the alternative for fresh uploads, boto3's TransferManager
+  (``ObjectStore.upload_file``, same part size and concurrency) while a thread computes the
+  file's SHA-256 beside it; it cannot resume.
+- ``crt``: the AWS Common Runtime S3 client (``benchmarks/baselines/crt_upload.py``), when
+  ``--crt-python`` names a Python that has ``awscrt`` (not a sciflow dependency).
+
+On moto the part size weighs: its CompleteMultipartUpload joins the parts and hashes them
+again in one thread, more slowly for 64 MiB parts than for boto3's 8 MiB ones (measured
+about 4.2 s against 2.8 s per GiB); ``SCIFLOW_PART_SIZE_MIB=16`` compares nearer that size.
+
+Every case writes a fresh key, deleted (untimed) after it. Run from the repository root:
+``python -m benchmarks.upload [--quick] [--repeats N] [--crt-python PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+from uuid import uuid4
+
+from benchmarks._common import Metric, parse_args, repeats_for, write_results
+
+if TYPE_CHECKING:
+    from tasks.storage.objects import ObjectStore
+
+NAME = "upload"
+BUCKET = "bench-upload"
+MIB = 1024 * 1024
+SIZE_FULL = 1024 * MIB
+SIZE_QUICK = 64 * MIB
+# --quick's part size: its file still goes up in several parallel parts.
+PART_MIB_QUICK = 16
+WARMUP_SIZE = 16 * MIB
+CRT_SCRIPT = Path(__file__).resolve().parent / "baselines" / "crt_upload.py"
+FAKE_AWS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+# moto's server in a process of its own: its CPU is not this process's GIL.
+MOTO = (
+    "import sys; from moto.server import ThreadedMotoServer; "
+    "s = ThreadedMotoServer(ip_address='127.0.0.1', port=0, verbose=False); s.start(); "
+    "print(s.get_host_and_port()[1], flush=True); sys.stdin.read(); s.stop()"
+)
+
+Case = Callable[[Path, str], float]  # (file, key) -> seconds
+
+
+@contextmanager
+def moto_s3() -> Iterator[str]:
+    """The moto server on 127.0.0.1 in a child process, this process's AWS env pointed at it."""
+    server = subprocess.Popen(  # noqa: S603 - our interpreter, fixed code
+        [sys.executable, "-c", MOTO],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    saved = {key: os.environ.get(key) for key in [*FAKE_AWS, "AWS_ENDPOINT_URL"]}
+    try:
+        assert server.stdout is not None
+        endpoint = f"http://127.0.0.1:{int(server.stdout.readline())}"
+        os.environ.update(FAKE_AWS | {"AWS_ENDPOINT_URL": endpoint})
+        yield endpoint
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        if server.stdin is not None:
+            server.stdin.close()
+        server.wait(timeout=60)
+
+
+def write_random(path: Path, size: int) -> str:
+    """Write ``size`` random bytes to ``path``; returns their SHA-256 (hex)."""
+    import numpy as np
+
+    rng, hasher = np.random.default_rng(14), hashlib.sha256()
+    with path.open("wb") as out:
+        for start in range(0, size, 64 * MIB):
+            chunk = rng.bytes(min(64 * MIB, size - start))
+            hasher.update(chunk)
+            out.write(chunk)
+    return hasher.hexdigest()
+
+
+def timed(fn: Callable[[], object]) -> float:
+    """Wall seconds of ``fn()``."""
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def cases(store: ObjectStore, endpoint: str, crt_python: str | None) -> dict[str, Case]:
+    """The cases by name, each uploading a file to a key and returning its seconds."""
+    import boto3
+
+    from tasks.storage.transfer import upload_verified
+
+    def ours(path: Path, key: str) -> float:
+        return timed(lambda: upload_verified(store, path, f"s3://{BUCKET}/{key}"))
+
+    def plain(path: Path, key: str) -> float:
+        return timed(lambda: boto3.client("s3").upload_file(str(path), BUCKET, key))
+
+    def manager_and_hash(path: Path, key: str) -> float:
+        def run() -> None:
+            hasher = hashlib.sha256()
+
+            def digest() -> None:
+                with path.open("rb") as src:
+                    while chunk := src.read(MIB):
+                        hasher.update(chunk)
+
+            thread = threading.Thread(target=digest)
+            thread.start()
+            store.upload_file(path, f"s3://{BUCKET}/{key}")
+            thread.join()
+
+        return timed(run)
+
+    found: dict[str, Case] = {
+        "ours": ours,
+        "boto3": plain,
+        "transfer manager + hash": manager_and_hash,
+    }
+    if crt_python:
+
+        def crt(path: Path, key: str) -> float:
+            out = subprocess.run(  # noqa: S603 - the Python the user named, our script
+                [crt_python, str(CRT_SCRIPT), str(path), endpoint, BUCKET, key],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            return float(out.stdout.split()[-1])
+
+        found["crt"] = crt
+    return found
+
+
+def crt_available(python: str | None) -> tuple[str | None, str]:
+    """``python`` if it can import ``awscrt``, and a line saying what was found."""
+    if not python:
+        return None, "not measured: no --crt-python given (a Python with awscrt)"
+    probe = subprocess.run(  # noqa: S603 - the Python the user named, fixed code
+        [python, "-c", "import awscrt; print(awscrt.__version__)"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if probe.returncode != 0:
+        return None, f"not measured: {python} cannot import awscrt"
+    return python, f"awscrt {probe.stdout.strip()} ({python})"
+
+
+def measure(
+    runs: dict[str, Case], path: Path, repeats: int, warmup: Path
+) -> dict[str, list[float]]:
+    """Seconds of every case, ``repeats`` times each, in rotating order, after a warmup."""
+    import boto3
+
+    s3 = boto3.client("s3")
+    names = list(runs)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for name in names:
+        key = f"warmup/{uuid4().hex}"
+        runs[name](warmup, key)
+        s3.delete_object(Bucket=BUCKET, Key=key)
+    for repeat in range(repeats):
+        order = names[repeat % len(names) :] + names[: repeat % len(names)]
+        for name in order:
+            key = f"{name.split()[0]}/{uuid4().hex}"
+            times[name].append(runs[name](path, key))
+            s3.delete_object(Bucket=BUCKET, Key=key)
+    return times
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    extra = argparse.ArgumentParser(add_help=False)
+    extra.add_argument("--crt-python", default=None)
+    known, rest = extra.parse_known_args(argv)
+    args = parse_args(__doc__.splitlines()[0], rest)
+    args.crt_python = known.crt_python
+    repeats = repeats_for(args, quick_default=3)
+    size = SIZE_QUICK if args.quick else SIZE_FULL
+    crt_python, crt_note = crt_available(known.crt_python)
+
+    with tempfile.TemporaryDirectory(prefix="sciflow-bench-upload-") as tmp, moto_s3() as endpoint:
+        import boto3
+
+        from tasks.settings import get_settings
+        from tasks.storage.objects import ObjectStore
+        from tasks.storage.transfer import upload_verified
+
+        boto3.client("s3").create_bucket(Bucket=BUCKET)
+        path, warmup = Path(tmp) / "model.bin", Path(tmp) / "warmup.bin"
+        digest = write_random(path, size)
+        write_random(warmup, WARMUP_SIZE)
+        settings = get_settings()
+        part_mib = PART_MIB_QUICK if args.quick else settings.part_size_mib
+        store = ObjectStore(part_size_mib=part_mib, concurrency=settings.transfer_concurrency)
+        checked = upload_verified(store, path, f"s3://{BUCKET}/check/model.bin")
+        if checked.sha256 != digest:
+            raise SystemExit(f"upload_verified reported {checked.sha256}; the file is {digest}")
+        boto3.client("s3").delete_object(Bucket=BUCKET, Key="check/model.bin")
+        times = measure(cases(store, endpoint, crt_python), path, repeats, warmup)
+
+    median = {name: statistics.median(values) for name, values in times.items()}
+    mib = size / MIB
+    metrics = [
+        Metric(
+            "upload_s",
+            median["ours"],
+            median["boto3"],
+            "boto3 upload_file, defaults, unverified",
+            "s",
+            goal="<= 1x",
+            goal_met=median["ours"] <= median["boto3"],
+        ),
+        Metric(
+            "upload_s_vs_transfer_manager",
+            median["ours"],
+            median["transfer manager + hash"],
+            "TransferManager + SHA-256 thread, same part size",
+            "s",
+        ),
+    ]
+    if "crt" in median:
+        metrics.append(
+            Metric("upload_s_vs_crt", median["ours"], median["crt"], "AWS CRT S3 client", "s")
+        )
+    write_results(
+        NAME,
+        metrics,
+        args,
+        size_bytes=size,
+        part_size_mib=part_mib,
+        concurrency=settings.transfer_concurrency,
+        seconds=times,
+        mib_per_s={name: mib / seconds for name, seconds in median.items()},
+        crt=crt_note,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,736 @@
+"""Verified transfers and conditional writes, on S3 or a local directory.
+
+``upload_verified`` copies a file and returns its size and SHA-256, computed from the bytes
+as they are sent (no second pass); ``download_verified`` refuses a copy whose size or
+SHA-256 differs from the recorded ones. ``put_if_absent`` (publish once) and ``put_if_match``
+(compare-and-swap) are the conditional writes a registry builds on.
+
+S3 uploads use our own multipart loop rather than boto3's TransferManager, fresh or
+resumed: one code path, and ``benchmarks/upload.py`` found the TransferManager with a
+SHA-256 thread beside it no faster at the same part size (1 GiB to moto: 8.2 s against our
+8.7 s, within this 2-core machine's noise), while it cannot resume.
+
+- A file up to the store's part size goes up in one PUT with its SHA-256 as
+  ``ChecksumSHA256``; a larger one as a multipart upload with ``ChecksumAlgorithm=SHA256``,
+  whose parts are read in order (feeding the whole-file SHA-256, which releases the GIL
+  while the sending threads run) and sent by ``concurrency`` threads, each part with its
+  own SHA-256, which S3 checks. About ``concurrency`` parts are in memory at once.
+- SHA-256 rather than CRC32 per part: a resumed part is then compared with the local bytes
+  by a cryptographic digest (a stale part from another version of the file cannot pass),
+  and the object's composite checksum, checked after completion, is one too. The signed
+  per-part SHA-256 header also authenticates the body, so the payload is not hashed again
+  for the signature (botocore does the same over HTTPS; this extends it to plain-HTTP
+  endpoints such as moto). CRC32 parts measured within 3% of this against moto.
+- A failed or killed upload is left on S3 (not aborted) for the next run: that run finds it
+  with ``ListMultipartUploads``, lists its parts, reads every part again to hash it and
+  uploads only the parts missing or differing (compared by S3's SHA-256 of the part, or by
+  its MD5 ETag where S3 reports no checksum, as moto does). Buckets should carry a
+  lifecycle rule that aborts incomplete multipart uploads after some days.
+- An object already complete at the key with the same size and SHA-256 (whole, or S3's
+  composite of the part digests) is kept, not sent again.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import hashlib
+import os
+import re
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+from weakref import WeakKeyDictionary
+
+from tasks.aws.clients import aws_errors, client
+from tasks.errors import (
+    AlreadyExists,
+    ConcurrentUpdate,
+    InputError,
+    IntegrityError,
+    SciflowError,
+    TransientError,
+)
+from tasks.storage.objects import MIB, Location, ObjectStore, _tagging
+
+__all__ = [
+    "AlreadyExists",
+    "ConcurrentUpdate",
+    "IntegrityError",
+    "UploadedFile",
+    "download_verified",
+    "put_if_absent",
+    "put_if_match",
+    "read_with_etag",
+    "upload_client",
+    "upload_verified",
+]
+
+Progress = Callable[[int], None]
+CHUNK = MIB
+MAX_PARTS = 10_000  # S3's limit per multipart upload
+MIN_PART = 5 * MIB  # S3's minimum for every part but the last
+_MD5_ETAG = re.compile(r'^"?([0-9a-f]{32})"?$')
+_UPLOAD_CLIENTS: WeakKeyDictionary[ObjectStore, Any] = WeakKeyDictionary()
+
+
+@dataclass(frozen=True)
+class UploadedFile:
+    """A file as stored: where, how many bytes, and the SHA-256 (hex) of its content."""
+
+    uri: str
+    size: int
+    sha256: str
+
+
+def upload_verified(
+    store: ObjectStore,
+    source: Path,
+    uri: str,
+    *,
+    on_progress: Progress | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> UploadedFile:
+    """Copy a local file to ``uri``, hashing it as it streams; returns what was stored.
+
+    On S3 an interrupted upload of the same file to the same key resumes (see the module
+    docstring); nothing appears under ``uri`` until the whole file is there.
+
+    Args:
+        store: The store (its part size and concurrency apply on S3).
+        source: A local file.
+        uri: Destination.
+        on_progress: Called in the calling thread with the bytes done since its last call
+            (parts found already on S3 count as done).
+        tags: S3 object tags (ignored locally).
+
+    Raises:
+        InputError: ``source`` is not a file, or changed while it was read.
+        IntegrityError: S3 reports a size or checksum other than the one sent.
+    """
+    source = Path(source)
+    if not source.is_file():
+        raise InputError(f"cannot upload {source}: no such file")
+    loc = Location.parse(uri)
+    before = _stamp(source)
+    if not loc.is_s3:
+        size, digest = _local_copy(source, loc.path, on_progress)
+    elif before[0] <= store.part_size:
+        size, digest = _s3_put(store, source, loc, on_progress, tags)
+    else:
+        size, digest = _MultipartUpload(store, source, loc, on_progress, tags).run()
+    if _stamp(source) != before or size != before[0]:
+        raise InputError(
+            f"cannot upload {source}: it changed while it was read; upload it again once "
+            "whatever writes it has finished"
+        )
+    return UploadedFile(str(loc), size, digest)
+
+
+def upload_client(store: ObjectStore) -> Any:
+    """The S3 client that sends ``upload_verified``'s bytes (``PutObject``, ``UploadPart``).
+
+    The store's account and retry policy, one connection per part in flight, and no
+    separate payload hash for the signature: every request it sends carries a signed
+    ``x-amz-checksum-sha256`` of its body.
+    """
+    cached = _UPLOAD_CLIENTS.get(store)
+    if cached is None:
+        from botocore.config import Config
+
+        cached = client(
+            "s3",
+            store.account,
+            max_attempts=store.max_attempts,
+            max_pool_connections=max(10, store.concurrency * 2),
+            config=Config(s3={"payload_signing_enabled": False}),
+        )
+        _UPLOAD_CLIENTS[store] = cached
+    return cached
+
+
+def download_verified(
+    store: ObjectStore, uri: str, dest: str | os.PathLike[str], *, size: int, sha256: str
+) -> Path:
+    """Copy ``uri`` to ``dest`` only if its size and SHA-256 (hex) are the recorded ones.
+
+    On S3 an object larger than the store's part size comes as ranged GETs, ``concurrency``
+    at a time, all of one object version (``If-Match`` its ETag), hashed in order as they
+    arrive; a size that differs is refused before anything is fetched.
+
+    Raises:
+        IntegrityError: The content differs; nothing is left at ``dest``.
+        InputError: There is no object at ``uri``.
+    """
+    loc, target = Location.parse(uri), Path(dest)
+    if loc.is_s3:
+        stored = _head(store, loc)
+        if stored is None:
+            raise InputError(f"cannot read {loc}: no such object")
+        if stored.size != size:
+            raise IntegrityError(
+                f"refusing {loc}: it has {stored.size} bytes; expected {size} bytes "
+                f"with SHA-256 {sha256}"
+            )
+        chunks = _s3_chunks(store, loc, stored)
+    else:
+        chunks = _local_chunks(loc)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary(target)
+    try:
+        hasher, got = hashlib.sha256(), 0
+        with tmp.open("wb") as out:
+            for chunk in chunks:
+                hasher.update(chunk)
+                got += len(chunk)
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        if got != size or hasher.hexdigest() != sha256:
+            raise IntegrityError(
+                f"refusing {loc}: it has {got} bytes with SHA-256 {hasher.hexdigest()}; "
+                f"expected {size} bytes with SHA-256 {sha256}"
+            )
+        tmp.replace(target)
+        _fsync_dir(target.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target
+
+
+def put_if_absent(store: ObjectStore, uri: str, data: bytes) -> str:
+    """Create ``uri`` with ``data`` unless it exists; returns the URI.
+
+    Identical content already there counts as success, so a retried call is idempotent.
+
+    Raises:
+        AlreadyExists: ``uri`` exists with other content.
+    """
+    loc = Location.parse(uri)
+    if not loc.is_s3:
+        try:
+            _local_exclusive_create(loc.path, data)
+        except FileExistsError:
+            if _sha256(loc.path.read_bytes()) != _sha256(data):
+                raise AlreadyExists(f"cannot create {loc}: it exists with other content") from None
+        return str(loc)
+    from botocore.exceptions import ClientError
+
+    try:
+        with aws_errors(f"create {loc}"):
+            try:
+                store.s3.put_object(
+                    Bucket=loc.bucket,
+                    Key=loc.key,
+                    Body=data,
+                    IfNoneMatch="*",
+                    ChecksumSHA256=_b64sha256(data),
+                )
+            except ClientError as exc:
+                if _status(exc) != 412:
+                    raise
+                existing = store.read_bytes(str(loc))
+                if _sha256(existing) != _sha256(data):
+                    raise AlreadyExists(
+                        f"cannot create {loc}: it exists with other content"
+                    ) from None
+    except SciflowError as exc:
+        if exc.code == "ConditionalRequestConflict":  # S3: a concurrent conditional write
+            raise TransientError(str(exc)) from exc
+        raise
+    return str(loc)
+
+
+def read_with_etag(store: ObjectStore, uri: str) -> tuple[bytes, str] | None:
+    """The content of ``uri`` and the tag ``put_if_match`` compares; None when absent."""
+    loc = Location.parse(uri)
+    if not loc.is_s3:
+        try:
+            data = loc.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        return data, _sha256(data)
+    from botocore.exceptions import ClientError
+
+    with aws_errors(f"read {loc}"):
+        try:
+            response = store.s3.get_object(Bucket=loc.bucket, Key=loc.key)
+        except ClientError as exc:
+            if _status(exc) == 404:
+                return None
+            raise
+        return response["Body"].read(), response["ETag"]
+
+
+def put_if_match(store: ObjectStore, uri: str, data: bytes, etag: str | None) -> str:
+    """Replace ``uri`` with ``data`` only if it still has ``etag``; returns the new tag.
+
+    Args:
+        store: The store.
+        uri: The object (a stage alias).
+        data: New content.
+        etag: The tag ``read_with_etag`` returned, or None to create an absent object.
+
+    Raises:
+        ConcurrentUpdate: The object changed (or appeared, or went) since it was read.
+    """
+    loc = Location.parse(uri)
+    if not loc.is_s3:
+        return _local_compare_and_swap(loc.path, data, etag)
+    from botocore.exceptions import ClientError
+
+    condition = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": etag}
+    with aws_errors(f"update {loc}"):
+        try:
+            response = store.s3.put_object(
+                Bucket=loc.bucket,
+                Key=loc.key,
+                Body=data,
+                ChecksumSHA256=_b64sha256(data),
+                **condition,
+            )
+        except ClientError as exc:
+            # 412: the tag moved; 404: IfMatch on an object deleted meanwhile; 409: S3 saw
+            # a concurrent conditional write to the key.
+            if _status(exc) in (404, 409, 412):
+                raise ConcurrentUpdate(
+                    f"cannot update {loc}: it changed since it was read (expected "
+                    f"{'no object' if etag is None else 'ETag ' + etag}); read it again"
+                ) from exc
+            raise
+    return str(response["ETag"])
+
+
+# --- S3 upload ----------------------------------------------------------------------------
+
+
+def _s3_put(
+    store: ObjectStore,
+    source: Path,
+    loc: Location,
+    on_progress: Progress | None,
+    tags: Mapping[str, str] | None,
+) -> tuple[int, str]:
+    """One PUT carrying the file's SHA-256, unless the same content is already there."""
+    data = source.read_bytes()
+    digest = hashlib.sha256(data).digest()
+    checksum = _b64(digest)
+    existing = _head(store, loc)
+    if not (existing and existing.size == len(data) and existing.checksum == checksum):
+        extra = {"Tagging": _tagging(tags)} if tags else {}
+        with aws_errors(f"upload to {loc}"):
+            upload_client(store).put_object(
+                Bucket=loc.bucket,
+                Key=loc.key,
+                Body=data,
+                ChecksumAlgorithm="SHA256",
+                ChecksumSHA256=checksum,
+                **extra,
+            )
+    if on_progress is not None:
+        on_progress(len(data))
+    return len(data), digest.hex()
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """One part of a multipart upload: its number (from 1), offset and size in bytes."""
+
+    number: int
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    """What S3 reports about an object or an uploaded part."""
+
+    size: int
+    etag: str
+    checksum: str | None  # base64 SHA-256 (an object's may end in "-<parts>")
+
+
+class _MultipartUpload:
+    """One file to one key as a multipart upload, resuming one left by an earlier run."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        source: Path,
+        loc: Location,
+        on_progress: Progress | None,
+        tags: Mapping[str, str] | None,
+    ) -> None:
+        self.store, self.source, self.loc = store, source, loc
+        self.on_progress, self.tags = on_progress, tags
+        self.size = source.stat().st_size
+        self.sent_parts = 0  # parts this run uploaded (the rest were on S3 already)
+
+    def run(self) -> tuple[int, str]:
+        """Upload (or finish uploading) the file; returns its size and SHA-256 (hex)."""
+        upload_id, stored = self._find_upload()
+        parts = _layout(self.size, _part_size(self.size, self.store.part_size, stored))
+        if upload_id is None:
+            kept = self._kept_object(parts)
+            if kept is not None:
+                return self.size, kept
+            upload_id = self._create()
+        whole, sent = self._send(upload_id, parts, stored)
+        self._complete(upload_id, parts, sent)
+        return self.size, whole
+
+    def _find_upload(self) -> tuple[str | None, dict[int, _Stored]]:
+        """The newest unfinished SHA-256 multipart upload to this key, and its parts."""
+        s3, loc = self.store.s3, self.loc
+        with aws_errors(f"list unfinished uploads to {loc}"):
+            uploads = [
+                upload
+                for page in s3.get_paginator("list_multipart_uploads").paginate(
+                    Bucket=loc.bucket, Prefix=loc.key
+                )
+                for upload in page.get("Uploads", [])
+                if upload["Key"] == loc.key and upload.get("ChecksumAlgorithm") == "SHA256"
+            ]
+            if not uploads:
+                return None, {}
+            upload_id = max(uploads, key=lambda upload: upload["Initiated"])["UploadId"]
+            stored = {
+                part["PartNumber"]: _Stored(part["Size"], part["ETag"], part.get("ChecksumSHA256"))
+                for page in s3.get_paginator("list_parts").paginate(
+                    Bucket=loc.bucket, Key=loc.key, UploadId=upload_id
+                )
+                for part in page.get("Parts", [])
+            }
+        return upload_id, stored
+
+    def _kept_object(self, parts: list[_Part]) -> str | None:
+        """The SHA-256 (hex) of the file if an identical object is complete at the key.
+
+        Compares S3's composite checksum (SHA-256 of the part digests) after reading the
+        file once; None (upload it) when S3 reports none or another.
+        """
+        existing = _head(self.store, self.loc)
+        if not (existing and existing.size == self.size and existing.checksum):
+            return None
+        whole, digests = hashlib.sha256(), []
+        with self.source.open("rb") as src:
+            for part in parts:
+                data = src.read(part.size)
+                whole.update(data)
+                digests.append(hashlib.sha256(data).digest())
+        # A multipart object's checksum is the SHA-256 of its parts' digests; a single PUT's
+        # is the file's own.
+        composite = _b64(hashlib.sha256(b"".join(digests)).digest())
+        if existing.checksum.split("-")[0] not in (composite, _b64(whole.digest())):
+            return None
+        if self.on_progress is not None:
+            self.on_progress(self.size)
+        return whole.hexdigest()
+
+    def _create(self) -> str:
+        extra = {"Tagging": _tagging(self.tags)} if self.tags else {}
+        with aws_errors(f"start upload to {self.loc}"):
+            response = self.store.s3.create_multipart_upload(
+                Bucket=self.loc.bucket, Key=self.loc.key, ChecksumAlgorithm="SHA256", **extra
+            )
+        return str(response["UploadId"])
+
+    def _send(
+        self, upload_id: str, parts: list[_Part], stored: dict[int, _Stored]
+    ) -> tuple[str, dict[int, tuple[str, str]]]:
+        """Read parts in order (hashing the whole file) while threads send them.
+
+        Returns:
+            The file's SHA-256 (hex), and each part's ETag and base64 SHA-256 by number.
+        """
+        whole = hashlib.sha256()
+        sent: dict[int, tuple[str, str]] = {}
+        pending: set[Future[tuple[_Part, str, str, bool]]] = set()
+        limit = self.store.concurrency
+
+        def collect(finished: set[Future[tuple[_Part, str, str, bool]]]) -> None:
+            for future in finished:
+                part, etag, checksum, uploaded = future.result()
+                sent[part.number] = (etag, checksum)
+                self.sent_parts += uploaded
+                if self.on_progress is not None:
+                    self.on_progress(part.size)
+
+        with ThreadPoolExecutor(limit, thread_name_prefix="sciflow-upload") as pool:
+            try:
+                with self.source.open("rb") as src:
+                    for part in parts:
+                        while len(pending) >= limit:  # bounds the parts held in memory
+                            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                            collect(finished)
+                        data = src.read(part.size)
+                        if len(data) != part.size:
+                            raise InputError(
+                                f"cannot upload {self.source}: it shrank while it was read"
+                            )
+                        whole.update(data)  # releases the GIL: overlaps the sending threads
+                        pending.add(
+                            pool.submit(
+                                self._send_part, upload_id, part, data, stored.get(part.number)
+                            )
+                        )
+                finished, pending = wait(pending)
+                collect(finished)
+            except BaseException:
+                for future in pending:
+                    future.cancel()
+                raise
+        return whole.hexdigest(), sent
+
+    def _send_part(
+        self, upload_id: str, part: _Part, data: bytes, stored: _Stored | None
+    ) -> tuple[_Part, str, str, bool]:
+        """Upload one part unless S3 holds it already.
+
+        Returns:
+            The part, its ETag and base64 SHA-256, and whether it was uploaded now.
+        """
+        checksum = _b64(hashlib.sha256(data).digest())
+        if stored is not None and stored.size == part.size:
+            if stored.checksum == checksum:
+                return part, stored.etag, checksum, False
+            md5 = _MD5_ETAG.match(stored.etag)  # S3 without checksums: plain-MD5 ETags
+            if not stored.checksum and md5 and hashlib.md5(data).hexdigest() == md5[1]:  # noqa: S324
+                return part, stored.etag, checksum, False
+        with aws_errors(f"upload part {part.number} of {self.loc}"):
+            response = upload_client(self.store).upload_part(
+                Bucket=self.loc.bucket,
+                Key=self.loc.key,
+                UploadId=upload_id,
+                PartNumber=part.number,
+                Body=data,
+                ChecksumSHA256=checksum,
+            )
+        return part, str(response["ETag"]), checksum, True
+
+    def _complete(
+        self, upload_id: str, parts: list[_Part], sent: dict[int, tuple[str, str]]
+    ) -> None:
+        """Complete the upload, then check the object's size and composite checksum."""
+        listing = [
+            {"PartNumber": p.number, "ETag": sent[p.number][0], "ChecksumSHA256": sent[p.number][1]}
+            for p in parts
+        ]
+        with aws_errors(f"complete upload to {self.loc}"):
+            self.store.s3.complete_multipart_upload(
+                Bucket=self.loc.bucket,
+                Key=self.loc.key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": listing},
+            )
+        stored = _head(self.store, self.loc)
+        digests = b"".join(base64.b64decode(sent[p.number][1]) for p in parts)
+        expected = _b64(hashlib.sha256(digests).digest())
+        if (
+            stored is None
+            or stored.size != self.size
+            or (stored.checksum and stored.checksum.split("-")[0] != expected)
+        ):
+            raise IntegrityError(
+                f"{self.loc} on S3 is not what was sent: S3 reports "
+                f"{stored.size if stored else 0} bytes with SHA-256 "
+                f"{stored.checksum if stored else None}; sent {self.size} bytes with "
+                f"{expected}-{len(parts)}"
+            )
+
+
+def _part_size(size: int, wanted: int, stored: dict[int, _Stored]) -> int:
+    """The part size: an unfinished upload's (its part 1), else ``wanted``, within S3's limits."""
+    first = stored.get(1)
+    if first is not None and first.size >= MIN_PART and first.size < size:
+        return first.size
+    # S3 allows 10,000 parts: a huge file gets larger parts, in whole MiB.
+    return max(wanted, -(-size // MAX_PARTS // MIB) * MIB)
+
+
+def _layout(size: int, part_size: int) -> list[_Part]:
+    return [
+        _Part(number, offset, min(part_size, size - offset))
+        for number, offset in enumerate(range(0, size, part_size), start=1)
+    ]
+
+
+def _head(store: ObjectStore, loc: Location) -> _Stored | None:
+    """Size, ETag and SHA-256 checksum of the object at ``loc``; None if there is none."""
+    from botocore.exceptions import ClientError
+
+    with aws_errors(f"check {loc}"):
+        try:
+            head = store.s3.head_object(Bucket=loc.bucket, Key=loc.key, ChecksumMode="ENABLED")
+        except ClientError as exc:
+            if _status(exc) == 404:
+                return None
+            raise
+    return _Stored(int(head["ContentLength"]), str(head["ETag"]), head.get("ChecksumSHA256"))
+
+
+# --- local ------------------------------------------------------------------------------
+
+
+def _local_copy(source: Path, target: Path, on_progress: Progress | None) -> tuple[int, str]:
+    """Copy with a streaming SHA-256 to a temporary name, fsync, rename, fsync the parent."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary(target)
+    hasher, size = hashlib.sha256(), 0
+    try:
+        with source.open("rb") as src, tmp.open("wb") as out:
+            while chunk := src.read(CHUNK):
+                hasher.update(chunk)
+                out.write(chunk)
+                size += len(chunk)
+                if on_progress is not None:
+                    on_progress(len(chunk))
+            out.flush()
+            os.fsync(out.fileno())
+        tmp.replace(target)
+        _fsync_dir(target.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return size, hasher.hexdigest()
+
+
+def _local_exclusive_create(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary name, then link it to ``path``, which must not exist.
+
+    ``os.link`` fails if ``path`` exists, like ``O_EXCL``, but the file is complete before it
+    gets its name: a reader never sees it half-written.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary(path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.link(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _local_compare_and_swap(path: Path, data: bytes, etag: str | None) -> str:
+    with _locked(path):
+        current = _sha256(path.read_bytes()) if path.exists() else None
+        if current != etag:
+            raise ConcurrentUpdate(
+                f"cannot update {path}: it changed since it was read (expected "
+                f"{'no file' if etag is None else 'tag ' + etag}); read it again"
+            )
+        tmp = _temporary(path)
+        try:
+            with tmp.open("wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            tmp.replace(path)
+            _fsync_dir(path.parent)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    return _sha256(data)
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path``'s directory (released by the kernel if we die)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _temporary(path: Path) -> Path:
+    # The name ObjectStore.walk hides: a reader listing files never sees it.
+    return path.with_name(f".{path.name}.{uuid4().hex}.tmp")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _local_chunks(loc: Location) -> Iterator[bytes]:
+    try:
+        with loc.path.open("rb") as src:
+            while chunk := src.read(CHUNK):
+                yield chunk
+    except FileNotFoundError:
+        raise InputError(f"cannot read {loc}: no such file") from None
+
+
+def _s3_chunks(store: ObjectStore, loc: Location, stored: _Stored) -> Iterator[bytes]:
+    """The object's bytes in order: one GET, or part-sized ranges fetched in parallel."""
+    step = store.part_size
+
+    def fetch(start: int) -> bytes:
+        end = min(start + step, stored.size) - 1
+        with aws_errors(f"download bytes {start}-{end} of {loc}"):
+            response = store.s3.get_object(
+                Bucket=loc.bucket, Key=loc.key, Range=f"bytes={start}-{end}", IfMatch=stored.etag
+            )
+            return bytes(response["Body"].read())
+
+    if stored.size <= step:
+        with aws_errors(f"download {loc}"):
+            body = store.s3.get_object(Bucket=loc.bucket, Key=loc.key, IfMatch=stored.etag)
+            yield from body["Body"].iter_chunks(CHUNK)
+        return
+    starts = iter(range(0, stored.size, step))
+    with ThreadPoolExecutor(store.concurrency, thread_name_prefix="sciflow-download") as pool:
+        # A sliding window: at most `concurrency` ranges in memory, consumed in order.
+        window = deque(pool.submit(fetch, start) for start in islice(starts, store.concurrency))
+        try:
+            while window:
+                data = window.popleft().result()
+                if (start := next(starts, None)) is not None:
+                    window.append(pool.submit(fetch, start))
+                yield data
+        finally:
+            for future in window:
+                future.cancel()
+
+
+# --- small helpers ------------------------------------------------------------------------
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _b64sha256(data: bytes) -> str:
+    return _b64(hashlib.sha256(data).digest())
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode()
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    """Size and modification time (ns): what changes when a file is rewritten."""
+    info = path.stat()
+    return info.st_size, info.st_mtime_ns
+
+
+def _status(exc: Exception) -> int:
+    response = getattr(exc, "response", {}) or {}
+    return int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
