@@ -54,6 +54,18 @@ class TransientError(SciflowError):
     """Throttling, a 5xx or a lost node: the same call may succeed later."""
 
 
+class AlreadyExists(InputError):
+    """An exclusive create found the object already there with other content."""
+
+
+class ConcurrentUpdate(SciflowError):
+    """A conditional update lost a race: the object changed since it was read."""
+
+
+class IntegrityError(SciflowError):
+    """Data read back does not match the size or digest it was recorded with."""
+
+
 def classify(exc: ClientError, doing: str) -> SciflowError:
     """Turn a botocore ``ClientError`` into sciflow's type for it.
 
