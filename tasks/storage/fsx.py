@@ -128,7 +128,8 @@ class FsxLink:
             FileSystemId=self.file_system_id,
             Paths=[prefix],
             Report={"Enabled": False},
-            Tags=[{"Key": k, "Value": v} for k, v in (tags or {}).items()],
+            # The API refuses an empty Tags list: no tags, no parameter.
+            **({"Tags": [{"Key": k, "Value": v} for k, v in tags.items()]} if tags else {}),
         )["DataRepositoryTask"]
         task_id = task["TaskId"]
         while True:
