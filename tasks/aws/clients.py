@@ -115,6 +115,7 @@ def client(
     credentials: AwsCredentials | None = None,
     max_attempts: int | None = None,
     max_pool_connections: int | None = None,
+    config: Config | None = None,
 ) -> Any:
     """A boto3 client for ``service`` in ``account``, with the one retry policy.
 
@@ -126,20 +127,24 @@ def client(
         max_attempts: Attempts per call instead of ``SCIFLOW_AWS_MAX_ATTEMPTS`` (a store
             that must fail fast); still botocore's one retry layer.
         max_pool_connections: HTTP connections kept for parallel transfers (S3).
+        config: More botocore settings (S3 options), merged over the ones above.
     """
     from botocore.config import Config
 
-    config = retry_config()
+    policy = retry_config()
     extra: dict[str, Any] = {}
     if max_attempts is not None:
-        extra["retries"] = {**(config.retries or {}), "total_max_attempts": max_attempts}
+        extra["retries"] = {**(policy.retries or {}), "total_max_attempts": max_attempts}
     if max_pool_connections is not None:
         extra["max_pool_connections"] = max_pool_connections
     if service in NO_HOST_PREFIX:
         extra["inject_host_prefix"] = False
+    merged = policy
     if extra:
-        config = config.merge(Config(**extra))
-    kwargs: dict[str, Any] = {"config": config}
+        merged = merged.merge(Config(**extra))
+    if config is not None:
+        merged = merged.merge(config)
+    kwargs: dict[str, Any] = {"config": merged}
     if region:
         kwargs["region_name"] = region
     return session(account, credentials).client(service, **kwargs)

@@ -308,6 +308,11 @@ class ObjectStore:
     # --- S3 plumbing ---------------------------------------------------------------------
 
     @property
+    def account(self) -> AwsAccount | None:
+        """The AWS account S3 calls go to; None for the ambient credentials."""
+        return self._account
+
+    @property
     def s3(self) -> Any:
         """The boto3 S3 client, created on first use."""
         if self._client is None:

@@ -1,9 +1,28 @@
 """Verified transfers and conditional writes, on S3 or a local directory.
 
-``upload_verified`` copies a file and returns its size and SHA-256; ``download_verified``
-refuses a copy whose size or SHA-256 differs from the recorded ones. ``put_if_absent``
-(publish once) and ``put_if_match`` (compare-and-swap) are the conditional writes a
-registry builds on.
+``upload_verified`` copies a file and returns its size and SHA-256, computed from the bytes
+as they are sent (no second pass); ``download_verified`` refuses a copy whose size or
+SHA-256 differs from the recorded ones. ``put_if_absent`` (publish once) and ``put_if_match``
+(compare-and-swap) are the conditional writes a registry builds on.
+
+S3 uploads use our own multipart loop rather than boto3's TransferManager, fresh or resumed
+(``benchmarks/upload.py`` measured it at least as fast; the TransferManager cannot resume):
+
+- A file up to the store's part size goes up in one PUT with its SHA-256 as
+  ``ChecksumSHA256``; a larger one as a multipart upload with ``ChecksumAlgorithm=SHA256``,
+  whose parts are read in order (the whole-file SHA-256 is fed here) and sent by
+  ``concurrency`` threads, each part with its own SHA-256, which S3 checks. At most
+  ``concurrency`` parts are in memory at once.
+- The per-part SHA-256 header is signed, so it authenticates the body: the payload is not
+  hashed a second time for the signature (botocore does the same over HTTPS; this extends it
+  to plain-HTTP endpoints such as moto or a local gateway).
+- A failed or killed upload is left on S3 (not aborted) for the next run: that run finds it
+  with ``ListMultipartUploads``, lists its parts, reads every part again to hash it and
+  uploads only the parts missing or differing (compared by S3's SHA-256 of the part, or by
+  its MD5 ETag where S3 reports no checksum). Buckets should carry a lifecycle rule that
+  aborts incomplete multipart uploads after some days.
+- An object already complete at the key with the same size and SHA-256 (whole, or S3's
+  composite of the part digests) is kept, not sent again.
 """
 
 from __future__ import annotations
@@ -12,13 +31,17 @@ import base64
 import fcntl
 import hashlib
 import os
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from uuid import uuid4
+from weakref import WeakKeyDictionary
 
-from tasks.aws.clients import aws_errors
+from tasks.aws.clients import aws_errors, client
 from tasks.errors import (
     AlreadyExists,
     ConcurrentUpdate,
@@ -27,7 +50,7 @@ from tasks.errors import (
     SciflowError,
     TransientError,
 )
-from tasks.storage.objects import MIB, Location, ObjectStore
+from tasks.storage.objects import MIB, Location, ObjectStore, _tagging
 
 __all__ = [
     "AlreadyExists",
@@ -38,11 +61,16 @@ __all__ = [
     "put_if_absent",
     "put_if_match",
     "read_with_etag",
+    "upload_client",
     "upload_verified",
 ]
 
 Progress = Callable[[int], None]
 CHUNK = MIB
+MAX_PARTS = 10_000  # S3's limit per multipart upload
+MIN_PART = 5 * MIB  # S3's minimum for every part but the last
+_MD5_ETAG = re.compile(r'^"?([0-9a-f]{32})"?$')
+_UPLOAD_CLIENTS: WeakKeyDictionary[ObjectStore, Any] = WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -55,31 +83,69 @@ class UploadedFile:
 
 
 def upload_verified(
-    store: ObjectStore, source: Path, uri: str, *, on_progress: Progress | None = None
+    store: ObjectStore,
+    source: Path,
+    uri: str,
+    *,
+    on_progress: Progress | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> UploadedFile:
     """Copy a local file to ``uri``, hashing it as it streams; returns what was stored.
+
+    On S3 an interrupted upload of the same file to the same key resumes (see the module
+    docstring); nothing appears under ``uri`` until the whole file is there.
 
     Args:
         store: The store (its part size and concurrency apply on S3).
         source: A local file.
         uri: Destination.
-        on_progress: Called with the bytes done since its last call.
+        on_progress: Called in the calling thread with the bytes done since its last call
+            (parts found already on S3 count as done).
+        tags: S3 object tags (ignored locally).
 
     Raises:
-        InputError: ``source`` is not a file.
+        InputError: ``source`` is not a file, or changed while it was read.
+        IntegrityError: S3 reports a size or checksum other than the one sent.
     """
     source = Path(source)
     if not source.is_file():
         raise InputError(f"cannot upload {source}: no such file")
     loc = Location.parse(uri)
+    before = _stamp(source)
     if not loc.is_s3:
         size, digest = _local_copy(source, loc.path, on_progress)
-        return UploadedFile(str(loc), size, digest)
-    size, digest = _hash_file(source)
-    store.upload_file(source, str(loc))
-    if on_progress is not None:
-        on_progress(size)
+    elif before[0] <= store.part_size:
+        size, digest = _s3_put(store, source, loc, on_progress, tags)
+    else:
+        size, digest = _MultipartUpload(store, source, loc, on_progress, tags).run()
+    if _stamp(source) != before or size != before[0]:
+        raise InputError(
+            f"cannot upload {source}: it changed while it was read; upload it again once "
+            "whatever writes it has finished"
+        )
     return UploadedFile(str(loc), size, digest)
+
+
+def upload_client(store: ObjectStore) -> Any:
+    """The S3 client that sends ``upload_verified``'s bytes (``PutObject``, ``UploadPart``).
+
+    The store's account and retry policy, one connection per part in flight, and no
+    separate payload hash for the signature: every request it sends carries a signed
+    ``x-amz-checksum-sha256`` of its body.
+    """
+    cached = _UPLOAD_CLIENTS.get(store)
+    if cached is None:
+        from botocore.config import Config
+
+        cached = client(
+            "s3",
+            store.account,
+            max_attempts=store.max_attempts,
+            max_pool_connections=max(10, store.concurrency * 2),
+            config=Config(s3={"payload_signing_enabled": False}),
+        )
+        _UPLOAD_CLIENTS[store] = cached
+    return cached
 
 
 def download_verified(
@@ -218,6 +284,274 @@ def put_if_match(store: ObjectStore, uri: str, data: bytes, etag: str | None) ->
     return str(response["ETag"])
 
 
+# --- S3 upload ----------------------------------------------------------------------------
+
+
+def _s3_put(
+    store: ObjectStore,
+    source: Path,
+    loc: Location,
+    on_progress: Progress | None,
+    tags: Mapping[str, str] | None,
+) -> tuple[int, str]:
+    """One PUT carrying the file's SHA-256, unless the same content is already there."""
+    data = source.read_bytes()
+    digest = hashlib.sha256(data).digest()
+    checksum = _b64(digest)
+    existing = _head(store, loc)
+    if not (existing and existing.size == len(data) and existing.checksum == checksum):
+        extra = {"Tagging": _tagging(tags)} if tags else {}
+        with aws_errors(f"upload to {loc}"):
+            upload_client(store).put_object(
+                Bucket=loc.bucket,
+                Key=loc.key,
+                Body=data,
+                ChecksumAlgorithm="SHA256",
+                ChecksumSHA256=checksum,
+                **extra,
+            )
+    if on_progress is not None:
+        on_progress(len(data))
+    return len(data), digest.hex()
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """One part of a multipart upload: its number (from 1), offset and size in bytes."""
+
+    number: int
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    """What S3 reports about an object or an uploaded part."""
+
+    size: int
+    etag: str
+    checksum: str | None  # base64 SHA-256 (an object's may end in "-<parts>")
+
+
+class _MultipartUpload:
+    """One file to one key as a multipart upload, resuming one left by an earlier run."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        source: Path,
+        loc: Location,
+        on_progress: Progress | None,
+        tags: Mapping[str, str] | None,
+    ) -> None:
+        self.store, self.source, self.loc = store, source, loc
+        self.on_progress, self.tags = on_progress, tags
+        self.size = source.stat().st_size
+        self.sent_parts = 0  # parts this run uploaded (the rest were on S3 already)
+
+    def run(self) -> tuple[int, str]:
+        """Upload (or finish uploading) the file; returns its size and SHA-256 (hex)."""
+        upload_id, stored = self._find_upload()
+        parts = _layout(self.size, _part_size(self.size, self.store.part_size, stored))
+        if upload_id is None:
+            kept = self._kept_object(parts)
+            if kept is not None:
+                return self.size, kept
+            upload_id = self._create()
+        whole, sent = self._send(upload_id, parts, stored)
+        self._complete(upload_id, parts, sent)
+        return self.size, whole
+
+    def _find_upload(self) -> tuple[str | None, dict[int, _Stored]]:
+        """The newest unfinished SHA-256 multipart upload to this key, and its parts."""
+        s3, loc = self.store.s3, self.loc
+        with aws_errors(f"list unfinished uploads to {loc}"):
+            uploads = [
+                upload
+                for page in s3.get_paginator("list_multipart_uploads").paginate(
+                    Bucket=loc.bucket, Prefix=loc.key
+                )
+                for upload in page.get("Uploads", [])
+                if upload["Key"] == loc.key and upload.get("ChecksumAlgorithm") == "SHA256"
+            ]
+            if not uploads:
+                return None, {}
+            upload_id = max(uploads, key=lambda upload: upload["Initiated"])["UploadId"]
+            stored = {
+                part["PartNumber"]: _Stored(part["Size"], part["ETag"], part.get("ChecksumSHA256"))
+                for page in s3.get_paginator("list_parts").paginate(
+                    Bucket=loc.bucket, Key=loc.key, UploadId=upload_id
+                )
+                for part in page.get("Parts", [])
+            }
+        return upload_id, stored
+
+    def _kept_object(self, parts: list[_Part]) -> str | None:
+        """The SHA-256 (hex) of the file if an identical object is complete at the key.
+
+        Compares S3's composite checksum (SHA-256 of the part digests) after reading the
+        file once; None (upload it) when S3 reports none or another.
+        """
+        existing = _head(self.store, self.loc)
+        if not (existing and existing.size == self.size and existing.checksum):
+            return None
+        whole, digests = hashlib.sha256(), []
+        with self.source.open("rb") as src:
+            for part in parts:
+                data = src.read(part.size)
+                whole.update(data)
+                digests.append(hashlib.sha256(data).digest())
+        # A multipart object's checksum is the SHA-256 of its parts' digests; a single PUT's
+        # is the file's own.
+        composite = _b64(hashlib.sha256(b"".join(digests)).digest())
+        if existing.checksum.split("-")[0] not in (composite, _b64(whole.digest())):
+            return None
+        if self.on_progress is not None:
+            self.on_progress(self.size)
+        return whole.hexdigest()
+
+    def _create(self) -> str:
+        extra = {"Tagging": _tagging(self.tags)} if self.tags else {}
+        with aws_errors(f"start upload to {self.loc}"):
+            response = self.store.s3.create_multipart_upload(
+                Bucket=self.loc.bucket, Key=self.loc.key, ChecksumAlgorithm="SHA256", **extra
+            )
+        return str(response["UploadId"])
+
+    def _send(
+        self, upload_id: str, parts: list[_Part], stored: dict[int, _Stored]
+    ) -> tuple[str, dict[int, tuple[str, str]]]:
+        """Read parts in order (hashing the whole file) while threads send them.
+
+        Returns:
+            The file's SHA-256 (hex), and each part's ETag and base64 SHA-256 by number.
+        """
+        whole = hashlib.sha256()
+        sent: dict[int, tuple[str, str]] = {}
+        pending: set[Future[tuple[_Part, str, str, bool]]] = set()
+        limit = self.store.concurrency
+
+        def collect(finished: set[Future[tuple[_Part, str, str, bool]]]) -> None:
+            for future in finished:
+                part, etag, checksum, uploaded = future.result()
+                sent[part.number] = (etag, checksum)
+                self.sent_parts += uploaded
+                if self.on_progress is not None:
+                    self.on_progress(part.size)
+
+        with ThreadPoolExecutor(limit, thread_name_prefix="sciflow-upload") as pool:
+            try:
+                with self.source.open("rb") as src:
+                    for part in parts:
+                        while len(pending) >= limit:  # bounds the parts held in memory
+                            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                            collect(finished)
+                        data = src.read(part.size)
+                        if len(data) != part.size:
+                            raise InputError(
+                                f"cannot upload {self.source}: it shrank while it was read"
+                            )
+                        whole.update(data)  # releases the GIL: overlaps the sending threads
+                        pending.add(
+                            pool.submit(
+                                self._send_part, upload_id, part, data, stored.get(part.number)
+                            )
+                        )
+                finished, pending = wait(pending)
+                collect(finished)
+            except BaseException:
+                for future in pending:
+                    future.cancel()
+                raise
+        return whole.hexdigest(), sent
+
+    def _send_part(
+        self, upload_id: str, part: _Part, data: bytes, stored: _Stored | None
+    ) -> tuple[_Part, str, str, bool]:
+        """Upload one part unless S3 holds it already.
+
+        Returns:
+            The part, its ETag and base64 SHA-256, and whether it was uploaded now.
+        """
+        checksum = _b64(hashlib.sha256(data).digest())
+        if stored is not None and stored.size == part.size:
+            if stored.checksum == checksum:
+                return part, stored.etag, checksum, False
+            md5 = _MD5_ETAG.match(stored.etag)  # S3 without checksums: plain-MD5 ETags
+            if not stored.checksum and md5 and hashlib.md5(data).hexdigest() == md5[1]:  # noqa: S324
+                return part, stored.etag, checksum, False
+        with aws_errors(f"upload part {part.number} of {self.loc}"):
+            response = upload_client(self.store).upload_part(
+                Bucket=self.loc.bucket,
+                Key=self.loc.key,
+                UploadId=upload_id,
+                PartNumber=part.number,
+                Body=data,
+                ChecksumSHA256=checksum,
+            )
+        return part, str(response["ETag"]), checksum, True
+
+    def _complete(
+        self, upload_id: str, parts: list[_Part], sent: dict[int, tuple[str, str]]
+    ) -> None:
+        """Complete the upload, then check the object's size and composite checksum."""
+        listing = [
+            {"PartNumber": p.number, "ETag": sent[p.number][0], "ChecksumSHA256": sent[p.number][1]}
+            for p in parts
+        ]
+        with aws_errors(f"complete upload to {self.loc}"):
+            self.store.s3.complete_multipart_upload(
+                Bucket=self.loc.bucket,
+                Key=self.loc.key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": listing},
+            )
+        stored = _head(self.store, self.loc)
+        digests = b"".join(base64.b64decode(sent[p.number][1]) for p in parts)
+        expected = _b64(hashlib.sha256(digests).digest())
+        if (
+            stored is None
+            or stored.size != self.size
+            or (stored.checksum and stored.checksum.split("-")[0] != expected)
+        ):
+            raise IntegrityError(
+                f"{self.loc} on S3 is not what was sent: S3 reports "
+                f"{stored.size if stored else 0} bytes with SHA-256 "
+                f"{stored.checksum if stored else None}; sent {self.size} bytes with "
+                f"{expected}-{len(parts)}"
+            )
+
+
+def _part_size(size: int, wanted: int, stored: dict[int, _Stored]) -> int:
+    """The part size: an unfinished upload's (its part 1), else ``wanted``, within S3's limits."""
+    first = stored.get(1)
+    if first is not None and first.size >= MIN_PART and first.size < size:
+        return first.size
+    # S3 allows 10,000 parts: a huge file gets larger parts, in whole MiB.
+    return max(wanted, -(-size // MAX_PARTS // MIB) * MIB)
+
+
+def _layout(size: int, part_size: int) -> list[_Part]:
+    return [
+        _Part(number, offset, min(part_size, size - offset))
+        for number, offset in enumerate(range(0, size, part_size), start=1)
+    ]
+
+
+def _head(store: ObjectStore, loc: Location) -> _Stored | None:
+    """Size, ETag and SHA-256 checksum of the object at ``loc``; None if there is none."""
+    from botocore.exceptions import ClientError
+
+    with aws_errors(f"check {loc}"):
+        try:
+            head = store.s3.head_object(Bucket=loc.bucket, Key=loc.key, ChecksumMode="ENABLED")
+        except ClientError as exc:
+            if _status(exc) == 404:
+                return None
+            raise
+    return _Stored(int(head["ContentLength"]), str(head["ETag"]), head.get("ChecksumSHA256"))
+
+
 # --- local ------------------------------------------------------------------------------
 
 
@@ -311,15 +645,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _hash_file(path: Path) -> tuple[int, str]:
-    hasher, size = hashlib.sha256(), 0
-    with path.open("rb") as src:
-        while chunk := src.read(CHUNK):
-            hasher.update(chunk)
-            size += len(chunk)
-    return size, hasher.hexdigest()
-
-
 def _read_chunks(store: ObjectStore, loc: Location) -> Iterator[bytes]:
     if not loc.is_s3:
         try:
@@ -342,7 +667,17 @@ def _sha256(data: bytes) -> str:
 
 
 def _b64sha256(data: bytes) -> str:
-    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+    return _b64(hashlib.sha256(data).digest())
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode()
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    """Size and modification time (ns): what changes when a file is rewritten."""
+    info = path.stat()
+    return info.st_size, info.st_mtime_ns
 
 
 def _status(exc: Exception) -> int:
