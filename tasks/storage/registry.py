@@ -7,9 +7,10 @@ Layout under a registry root (``<storage root>/registry``, ``ComputeUnit.registr
     <model>/<version>/manifest.json        written last: its presence publishes the version
     <model>/stages/<stage>.json            the version a stage (alias) points at
 
-Publishing claims the version (an exclusive create of ``_publishing.json`` describing the
-source, so a rerun from the same source resumes and another source is refused before it
-uploads a byte), uploads the files in parallel with ``upload_verified`` (size and SHA-256 of
+Publishing claims the version (``_publishing.json``, created with a conditional write and
+kept alive by a renewed lease, ``tasks.storage.claim``: a second live upload is refused
+before it sends a byte, and a rerun of an upload whose process died takes the claim over
+and resumes), uploads the files in parallel with ``upload_verified`` (size and SHA-256 of
 each), then writes ``manifest.json`` with ``put_if_absent``: of two concurrent publishers
 exactly one creates it, and a reader lists only versions whose manifest exists, so it never
 sees one without all its files. The same holds on a local directory (an exclusive create).
@@ -46,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tasks.errors import InputError, describe_validation
 from tasks.settings import get_settings
+from tasks.storage.claim import Claim, ClaimHeld, Lease, take
 from tasks.storage.fsx import FsxLink
 from tasks.storage.objects import Location, ObjectStore, join_uri
 from tasks.storage.purge import Purge, purge_prefix
@@ -527,9 +529,7 @@ class Registry:
         if reserved := sorted(RESERVED_NAMES & set(files)):
             raise InputError(f"file names {reserved} are the registry's own; rename them")
         sizes = {rel: Path(path).stat().st_size for rel, path in sorted(files.items())}
-        claim = json.dumps(
-            {"model": model, "source": source, "files": sizes}, sort_keys=True, indent=2
-        ).encode()
+        claim = Claim.mine(source, sizes, holder=uuid4().hex)
         # Everything that can be checked without uploading is checked before the claim.
         draft = dict(
             model=model,
@@ -538,55 +538,66 @@ class Registry:
             metadata=dict(metadata or {}),
             lineage=lineage or Lineage(source=source),
             created_by=who(),
-            publish_id=uuid4().hex,
+            publish_id=claim.holder,
         )
         dummy = [FileEntry(path=rel, size=size, sha256="0" * 64) for rel, size in sizes.items()]
         build_manifest(
             **draft, version=version or FIRST_VERSION, files=dummy, created=datetime.now(UTC)
         )
 
-        chosen = self._claim(model, version, claim)
-        uploaded = self._upload(files, join_uri(self.root, model, chosen), on_file, on_progress)
-        manifest = build_manifest(
-            **draft,
-            version=chosen,
-            files=[FileEntry(path=rel, size=f.size, sha256=f.sha256) for rel, f in uploaded],
-            created=datetime.now(UTC),
-        )
+        chosen, tag = self._claim(model, version, claim)
+        claim_uri = join_uri(self.root, model, chosen, CLAIM_NAME)
         manifest_uri = self.manifest_uri(model, chosen)
-        try:
-            put_if_absent(self.store, manifest_uri, manifest.to_json())
-        except AlreadyExists:
-            raise VersionExists(
-                f"model {model!r} version {chosen} was published by another upload while this "
-                f"one uploaded; this upload of {source} is not published"
-            ) from None
-        self.store.remove(join_uri(self.root, model, chosen, CLAIM_NAME))
+        with Lease(self.store, claim_uri, claim, tag) as lease:
+            version_dir = join_uri(self.root, model, chosen)
+            uploaded = self._upload(files, version_dir, on_file, on_progress)
+            manifest = build_manifest(
+                **draft,
+                version=chosen,
+                files=[FileEntry(path=rel, size=f.size, sha256=f.sha256) for rel, f in uploaded],
+                created=datetime.now(UTC),
+            )
+            if lease.lost:
+                raise VersionExists(
+                    f"model {model!r} version {chosen}: another upload took this one's claim "
+                    f"over while it stalled; this upload of {source} is not published"
+                )
+            try:
+                put_if_absent(self.store, manifest_uri, manifest.to_json())
+            except AlreadyExists:
+                raise VersionExists(
+                    f"model {model!r} version {chosen} was published by another upload while "
+                    f"this one uploaded; this upload of {source} is not published"
+                ) from None
+        self.store.remove(claim_uri)
         return Published(manifest, manifest_uri, time.perf_counter() - start)
 
-    def _claim(self, model: str, version: str | None, claim: bytes) -> str:
-        """Claim ``version`` (or the next free one) for this source; returns the version.
+    def _claim(self, model: str, version: str | None, claim: Claim) -> tuple[str, str]:
+        """Claim ``version`` (or the next free one); returns the version and the claim's tag.
 
-        A claim with the same content (same model, source and file sizes) is this upload's
-        own from an earlier, interrupted try: it is resumed.
+        Without a version, an unfinished version abandoned by the same upload (same source
+        and file sizes; its process gone) is taken over and resumed.
         """
         dirs = self._version_dirs(model)
         if version is not None:
             wanted = Version.parse(version)
             _check_kind(model, wanted, list(dirs))
-            self._claim_one(model, wanted, dirs.get(wanted, set()), claim)
-            return str(wanted)
+            return str(wanted), self._claim_one(model, wanted, dirs.get(wanted, set()), claim)
         for candidate, names in sorted(dirs.items()):
             if MANIFEST_NAME not in names and CLAIM_NAME in names:
-                claim_uri = join_uri(self.root, model, str(candidate), CLAIM_NAME)
-                found = read_with_etag(self.store, claim_uri)
-                if found is not None and found[0] == claim:
-                    return str(candidate)  # our own interrupted upload: resume it
+                found = read_with_etag(
+                    self.store, join_uri(self.root, model, str(candidate), CLAIM_NAME)
+                )
+                held = Claim.parse(found[0]) if found else None
+                if held is not None and held.same_upload(claim) and held.abandoned():
+                    try:
+                        return str(candidate), self._claim_one(model, candidate, names, claim)
+                    except VersionExists:
+                        continue  # another rerun resumed it first
         for _ in range(NEXT_VERSION_TRIES):
             candidate = next_version(list(dirs))
             try:
-                self._claim_one(model, candidate, set(), claim)
-                return str(candidate)
+                return str(candidate), self._claim_one(model, candidate, set(), claim)
             except VersionExists:
                 dirs = self._version_dirs(model)  # another publisher took it: look again
         raise VersionExists(
@@ -594,21 +605,18 @@ class Registry:
             "other uploads; give a version"
         )
 
-    def _claim_one(self, model: str, version: Version, names: set[str], claim: bytes) -> None:
+    def _claim_one(self, model: str, version: Version, names: set[str], claim: Claim) -> str:
         text = str(version)
         if MANIFEST_NAME in names or self.store.exists(self.manifest_uri(model, text)):
             raise VersionExists(
                 f"model {model!r} version {text} is already published in {self.root}; "
                 "give another version, or leave it out for the next one"
             )
-        claim_uri = join_uri(self.root, model, text, CLAIM_NAME)
         try:
-            put_if_absent(self.store, claim_uri, claim)
-        except AlreadyExists:
-            held = json.loads(self.store.read_bytes(claim_uri)).get("source")
+            return take(self.store, join_uri(self.root, model, text, CLAIM_NAME), claim)
+        except ClaimHeld as exc:
             raise VersionExists(
-                f"model {model!r} version {text} is being published from {held}; wait for it, "
-                f"or delete the unfinished version (Registry.delete) if that upload was abandoned"
+                f"model {model!r} version {text} cannot be published: {exc}"
             ) from None
 
     def _upload(

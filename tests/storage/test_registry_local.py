@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 import tasks.storage.registry as registry_module
 from tasks.errors import ConcurrentUpdate, InputError, IntegrityError
+from tasks.storage.claim import Claim
 from tasks.storage.objects import ObjectStore
 from tasks.storage.registry import (
     Framework,
@@ -20,6 +27,7 @@ from tasks.storage.registry import (
     next_version,
 )
 
+REPO = Path(__file__).resolve().parents[2]
 TORCH = Framework(name="pytorch", versions={"torch": "2.5.1"})
 
 
@@ -128,43 +136,65 @@ def test_publishing_an_existing_version_is_refused_and_changes_nothing(registry,
     assert publish(registry, model_dir).version == "4"
 
 
-def test_another_source_cannot_take_a_version_being_published(registry, model_dir, tmp_path):
+def claim_of(source: Path, **changes) -> Claim:
+    files = {rel: path.stat().st_size for rel, path in local_files(source).items()}
+    return replace(Claim.mine(str(source), files, holder="other"), **changes)
+
+
+def test_another_upload_cannot_take_a_version_being_published(registry, model_dir, tmp_path):
     other = tmp_path / "other"
     other.mkdir()
     (other / "model.pt").write_bytes(b"other weights")
     claim = Path(registry.version_uri("denoiser", "1")) / "_publishing.json"
     claim.parent.mkdir(parents=True)
-    claim.write_text(json.dumps({"source": str(other)}))
-    with pytest.raises(VersionExists, match=f"being published from {other}"):
+    claim.write_bytes(claim_of(other).to_bytes())  # a live holder: this very process
+    with pytest.raises(VersionExists, match=f"being published from {other} by pid"):
         publish(registry, model_dir, version="1")
     assert registry.list_versions("denoiser") == []
     assert publish(registry, model_dir).version == "2"  # the next skips the unfinished one
 
 
-def test_a_rerun_from_the_same_source_resumes_the_unfinished_version(
-    registry, model_dir, monkeypatch
-):
-    original = registry_module.upload_verified
-    calls = []
+def test_an_abandoned_claim_of_another_source_is_not_taken_over(registry, model_dir, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "model.pt").write_bytes(b"other weights")
+    claim = Path(registry.version_uri("denoiser", "1")) / "_publishing.json"
+    claim.parent.mkdir(parents=True)
+    claim.write_bytes(claim_of(other, expires=time.time() - 1).to_bytes())
+    with pytest.raises(VersionExists, match=r"abandoned upload .* delete the version"):
+        publish(registry, model_dir, version="1")
 
-    def crash_on_second(store, source, uri, **kwargs):
-        calls.append(uri)
-        if len(calls) == 2:
-            raise KeyboardInterrupt("killed mid-upload")
-        return original(store, source, uri, **kwargs)
 
-    monkeypatch.setattr(registry_module, "upload_verified", crash_on_second)
-    registry_module.FILE_CONCURRENCY, saved = 1, registry_module.FILE_CONCURRENCY
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            publish(registry, model_dir)
-    finally:
-        registry_module.FILE_CONCURRENCY = saved
-    assert registry.list_versions("denoiser") == []
-    monkeypatch.setattr(registry_module, "upload_verified", original)
+def test_an_expired_claim_of_the_same_upload_on_another_host_is_resumed(registry, model_dir):
+    claim = Path(registry.version_uri("denoiser", "1")) / "_publishing.json"
+    claim.parent.mkdir(parents=True)
+    claim.write_bytes(claim_of(model_dir, host="elsewhere", expires=time.time() - 1).to_bytes())
     assert publish(registry, model_dir).version == "1"
+    assert not claim.exists()
+
+
+def test_a_killed_upload_is_resumed_by_the_rerun(registry, model_dir):
+    script = """
+import os, signal, sys
+from tasks.storage.objects import ObjectStore
+from tasks.storage.registry import Framework, Registry, local_files
+root, cache, source = sys.argv[1:]
+registry = Registry(ObjectStore(), root, cache=cache)
+def die(stored):
+    os.kill(os.getpid(), signal.SIGKILL)  # for real, mid-upload
+registry.publish(local_files(source), "denoiser", source=source,
+                 framework=Framework(name="pytorch"), on_file=die)
+"""
+    argv = [sys.executable, "-c", script, registry.root, str(registry.cache), str(model_dir)]
+    done = subprocess.run(argv, env={**os.environ, "PYTHONPATH": str(REPO)}, check=False)
+    assert done.returncode == -signal.SIGKILL
+    claim = Path(registry.version_uri("denoiser", "1")) / "_publishing.json"
+    assert claim.is_file()
+    assert registry.list_versions("denoiser") == []
+
+    assert publish(registry, model_dir).version == "1"  # the dead process's version, resumed
     assert registry.list_versions("denoiser") == ["1"]
-    assert not (Path(registry.version_uri("denoiser", "1")) / "_publishing.json").exists()
+    assert not claim.exists()
 
 
 def test_one_model_keeps_one_kind_of_version(registry, model_dir):
