@@ -673,8 +673,8 @@ class Registry:
         The manifest goes first, so readers stop listing the version before its files go.
 
         Raises:
-            InputError: A stage points at the version (promote another first), or nothing
-                is there.
+            InputError: A stage points at the version (promote another first), a live
+                upload is publishing it, or nothing is there.
         """
         text = str(Version.parse(version))
         if pointing := sorted(s for s, v in self.stages(model).items() if v == text):
@@ -685,6 +685,13 @@ class Registry:
         version_dir = self.version_uri(model, text)
         if not self.store.exists(version_dir):
             raise InputError(f"model {model!r} has no version {text} in {self.root}")
+        found = read_with_etag(self.store, join_uri(version_dir, CLAIM_NAME))
+        held = Claim.parse(found[0]) if found else None
+        if held is not None and not held.abandoned():
+            raise InputError(
+                f"model {model!r} version {text} is being published from {held.describe()}; "
+                "delete it once that upload has ended"
+            )
         self.store.remove(self.manifest_uri(model, text))
         return purge_prefix(self.store, version_dir)
 

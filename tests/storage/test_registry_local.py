@@ -150,6 +150,8 @@ def test_another_upload_cannot_take_a_version_being_published(registry, model_di
     claim.write_bytes(claim_of(other).to_bytes())  # a live holder: this very process
     with pytest.raises(VersionExists, match=f"being published from {other} by pid"):
         publish(registry, model_dir, version="1")
+    with pytest.raises(InputError, match="delete it once that upload has ended"):
+        registry.delete("denoiser", "1")
     assert registry.list_versions("denoiser") == []
     assert publish(registry, model_dir).version == "2"  # the next skips the unfinished one
 
