@@ -3,7 +3,7 @@
 Metrics:
 
 - ``delete_versions``: deleting 10,000 object versions under a run's ``tmp/`` prefix (2,500
-  keys written 4 times each; quick: 1,000) with ``tasks.cleanup.intermediates.delete_versions``
+  keys written 4 times each; quick: 1,000) with ``tasks.storage.purge.delete_versions``
   (``DeleteObjects``, 1,000 versions a call) against one ``DeleteObject`` call per version.
   Throughputs in versions/s, so ``ratio`` is the speedup; the issue expects 50x. Both sides
   get the same list of versions: listing is the same for both, and moto's listing of
@@ -113,7 +113,7 @@ def left_under(s3: Any, run_dir: str) -> tuple[int, bool]:
 
 def delete_batched(s3: Any, bucket: str, versions: list[tuple[str, str]]) -> None:
     """Ours: ``DeleteObjects``, 1,000 versions a call."""
-    from tasks.cleanup.intermediates import delete_versions
+    from tasks.storage.purge import delete_versions
 
     if refused := delete_versions(s3, bucket, versions):
         raise RuntimeError(f"batched delete refused {len(refused)}: {refused[:3]}")

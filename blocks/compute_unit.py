@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Literal, Self
 
 from prefect.blocks.core import Block
@@ -11,7 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tasks.aws.clients import AwsAccount
 from tasks.errors import InputError, describe_validation
 from tasks.settings import get_settings
+from tasks.storage.fsx import FsxLink
 from tasks.storage.objects import ObjectStore, join_uri
+from tasks.storage.registry import REGISTRY_DIR, Registry
 
 SizeClass = Literal["small", "large", "multinode", "gpu"]
 SIZE_CLASSES: tuple[SizeClass, ...] = ("small", "large", "multinode", "gpu")
@@ -259,6 +262,19 @@ class ComputeUnit(Block):
     efs_file_system_id: str | None = Field(
         None, description="EFS file system shared by the nodes of multi-node jobs."
     )
+    fsx_file_system_id: str | None = Field(
+        None,
+        description=(
+            "FSx for Lustre file system with a data repository association over the storage "
+            "root's registry/ prefix; published model versions are imported into it."
+        ),
+        examples=["fs-0123456789abcdef0"],
+    )
+    fsx_mount: str | None = Field(
+        None,
+        description="Where the FSx file system is mounted on the nodes that load models.",
+        examples=["/fsx"],
+    )
     dask_workers: dict[SizeClass, DaskWorkers] = Field(
         default_factory=_default_dask_workers,
         description="Dask worker count and size for each size class.",
@@ -281,8 +297,11 @@ class ComputeUnit(Block):
 
     @model_validator(mode="after")
     def _check_platform(self) -> Self:
-        if self.name == AUDIT_DIR:
-            raise ValueError(f"name {AUDIT_DIR!r} is taken: cleanup records live under it")
+        if self.name in (AUDIT_DIR, REGISTRY_DIR):
+            raise ValueError(
+                f"name {self.name!r} is taken: cleanup records and the model registry live "
+                f"under {AUDIT_DIR!r} and {REGISTRY_DIR!r}"
+            )
         if self.platform == "aws":
             if not self.region:
                 raise ValueError("region is required when platform is 'aws'")
@@ -351,6 +370,16 @@ class ComputeUnit(Block):
         settings = get_settings()
         account = None if self.is_local else self.aws_account()
         return ObjectStore(account, settings.part_size_mib, settings.transfer_concurrency)
+
+    def registry(self) -> Registry:
+        """The model registry under this unit's storage root, with its FSx file system if any."""
+        root = join_uri(self.storage_root or get_settings().storage_root, REGISTRY_DIR)
+        fsx = None
+        if self.fsx_file_system_id:
+            mount = Path(self.fsx_mount) if self.fsx_mount else None
+            account = None if self.is_local else self.aws_account()
+            fsx = FsxLink(self.fsx_file_system_id, mount, account)
+        return Registry(self.object_store(), root, fsx=fsx)
 
     @classmethod
     def from_terraform_output(cls, outputs: dict[str, Any]) -> Self:

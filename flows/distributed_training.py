@@ -20,11 +20,13 @@ from prefect import task
 from pydantic import BaseModel, Field
 
 from blocks.compute_unit import SizeClass, load_unit
+from flows.model_upload import model_upload
 from tasks.compute.batch_run import batch_size_class, check_batch_unit, run_batch_job
 from tasks.compute.hooks import sciflow_flow
 from tasks.compute.run_context import RunContext
 from tasks.errors import InputError, SciflowError
 from tasks.progress import Progress, markdown_table, publish_summary, run_logger
+from tasks.storage.registry import check_model_name
 from tasks.training.config import (
     CONFIG_NAME,
     CURVES_NAME,
@@ -60,6 +62,9 @@ class TrainingResult(BaseModel):
     val_loss: float = Field(description="Validation loss at the end.")
     samples_per_s: float = Field(description="Training samples per second, all processes.")
     data_wait_fraction: float = Field(description="Share of step time spent waiting for data.")
+    published_version: str | None = Field(
+        None, description="Registry version of the model, when published (`publish_as`)."
+    )
 
 
 @task
@@ -287,6 +292,7 @@ def distributed_training(
     settings: TrainingSettings = DEFAULT_SETTINGS,
     output: str | None = None,
     unit: str = "local",
+    publish_as: str | None = None,
 ) -> TrainingResult:
     """Train a model on a training set with DDP or a parameter server.
 
@@ -298,8 +304,12 @@ def distributed_training(
         output: Directory for checkpoints, model, metrics and curves; the run directory's
             ``training/`` if omitted (a retry of the flow run resumes there).
         unit: Compute unit to run on.
+        publish_as: Model name to publish the trained model under in the unit's registry
+            (its next version, through the model-upload flow); not published if omitted.
     """
     logger = run_logger()
+    if publish_as is not None:
+        check_model_name(publish_as)
     compute_unit = load_unit(unit)
     if compute_unit.is_local and settings.nodes > 1:
         raise InputError(
@@ -331,7 +341,11 @@ def distributed_training(
         train_on_batch(run, cfg, config_uri)
     else:
         train_on_ecs(run, cfg, config_uri)
-    return _publish(run, cfg)
+    result = _publish(run, cfg)
+    if publish_as is not None:
+        uploaded = model_upload(source=cfg.output, model_name=publish_as, unit=unit)
+        result = result.model_copy(update={"published_version": uploaded.version})
+    return result
 
 
 def _size_class(cfg: TrainConfig) -> SizeClass:

@@ -4,7 +4,7 @@ preflight → simulate → reconstruct → train → upload model → secure cle
 subflow with its own parameters; stages land with their issues, and ``make demo`` grows with
 them. Today: preflight, an MPI Bloch simulation, reconstruction of what it wrote (or of the
 user's ``signal``), a few DDP steps of a denoising U-Net on the reconstructed and simulated
-images, and secure cleanup.
+images, its upload to the unit's model registry as the next version, and secure cleanup.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 
 from blocks.compute_unit import load_unit
 from flows.distributed_training import distributed_training
+from flows.model_upload import model_upload
 from flows.mr_reconstruction import mr_reconstruction
 from flows.multinode_simulation import multinode_simulation
 from flows.preflight import preflight
@@ -44,6 +45,8 @@ DEMO_RECONSTRUCTION = MrOptions(
 # The demo training: a few DDP steps of a small U-Net on 2 processes; the images are tiny,
 # so it shows the machinery (processes, checkpoints, curves), not a useful denoiser.
 DEMO_TRAINING = TrainingSettings(model="unet", model_options={"width": 8}, epochs=2)
+# The registry name the pipeline publishes its trained model under.
+DEMO_MODEL_NAME = "denoiser"
 
 
 @task(**transient_retries())
@@ -62,6 +65,8 @@ class PipelineResult(BaseModel):
     ok: bool = Field(description="Whether every stage's checks passed.")
     median_snr: float = Field(description="Median SNR inside the mask of the reconstruction.")
     val_loss: float = Field(description="Validation loss of the trained model.")
+    model_name: str = Field(description="Registry name of the trained model.")
+    model_version: str = Field(description="Registry version the trained model was published as.")
     cleanup_checks: int = Field(description="Cleanup checks made, all passed (else it failed).")
 
 
@@ -77,6 +82,7 @@ def research_pipeline(
     noise: str | None = None,
     reconstruction: MrOptions = DEMO_RECONSTRUCTION,
     training: TrainingSettings = DEMO_TRAINING,
+    model_name: str = DEMO_MODEL_NAME,
 ) -> PipelineResult:
     """Run every stage on one compute unit and write a manifest of their outputs.
 
@@ -91,6 +97,7 @@ def research_pipeline(
         noise: Separate noise scan for ``signal``, if it has none inside.
         reconstruction: SNR method and reconstruction options.
         training: What to train on the reconstructed and simulated images (DDP).
+        model_name: Registry name the trained model is published under (its next version).
     """
     compute_unit = load_unit(unit)
     run = RunContext.current(compute_unit)
@@ -115,6 +122,7 @@ def research_pipeline(
     trained = distributed_training(
         dataset=training_set, settings=training, output=run.uri("training"), unit=unit
     )
+    uploaded = model_upload(source=trained.output, model_name=model_name, unit=unit)
     cleaned = secure_cleanup(run_id=run.run_id, unit=unit)
 
     stages = {
@@ -122,6 +130,7 @@ def research_pipeline(
         "simulation": simulated.raw_uri,
         "reconstruction": reconstructed.snr,
         "training": trained.model,
+        "model-upload": uploaded.manifest_uri,
         "secure-cleanup": cleaned.record_uri,
     }
     manifest = {"run_id": run.run_id, "unit": unit, "stages": stages}
@@ -140,16 +149,26 @@ def research_pipeline(
         cleanup_checks=cleaned.checks,
         median_snr=reconstructed.median_snr,
         val_loss=trained.val_loss,
+        model_name=uploaded.model,
+        model_version=uploaded.version,
     )
+
+
+def report(result: PipelineResult) -> str:
+    """What ``make demo`` prints: the verdict, where outputs are, and the published version."""
+    lines = [
+        f"\nresearch-pipeline {'succeeded' if result.ok else 'FAILED its checks'}",
+        f"outputs: {result.run_dir}",
+        *(f"  {stage:16s} {uri}" for stage, uri in result.stages.items()),
+        f"cleanup: {result.cleanup_checks} checks passed",
+        f"median SNR in the mask: {result.median_snr:.1f}",
+        f"denoiser validation loss: {result.val_loss:.4g}",
+        f"model registry: {result.model_name} version {result.model_version}",
+    ]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
     result = research_pipeline()
-    print(f"\nresearch-pipeline {'succeeded' if result.ok else 'FAILED its checks'}")
-    print(f"outputs: {result.run_dir}")
-    for stage, uri in result.stages.items():
-        print(f"  {stage:16s} {uri}")
-    print(f"cleanup: {result.cleanup_checks} checks passed")
-    print(f"median SNR in the mask: {result.median_snr:.1f}")
-    print(f"denoiser validation loss: {result.val_loss:.4g}")
+    print(report(result))
     raise SystemExit(0 if result.ok else 1)

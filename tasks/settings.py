@@ -44,6 +44,12 @@ class Settings(BaseSettings):
         Path(tempfile.gettempdir()) / "sciflow-scratch",
         description="Local scratch space for temporary files; each run's is swept at its end.",
     )
+    model_cache: Path = Field(
+        Path.home() / ".cache" / "sciflow" / "models",
+        description=(
+            "Where registry loads keep verified model versions, one directory per manifest digest."
+        ),
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO",
         description=(

@@ -76,6 +76,7 @@ def sciflow_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
     root = tmp_path / "sciflow"
     monkeypatch.setenv("SCIFLOW_STORAGE_ROOT", str(root / "runs"))
     monkeypatch.setenv("SCIFLOW_SCRATCH_ROOT", str(root / "scratch"))
+    monkeypatch.setenv("SCIFLOW_MODEL_CACHE", str(root / "models"))
     get_settings.cache_clear()
     yield root
     get_settings.cache_clear()

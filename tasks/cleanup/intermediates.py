@@ -1,59 +1,24 @@
 """Purge a run's intermediates: ``<run dir>/tmp/``, every version, marker and upload under it.
 
 Intermediates are what a run writes only to read again (staged slices, partial arrays); its
-results and registry entries sit elsewhere in the run directory and are kept. On a versioned
-bucket a plain delete only hides an object behind a delete marker, so the purge deletes every
-version and every marker by id, aborts multipart uploads that never completed (their parts
-are stored and billed but listed nowhere else), and then verifies the prefix holds nothing.
+results sit elsewhere in the run directory and are kept. The purge itself
+(``tasks.storage.purge``) removes every object version, delete marker and incomplete
+multipart upload under the prefix, then verifies it holds nothing.
 """
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
-
-from tasks.aws.clients import aws_errors
 from tasks.storage.objects import Location, ObjectStore
+from tasks.storage.purge import Purge, purge_prefix
 
 INTERMEDIATES = "tmp"
-# DeleteObjects takes at most 1,000 keys (or versions) a call.
-DELETE_BATCH = 1000
+
+__all__ = ["INTERMEDIATES", "Purge", "intermediates_uri", "purge_intermediates"]
 
 
 def intermediates_uri(run_dir: str) -> str:
     """Where a run keeps its intermediates: ``<run dir>/tmp/``."""
     return str(Location.parse(run_dir).join(INTERMEDIATES))
-
-
-@dataclass(frozen=True, slots=True)
-class Purge:
-    """What a purge removed (``versions`` counts files on a local disk) and what it left."""
-
-    versions: int
-    markers: int
-    uploads: int
-    left: list[str]
-    refused: list[str]
-
-    @property
-    def ok(self) -> bool:
-        """Nothing refused and nothing left."""
-        return not self.left and not self.refused
-
-    def describe(self) -> str:
-        """One line for the record: what went and what did not."""
-        removed = (
-            f"removed {self.versions} object versions, {self.markers} delete markers, "
-            f"aborted {self.uploads} incomplete uploads"
-        )
-        problems = []
-        if self.refused:
-            problems.append(f"refused: {', '.join(self.refused[:5])}")
-        if self.left:
-            problems.append(f"{len(self.left)} left: {', '.join(self.left[:5])}")
-        return "; ".join([removed, *problems])
 
 
 def purge_intermediates(store: ObjectStore, run_dir: str, dry_run: bool = False) -> Purge:
@@ -64,72 +29,4 @@ def purge_intermediates(store: ObjectStore, run_dir: str, dry_run: bool = False)
         run_dir: The run's directory URI (``ComputeUnit.run_dir``).
         dry_run: List what would go (as ``left``), remove nothing.
     """
-    loc = Location.parse(intermediates_uri(run_dir))
-    if not loc.is_s3:
-        return _purge_local(loc, dry_run)
-    prefix = loc.key.rstrip("/") + "/"
-    s3, bucket = store.s3, loc.bucket
-    versions, markers = _versions(s3, bucket, prefix)
-    uploads = _uploads(s3, bucket, prefix)
-    if dry_run:
-        listed = [f"{key} (version {vid})" for key, vid in versions + markers]
-        listed += [f"{key} (upload {uid})" for key, uid in uploads]
-        return Purge(0, 0, 0, listed, [])
-    with aws_errors(f"purge {loc}"):
-        for key, upload_id in uploads:
-            s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
-        refused = delete_versions(s3, bucket, versions + markers)
-    left_versions, left_markers = _versions(s3, bucket, prefix)
-    left = [key for key, _ in left_versions + left_markers]
-    left += [f"{key} (upload)" for key, _ in _uploads(s3, bucket, prefix)]
-    return Purge(len(versions), len(markers), len(uploads), left, refused)
-
-
-def delete_versions(s3: Any, bucket: str, versions: list[tuple[str, str]]) -> list[str]:
-    """Delete ``(key, version id)`` pairs, 1,000 a call; returns ``"key: code"`` per refusal."""
-    refused: list[str] = []
-    for start in range(0, len(versions), DELETE_BATCH):
-        batch = [{"Key": k, "VersionId": v} for k, v in versions[start : start + DELETE_BATCH]]
-        answer = s3.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
-        refused += [f"{e['Key']}: {e.get('Code', '')}" for e in answer.get("Errors", [])]
-    return refused
-
-
-def _purge_local(loc: Location, dry_run: bool) -> Purge:
-    path = loc.path
-    if not path.exists():
-        return Purge(0, 0, 0, [], [])
-    files = sorted(str(p) for p in path.rglob("*") if p.is_file())
-    if dry_run:
-        return Purge(0, 0, 0, files, [])
-    refused: list[str] = []
-    try:
-        shutil.rmtree(path)
-    except OSError as exc:
-        refused.append(f"{path}: {exc}")
-    left = sorted(str(p) for p in path.rglob("*")) if path.exists() else []
-    return Purge(len(files), 0, 0, left, refused)
-
-
-def _versions(
-    s3: Any, bucket: str, prefix: str
-) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    versions: list[tuple[str, str]] = []
-    markers: list[tuple[str, str]] = []
-    for page in _pages(s3, "list_object_versions", Bucket=bucket, Prefix=prefix):
-        versions += [(v["Key"], v["VersionId"]) for v in page.get("Versions", [])]
-        markers += [(m["Key"], m["VersionId"]) for m in page.get("DeleteMarkers", [])]
-    return versions, markers
-
-
-def _uploads(s3: Any, bucket: str, prefix: str) -> list[tuple[str, str]]:
-    return [
-        (u["Key"], u["UploadId"])
-        for page in _pages(s3, "list_multipart_uploads", Bucket=bucket, Prefix=prefix)
-        for u in page.get("Uploads", [])
-    ]
-
-
-def _pages(s3: Any, operation: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
-    with aws_errors(f"{operation} s3://{kwargs['Bucket']}/{kwargs['Prefix']}"):
-        yield from s3.get_paginator(operation).paginate(**kwargs)
+    return purge_prefix(store, intermediates_uri(run_dir), dry_run)

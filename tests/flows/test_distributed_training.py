@@ -453,3 +453,24 @@ def test_a_sample_file_of_the_wrong_shape_fails_the_run_naming_the_file(tmp_path
     np.save(bad, np.zeros((1, 8, 8), dtype=np.float32))
     with pytest.raises(InputError, match=rf"mismatched data set: .*{bad.name}.*\(1, 16, 16\)"):
         _train(str(root), output=str(tmp_path / "out"), **TINY_UNET, max_restarts=0)
+
+
+def test_publish_as_puts_the_final_model_in_the_registry(tmp_path, dataset):
+    from blocks.compute_unit import local_unit
+
+    result = distributed_training(
+        dataset,
+        settings={"model": "linear", "procs_per_node": 1, "batch_size": 8, "max_steps": 2},
+        output=str(tmp_path / "out"),
+        publish_as="tiny-linear",
+    )
+    assert result.published_version == "1"
+    manifest = local_unit().registry().get("tiny-linear", "1")
+    assert "model/state_dict.pt" in {f.path for f in manifest.files}
+    assert manifest.metrics["steps"] == 2
+
+
+def test_a_bad_publish_name_is_refused_before_training(tmp_path, dataset):
+    with pytest.raises(InputError, match="model name 'tiny linear' is invalid"):
+        distributed_training(dataset, output=str(tmp_path / "out"), publish_as="tiny linear")
+    assert not (tmp_path / "out" / "config.json").exists()

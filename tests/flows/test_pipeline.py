@@ -5,7 +5,7 @@ import pytest
 from prefect import flow
 
 from blocks.compute_unit import local_unit
-from flows.pipeline import research_pipeline
+from flows.pipeline import report, research_pipeline
 from flows.preflight import preflight
 from flows.secure_cleanup import secure_cleanup
 from tasks.compute.hooks import cleanup_on_exit
@@ -25,6 +25,7 @@ def test_research_pipeline_runs_every_stage_and_writes_a_manifest(sciflow_dirs):
         "simulation",
         "reconstruction",
         "training",
+        "model-upload",
         "secure-cleanup",
     }
     assert manifest["run_id"] == run_dir.name
@@ -39,6 +40,14 @@ def test_research_pipeline_runs_every_stage_and_writes_a_manifest(sciflow_dirs):
     assert metrics["world_size"] == 2
     assert metrics["steps"] > 0
     assert metrics["history"]["loss"][-1] < metrics["history"]["loss"][0]  # it learned
+    registry = sciflow_dirs / "runs" / "registry" / "denoiser"
+    assert (result.model_name, result.model_version) == ("denoiser", "1")
+    assert Path(result.stages["model-upload"]) == registry / "1" / "manifest.json"
+    published = json.loads(Path(result.stages["model-upload"]).read_text())
+    assert {f["path"] for f in published["files"]} >= {"model/model.pt", "metrics.json"}
+    assert not any(f["path"].startswith("checkpoints/") for f in published["files"])
+    assert run_dir.name in published["lineage"]["flow_runs"]
+    assert "model registry: denoiser version 1" in report(result)
     training_set = json.loads((run_dir / "training-set" / "manifest.json").read_text())
     assert len(training_set["sources"]) == 2  # reconstruction and simulation
     cleanup = json.loads(Path(result.stages["secure-cleanup"]).read_text())
