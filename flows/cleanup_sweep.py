@@ -21,7 +21,9 @@ from blocks.compute_unit import ComputeUnit, load_unit
 from flows.secure_cleanup import CleanupFailed, CleanupResult, secure_cleanup
 from tasks.cleanup.intermediates import INTERMEDIATES
 from tasks.cleanup.orphans import held_in_scratch, runs_holding
+from tasks.cleanup.resources import tagged_run_ids
 from tasks.cleanup.runs import ended_at, read_runs, unit_name
+from tasks.cleanup.validate import dask_log_groups
 from tasks.compute.hooks import sciflow_flow
 from tasks.compute.launches import RECORD_DIR
 from tasks.errors import InputError
@@ -57,9 +59,10 @@ class SweepResult(BaseModel):
 
 
 def candidate_run_ids(unit: ComputeUnit) -> dict[str, list[str]]:
-    """Runs that may still hold something, and what: a launch record, intermediates, scratch.
+    """Runs that may still hold something, and what: launches, intermediates, scratch, tags.
 
-    Storage is searched under ``unit``'s run root; scratch is this machine's (any unit's runs).
+    Storage is searched under ``unit``'s run root; scratch is this machine's (any unit's runs);
+    an AWS unit's account is searched by the ``sciflow:run-id`` tag.
     """
     held = {
         run_id: [HELD[sub] for sub in subs]
@@ -67,6 +70,10 @@ def candidate_run_ids(unit: ComputeUnit) -> dict[str, list[str]]:
     }
     for run_id in held_in_scratch():
         held.setdefault(run_id, []).append("scratch")
+    if not unit.is_local:
+        tagged = tagged_run_ids(unit.aws_account(), log_groups=dask_log_groups(unit))
+        for run_id, resources in tagged.items():
+            held.setdefault(run_id, []).append(f"{len(resources)} tagged cloud resources")
     return held
 
 

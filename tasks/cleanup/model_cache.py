@@ -21,11 +21,12 @@ from tasks.storage.registry import MANIFEST_NAME, Manifest, verify_dir
 CHECK_NAME = "model cache valid"
 
 
-def validate_cache(cache: Path | None = None) -> Check:
+def validate_cache(cache: Path | None = None, dry_run: bool = False) -> Check:
     """Check every cached model version; remove and report those that do not match.
 
     Args:
         cache: The cache directory; ``SCIFLOW_MODEL_CACHE`` if omitted.
+        dry_run: Only report the mismatches (the check fails on any); remove nothing.
 
     Returns:
         The check ``model cache valid``: ok when every entry left is valid (mismatches
@@ -43,13 +44,17 @@ def validate_cache(cache: Path | None = None) -> Check:
         if problem is None:
             continue
         bad.append(f"{entry.name[:12]}: {problem}")
+        if dry_run:
+            left.append(entry.name[:12])
+            continue
         shutil.rmtree(entry, ignore_errors=True)
         if entry.exists():
             left.append(entry.name[:12])
     detail = f"checked {checked} cached versions in {root}"
     if bad:
-        detail += f"; removed {len(bad) - len(left)} that did not match: " + "; ".join(bad[:5])
-    if left:
+        found = f"found {len(bad)}" if dry_run else f"removed {len(bad) - len(left)}"
+        detail += f"; {found} that did not match: " + "; ".join(bad[:5])
+    if left and not dry_run:
         detail += f"; could not remove {', '.join(left)}"
     return Check(
         CHECK_NAME,

@@ -16,6 +16,8 @@ from blocks.compute_unit import ComputeUnit
 from tasks.cleanup.audit import Check, ValidationRecord, audit_key, write_record
 from tasks.cleanup.gpu import scrub_gpus
 from tasks.cleanup.intermediates import purge_intermediates
+from tasks.cleanup.model_cache import CHECK_NAME as MODEL_CACHE_CHECK
+from tasks.cleanup.model_cache import validate_cache
 from tasks.cleanup.resources import CHECK_NAME as CLOUD_CHECK
 from tasks.cleanup.resources import DASK_LOG_GROUP, cloud_resources_check
 from tasks.cleanup.scope import PARTS, Part
@@ -34,10 +36,15 @@ def timed(name: str, check: Callable[[], Check]) -> Check:
     return replace(result, seconds=time.perf_counter() - start)
 
 
+def dask_log_groups(unit: ComputeUnit) -> list[str]:
+    """The log groups a unit's Dask-on-Fargate tasks write to (their streams are the run's)."""
+    return [(unit.fargate.log_group if unit.fargate else None) or DASK_LOG_GROUP]
+
+
 def run_checks(
     unit: ComputeUnit, run_id: str, dry_run: bool = False, scope: Collection[Part] = PARTS
 ) -> list[Check]:
-    """Scratch and its key, half-written files, GPU memory, intermediates, cloud resources.
+    """Scratch and its key, half-written files, GPU memory, model cache, intermediates, cloud.
 
     Each is removed and verified, if its part is in ``scope`` (``tasks.cleanup.scope``).
     """
@@ -50,9 +57,8 @@ def run_checks(
     def cloud() -> Check:
         if unit.is_local:
             return cloud_resources_check(None, run_id)
-        log_group = (unit.fargate.log_group if unit.fargate else None) or DASK_LOG_GROUP
         return cloud_resources_check(
-            unit.aws_account(), run_id, log_groups=[log_group], dry_run=dry_run
+            unit.aws_account(), run_id, log_groups=dask_log_groups(unit), dry_run=dry_run
         )
 
     checks: list[Check] = []
@@ -63,6 +69,7 @@ def run_checks(
         )
         checks.append(timed("scratch key destroyed", lambda: shred_run_key(run_id, dry_run)))
         checks.append(timed("gpu scrubbed", lambda: scrub_gpus(dry_run)))
+        checks.append(timed(MODEL_CACHE_CHECK, lambda: validate_cache(dry_run=dry_run)))
     if "intermediates" in scope:
         checks.append(timed("intermediates purged", intermediates))
     if "cloud" in scope:

@@ -43,3 +43,14 @@ def test_an_entry_without_its_manifest_is_removed(tmp_path: Path):
     assert "no manifest" in check.detail
     assert not torn.exists()
     assert validate_cache(tmp_path / "missing").detail.startswith("checked 0")
+
+
+def test_a_dry_run_reports_a_mismatch_as_a_failure_and_keeps_it(tmp_path: Path):
+    torn = tmp_path / "cache" / ("1" * 64)
+    torn.mkdir(parents=True)
+    (torn / "model.pt").write_bytes(b"half a download")
+    check = validate_cache(tmp_path / "cache", dry_run=True)
+    assert not check.ok
+    assert check.removed == 0
+    assert "found 1 that did not match" in check.detail
+    assert torn.exists()

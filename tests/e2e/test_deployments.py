@@ -113,6 +113,7 @@ def test_cli_deployment_run_completes_the_pipeline_and_writes_its_outputs(api, p
         "cloud resources removed",
         "scratch key destroyed",
         "gpu scrubbed",
+        "model cache valid",
     }
 
     preflight = read_json(manifest["stages"]["preflight"])

@@ -6,13 +6,15 @@ import json
 import subprocess
 from pathlib import Path
 
+import boto3
 import pytest
 from prefect.states import Crashed, Running
 
-from blocks.compute_unit import local_unit
+from blocks.compute_unit import ComputeUnit, local_unit
 from flows.cleanup_sweep import candidate_run_ids, cleanup_sweep
 from flows.secure_cleanup import CleanupFailed
 from tasks.aws.clients import AwsAccount
+from tasks.aws.tags import RUN_ID_TAG
 from tasks.cleanup import audit
 from tasks.compute.launches import Launch, LaunchRecord, process_launch
 from tasks.errors import InputError
@@ -125,3 +127,36 @@ def test_a_failed_cleanup_fails_the_sweep_after_the_others_ran(aws, sciflow_dirs
 def test_a_negative_age_is_refused(sciflow_dirs):
     with pytest.raises(InputError, match="older_than_hours=-1"):
         cleanup_sweep(older_than_hours=-1)
+
+
+def test_an_aws_units_ended_run_is_found_by_its_tagged_resources_and_they_go(aws, sciflow_dirs):
+    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="sweep-lab")
+    unit = ComputeUnit(
+        name="sweep-lab", platform="aws", region="us-east-1", storage_root="s3://sweep-lab/runs"
+    )
+    unit.save("sweep-lab")
+    audit.audit_key(create=True)  # the workspace's key, made once by whoever runs the server
+    ended = make_flow_run(Crashed(message="node lost"), parameters={"unit": "sweep-lab"})
+    running = make_flow_run(Running(), parameters={"unit": "sweep-lab"})
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    vpc = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
+    groups = {
+        run_id: ec2.create_security_group(
+            GroupName=f"dask-{run_id}",
+            Description="a Dask cluster's, left behind",
+            VpcId=vpc,
+            TagSpecifications=[
+                {"ResourceType": "security-group", "Tags": [{"Key": RUN_ID_TAG, "Value": run_id}]}
+            ],
+        )["GroupId"]
+        for run_id in (ended, running)
+    }
+
+    report = cleanup_sweep(unit="sweep-lab", older_than_hours=0)
+
+    assert report.ids("cleaned") == [ended]  # nothing but its tag said it held anything
+    assert report.ids("left alone") == [running]
+    assert next(r for r in report.runs if r.run_id == ended).held == ["1 tagged cloud resources"]
+    left = {g["GroupId"] for g in ec2.describe_security_groups()["SecurityGroups"]}
+    assert groups[ended] not in left
+    assert groups[running] in left

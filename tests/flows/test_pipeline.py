@@ -60,6 +60,7 @@ def test_research_pipeline_runs_every_stage_and_writes_a_manifest(sciflow_dirs):
         "cloud resources removed",
         "scratch key destroyed",
         "gpu scrubbed",
+        "model cache valid",
     }
 
 

@@ -66,20 +66,12 @@ def test_a_launch_that_cannot_be_stopped_fails_its_check(aws, sciflow_dirs, run_
         )
     )
 
-    with pytest.raises(CleanupFailed, match="1 of 7 cleanup checks failed"):
+    with pytest.raises(CleanupFailed, match="1 of 8 cleanup checks failed"):
         secure_cleanup(run_id=run_id)
 
     checks = json.loads(Path(unit.audit_uri(run_id)).read_text())
     assert checks["ok"] is False
-    assert [c["ok"] for c in checks["checks"]] == [
-        False,
-        True,
-        True,
-        True,
-        True,
-        True,
-        True,
-    ]  # all ran
+    assert [c["ok"] for c in checks["checks"]] == [False] + [True] * 7  # all ran
     stopped = next(c for c in checks["checks"] if c["name"] == "launches stopped")
     assert not stopped["ok"]
     assert "ClusterNotFoundException" in stopped["detail"]
@@ -104,7 +96,7 @@ def test_cleanup_removes_everything_but_results_and_seals_a_record(sciflow_dirs,
     result = secure_cleanup(run_id=run_id)
 
     assert result.ok
-    assert result.checks == 7
+    assert result.checks == 8
     assert not scratch.exists()
     assert sorted(p.name for p in run_dir.iterdir() if p.name != "launches") == ["snr.npy"]
     assert result.record_uri == str(record_path)
@@ -118,6 +110,7 @@ def test_cleanup_removes_everything_but_results_and_seals_a_record(sciflow_dirs,
         "cloud resources removed": 0,
         "scratch key destroyed": 0,
         "gpu scrubbed": 0,
+        "model cache valid": 0,
     }
     assert content["trigger"] == "secure-cleanup"
     assert content["ok"] is True
@@ -126,7 +119,7 @@ def test_cleanup_removes_everything_but_results_and_seals_a_record(sciflow_dirs,
 def test_a_dry_run_lists_what_would_go_and_removes_nothing(sciflow_dirs, run_id):
     scratch, run_dir, record_path = _litter(run_id)
 
-    with pytest.raises(CleanupFailed, match="3 of 7"):  # what is left fails, as it should
+    with pytest.raises(CleanupFailed, match="3 of 8"):  # what is left fails, as it should
         secure_cleanup(run_id=run_id, dry_run=True)
 
     assert (scratch / "kspace.npy").exists()
