@@ -10,8 +10,12 @@ Metrics:
   versions is slow enough (about 40 s for 10,000) to drown the difference, so the versions
   are written and listed through moto's backend in this process, untimed. After each run the
   prefix is checked empty and the run's result beside it kept.
-- Sweep time against the number of tagged resources (10, 100, 1,000): added with the sweep
-  (see ``main``).
+- ``sweep_<n>``: the orphan sweep's work on an AWS unit for ``n`` tagged resources (10, 100,
+  1,000; quick: 10, 100): security groups tagged ``sciflow:run-id``, ``RESOURCES_PER_RUN`` to a
+  run, found once with ``tagged_run_ids`` and removed run by run with
+  ``remove_run_resources``, as ``cleanup_sweep`` and ``secure_cleanup`` do. In ms per
+  resource, against the same at 10 resources: a ratio near 1 means the time grows linearly;
+  every resource is checked gone after each count.
 
 moto answers from memory on this machine: a call costs an HTTP round trip and moto's own
 work, about 10 ms for one DeleteObject and 0.4 ms per version inside a DeleteObjects here
@@ -41,6 +45,11 @@ VERSIONS_FULL = 10_000
 VERSIONS_QUICK = 1_000
 VERSIONS_PER_KEY = 4
 GOAL_SPEEDUP = 50.0
+SWEEP_COUNTS_FULL = (10, 100, 1_000)
+SWEEP_COUNTS_QUICK = (10, 100)
+RESOURCES_PER_RUN = 10
+# Linear growth: a resource in a big sweep may cost at most this much more than in a small one.
+GOAL_LINEAR = 2.0
 FAKE_AWS = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -163,16 +172,80 @@ def measure_deletes(versions: int, repeats: int) -> tuple[Metric, dict[str, Any]
     return metric, {"versions": versions, "batched_s": ours_runs, "one_by_one_s": base_runs}
 
 
+def tag_security_groups(count: int) -> list[str]:
+    """``count`` security groups, ``RESOURCES_PER_RUN`` to a fresh run id; returns the run ids."""
+    import uuid
+
+    import boto3
+
+    from tasks.aws.tags import RUN_ID_TAG
+
+    ec2 = boto3.client("ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.42.0.0/16")["Vpc"]["VpcId"]
+    run_ids = [str(uuid.uuid4()) for _ in range(-(-count // RESOURCES_PER_RUN))]
+    for index in range(count):
+        run_id = run_ids[index // RESOURCES_PER_RUN]
+        ec2.create_security_group(
+            GroupName=f"bench-{run_id[:8]}-{index}",
+            Description="left behind by a run",
+            VpcId=vpc,
+            TagSpecifications=[
+                {"ResourceType": "security-group", "Tags": [{"Key": RUN_ID_TAG, "Value": run_id}]}
+            ],
+        )
+    return run_ids
+
+
+def sweep_once(count: int) -> float:
+    """Seconds to find ``count`` fresh tagged resources and remove them run by run."""
+    from tasks.cleanup.resources import Clients, remove_run_resources, tagged_run_ids
+
+    tag_security_groups(count)
+    clients = Clients()
+    started = time.perf_counter()
+    found = tagged_run_ids(clients=clients)
+    removed = sum(len(remove_run_resources(run_id, clients).removed) for run_id in found)
+    seconds = time.perf_counter() - started
+    if removed != count or tagged_run_ids(clients=clients):
+        raise RuntimeError(f"the sweep removed {removed} of {count} tagged resources")
+    return seconds
+
+
+def measure_sweep(counts: Sequence[int], repeats: int) -> tuple[list[Metric], dict[str, Any]]:
+    """Sweep time per resource at each count, against the smallest count's."""
+    per_resource: dict[int, float] = {}
+    runs: dict[str, list[float]] = {}
+    for count in counts:
+        seconds, runs[str(count)] = median_of(lambda c=count: sweep_once(c), repeats, warmup=0)
+        per_resource[count] = 1000 * seconds / count
+        print(
+            f"sweep of {count} tagged resources: {seconds:.2f} s, {per_resource[count]:.1f} ms each"
+        )
+    smallest = counts[0]
+    metrics = [
+        Metric(
+            f"sweep_{count}",
+            per_resource[count],
+            per_resource[smallest],
+            f"ms per resource in a sweep of {smallest}",
+            "ms/resource",
+            f"<= {GOAL_LINEAR:g}x",
+            per_resource[count] <= GOAL_LINEAR * per_resource[smallest],
+        )
+        for count in counts[1:]
+    ]
+    return metrics, {"resources_per_run": RESOURCES_PER_RUN, "seconds": runs}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(__doc__.splitlines()[0], argv)
     repeats = repeats_for(args, quick_default=2)
     versions = VERSIONS_QUICK if args.quick else VERSIONS_FULL
     with moto_s3():
         deletes, delete_runs = measure_deletes(versions, repeats)
-        metrics = [deletes]
-        # Sweep time against tagged resources (10, 100, 1,000) goes here, on the same moto
-        # server: one Metric per count, and its raw times beside "deletes" below.
-    write_results(NAME, metrics, args, deletes=delete_runs)
+        counts = SWEEP_COUNTS_QUICK if args.quick else SWEEP_COUNTS_FULL
+        sweeps, sweep_runs = measure_sweep(counts, repeats)
+    write_results(NAME, [deletes, *sweeps], args, deletes=delete_runs, sweep=sweep_runs)
     return 0
 
 

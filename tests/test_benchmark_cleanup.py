@@ -49,6 +49,7 @@ def test_both_ways_empty_tmp_and_keep_the_result():
 def test_quick_run_writes_a_record_with_the_speedup(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(benchmarks._common, "RESULTS_DIR", tmp_path / "results")
     monkeypatch.setattr(cleanup, "VERSIONS_QUICK", 200)
+    monkeypatch.setattr(cleanup, "SWEEP_COUNTS_QUICK", (10, 30))
 
     assert cleanup.main(["--quick", "--repeats", "1"]) == 0
 
@@ -60,3 +61,8 @@ def test_quick_run_writes_a_record_with_the_speedup(tmp_path: Path, monkeypatch)
     assert metric["goal"] == ">= 50x"
     assert record["deletes"]["versions"] == 200
     assert len(record["deletes"]["batched_s"]) == len(record["deletes"]["one_by_one_s"]) == 1
+    sweep = record["metrics"]["sweep_30"]
+    assert sweep["unit"] == "ms/resource"
+    assert sweep["baseline_name"] == "ms per resource in a sweep of 10"
+    assert record["sweep"]["resources_per_run"] == cleanup.RESOURCES_PER_RUN
+    assert set(record["sweep"]["seconds"]) == {"10", "30"}

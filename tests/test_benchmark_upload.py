@@ -37,7 +37,8 @@ def test_quick_run_times_every_case_and_records_ratios(
     assert upload.main(["--quick", "--repeats", "1", "--crt-python", sys.executable]) == 0
 
     record = json.loads((tmp_path / "results" / "upload.json").read_text())
-    assert set(record["metrics"]) == {"upload_s", "upload_s_vs_transfer_manager"}
+    assert set(record["metrics"]) == {"upload_s", "upload_s_vs_transfer_manager", "cached_load_s"}
+    assert record["metrics"]["cached_load_s"]["baseline_name"] == "first load: download and verify"
     for metric in record["metrics"].values():
         assert metric["ratio"] == pytest.approx(metric["ours"] / metric["baseline"])
     assert set(record["seconds"]) == {"ours", "boto3", "transfer manager + hash"}
