@@ -210,7 +210,7 @@ def find_run_resources(
             every run's resources, or none that are tagged).
     """
     wanted = _run_tag_value(run_id)
-    return _ordered([r for tag, r in _tagged(clients, log_groups) if tag == wanted])
+    return _ordered([r for tag, r in _tagged(clients, log_groups, wanted) if tag == wanted])
 
 
 def _run_tag_value(run_id: str) -> str:
@@ -227,14 +227,20 @@ def _ordered(resources: list[Resource]) -> list[Resource]:
     return sorted(resources, key=lambda r: KINDS.index(r.kind))
 
 
-def _tagged(clients: Clients, log_groups: Collection[str]) -> Iterator[tuple[str, Resource]]:
-    """``(run id, resource)`` for every resource carrying ``sciflow:run-id``."""
+def _tagged(
+    clients: Clients, log_groups: Collection[str], run_id: str | None = None
+) -> Iterator[tuple[str, Resource]]:
+    """``(run id, resource)`` for every resource carrying ``sciflow:run-id``.
+
+    With ``run_id`` (a checked UUID), services that filter by tag value are asked for that
+    run's alone, so cleaning many runs does not list the whole account for each one.
+    """
     yield from _ecs(clients, log_groups)
     yield from _batch_jobs(clients)
     yield from _cloudmap_services(clients)
     yield from _task_definitions(clients)
     yield from _access_points(clients)
-    yield from _security_groups(clients)
+    yield from _security_groups(clients, run_id)
 
 
 def _pages(fn_client: Any, operation: str, key: str, doing: str, **kwargs: Any) -> Iterator[Any]:
@@ -412,12 +418,16 @@ def _access_points(clients: Clients) -> Iterator[tuple[str, Resource]]:
             )
 
 
-def _security_groups(clients: Clients) -> Iterator[tuple[str, Resource]]:
+def _security_groups(clients: Clients, run_id: str | None) -> Iterator[tuple[str, Resource]]:
     ec2 = clients("ec2")
-    # Any value of the key; the value is compared exactly by the caller.
-    with_key = [{"Name": "tag-key", "Values": [RUN_ID_TAG]}]
+    # EC2 reads * and ? in a tag value as wildcards: a run id is a checked UUID, which has
+    # none; without one, any value of the key. The caller compares the value exactly anyway.
+    if run_id is None:
+        with_tag = [{"Name": "tag-key", "Values": [RUN_ID_TAG]}]
+    else:
+        with_tag = [{"Name": f"tag:{RUN_ID_TAG}", "Values": [run_id]}]
     for group in _pages(
-        ec2, "describe_security_groups", "SecurityGroups", "list security groups", Filters=with_key
+        ec2, "describe_security_groups", "SecurityGroups", "list security groups", Filters=with_tag
     ):
         if run := from_aws(group.get("Tags", [])).get(RUN_ID_TAG):
             yield run, Resource("security-group", group["GroupId"], state=group["GroupName"])
