@@ -18,6 +18,11 @@ Metrics:
   costs are shared out) means the time grows linearly; every resource is checked gone after
   each count.
 
+Per run, the sweep asks each service a constant number of questions (EC2 for that run's
+groups only, by tag value). moto answers a filtered DescribeSecurityGroups by scanning every
+group (about 1.3 s at 1,000 groups here, as long as an unfiltered one), so on moto the time
+per resource still grows with the account's size; AWS indexes tags.
+
 moto answers from memory on this machine: a call costs an HTTP round trip and moto's own
 work, about 10 ms for one DeleteObject and 0.4 ms per version inside a DeleteObjects here
 (10,000 versions: 108 s against 4 s, 27x, with other work on the machine), so the ratio on

@@ -94,10 +94,15 @@ def test_cli_deployment_run_completes_the_pipeline_and_writes_its_outputs(api, p
         "simulation",
         "reconstruction",
         "training",
+        "model-upload",
         "secure-cleanup",
     }
     stages = dict(manifest["stages"])
     record = Path(stages.pop("secure-cleanup"))
+    # The model is published to the registry, the other place outside the run directories.
+    published = Path(stages.pop("model-upload"))
+    assert published.is_relative_to(api.storage_root / "registry" / "denoiser"), published
+    assert read_json(published)["files"]
     for uri in stages.values():
         assert Path(uri).is_relative_to(api.storage_root / "local"), uri
 

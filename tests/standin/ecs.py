@@ -58,6 +58,8 @@ class EcsStandIn:
         self.containers: dict[str, Container] = {}  # task ARN -> its running container
         self.hosts: dict[str, Host] = {}
         self.exits: dict[str, int] = {}  # task ARN -> exit status, once ended
+        # task ARN -> the command it ran: its task definition may be gone with its run.
+        self.commands: dict[str, list[str]] = {}
         self._lock = threading.Lock()
         self._starters: list[threading.Thread] = []
         self._next_address = threading.local()
@@ -236,6 +238,7 @@ class EcsStandIn:
         argv = [*(container.get("entryPoint") or []), *command]
         if not argv:
             raise TaskCannotStart(f"container {container.get('name')!r} has no command")
+        self.commands[task.task_arn] = argv
         env = {e["name"]: e["value"] for e in container.get("environment") or []}
         env.update({e["name"]: e["value"] for e in override.get("environment") or []})
         for secret in container.get("secrets") or []:

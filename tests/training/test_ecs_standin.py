@@ -115,9 +115,15 @@ def test_the_parameter_server_trains_on_ecs_as_it_does_locally(unit: str, ecs_st
     assert [ecs_standin.exits[arn] for arn in arns] == [0, 0, 0]
     assert not ecs_standin.containers
     # The workers were given the server's Cloud Map name, nothing else, to connect to.
-    worker = ecs.describe_task_definition(taskDefinition="sciflow-ps-worker")["taskDefinition"]
     host = f"{service_name_for(str(run_id))}.sciflow.local"
-    assert worker["containerDefinitions"][0]["command"][-2:] == ["--server", f"{host}:29500"]
+    for task in tasks:
+        if "sciflow-ps-worker" in task["taskDefinitionArn"]:
+            command = ecs_standin.commands[task["taskArn"]]
+            assert command[command.index("--server") + 1] == f"{host}:29500"
+    # ... and its task definitions are gone with the run (cleanup by tag).
+    assert not ecs.list_task_definitions(familyPrefix="sciflow-ps", status="ACTIVE")[
+        "taskDefinitionArns"
+    ]
     # ... and the service is gone with the run.
     assert not cloud_map().list_services()["Services"]
 
