@@ -36,14 +36,20 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from benchmarks._common import Metric, median_of, parse_args, repeats_for, write_results
+from benchmarks._common import (
+    Metric,
+    aws_pointed_at,
+    median_of,
+    parse_args,
+    repeats_for,
+    write_results,
+)
 
 NAME = "cleanup"
 BUCKET = "bench-cleanup"
@@ -57,14 +63,6 @@ SWEEP_COUNTS_QUICK = (10, 100)
 RESOURCES_PER_RUN = 10
 # Linear growth: a resource in a big sweep may cost at most this much more than in a small one.
 GOAL_LINEAR = 2.0
-FAKE_AWS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_REGION": "us-east-1",
-    "AWS_EC2_METADATA_DISABLED": "true",
-}
 
 
 @contextmanager
@@ -76,17 +74,10 @@ def moto_s3() -> Iterator[None]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    updates = {**FAKE_AWS, "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
-    saved = {key: os.environ.get(key) for key in updates}
-    os.environ.update(updates)
     try:
-        yield
+        with aws_pointed_at(f"http://{host}:{port}"):
+            yield
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         server.stop()
 
 

@@ -26,7 +26,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import Metric, median_of, parse_args, repeats_for, write_results
+from benchmarks._common import FAKE_AWS, Metric, median_of, parse_args, repeats_for, write_results
 
 NAME = "cloud_paths"
 BUCKET = "bench-sciflow"
@@ -36,14 +36,6 @@ OPTIONS = {"method": "ac", "recon": "b1"}
 # Slices of the phantom input: 8 Dask tasks of 4 slices (quick: 2).
 SLICES_FULL = 32
 SLICES_QUICK = 8
-FAKE_AWS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_REGION": "us-east-1",
-    "AWS_EC2_METADATA_DISABLED": "true",
-}
 
 
 @contextmanager

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import statistics
 import subprocess
 import sys
@@ -44,7 +43,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from uuid import uuid4
 
-from benchmarks._common import Metric, parse_args, repeats_for, write_results
+from benchmarks._common import (
+    Metric,
+    aws_pointed_at,
+    parse_args,
+    repeats_for,
+    write_results,
+)
 
 if TYPE_CHECKING:
     from tasks.storage.objects import ObjectStore
@@ -59,14 +64,6 @@ SIZE_QUICK = 64 * MIB
 PART_MIB_QUICK = 16
 WARMUP_SIZE = 16 * MIB
 CRT_SCRIPT = Path(__file__).resolve().parent / "baselines" / "crt_upload.py"
-FAKE_AWS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_REGION": "us-east-1",
-    "AWS_EC2_METADATA_DISABLED": "true",
-}
 # moto's server in a process of its own: its CPU is not this process's GIL.
 MOTO = (
     "import sys; from moto.server import ThreadedMotoServer; "
@@ -87,18 +84,12 @@ def moto_s3() -> Iterator[str]:
         stderr=subprocess.DEVNULL,
         text=True,
     )
-    saved = {key: os.environ.get(key) for key in [*FAKE_AWS, "AWS_ENDPOINT_URL"]}
     try:
         assert server.stdout is not None
         endpoint = f"http://127.0.0.1:{int(server.stdout.readline())}"
-        os.environ.update(FAKE_AWS | {"AWS_ENDPOINT_URL": endpoint})
-        yield endpoint
+        with aws_pointed_at(endpoint):
+            yield endpoint
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         if server.stdin is not None:
             server.stdin.close()
         server.wait(timeout=60)

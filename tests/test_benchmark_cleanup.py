@@ -23,7 +23,7 @@ def prefect_api() -> None:
 
 def test_both_ways_empty_tmp_and_keep_the_result():
     calls: list[str] = []
-    before = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", *cleanup.FAKE_AWS)}
+    before = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", *benchmarks._common.FAKE_AWS)}
     with cleanup.moto_s3():
         s3 = boto3.client("s3")
         s3.meta.events.register("before-call.s3.*", lambda model, **_: calls.append(model.name))
