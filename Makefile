@@ -12,6 +12,8 @@ PREFECT_DB := .prefect/prefect.db
 # Real Siemens raw data for the tests: the example twixtools ships in its source distribution.
 TWIX_SDIST := twixtools-0.24
 TWIX_EXAMPLE := .cache/twixtools/$(TWIX_SDIST)/example_data/gre.dat
+# The sdist's SHA-256, pinned: a different file is refused before it is unpacked.
+TWIX_SHA256 := d9ee05cc9cdf5287d6e331e5aa693b8bd15c33bdb4d4e73e4f2f259aeaedfdaa
 LOCAL_API := http://127.0.0.1:4200/api
 
 # Offline, embedded default: no telemetry from the client (the server's is off in pyproject.toml).
@@ -35,6 +37,7 @@ $(STAMP): pyproject.toml
 $(TWIX_EXAMPLE): | $(STAMP)
 	mkdir -p .cache/twixtools
 	$(BIN)/python -m pip download --quiet --no-deps --no-binary :all: $(subst -,==,$(TWIX_SDIST)) -d .cache/twixtools
+	echo "$(TWIX_SHA256)  .cache/twixtools/$(TWIX_SDIST).tar.gz" | sha256sum --check --quiet
 	tar -xzf .cache/twixtools/$(TWIX_SDIST).tar.gz -C .cache/twixtools $(TWIX_SDIST)/example_data/gre.dat
 	touch $@
 
