@@ -60,6 +60,9 @@ CHECK_NAME = "cloud resources removed"
 # tasks.cleanup, so not the other way round; a test pins them equal).
 DASK_LOG_GROUP = "/sciflow/dask"
 DASK_LOG_PREFIX = "dask"
+# Every task definition family sciflow registers starts so (Dask, parameter server): listing
+# only those spares describing every revision in the account, one call each, at every run's end.
+FAMILY_PREFIX = "sciflow-"
 # Batch's variable naming the job a process runs in (``<job id>#<node>`` on a node).
 BATCH_JOB_ID = "AWS_BATCH_JOB_ID"
 # Seconds to keep retrying deletes refused because the resource is still in use, and between
@@ -385,22 +388,32 @@ def _cloudmap_services(clients: Clients) -> Iterator[tuple[str, Resource]]:
 
 def _task_definitions(clients: Clients) -> Iterator[tuple[str, Resource]]:
     ecs = clients("ecs")
-    for status in ("ACTIVE", "INACTIVE"):
-        for arn in _pages(
-            ecs,
-            "list_task_definitions",
-            "taskDefinitionArns",
-            f"list {status} task definitions",
-            status=status,
-        ):
-            described = call(
-                ecs.describe_task_definition,
-                f"describe {arn}",
-                taskDefinition=arn,
-                include=["TAGS"],
-            )
-            if run := from_aws(described.get("tags", [])).get(RUN_ID_TAG):
-                yield run, Resource("task-definition", arn, state=status)
+    # ListTaskDefinitions takes a whole family name; ListTaskDefinitionFamilies a prefix.
+    families = _pages(
+        ecs,
+        "list_task_definition_families",
+        "families",
+        "list task definition families",
+        familyPrefix=FAMILY_PREFIX,
+    )
+    for family in families:
+        for status in ("ACTIVE", "INACTIVE"):
+            for arn in _pages(
+                ecs,
+                "list_task_definitions",
+                "taskDefinitionArns",
+                f"list {status} task definitions of {family}",
+                familyPrefix=family,
+                status=status,
+            ):
+                described = call(
+                    ecs.describe_task_definition,
+                    f"describe {arn}",
+                    taskDefinition=arn,
+                    include=["TAGS"],
+                )
+                if run := from_aws(described.get("tags", [])).get(RUN_ID_TAG):
+                    yield run, Resource("task-definition", arn, state=status)
 
 
 def _access_points(clients: Clients) -> Iterator[tuple[str, Resource]]:

@@ -45,6 +45,8 @@ LOOPBACK = "127.0.0.1"
 # and their streams' prefix: ``dask/<container>/<task id>``.
 DEFAULT_LOG_GROUP = "/sciflow/dask"
 LOG_STREAM_PREFIX = "dask"
+# Families of the task definitions sciflow registers for a cluster (role and body hash follow).
+TASK_FAMILY_PREFIX = "sciflow-dask-"
 # dask-cloudprovider names the containers it overrides by these.
 CONTAINERS = {"scheduler": "dask-scheduler", "worker": "dask-worker"}
 # Dask's setting distributed.scheduler.no-workers-timeout, as the scheduler reads it.
@@ -235,7 +237,7 @@ def task_definitions(
             "containerDefinitions": [container],
         }
         digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
-        body["family"] = f"sciflow-dask-{role}-{digest}"
+        body["family"] = f"{TASK_FAMILY_PREFIX}{role}-{digest}"
         body["tags"] = to_aws(kwargs.get("tags") or {}, key="key", value="value")
         bodies[role] = body
     return bodies

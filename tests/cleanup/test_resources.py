@@ -325,6 +325,14 @@ def test_a_local_unit_has_no_cloud_account_to_clean():
     assert "no cloud account" in check.detail
 
 
+def test_every_family_sciflow_registers_is_one_cleanup_looks_in():
+    from tasks.training.ecs import SERVER_FAMILY, WORKER_FAMILY
+
+    assert SERVER_FAMILY.startswith(resources.FAMILY_PREFIX)
+    assert WORKER_FAMILY.startswith(resources.FAMILY_PREFIX)
+    assert dask.TASK_FAMILY_PREFIX.startswith(resources.FAMILY_PREFIX)
+
+
 def test_the_dask_log_names_are_the_ones_the_dask_factory_uses():
     assert (resources.DASK_LOG_GROUP, resources.DASK_LOG_PREFIX) == (
         dask.DEFAULT_LOG_GROUP,
