@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal, Self
 
 from prefect.blocks.core import Block
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from tasks.aws.clients import AwsAccount
 from tasks.errors import InputError, describe_validation
@@ -239,6 +239,13 @@ class ComputeUnit(Block):
         description="IAM role to assume in the user's account (Mode 2).",
         examples=["arn:aws:iam::123456789012:role/sciflow-runner"],
     )
+    external_id: SecretStr | None = Field(
+        None,
+        description=(
+            "ExternalId sent on every AssumeRole of `role_arn`; required in Mode 2, where the "
+            "user's role trusts sciflow only with it (the confused-deputy guard)."
+        ),
+    )
     aws_credentials_block: str | None = Field(
         None,
         description="Name of an AwsCredentials block; the ambient AWS credentials if unset.",
@@ -312,6 +319,12 @@ class ComputeUnit(Block):
                 )
         if self.mode == "user" and not self.role_arn:
             raise ValueError("role_arn is required when mode is 'user' (Mode 2)")
+        if self.mode == "user" and not (self.external_id and self.external_id.get_secret_value()):
+            raise ValueError(
+                f"external_id is required when mode is 'user' (Mode 2): role_arn="
+                f"{self.role_arn!r} is assumed only with the ExternalId its trust policy's "
+                "sts:ExternalId condition names; set external_id to that value"
+            )
         if missing := set(SIZE_CLASSES) - self.dask_workers.keys():
             raise ValueError(f"dask_workers lacks size classes {sorted(missing)}")
         for size, workers in self.dask_workers.items():
@@ -350,6 +363,7 @@ class ComputeUnit(Block):
             role_arn=self.role_arn,
             credentials_block=self.aws_credentials_block,
             session_name=f"sciflow-{self.name}",
+            external_id=self.external_id.get_secret_value() if self.external_id else None,
         )
 
     def run_dir(self, run_id: str) -> str:
@@ -388,7 +402,8 @@ class ComputeUnit(Block):
         Args:
             outputs: The parsed JSON: each output is ``{"value": ..., "type": ...}``.
                 Required: ``unit_name``, ``mode``, ``region``, ``storage_root``,
-                ``work_pools``. Optional: ``role_arn``, ``batch_job_queue``,
+                ``work_pools``. Optional: ``role_arn``, ``external_id`` (required in Mode 2),
+                ``batch_job_queue``,
                 ``batch_job_definitions``, ``efs_file_system_id``, ``dask_image``,
                 ``subnets``, ``security_groups``, ``public_subnets``, ``ecs_cluster_arn``,
                 ``task_role_arn``, ``execution_role_arn``, ``log_group``,
@@ -429,6 +444,7 @@ class ComputeUnit(Block):
                 mode=value["mode"],
                 region=value["region"],
                 role_arn=value.get("role_arn"),
+                external_id=value.get("external_id"),
                 storage_root=value["storage_root"],
                 work_pools=value["work_pools"],
                 batch_job_queue=value.get("batch_job_queue"),
@@ -464,13 +480,15 @@ def load_unit(name: str | None = None) -> ComputeUnit:
     ``local`` is built in; any other name is a saved ComputeUnit block.
 
     Raises:
-        InputError: No unit has that name.
+        InputError: No unit has that name, or the saved block is no longer valid.
     """
     name = name or get_settings().default_unit
     if name == LOCAL_UNIT:
         return local_unit()
     try:
         unit = ComputeUnit.load(name)
+    except ValidationError as exc:
+        raise InputError(f"compute unit {name!r} is invalid: {describe_validation(exc)}") from None
     except ValueError as exc:
         raise InputError(
             f"compute unit {name!r} not found ({exc}); expected {LOCAL_UNIT!r} or the name of "

@@ -20,7 +20,6 @@ central z plane.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass, replace
@@ -46,7 +45,7 @@ from tasks.mr.options import MrOptions, parse_job
 from tasks.mr.snr import SnrMaps, snr_map
 from tasks.progress import Progress, publish_summary, run_logger
 from tasks.retry import transient_retries
-from tasks.storage.objects import Location
+from tasks.storage.objects import Location, staged_name
 
 # Slices per Dask task: enough work per task to hide scheduling, few enough to spread.
 SLICES_PER_TASK = 4
@@ -65,13 +64,17 @@ class MrResult(BaseModel):
 
 @task(**transient_retries())
 def stage_input(uri: str, run: RunContext) -> str:
-    """A local path for ``uri``: local files as they are, S3 objects copied to scratch."""
+    """A local path for ``uri``: local files as they are, S3 objects copied to scratch.
+
+    The copy is named by the whole URI (``staged_name``): a signal and a noise file with the
+    same basename in two prefixes stay two files.
+    """
     loc = Location.parse(uri)
     if not loc.is_s3:
         if not loc.path.is_file():
             raise InputError(f"cannot read {uri}: no such file")
         return str(loc.path)
-    target = run.scratch / "inputs" / Path(loc.key).name
+    target = run.scratch / "inputs" / staged_name(uri)
     if not target.exists():
         run.store.download_file(uri, target)
     return str(target)
@@ -142,8 +145,7 @@ def local_slices(shared: SharedSlices, run: RunContext) -> SliceSource:
     loc = Location.parse(shared.uri)
     if not loc.is_s3:
         return replace(shared.source, path=loc.path)
-    digest = hashlib.sha256(shared.uri.encode()).hexdigest()[:16]
-    local = run.scratch / "inputs" / f"{digest}-{Path(loc.key).name}"
+    local = run.scratch / "inputs" / staged_name(shared.uri)
     if not local.exists():
         run.store.download_file(shared.uri, local)
     return replace(shared.source, path=local)

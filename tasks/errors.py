@@ -113,6 +113,9 @@ def describe_validation(exc: Exception, name_of: Callable[[str], str] = str) -> 
         return str(exc)
     problems = []
     for error in errors():
-        field = ".".join(str(part) for part in error["loc"]) or "value"
+        if not error["loc"]:  # a cross-field check: its input is every field, secrets too
+            problems.append(error["msg"])
+            continue
+        field = ".".join(str(part) for part in error["loc"])
         problems.append(f"{name_of(field)}={error.get('input')!r} is invalid: {error['msg']}")
     return "; ".join(problems)

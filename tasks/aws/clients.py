@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from tasks.errors import InputError, SciflowError, TransientError, classify
@@ -49,10 +49,15 @@ class AwsAccount:
     """Name of a prefect-aws ``AwsCredentials`` block; ambient credentials if unset."""
     session_name: str = DEFAULT_SESSION_NAME
     """``RoleSessionName`` when assuming ``role_arn`` (shows in CloudTrail)."""
+    external_id: str | None = field(default=None, repr=False)
+    """``ExternalId`` sent on every ``AssumeRole`` of ``role_arn`` (Mode 2's confused-deputy
+    guard); kept out of ``repr`` and ``to_dict``."""
 
     def to_dict(self) -> dict[str, str | None]:
-        """The account as JSON-ready values."""
-        return asdict(self)
+        """The account as JSON-ready values, without ``external_id``."""
+        data = asdict(self)
+        del data["external_id"]  # records and logs carry no credentials
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
@@ -101,10 +106,18 @@ def session(
     updates: dict[str, Any] = {}
     if account.region and not credentials.region_name:
         updates["region_name"] = account.region
-    if account.role_arn:
-        updates["assume_role_arn"] = account.role_arn
-        updates["assume_role_kwargs"] = AssumeRoleParameters(RoleSessionName=account.session_name)
-    return credentials.model_copy(update=updates).get_boto3_session()
+    if not account.role_arn:
+        return credentials.model_copy(update=updates).get_boto3_session()
+    updates["assume_role_arn"] = account.role_arn
+    updates["assume_role_kwargs"] = AssumeRoleParameters(
+        RoleSessionName=account.session_name, ExternalId=account.external_id
+    )
+    # prefect-aws assumes the role here, with its own STS client.
+    with aws_errors(
+        f"assume role {account.role_arn} (check its trust policy and, in Mode 2, that its "
+        "sts:ExternalId condition matches the unit's external_id)"
+    ):
+        return credentials.model_copy(update=updates).get_boto3_session()
 
 
 def client(

@@ -18,7 +18,7 @@ import os
 import signal
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -106,16 +106,22 @@ class LaunchRecord:
     Args:
         store: Storage of the run directory.
         run_root: URI of the run directory (``ComputeUnit.run_dir(run_id)``).
+        account: The unit's account, whose ``external_id`` the launches read back get
+            (records leave it out), so a Mode 2 launch can be stopped.
     """
 
-    def __init__(self, store: ObjectStore, run_root: str) -> None:
+    def __init__(
+        self, store: ObjectStore, run_root: str, account: AwsAccount | None = None
+    ) -> None:
         self.store = store
         self.root = join_uri(run_root, RECORD_DIR)
+        self.account = account
 
     @classmethod
     def of_run(cls, unit: ComputeUnit, run_id: str) -> LaunchRecord:
         """The record of flow run ``run_id`` on ``unit``, through the unit's storage."""
-        return cls(unit.object_store(), unit.run_dir(run_id))
+        account = None if unit.is_local else unit.aws_account()
+        return cls(unit.object_store(), unit.run_dir(run_id), account)
 
     def add(self, launch: Launch) -> Launch:
         """Record ``launch`` (atomically); returns it."""
@@ -129,11 +135,20 @@ class LaunchRecord:
     def launches(self) -> list[Launch]:
         """Every launch recorded and not yet done, oldest first."""
         found = [
-            Launch.from_json(self.store.read_bytes(join_uri(self.root, name)).decode())
+            self._with_external_id(
+                Launch.from_json(self.store.read_bytes(join_uri(self.root, name)).decode())
+            )
             for name in self.store.walk(self.root)
             if name.endswith(".json")
         ]
         return sorted(found, key=lambda launch: launch.started_at)
+
+    def _with_external_id(self, launch: Launch) -> Launch:
+        """``launch`` with the unit's ExternalId on its role, which records leave out."""
+        mine, theirs = self.account, launch.account
+        if not (mine and theirs and theirs.role_arn and theirs.role_arn == mine.role_arn):
+            return launch
+        return replace(launch, account=replace(theirs, external_id=mine.external_id))
 
     def stop_all(self, reason: str) -> list[Launch]:
         """Stop every recorded launch, newest first, and forget each one stopped.

@@ -59,7 +59,9 @@ class RunContext:
     @property
     def launches(self) -> LaunchRecord:
         """The record of what this run launched (``tasks.compute.launches``)."""
-        return LaunchRecord(self.store, self.root)
+        return LaunchRecord(
+            self.store, self.root, None if self.unit.is_local else self.unit.aws_account()
+        )
 
     def uri(self, *parts: str) -> str:
         """URI of a file in this run's directory."""

@@ -160,15 +160,19 @@ class SimulationSpec(BaseModel):
 
 
 def local_copy(uri: str, workdir: Path) -> Path:
-    """A local path for ``uri``: paths as they are, ``s3://`` objects downloaded to workdir."""
+    """A local path for ``uri``: paths as they are, ``s3://`` objects downloaded to workdir.
+
+    A download is named by the whole URI (``staged_name``), so PD and T1 maps that share a
+    basename in two prefixes stay two files.
+    """
     if not uri.startswith("s3://"):
         path = Path(uri.removeprefix("file://"))
         if not path.is_file():
             raise InputError(f"{uri}: no such file")
         return path
-    from tasks.storage.objects import ObjectStore  # boto3 only where S3 is used
+    from tasks.storage.objects import ObjectStore, staged_name  # boto3 only where S3 is used
 
-    return ObjectStore().download_file(uri, workdir / Path(uri).name)
+    return ObjectStore().download_file(uri, workdir / staged_name(uri))
 
 
 def build_phantom(spec: PhantomSpec, workdir: Path) -> Phantom:

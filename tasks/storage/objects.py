@@ -11,11 +11,13 @@ S3 goes through boto3's TransferManager (multipart, parallel parts), with a clie
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import shutil
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO, Any
 from urllib.parse import quote, unquote, urlsplit
 from uuid import uuid4
@@ -24,6 +26,10 @@ from tasks.aws.clients import AwsAccount, aws_errors, client, transfer_manager
 from tasks.errors import THROTTLING, InputError, TransientError
 
 MIB = 1024 * 1024
+
+# Suffixes that wrap another (``.nii.gz``): a staged name keeps the one beneath too.
+_WRAPPING_SUFFIXES = frozenset({".gz", ".bz2", ".xz", ".zst"})
+_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,16}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +101,20 @@ class Location:
 def join_uri(base: str, *parts: str) -> str:
     """``base`` with ``parts`` appended, as a URI string (local paths made absolute)."""
     return str(Location.parse(base).join(*parts))
+
+
+def staged_name(uri: str) -> str:
+    """A file name for a local copy of ``uri``, distinct for every distinct URI.
+
+    A SHA-256 digest of the whole URI (32 hex characters) plus the original suffix, two for a
+    compressed file (``.h5``, ``.dat``, ``.seq``, ``.nii.gz``), so readers that choose a
+    format by suffix still do. ``s3://b/a/scan.h5`` and ``s3://b/b/scan.h5`` get two names,
+    where their basename would have made one copy of two inputs.
+    """
+    digest = hashlib.sha256(uri.encode()).hexdigest()[:32]
+    suffixes = [s for s in PurePosixPath(urlsplit(uri).path).suffixes if _SUFFIX.fullmatch(s)]
+    keep = 2 if suffixes and suffixes[-1].lower() in _WRAPPING_SUFFIXES else 1
+    return digest + "".join(suffixes[-keep:])
 
 
 class ObjectStore:

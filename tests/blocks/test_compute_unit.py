@@ -1,3 +1,5 @@
+from urllib.parse import parse_qs
+
 import pytest
 from prefect.testing.standard_test_suites.blocks import BlockStandardTestSuite
 
@@ -13,6 +15,8 @@ from blocks.compute_unit import (
 from tasks.aws.clients import client
 from tasks.errors import InputError
 
+EXTERNAL_ID = "sciflow-lab-aws-7f3c91"
+
 
 def terraform_output(**overrides):
     values = {
@@ -20,6 +24,7 @@ def terraform_output(**overrides):
         "mode": "user",
         "region": "eu-west-1",
         "role_arn": "arn:aws:iam::123456789012:role/sciflow-runner",
+        "external_id": EXTERNAL_ID,
         "storage_root": "s3://lab-sciflow/runs",
         "work_pools": {"small": "ecs-small", "large": "ecs-large", "multinode": "batch-mnp"},
         "batch_job_queue": "sciflow-mnp",
@@ -150,10 +155,81 @@ def test_missing_work_pool_for_a_size_names_what_exists():
         unit.work_pool("gpu")
 
 
-def test_user_mode_session_assumes_the_role(aws):
+def _sent_assume_roles(monkeypatch) -> list[dict[str, list[str]]]:
+    """The AssumeRole requests every boto3 session's STS clients send, as parsed bodies."""
+    import boto3.session
+
+    sent: list[dict[str, list[str]]] = []
+    make = boto3.session.Session.client
+
+    def record(request, **_):
+        sent.append(
+            parse_qs(request.body.decode() if isinstance(request.body, bytes) else request.body)
+        )
+
+    def client_with_hook(self, service, *args, **kwargs):
+        made = make(self, service, *args, **kwargs)
+        made.meta.events.register("before-send.sts.AssumeRole", record)
+        return made
+
+    monkeypatch.setattr(boto3.session.Session, "client", client_with_hook)
+    return sent
+
+
+def test_user_mode_session_assumes_the_role_with_the_external_id(aws, monkeypatch):
+    sent = _sent_assume_roles(monkeypatch)
     unit = ComputeUnit.from_terraform_output(terraform_output())
+
     identity = client("sts", unit.aws_account()).get_caller_identity()
+
     assert ":assumed-role/sciflow-runner/sciflow-lab-aws" in identity["Arn"]
+    assert len(sent) == 1
+    assert sent[0]["RoleArn"] == ["arn:aws:iam::123456789012:role/sciflow-runner"]
+    assert sent[0]["ExternalId"] == [EXTERNAL_ID]
+
+
+def test_every_client_and_the_units_storage_assume_the_role_with_it(aws, monkeypatch):
+    sent = _sent_assume_roles(monkeypatch)
+    unit = ComputeUnit.from_terraform_output(terraform_output())
+    client("batch", unit.aws_account())
+    unit.object_store().s3  # noqa: B018  # makes the store's client, assuming the role
+    assert len(sent) == 2
+    assert all(body["ExternalId"] == [EXTERNAL_ID] for body in sent)
+
+
+def test_user_mode_without_an_external_id_is_refused_in_one_line():
+    outputs = terraform_output()
+    del outputs["external_id"]
+    with pytest.raises(InputError) as caught:
+        ComputeUnit.from_terraform_output(outputs)
+    message = str(caught.value)
+    assert "external_id is required when mode is 'user' (Mode 2)" in message
+    assert "sts:ExternalId" in message
+    assert "\n" not in message
+    with pytest.raises(ValueError, match="external_id is required"):
+        ComputeUnit(name="x", mode="user", role_arn="arn:aws:iam::1:role/r", external_id="")
+
+
+def test_the_external_id_stays_out_of_reprs_records_and_errors():
+    unit = ComputeUnit.from_terraform_output(terraform_output())
+    assert EXTERNAL_ID not in repr(unit)
+    assert EXTERNAL_ID not in repr(unit.aws_account())
+    assert EXTERNAL_ID not in str(unit.aws_account().to_dict())
+    assert unit.aws_account().external_id == EXTERNAL_ID
+    # A cross-field refusal's input is every field: the message must not echo it.
+    with pytest.raises(InputError) as caught:
+        ComputeUnit.from_terraform_output(terraform_output(unit_name="audit"))
+    assert "name 'audit' is taken" in str(caught.value)
+    assert EXTERNAL_ID not in str(caught.value)
+
+
+def test_a_managed_unit_may_assume_a_role_without_an_external_id(aws, monkeypatch):
+    sent = _sent_assume_roles(monkeypatch)
+    outputs = terraform_output(mode="managed")
+    del outputs["external_id"]
+    unit = ComputeUnit.from_terraform_output(outputs)
+    client("sts", unit.aws_account()).get_caller_identity()
+    assert "ExternalId" not in sent[0]
 
 
 # --- limits per size class ---------------------------------------------------------------------

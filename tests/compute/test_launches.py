@@ -103,3 +103,22 @@ def test_entries_round_trip_with_their_account(tmp_path):
     assert not list(tmp_path.rglob(".*.tmp"))  # written atomically
     record.done(launch)
     assert record.launches() == []
+
+
+def test_records_leave_the_external_id_out_and_the_units_record_puts_it_back(tmp_path):
+    from tasks.aws.clients import AwsAccount
+
+    role = "arn:aws:iam::123456789012:role/sciflow-runner"
+    account = AwsAccount(region="us-east-1", role_arn=role, external_id="xid-canary-41")
+    launch = Launch(kind="batch-job", id="job-1", account=account, label="mpi")
+    LaunchRecord(ObjectStore(), str(tmp_path), account).add(launch)
+
+    on_disk = "".join(p.read_text() for p in tmp_path.rglob("*.json"))
+    assert role in on_disk
+    assert "xid-canary-41" not in on_disk
+    assert "xid-canary-41" not in repr(launch)
+    # Another process reads it through the unit, and can assume the role again to stop it.
+    assert LaunchRecord(ObjectStore(), str(tmp_path), account).launches() == [launch]
+    other = AwsAccount(region="us-east-1", role_arn="arn:aws:iam::1:role/other", external_id="x")
+    (found,) = LaunchRecord(ObjectStore(), str(tmp_path), other).launches()
+    assert found.account.external_id is None  # never handed to another role

@@ -365,3 +365,33 @@ def test_on_aws_a_staged_copy_goes_to_the_run_directory_not_only_this_disk(aws, 
     assert run.store.exists(shared.uri)
     shared.source.path.unlink()  # the flow host's copy: a worker must not need it
     np.testing.assert_array_equal(read_slices(local_slices(shared, run), [1]), signal[:, :, :, [1]])
+
+
+def test_signal_and_noise_sharing_a_basename_in_two_prefixes_stay_two_files(aws, tmp_path, phantom):
+    import boto3
+
+    signal, noise = phantom_acquisition(phantom, slices=1, noise_samples=48 * 200, seed=7)
+    np.save(tmp_path / "signal.npy", signal[..., 0, 0])
+    np.save(tmp_path / "noise.npy", noise)
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="scans")
+    s3.upload_file(str(tmp_path / "signal.npy"), "scans", "signal/scan.npy")
+    s3.upload_file(str(tmp_path / "noise.npy"), "scans", "noise/scan.npy")
+    options = {"method": "ac", "recon": "rss"}
+
+    same_name = mr_reconstruction(
+        signal="s3://scans/signal/scan.npy",
+        noise="s3://scans/noise/scan.npy",
+        options=options,
+        output=str(tmp_path / "same-name"),
+    )
+    distinct = mr_reconstruction(
+        signal=str(tmp_path / "signal.npy"),
+        noise=str(tmp_path / "noise.npy"),
+        options=options,
+        output=str(tmp_path / "distinct"),
+    )
+
+    np.testing.assert_array_equal(
+        nib.load(same_name.snr).get_fdata(), nib.load(distinct.snr).get_fdata()
+    )

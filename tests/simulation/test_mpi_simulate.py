@@ -131,3 +131,25 @@ def test_a_seq_file_plays_like_the_builder_it_was_written_from(tmp_path):
     read = plan(spec, tmp_path)[1]
     assert read.adc_samples == built.adc_samples
     assert read.matrix == built.matrix
+
+
+def test_maps_sharing_a_basename_in_two_prefixes_stay_two_maps(aws, tmp_path):
+    import boto3
+
+    from tasks.simulation.mpi_simulate import build_phantom
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="maps")
+    shape = (4, 4)
+    values = {"pd": 1.0, "t1": 0.9, "t2": 0.08}
+    for name, value in values.items():
+        local = _nifti(tmp_path / f"{name}.nii.gz", np.full(shape, value))
+        s3.upload_file(local, "maps", f"{name}/map.nii.gz")
+    uris = {name: f"s3://maps/{name}/map.nii.gz" for name in values}
+    workdir = tmp_path / "work"
+
+    phantom = build_phantom(PhantomSpec(kind="nifti", **uris), workdir)
+
+    for name, value in values.items():
+        np.testing.assert_allclose(getattr(phantom, name), value, rtol=1e-6)
+    assert len(list(workdir.glob("*.nii.gz"))) == 3

@@ -211,3 +211,18 @@ def test_store_survives_pickling_and_still_works(tmp_path):
     assert (clone.part_size, clone.concurrency, clone.max_attempts) == (7 * MIB, 3, 2)
     clone.write_text(str(tmp_path / "p.txt"), "after pickle")
     assert clone.read_bytes(f"file://{tmp_path}/p.txt") == b"after pickle"
+
+
+def test_a_staged_name_is_distinct_per_uri_and_keeps_the_suffixes_readers_need():
+    from tasks.storage.objects import staged_name
+
+    a, b = staged_name("s3://b/a/scan.h5"), staged_name("s3://b/b/scan.h5")
+    assert a != b
+    assert a.endswith(".h5")
+    assert b.endswith(".h5")
+    assert a == staged_name("s3://b/a/scan.h5")  # a retry finds its earlier copy
+    assert staged_name("s3://b/maps/T1.nii.gz").endswith(".nii.gz")
+    assert staged_name("s3://b/twix/meas.dat").endswith(".dat")
+    assert staged_name("s3://b/seq/gre.seq").endswith(".seq")
+    assert "/" not in staged_name("s3://b/../x/y.h5")
+    assert staged_name("s3://b/no-suffix").isalnum()
