@@ -433,7 +433,7 @@ def launch(batch: Any, configuration: AwsBatchJobConfiguration) -> RunningJob:
         role_from = "the work pool's job variable `job_role_arn`"
     # Before anything is registered or submitted.
     refuse_clear_credentials(
-        configuration.env,
+        {"environment": configuration.env},
         what=f"Batch job {job_name(configuration.name or 'sciflow')}",
         api_key_from=api_key_from,
         role_from=role_from,

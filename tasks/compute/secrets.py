@@ -44,13 +44,9 @@ def clear_credentials(body: Any) -> list[str]:
 
     Args:
         body: A request body (SubmitJob, RegisterJobDefinition, RegisterTaskDefinition,
-            RunTask), or a plain ``{"NAME": "value"}`` environment.
+            RunTask), a list of them, or ``{"environment": {"NAME": "value"}}``.
     """
-    if isinstance(body, dict) and all(isinstance(v, str | None) for v in body.values()):
-        names: list[str] = [k for k, v in body.items() if v is not None]  # plain environment
-    else:
-        names = list(_environment_names(body))
-    return sorted(CREDENTIAL_VARIABLES.intersection(names))
+    return sorted(CREDENTIAL_VARIABLES.intersection(_environment_names(body)))
 
 
 def refuse_clear_credentials(

@@ -124,7 +124,7 @@ class ParameterServerPlan:
         if missing := {RUN_ID_TAG, UNIT_TAG} - self.tags.keys():
             raise InputError(f"tags lack {sorted(missing)}; use tasks.aws.tags.run_tags")
         refuse_clear_credentials(
-            self.environment,
+            {"environment": self.environment},
             what="parameter-server plan",
             api_key_from=None,
             role_from="task_role_arn",

@@ -67,7 +67,7 @@ def _sent(made: list[list[tuple[str, dict[str, Any]]]]) -> list[tuple[str, dict[
 @pytest.mark.parametrize(
     "body",
     [
-        {"PREFECT_API_KEY": CANARY_KEY},  # a plain environment
+        {"environment": {"PREFECT_API_KEY": CANARY_KEY, "PORT": 8080}},  # a plain one
         {"containerOverrides": {"environment": [{"name": "PREFECT_API_KEY", "value": "k"}]}},
         {
             "nodeOverrides": {
@@ -102,7 +102,7 @@ def test_secrets_and_harmless_variables_are_not_credentials():
 
 
 def test_the_refusal_names_the_variables_and_the_fix_and_never_the_value():
-    env = {"PREFECT_API_KEY": CANARY_KEY, "AWS_SESSION_TOKEN": "tok-canary", "SEED": "1"}
+    env = {"environment": {"PREFECT_API_KEY": CANARY_KEY, "AWS_SESSION_TOKEN": "tok-canary"}}
     with pytest.raises(InputError) as caught:
         refuse_clear_credentials(
             env, what="Batch job j", api_key_from="`ARN_FIELD`", role_from="`ROLE`"
