@@ -24,6 +24,7 @@ from flows.model_upload import model_upload
 from tasks.compute.batch_run import batch_size_class, check_batch_unit, run_batch_job
 from tasks.compute.hooks import sciflow_flow
 from tasks.compute.run_context import RunContext
+from tasks.compute.timeouts import local_timeout_s, timed_out
 from tasks.errors import InputError, SciflowError
 from tasks.progress import Progress, markdown_table, publish_summary, run_logger
 from tasks.storage.registry import check_model_name
@@ -36,7 +37,12 @@ from tasks.training.config import (
 )
 from tasks.training.ecs import WALL_CLOCK_GRACE_S, ParameterServerLaunch, plan_from_unit
 from tasks.training.events import parse_event
-from tasks.training.launch import local_parameter_server, run_processes, torchrun_argv
+from tasks.training.launch import (
+    TrainingTimedOut,
+    local_parameter_server,
+    run_processes,
+    torchrun_argv,
+)
 
 # The unit's `batch_job_definitions` entry whose image has torch and sciflow.
 BATCH_RUNTIME = "training"
@@ -190,7 +196,11 @@ class _Follower:
 
 @task
 def train_locally(cfg: TrainConfig, config_uri: str, run_id: str, wall_time_s: float) -> None:
-    """The processes on this machine, followed to their end or their wall-clock limit."""
+    """The processes on this machine, followed to their end or their wall-clock limit.
+
+    torchrun is stopped (its process group) at ``wall_time_s``; the parameter server and its
+    workers exit by themselves then, and are stopped ``WALL_CLOCK_GRACE_S`` later.
+    """
     follower = _Follower(f"training-{run_id[:8]}")
     if cfg.strategy == "ddp":
         commands = {
@@ -205,8 +215,10 @@ def train_locally(cfg: TrainConfig, config_uri: str, run_id: str, wall_time_s: f
             commands,
             on_event=follower.on_event,
             on_line=follower.on_line,
-            timeout_s=wall_time_s + WALL_CLOCK_GRACE_S,
+            timeout_s=wall_time_s if cfg.strategy == "ddp" else wall_time_s + WALL_CLOCK_GRACE_S,
         )
+    except TrainingTimedOut:
+        raise  # what the stopped processes said last is not why they stopped
     except SciflowError as exc:
         error = follower.failure(exc)  # the processes said what was wrong: that is the error
         if error is exc:
@@ -293,6 +305,7 @@ def distributed_training(
     output: str | None = None,
     unit: str = "local",
     publish_as: str | None = None,
+    timeout_s: float | None = None,
 ) -> TrainingResult:
     """Train a model on a training set with DDP or a parameter server.
 
@@ -306,6 +319,9 @@ def distributed_training(
         unit: Compute unit to run on.
         publish_as: Model name to publish the trained model under in the unit's registry
             (its next version, through the model-upload flow); not published if omitted.
+        timeout_s: Seconds training on this machine may run before its processes are
+            stopped; the unit's size-class wall time if omitted, never more. An AWS job stops
+            at its class's wall time, so leave it unset there.
     """
     logger = run_logger()
     if publish_as is not None:
@@ -317,6 +333,8 @@ def distributed_training(
         )
     run = RunContext.current(compute_unit)
     cfg = TrainConfig.from_settings(settings, dataset=dataset, output=output or run.uri("training"))
+    size = _size_class(cfg)
+    limit_s = local_timeout_s(compute_unit, size, timeout_s)
     if not compute_unit.is_local:
         check_aws_unit(run, cfg)
     sizes = check_inputs(cfg)
@@ -335,8 +353,10 @@ def distributed_training(
     cfg = cfg.model_copy(update={"log_every": max(1, min(100, sizes["steps"] // 50))})
     config_uri = write_config(run, cfg)
     if compute_unit.is_local:
-        wall_time_s = compute_unit.size_limits(_size_class(cfg)).wall_time_s
-        train_locally(cfg, config_uri, run.run_id, wall_time_s)
+        try:
+            train_locally(cfg, config_uri, run.run_id, limit_s)
+        except TrainingTimedOut as exc:
+            raise timed_out(f"{cfg.strategy} training", limit_s, size, timeout_s) from exc
     elif cfg.strategy == "ddp":
         train_on_batch(run, cfg, config_uri)
     else:

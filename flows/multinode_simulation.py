@@ -21,10 +21,11 @@ from blocks.compute_unit import load_unit
 from tasks.compute.batch_run import batch_size_class, job_seconds, run_batch_job
 from tasks.compute.hooks import sciflow_flow
 from tasks.compute.run_context import RunContext
+from tasks.compute.timeouts import local_timeout_s, timed_out
 from tasks.errors import InputError, SciflowError
 from tasks.progress import Progress, publish_summary, run_logger
 from tasks.retry import transient_retries
-from tasks.simulation.mpi import mpi4py_argv, mpiexec_path, run_mpi
+from tasks.simulation.mpi import MpiTimeout, mpi4py_argv, mpiexec_path, run_mpi
 from tasks.simulation.mpi_simulate import (
     PhantomSpec,
     SequenceSpec,
@@ -82,9 +83,12 @@ def write_spec(run: RunContext, spec: SimulationSpec) -> str:
 
 @task
 def simulate_locally(
-    spec_path: str, out_path: str, ranks: int, spins: int, key: str
+    spec_path: str, out_path: str, ranks: int, spins: int, key: str, timeout_s: float
 ) -> dict[str, Any]:
-    """``mpiexec -n ranks``: rank lines into the log, progress lines into an artifact."""
+    """``mpiexec -n ranks``: rank lines into the log, progress lines into an artifact.
+
+    ``mpiexec`` and its ranks are stopped (their process group) after ``timeout_s`` seconds.
+    """
     logger = run_logger()
     result: dict[str, Any] = {}
     done: dict[int, int] = {}
@@ -106,7 +110,7 @@ def simulate_locally(
                 result.update(found)
 
         argv = mpi4py_argv(RANK_MODULE, "--spec", spec_path, "--out", out_path)
-        run_mpi(argv, ranks, on_line=on_line)
+        run_mpi(argv, ranks, on_line=on_line, timeout_s=timeout_s)
     if not result:
         raise SciflowError(f"the MPI simulation on {ranks} ranks ended without a RESULT line")
     return {**result, "progress_updates": updates}
@@ -154,6 +158,7 @@ def multinode_simulation(
     backend: Literal["numpy", "torch"] = "numpy",
     output: str | None = None,
     unit: str = "local",
+    timeout_s: float | None = None,
 ) -> SimulationResult:
     """Simulate an MR acquisition of a phantom with spins split over MPI ranks.
 
@@ -166,6 +171,9 @@ def multinode_simulation(
         backend: ``numpy`` or ``torch`` array backend of the Bloch kernels.
         output: Directory for simulation.h5; the run directory if omitted.
         unit: Compute unit to run on.
+        timeout_s: Seconds a simulation on this machine may run before it is stopped; the
+            unit's size-class wall time (``limits.large``) if omitted, never more. An AWS job
+            stops at its class's wall time, so leave it unset there.
     """
     logger = run_logger()
     if nodes < 1 or ranks_per_node < 1:
@@ -173,6 +181,8 @@ def multinode_simulation(
     compute_unit = load_unit(unit)
     if compute_unit.is_local and nodes > 1:
         raise InputError(f"nodes={nodes} on the local unit {unit!r}; expected 1 (or an AWS unit)")
+    size = batch_size_class(nodes)
+    limit_s = local_timeout_s(compute_unit, size, timeout_s)
     run = RunContext.current(compute_unit)
     ranks = nodes * ranks_per_node
     spec = SimulationSpec(
@@ -194,7 +204,11 @@ def multinode_simulation(
     spec_uri = write_spec(run, spec)
     if compute_unit.is_local:
         local = str(run.scratch / "simulation" / RAW_NAME)
-        done = simulate_locally(spec_uri, local, ranks, sizes["spins"], f"bloch-{run.run_id[:8]}")
+        key = f"bloch-{run.run_id[:8]}"
+        try:
+            done = simulate_locally(spec_uri, local, ranks, sizes["spins"], key, limit_s)
+        except MpiTimeout as exc:
+            raise timed_out("the local MPI simulation", limit_s, size, timeout_s) from exc
         raw_uri = publish_raw(run, local, raw_uri)
     else:
         done = simulate_on_batch(run, spec_uri, raw_uri, nodes, ranks_per_node)

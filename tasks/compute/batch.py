@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tasks.aws.clients import aws_errors, call
+from tasks.compute.secrets import refuse_clear_credentials
 from tasks.errors import InputError, SciflowError
 
 logger = logging.getLogger(__name__)
@@ -315,6 +316,20 @@ def check_job_definition(batch: Any, definition: str) -> str:
     return max(found, key=lambda d: d["revision"])["jobDefinitionArn"]
 
 
+def definition_secret_names(batch: Any, definition_arn: str) -> frozenset[str]:
+    """Variables every container of a registered job definition gets from ``secrets``."""
+    [found] = call(
+        batch.describe_job_definitions,
+        f"look up job definition {definition_arn}",
+        jobDefinitions=[definition_arn],
+    )["jobDefinitions"]
+    containers = [found.get("containerProperties") or {}]
+    if nodes := found.get("nodeProperties"):
+        containers = [r.get("container") or {} for r in nodes.get("nodeRangeProperties", [])]
+    named = [{s["name"] for s in c.get("secrets", [])} for c in containers]
+    return frozenset(set.intersection(*named)) if named else frozenset()
+
+
 def _overrides(environment: Mapping[str, str | None], command: Sequence[str]) -> dict[str, Any]:
     overrides: dict[str, Any] = {"environment": to_batch_environment(environment)}
     if command:
@@ -336,6 +351,8 @@ def submit_job(
     main_node: int = 0,
     node_command: Sequence[str] = (),
     lost_host_retries: int = 0,
+    api_key_from: str = "the job definition's `secrets`",
+    role_from: str = "the job definition's `jobRoleArn`",
 ) -> RunningJob:
     """Submit one job; its tags propagate to the ECS tasks and instances Batch starts.
 
@@ -356,9 +373,13 @@ def submit_job(
         lost_host_retries: Times Batch starts the job again when its instance went away (a
             reclaimed Spot instance: status reason ``Host EC2 ...``); any other failure ends
             it. Only for jobs that resume rather than repeat (training from checkpoints).
+        api_key_from: The setting that gives the job PREFECT_API_KEY as a secret, for the
+            refusal of a clear one (``refuse_clear_credentials``).
+        role_from: The setting that gives the job its AWS role, for the same refusal.
 
     Raises:
-        InputError: ``timeout_s`` is under Batch's minimum of 60 s.
+        InputError: ``timeout_s`` is under Batch's minimum of 60 s, or the environment
+            carries a credential in clear (nothing is submitted).
     """
     if timeout_s < MIN_ATTEMPT_TIMEOUT_S:
         raise InputError(
@@ -396,6 +417,12 @@ def submit_job(
                 for target, is_main in node_ranges(node_count, main_node)
             ],
         }
+    refuse_clear_credentials(
+        kwargs,
+        what=f"Batch job {kwargs['jobName']}",
+        api_key_from=api_key_from,
+        role_from=role_from,
+    )
     submitted = call(batch.submit_job, f"submit Batch job {kwargs['jobName']}", **kwargs)
     logger.info("submitted Batch job %s (%s)", submitted["jobId"], submitted["jobName"])
     return RunningJob(batch, submitted["jobId"])

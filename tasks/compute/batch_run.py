@@ -74,7 +74,8 @@ def run_batch_job(
         lost_host_retries: Restarts by Batch after a lost instance (``submit_job``).
 
     Raises:
-        InputError: The unit lacks a queue or the runtime's job definition.
+        InputError: The unit lacks a queue or the runtime's job definition, or
+            ``environment`` carries a credential in clear (nothing is submitted).
         SciflowError: The job ended in FAILED.
     """
     unit = run.unit
@@ -92,6 +93,8 @@ def run_batch_job(
         command=list(command),
         node_count=nodes,
         lost_host_retries=lost_host_retries,
+        api_key_from=f"the `secrets` of the unit's batch_job_definitions[{runtime!r}]",
+        role_from=f"the `jobRoleArn` of the unit's batch_job_definitions[{runtime!r}]",
     )
     record = run.launches  # what the run's stop hook terminates
     launch = record.add(Launch(kind="batch-job", id=job.job_id, account=account, label=name))

@@ -4,11 +4,12 @@ Start one with ``prefect worker start --type aws-batch --pool <pool>``; Prefect 
 through the ``prefect.collections`` entry point in ``pyproject.toml``. The pool's base job
 template comes from ``AwsBatchVariables`` (``python -m tasks.compute.batch_worker`` prints it).
 
-For each run the worker checks the job queue, reuses or registers a job definition named by
-the hash of its content (``tasks.compute.batch``), submits the job with the run's tags and an
-attempt timeout (``timeout_s``, else its size class's default wall time), then
-follows it until it SUCCEEDED or FAILED: every job and node state goes to the flow run's log,
-and so do the containers' CloudWatch lines.
+For each run the worker checks the job queue, refuses a credential in clear in the job's
+environment (the API key goes as a secret, ``prefect_api_key_secret_arn``), reuses or
+registers a job definition named by the hash of its content (``tasks.compute.batch``), submits
+the job with the run's tags and an attempt timeout (``timeout_s``, else its size class's
+default wall time), then follows it until it SUCCEEDED or FAILED: every job and node state
+goes to the flow run's log, and so do the containers' CloudWatch lines.
 
 Cancelling: Prefect calls ``kill_infrastructure`` only for runs that have not started, and it
 terminates the job. A running flow is cancelled inside its container by ``prefect flow-run
@@ -49,11 +50,14 @@ from tasks.compute.batch import (
     RunningJob,
     check_job_definition,
     check_job_queue,
+    definition_secret_names,
     ensure_job_definition,
     exit_status,
     job_definition_spec,
+    job_name,
     submit_job,
 )
+from tasks.compute.secrets import refuse_clear_credentials
 from tasks.errors import InputError
 
 if TYPE_CHECKING:
@@ -248,8 +252,9 @@ class AwsBatchVariables(BaseVariables):
         default=None,
         title="Prefect API Key Secret ARN",
         description=(
-            "Secrets Manager ARN holding PREFECT_API_KEY: the job reads the key from it, so "
-            "the key is not a plain submission argument. Needs `execution_role_arn`."
+            "Secrets Manager or SSM ARN holding PREFECT_API_KEY: the job reads the key from "
+            "it. A worker with an API key refuses to send it in clear, so set this (or, with "
+            "`job_definition`, that definition's `secrets`). Needs `execution_role_arn`."
         ),
     )
     size_class: SizeClass | None = Field(
@@ -406,15 +411,34 @@ class AwsBatchWorkerResult(BaseWorkerResult):
 
 
 def launch(batch: Any, configuration: AwsBatchJobConfiguration) -> RunningJob:
-    """Check the queue, find or register the job definition, submit: in that order.
+    """Check the queue and job definition, refuse clear credentials, register, submit.
+
+    The worker's PREFECT_API_KEY (Prefect puts it in ``env``) reaches the job only as a secret:
+    it is dropped from ``env`` when ``prefect_api_key_secret_arn`` or the named definition's
+    ``secrets`` supply it, and otherwise refused.
 
     Raises:
-        InputError: The queue or the named job definition does not exist.
+        InputError: The queue or the named job definition does not exist, or ``env``
+            carries a credential in clear (nothing registered or submitted).
     """
     queue = check_job_queue(batch, configuration.job_queue)
     if configuration.job_definition:
         definition = check_job_definition(batch, configuration.job_definition)
+        if API_KEY_ENV in definition_secret_names(batch, definition):
+            configuration.env.pop(API_KEY_ENV, None)  # the container reads it from the secret
+        api_key_from = f"the `secrets` of job definition {configuration.job_definition!r}"
+        role_from = f"the `jobRoleArn` of job definition {configuration.job_definition!r}"
     else:
+        api_key_from = "the work pool's job variable `prefect_api_key_secret_arn`"
+        role_from = "the work pool's job variable `job_role_arn`"
+    # Before anything is registered or submitted.
+    refuse_clear_credentials(
+        {"environment": configuration.env},
+        what=f"Batch job {job_name(configuration.name or 'sciflow')}",
+        api_key_from=api_key_from,
+        role_from=role_from,
+    )
+    if not configuration.job_definition:
         spec = job_definition_spec(
             configuration.container_spec(), configuration.node_count, configuration.main_node
         )
@@ -431,6 +455,8 @@ def launch(batch: Any, configuration: AwsBatchJobConfiguration) -> RunningJob:
         node_count=configuration.node_count,
         main_node=configuration.main_node,
         node_command=shlex.split(configuration.node_command or ""),
+        api_key_from=api_key_from,
+        role_from=role_from,
     )
 
 

@@ -29,6 +29,7 @@ from blocks.compute_unit import ComputeUnit, FargateDask, SizeClass
 from tasks.aws.clients import AwsAccount, call, client
 from tasks.aws.tags import RUN_ID_TAG, to_aws
 from tasks.compute.launches import Launch, LaunchRecord
+from tasks.compute.secrets import refuse_clear_credentials
 from tasks.errors import InputError, SciflowError
 from tasks.settings import get_settings
 
@@ -304,6 +305,13 @@ def recorded_ecs_cluster(
         record: The run's launch record, if any.
         **kwargs: The cluster's keyword arguments (``cluster_spec``).
     """
+    # dask-cloudprovider sends `environment` as RunTask overrides; both go out as job bodies.
+    refuse_clear_credentials(
+        [*definitions.values(), {"environment": kwargs.get("environment") or {}}],
+        what="Dask cluster",
+        api_key_from="the unit's `fargate.prefect_api_key_secret`",
+        role_from="the unit's `fargate.task_role_arn`",
+    )
     ecs = client("ecs", account, region=kwargs.get("region_name"))
     made_cluster: str | None = None
     registered: dict[Role, str] = {}

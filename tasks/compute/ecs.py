@@ -25,6 +25,7 @@ from tasks.aws.clients import AwsAccount, call, client, error_code
 from tasks.aws.tags import RUN_ID_TAG, to_aws
 from tasks.compute.batch import LOG_STREAMS_MAX, LogCursor, read_logs
 from tasks.compute.launches import Launch, LaunchRecord
+from tasks.compute.secrets import refuse_clear_credentials
 from tasks.errors import InputError, SciflowError, TransientError
 
 logger = logging.getLogger(__name__)
@@ -244,9 +245,17 @@ class ServerWorkersLaunch:
                 AWS kept throttling.
             SciflowError: A task stopped before RUNNING, ECS refused to place one, or AWS
                 refused a call.
+            InputError: A definition's environment carries a credential in clear (nothing
+                is registered or started).
         """
         if self.definition_arns:
             raise SciflowError("this launch has started already; make a new one to start again")
+        refuse_clear_credentials(
+            list(self.plan.definitions.values()),
+            what=f"ECS launch {self.plan.service_name}",
+            api_key_from="the task definition's `secrets`",
+            role_from="the task definition's `taskRoleArn`",
+        )
         try:
             self._start()
         except BaseException as exc:

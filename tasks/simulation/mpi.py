@@ -83,6 +83,10 @@ class MpiError(SciflowError):
         self.rank_errors = dict(rank_errors)
 
 
+class MpiTimeout(MpiError):
+    """An MPI job ran past its ``timeout_s`` and was stopped (its whole process group)."""
+
+
 def mpiexec_path() -> Path:
     """MPICH's Hydra ``mpiexec``: the one beside this Python (its venv), else on ``PATH``.
 
@@ -168,7 +172,8 @@ def run_mpi(
 
     Raises:
         InputError: Bad arguments, or no ``mpiexec``.
-        MpiError: A rank failed (its error lines are in the message) or the job timed out.
+        MpiError: A rank failed (its error lines are in the message).
+        MpiTimeout: The job ran past ``timeout_s``; its process group was stopped.
     """
     command, proc_env, style = _command(argv, ranks, hosts, hostfile, env, launcher, on_proxies)
     handler = on_line or _log_line
@@ -319,11 +324,14 @@ def _describe(argv: Sequence[str], ranks: int) -> str:
 
 
 def _stopped(
-    proc: subprocess.Popen[bytes], message: str, errors: Mapping[int | None, deque[str]]
+    proc: subprocess.Popen[bytes],
+    message: str,
+    errors: Mapping[int | None, deque[str]],
+    kind: type[MpiError] = MpiError,
 ) -> MpiError:
     """Stop the job and say why, with the error lines so far."""
     _stop(proc)
-    return MpiError(_with_errors(message, errors), proc.returncode or 1, _lists(errors))
+    return kind(_with_errors(message, errors), proc.returncode or 1, _lists(errors))
 
 
 def _timed_out(
@@ -333,7 +341,8 @@ def _timed_out(
     timeout_s: float | None,
     errors: Mapping[int | None, deque[str]],
 ) -> MpiError:
-    return _stopped(proc, f"{_describe(argv, ranks)} timed out after {timeout_s:g} s", errors)
+    message = f"{_describe(argv, ranks)} timed out after {timeout_s:g} s"
+    return _stopped(proc, message, errors, MpiTimeout)
 
 
 def _failure_message(

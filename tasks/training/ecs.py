@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from tasks.aws.clients import AwsAccount
 from tasks.aws.tags import RUN_ID_TAG, UNIT_TAG, to_aws
 from tasks.compute.ecs import LaunchOutcome, ServerWorkersLaunch, ServicePlan, check_fargate_size
+from tasks.compute.secrets import refuse_clear_credentials
 from tasks.errors import InputError, SciflowError, TransientError
 from tasks.training.launch import DEFAULT_WALL_TIME_S
 
@@ -38,11 +39,6 @@ DEFAULT_NAMESPACE = "sciflow.local"
 # Seconds the launcher waits past the wall-clock limit for the processes to exit by themselves
 # (they count from their own start, which is before the launch's tasks are all RUNNING).
 WALL_CLOCK_GRACE_S = 60.0
-# Environment names that would put credentials into a task definition (readable by anyone
-# who may describe it); tasks get theirs from the task role.
-CREDENTIAL_VARIABLES = frozenset(
-    {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"}
-)
 _DNS_NOT_ALLOWED = re.compile(r"[^a-z0-9-]+")
 _DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 DNS_LABEL_MAX = 63
@@ -127,11 +123,12 @@ class ParameterServerPlan:
             )
         if missing := {RUN_ID_TAG, UNIT_TAG} - self.tags.keys():
             raise InputError(f"tags lack {sorted(missing)}; use tasks.aws.tags.run_tags")
-        if leaked := CREDENTIAL_VARIABLES & self.environment.keys():
-            raise InputError(
-                f"environment holds {sorted(leaked)}: task definitions are readable by anyone "
-                "who may describe them; give the tasks a task_role_arn instead"
-            )
+        refuse_clear_credentials(
+            {"environment": self.environment},
+            what="parameter-server plan",
+            api_key_from=None,
+            role_from="task_role_arn",
+        )
         if self.log_group and not self.execution_role_arn:
             raise InputError(
                 f"execution_role_arn is unset but log_group={self.log_group!r}: Fargate "

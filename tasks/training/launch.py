@@ -51,6 +51,10 @@ class TrainingFailed(SciflowError):
     """A training process failed; the message holds its last error lines."""
 
 
+class TrainingTimedOut(TrainingFailed):
+    """The processes ran past ``timeout_s`` and were stopped (each one's process group)."""
+
+
 def free_port(host: str = LOOPBACK) -> int:
     """A TCP port nothing listens on now, on ``host``."""
     with socket.socket() as sock:
@@ -162,7 +166,8 @@ def run_processes(
         timeout_s: Stop everything after this long.
 
     Raises:
-        TrainingFailed: A process exited non-zero, the run was cancelled or timed out.
+        TrainingFailed: A process exited non-zero or the run was cancelled.
+        TrainingTimedOut: The processes ran past ``timeout_s``; all were stopped.
     """
     proc_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     lines: queue.Queue[tuple[str, str | None]] = queue.Queue()
@@ -208,7 +213,7 @@ def _follow(
         if cancel is not None and cancel.is_set():
             raise TrainingFailed(f"training was cancelled; stopped {', '.join(running)}")
         if deadline is not None and time.monotonic() > deadline:
-            raise TrainingFailed(f"training ran past its {timeout_s:.0f} s limit; stopped it")
+            raise TrainingTimedOut(f"training ran past its {timeout_s:g} s limit; stopped it")
         _raise_if_failed(running, lines, on_event, on_line)
         try:
             name, line = lines.get(timeout=0.2)
