@@ -140,12 +140,13 @@ def local_slices(shared: SharedSlices, run: RunContext) -> SliceSource:
     """The slice source on this machine: a local file as it is, an S3 one fetched once.
 
     The copy goes to this machine's scratch under a name made from the URI, so the worker's
-    next batch reads it again rather than fetching it again.
+    next batch reads it again rather than fetching it again. It is not the flow host's staged
+    input: sharing that file with the workers' threads crashed h5py in the local run.
     """
     loc = Location.parse(shared.uri)
     if not loc.is_s3:
         return replace(shared.source, path=loc.path)
-    local = run.scratch / "inputs" / staged_name(shared.uri)
+    local = run.scratch / "slices" / staged_name(shared.uri)
     if not local.exists():
         run.store.download_file(shared.uri, local)
     return replace(shared.source, path=local)

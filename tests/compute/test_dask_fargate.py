@@ -23,6 +23,7 @@ import pytest
 from blocks.compute_unit import ComputeUnit
 from tasks.mr.io import write_mrd
 from tasks.mr.phantom import make_phantom, phantom_acquisition
+from tasks.storage.objects import staged_name
 from tests.standin.fargate import (
     REGION,
     bridge_api_url,
@@ -112,9 +113,7 @@ def test_mr_reconstruction_on_fargate_matches_the_local_run_and_leaves_nothing(
     # They read the input by its URI into their own scratch, not the flow host's.
     worker_scratch = Path(tempfile.gettempdir()) / "sciflow-scratch" / run_id
     try:
-        assert [p.name.split("-", 1)[1] for p in (worker_scratch / "inputs").iterdir()] == [
-            "phantom.h5"
-        ]
+        assert [p.name for p in (worker_scratch / "slices").iterdir()] == [staged_name(signal)]
     finally:
         shutil.rmtree(worker_scratch, ignore_errors=True)
 
