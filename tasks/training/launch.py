@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import queue
+import random
 import signal
 import socket
 import subprocess
@@ -55,9 +56,25 @@ class TrainingTimedOut(TrainingFailed):
     """The processes ran past ``timeout_s`` and were stopped (each one's process group)."""
 
 
+# Below Linux's default ephemeral range (/proc/sys/net/ipv4/ip_local_port_range).
+LISTEN_PORTS = range(20_000, 32_768)
+
+
 def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port nothing listens on now, on ``host``."""
-    with socket.socket() as sock:
+    """A TCP port nothing listens on now, on ``host``, outside the ephemeral range.
+
+    Another process binds it later; a port from the ephemeral range could meanwhile become
+    the local end of any outgoing connection on the machine (torchrun then failed with
+    EADDRINUSE), so one is drawn from below it, where only listeners go.
+    """
+    for port in random.sample(LISTEN_PORTS, 64):
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # all taken: any port the kernel gives
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
