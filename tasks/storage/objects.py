@@ -424,3 +424,13 @@ def _atomic_local_write(path: Path, content: bytes | IO[bytes]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)  # the rename itself is durable only once the directory is
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a directory's entries (a file created, linked or renamed in it) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
