@@ -34,7 +34,7 @@ from blocks.compute_unit import SizeClass, load_unit
 from tasks.compute.dask import dask_task_runner
 from tasks.compute.hooks import sciflow_flow
 from tasks.compute.run_context import RunContext
-from tasks.errors import InputError
+from tasks.errors import AlreadyExists, InputError
 from tasks.mr import export
 from tasks.mr.estimate import JobEstimate, estimate_job
 from tasks.mr.io import AcquisitionInfo, read_info, read_raw
@@ -46,6 +46,7 @@ from tasks.mr.snr import SnrMaps, snr_map
 from tasks.progress import Progress, publish_summary, run_logger
 from tasks.retry import transient_retries
 from tasks.storage.objects import Location, staged_name
+from tasks.storage.transfer import put_once
 
 # Slices per Dask task: enough work per task to hide scheduling, few enough to spread.
 SLICES_PER_TASK = 4
@@ -187,11 +188,23 @@ def write_outputs(
     slices: list[int],
     flip_angle_path: str | None = None,
 ) -> MrResult:
-    """Maps, previews and info.json under ``output`` (``export.write_snr_outputs``)."""
+    """Maps, previews and info.json under ``output`` (``export.write_snr_outputs``), each once.
+
+    Every file is written with ``put_once``: a retry writes the same bytes and succeeds, a
+    different result is refused rather than overwrite another run's. An info.json that
+    differs only in the run id and timings is kept: the rerun found its result already there.
+    """
     root = Location.parse(output)
 
     def put(name: str, data: bytes) -> str:
-        return run.store.write_bytes(str(root.join(name)), data, tags=run.tags)
+        uri = str(root.join(name))
+        try:
+            return put_once(run.store, uri, data, tags=run.tags)
+        except AlreadyExists:
+            if name != "info.json" or not export.same_result(run.store.read_bytes(uri), data):
+                raise
+            run_logger().info("%s already holds this result from an earlier run; kept", uri)
+            return uri
 
     written = export.write_snr_outputs(
         put, maps, stats, info, options, timings, provenance, slices, run.run_id, flip_angle_path
