@@ -45,7 +45,7 @@ def test_an_mr_rerun_into_the_same_output_keeps_it_and_other_options_are_refused
 
     The same job twice into one ``output`` succeeds and leaves the first run's files as they
     were (its info.json, with its run id, is kept); the job with other options is refused
-    with the output's file named, and nothing in the output changes.
+    before any work, naming the output and the option that differs, and nothing changes.
     """
     output = tmp_path / "snr"
     options = {"method": "ac", "recon": "b1"}
@@ -57,7 +57,8 @@ def test_an_mr_rerun_into_the_same_output_keeps_it_and_other_options_are_refused
     assert again.median_snr == first.median_snr
     assert _files(output) == written
     assert json.loads(written["info.json"])["sciflow"]["options"]["method"] == "ac"
-    with pytest.raises(AlreadyExists, match=f"cannot write {output}/"):
+    refused = f"cannot write {output}/info.json: .* recon='b1' \\(this job: 'rss'\\)"
+    with pytest.raises(AlreadyExists, match=refused):
         mr_reconstruction(
             signal=str(mrd_file), options={**options, "recon": "rss"}, output=str(output)
         )
