@@ -34,7 +34,7 @@ from blocks.compute_unit import SizeClass, load_unit
 from tasks.compute.dask import dask_task_runner
 from tasks.compute.hooks import sciflow_flow
 from tasks.compute.run_context import RunContext
-from tasks.errors import InputError
+from tasks.errors import AlreadyExists, InputError
 from tasks.mr import export
 from tasks.mr.estimate import JobEstimate, estimate_job
 from tasks.mr.io import AcquisitionInfo, read_info, read_raw
@@ -46,9 +46,11 @@ from tasks.mr.snr import SnrMaps, snr_map
 from tasks.progress import Progress, publish_summary, run_logger
 from tasks.retry import transient_retries
 from tasks.storage.objects import Location, staged_name
+from tasks.storage.transfer import put_once
 
 # Slices per Dask task: enough work per task to hide scheduling, few enough to spread.
 SLICES_PER_TASK = 4
+INFO_NAME = "info.json"  # written last: a finished output's record
 
 
 class MrResult(BaseModel):
@@ -174,6 +176,38 @@ def snr_for_slices(
     return maps
 
 
+def refuse_another_result(run: RunContext, output: str, options: MrOptions) -> None:
+    """Refuse, before any work, an ``output`` whose info.json records other options.
+
+    Every file is compared again when written (``put_once``); this catches the usual case,
+    another job sent into a finished output, before anything is read or computed.
+
+    Raises:
+        AlreadyExists: The output holds the result of a job with other options.
+    """
+    uri = str(Location.parse(output).join(INFO_NAME))
+    if not run.store.exists(uri):
+        return
+    try:
+        recorded = json.loads(run.store.read_bytes(uri))["sciflow"]["options"]
+    except (ValueError, KeyError, TypeError):
+        recorded = None
+    wanted = json.loads(json.dumps(options.model_dump(mode="json")))
+    if recorded == wanted:
+        return
+    if isinstance(recorded, dict):
+        keys = sorted(
+            k for k in recorded.keys() | wanted.keys() if recorded.get(k) != wanted.get(k)
+        )
+        what = ", ".join(f"{k}={recorded.get(k)!r} (this job: {wanted.get(k)!r})" for k in keys)
+    else:
+        what = "options it does not record"
+    raise AlreadyExists(
+        f"cannot write {uri}: it holds the result of a job with {what}; outputs are written "
+        "once, so choose another output"
+    )
+
+
 @task(**transient_retries())
 def write_outputs(
     run: RunContext,
@@ -187,11 +221,23 @@ def write_outputs(
     slices: list[int],
     flip_angle_path: str | None = None,
 ) -> MrResult:
-    """Maps, previews and info.json under ``output`` (``export.write_snr_outputs``)."""
+    """Maps, previews and info.json under ``output`` (``export.write_snr_outputs``), each once.
+
+    Every file is written with ``put_once``: a retry writes the same bytes and succeeds, a
+    different result is refused rather than overwrite another run's. An info.json that
+    differs only in the run id and timings is kept: the rerun found its result already there.
+    """
     root = Location.parse(output)
 
     def put(name: str, data: bytes) -> str:
-        return run.store.write_bytes(str(root.join(name)), data, tags=run.tags)
+        uri = str(root.join(name))
+        try:
+            return put_once(run.store, uri, data, tags=run.tags)
+        except AlreadyExists:
+            if name != INFO_NAME or not export.same_result(run.store.read_bytes(uri), data):
+                raise
+            run_logger().info("%s already holds this result from an earlier run; kept", uri)
+            return uri
 
     written = export.write_snr_outputs(
         put, maps, stats, info, options, timings, provenance, slices, run.run_id, flip_angle_path
@@ -235,6 +281,8 @@ def mr_reconstruction(
         raise InputError("no signal given: pass `signal` or an MR Optimum job naming one")
     compute_unit = load_unit(unit)
     run = RunContext.current(compute_unit)
+    if output is not None:
+        refuse_another_result(run, output, opts)
     timings: dict[str, float] = {}
     started = time.perf_counter()
 

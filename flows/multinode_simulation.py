@@ -12,6 +12,7 @@ terminates the job.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Literal
 
 from prefect import task
@@ -36,6 +37,7 @@ from tasks.simulation.mpi_simulate import (
     plan,
 )
 from tasks.storage.objects import join_uri
+from tasks.storage.transfer import put_once
 
 RANK_MODULE = "tasks.simulation.mpi_simulate"
 RAW_NAME = "simulation.h5"
@@ -118,8 +120,8 @@ def simulate_locally(
 
 @task(**transient_retries())
 def publish_raw(run: RunContext, local: str, uri: str) -> str:
-    """Copy the MRD file from scratch to its place, atomically, with the run's tags."""
-    return run.store.upload_file(local, uri, tags=run.tags)
+    """Copy the MRD file from scratch to its place once (``put_once``), with the run's tags."""
+    return put_once(run.store, uri, Path(local), tags=run.tags)
 
 
 @task

@@ -420,6 +420,31 @@ def info_json(
     return json.dumps(_jsonable(document), indent=2, allow_nan=False).encode()
 
 
+def same_result(stored: bytes, written: bytes) -> bool:
+    """Whether two info.json documents record the same result, apart from which run made it.
+
+    Timings and the run id differ between two runs of the same job; everything else (options,
+    header, outputs, noise, packages, the job) must match for a rerun to count as identical.
+    """
+    try:
+        documents = [json.loads(stored), json.loads(written)]
+    except ValueError:
+        return False
+    for document in documents:
+        if not isinstance(document, dict):
+            return False
+        for part in ("headers", "info"):
+            if isinstance(document.get(part), dict):
+                document[part].pop("calculation_time", None)
+        sciflow = document.get("sciflow")
+        if isinstance(sciflow, dict):
+            sciflow.pop("timings_s", None)
+            if isinstance(sciflow.get("extra"), dict):
+                sciflow["extra"].pop("run_id", None)
+                sciflow["extra"].pop("timings_s", None)  # the SNR step's own
+    return documents[0] == documents[1]
+
+
 _ENTRY_KEYS = ("filename", "id", "dim", "name", "type", "numpyPixelType", "pixelType")
 _OUTPUT_ALIASES = {
     "nc": "noise_covariance",

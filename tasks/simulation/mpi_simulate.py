@@ -315,8 +315,9 @@ def write_raw(
     )
     if is_s3:
         from tasks.storage.objects import ObjectStore
+        from tasks.storage.transfer import put_once
 
-        ObjectStore().upload_file(target, out)
+        put_once(ObjectStore(), out, target)  # a final output: never replaces another run's
     return out
 
 

@@ -1,9 +1,10 @@
 """Read and write files and directories by URI: a local path, ``file://`` or ``s3://``.
 
 Writes are atomic. Locally a file is written under a hidden temporary name in the target
-directory and renamed; on S3 an object appears only when its single PUT or its multipart
-upload completes, and a failed multipart upload is aborted. A crash therefore never leaves a
-half-written file under its final name.
+directory, fsynced and renamed, then the directory is fsynced so the rename survives a crash;
+on S3 an object appears only when its single PUT or its multipart upload completes, and a
+failed multipart upload is aborted. A crash therefore never leaves a half-written file under
+its final name.
 
 S3 goes through boto3's TransferManager (multipart, parallel parts), with a client from
 ``tasks.aws.clients`` (its retry policy; ``AWS_ENDPOINT_URL`` points it at moto in tests).
@@ -409,7 +410,10 @@ def _local_read(path: Path) -> bytes:
 
 
 def _atomic_local_write(path: Path, content: bytes | IO[bytes]) -> None:
-    """Write under a hidden temporary name beside ``path``, then rename over it."""
+    """Write under a hidden temporary name beside ``path``, rename over it, fsync the directory.
+
+    Outputs that must never be replaced use ``tasks.storage.transfer.put_once`` instead.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid4().hex}.tmp")
     try:
@@ -424,3 +428,13 @@ def _atomic_local_write(path: Path, content: bytes | IO[bytes]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)  # the rename itself is durable only once the directory is
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a directory's entries (a file created, linked or renamed in it) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -11,7 +11,7 @@ Publishing claims the version (``_publishing.json``, created with a conditional 
 kept alive by a renewed lease, ``tasks.storage.claim``: a second live upload is refused
 before it sends a byte, and a rerun of an upload whose process died takes the claim over
 and resumes), uploads the files in parallel with ``upload_verified`` (size and SHA-256 of
-each), then writes ``manifest.json`` with ``put_if_absent``: of two concurrent publishers
+each), then writes ``manifest.json`` with ``put_once``: of two concurrent publishers
 exactly one creates it, and a reader lists only versions whose manifest exists, so it never
 sees one without all its files. The same holds on a local directory (an exclusive create).
 
@@ -56,8 +56,8 @@ from tasks.storage.transfer import (
     IntegrityError,
     UploadedFile,
     download_verified,
-    put_if_absent,
     put_if_match,
+    put_once,
     read_with_etag,
     upload_verified,
 )
@@ -563,7 +563,7 @@ class Registry:
                     f"over while it stalled; this upload of {source} is not published"
                 )
             try:
-                put_if_absent(self.store, manifest_uri, manifest.to_json())
+                put_once(self.store, manifest_uri, manifest.to_json())
             except AlreadyExists:
                 raise VersionExists(
                     f"model {model!r} version {chosen} was published by another upload while "

@@ -2,8 +2,8 @@
 
 ``upload_verified`` copies a file and returns its size and SHA-256, computed from the bytes
 as they are sent (no second pass); ``download_verified`` refuses a copy whose size or
-SHA-256 differs from the recorded ones. ``put_if_absent`` (publish once) and ``put_if_match``
-(compare-and-swap) are the conditional writes a registry builds on.
+SHA-256 differs from the recorded ones. ``put_once`` (write once: final outputs, a registry's
+manifests) and ``put_if_match`` (compare-and-swap) are the conditional writes.
 
 S3 uploads use our own multipart loop rather than boto3's TransferManager, fresh or
 resumed: one code path, and ``benchmarks/upload.py`` found the TransferManager with a
@@ -57,7 +57,7 @@ from tasks.errors import (
     SciflowError,
     TransientError,
 )
-from tasks.storage.objects import MIB, Location, ObjectStore, _tagging
+from tasks.storage.objects import MIB, Location, ObjectStore, _tagging, fsync_dir
 
 __all__ = [
     "AlreadyExists",
@@ -65,8 +65,8 @@ __all__ = [
     "IntegrityError",
     "UploadedFile",
     "download_verified",
-    "put_if_absent",
     "put_if_match",
+    "put_once",
     "read_with_etag",
     "upload_client",
     "upload_verified",
@@ -198,49 +198,57 @@ def download_verified(
                 f"expected {size} bytes with SHA-256 {sha256}"
             )
         tmp.replace(target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return target
 
 
-def put_if_absent(store: ObjectStore, uri: str, data: bytes) -> str:
-    """Create ``uri`` with ``data`` unless it exists; returns the URI.
+def put_once(
+    store: ObjectStore,
+    uri: str,
+    content: bytes | Path,
+    *,
+    tags: Mapping[str, str] | None = None,
+) -> str:
+    """Write a file that must never be replaced (a final output, a manifest); returns the URI.
 
-    Identical content already there counts as success, so a retried call is idempotent.
+    On S3 a ``PutObject`` with ``IfNoneMatch="*"``, or for a file larger than the store's
+    part size a multipart upload whose ``CompleteMultipartUpload`` carries it (an unfinished
+    upload to the key resumes as in ``upload_verified``). Locally the content goes to a
+    hidden temporary name beside the target, is fsynced, then gets the target's name with
+    ``os.link``, which fails if the name exists; the directory is fsynced after.
+
+    Content already at ``uri`` with the same SHA-256 counts as success, so a retried or
+    rerun write is idempotent; of two concurrent writers of different content exactly one
+    succeeds.
+
+    Args:
+        store: The store (its part size and concurrency apply on S3).
+        uri: Destination.
+        content: The bytes, or a local file to copy.
+        tags: S3 object tags (ignored locally).
 
     Raises:
-        AlreadyExists: ``uri`` exists with other content.
+        AlreadyExists: ``uri`` exists with other content; it is left as it was.
+        InputError: ``content`` names no file.
     """
     loc = Location.parse(uri)
+    if isinstance(content, bytes | bytearray | memoryview):
+        content = bytes(content)
+    else:
+        content = Path(content)
+        if not content.is_file():
+            raise InputError(f"cannot write {loc}: source {content} is not a file")
     if not loc.is_s3:
-        try:
-            _local_exclusive_create(loc.path, data)
-        except FileExistsError:
-            if _sha256(loc.path.read_bytes()) != _sha256(data):
-                raise AlreadyExists(f"cannot create {loc}: it exists with other content") from None
+        _local_put_once(loc, content)
         return str(loc)
-    from botocore.exceptions import ClientError
-
     try:
-        with aws_errors(f"create {loc}"):
-            try:
-                store.s3.put_object(
-                    Bucket=loc.bucket,
-                    Key=loc.key,
-                    Body=data,
-                    IfNoneMatch="*",
-                    ChecksumSHA256=_b64sha256(data),
-                )
-            except ClientError as exc:
-                if _status(exc) != 412:
-                    raise
-                existing = store.read_bytes(str(loc))
-                if _sha256(existing) != _sha256(data):
-                    raise AlreadyExists(
-                        f"cannot create {loc}: it exists with other content"
-                    ) from None
+        if isinstance(content, bytes) or content.stat().st_size <= store.part_size:
+            _s3_put_once(store, loc, content, tags)
+        else:
+            _s3_multipart_once(store, loc, content, tags)
     except SciflowError as exc:
         if exc.code == "ConditionalRequestConflict":  # S3: a concurrent conditional write
             raise TransientError(str(exc)) from exc
@@ -339,6 +347,80 @@ def _s3_put(
     return len(data), digest.hex()
 
 
+def _s3_put_once(
+    store: ObjectStore, loc: Location, content: bytes | Path, tags: Mapping[str, str] | None
+) -> None:
+    """One conditional PUT; on 412 the object there must hold the same bytes."""
+    from botocore.exceptions import ClientError
+
+    data = content if isinstance(content, bytes) else content.read_bytes()
+    extra = {"Tagging": _tagging(tags)} if tags else {}
+    with aws_errors(f"create {loc}"):
+        try:
+            store.s3.put_object(
+                Bucket=loc.bucket,
+                Key=loc.key,
+                Body=data,
+                IfNoneMatch="*",
+                ChecksumSHA256=_b64sha256(data),
+                **extra,
+            )
+            return
+        except ClientError as exc:
+            if _status(exc) != 412:
+                raise
+    _same_or_refuse(store, loc, len(data), _sha256(data))
+
+
+def _s3_multipart_once(
+    store: ObjectStore, loc: Location, source: Path, tags: Mapping[str, str] | None
+) -> None:
+    """A multipart upload completed with ``IfNoneMatch``; an object already there is compared.
+
+    The key is checked first, so a file that would be refused is not sent.
+    """
+    if _head(store, loc) is not None:
+        _same_or_refuse(store, loc, source.stat().st_size, _file_sha256(source))
+        return
+    try:
+        _MultipartUpload(store, source, loc, None, tags, create_only=True).run()
+    except _Taken:
+        _same_or_refuse(store, loc, source.stat().st_size, _file_sha256(source))
+
+
+class _Taken(Exception):
+    """A conditional complete found an object at the key (S3 answered 412)."""
+
+
+def _same_or_refuse(store: ObjectStore, loc: Location, size: int, sha256: str) -> None:
+    """Return if the object at ``loc`` has ``size`` bytes with ``sha256`` (hex); else refuse."""
+    stored = _head(store, loc)
+    if stored is not None and stored.size == size:
+        whole = _b64(bytes.fromhex(sha256))
+        if stored.checksum == whole:  # a single PUT's checksum is the content's own
+            return
+        if _object_sha256(store, loc) == sha256:
+            return
+    raise _refused(loc, sha256)
+
+
+def _object_sha256(store: ObjectStore, loc: Location) -> str:
+    hasher = hashlib.sha256()
+    with aws_errors(f"read {loc}"):
+        body = store.s3.get_object(Bucket=loc.bucket, Key=loc.key)["Body"]
+        for chunk in body.iter_chunks(CHUNK):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def _refused(loc: Location, sha256: str) -> AlreadyExists:
+    return AlreadyExists(
+        f"cannot write {loc}: it exists with other content than this write's "
+        f"(SHA-256 {sha256[:16]}...); outputs are written once, so choose another output "
+        "location or remove the old one first"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class _Part:
     """One part of a multipart upload: its number (from 1), offset and size in bytes."""
@@ -367,9 +449,11 @@ class _MultipartUpload:
         loc: Location,
         on_progress: Progress | None,
         tags: Mapping[str, str] | None,
+        create_only: bool = False,
     ) -> None:
         self.store, self.source, self.loc = store, source, loc
         self.on_progress, self.tags = on_progress, tags
+        self.create_only = create_only  # complete only if no object is at the key
         self.size = source.stat().st_size
         self.sent_parts = 0  # parts this run uploaded (the rest were on S3 already)
 
@@ -523,13 +607,26 @@ class _MultipartUpload:
             {"PartNumber": p.number, "ETag": sent[p.number][0], "ChecksumSHA256": sent[p.number][1]}
             for p in parts
         ]
+        from botocore.exceptions import ClientError
+
+        condition = {"IfNoneMatch": "*"} if self.create_only else {}
         with aws_errors(f"complete upload to {self.loc}"):
-            self.store.s3.complete_multipart_upload(
-                Bucket=self.loc.bucket,
-                Key=self.loc.key,
-                UploadId=upload_id,
-                MultipartUpload={"Parts": listing},
-            )
+            try:
+                self.store.s3.complete_multipart_upload(
+                    Bucket=self.loc.bucket,
+                    Key=self.loc.key,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": listing},
+                    **condition,
+                )
+            except ClientError as exc:
+                if not (self.create_only and _status(exc) == 412):
+                    raise
+                # Another writer created the key first: these parts will never be used.
+                self.store.s3.abort_multipart_upload(
+                    Bucket=self.loc.bucket, Key=self.loc.key, UploadId=upload_id
+                )
+                raise _Taken from None
         stored = _head(self.store, self.loc)
         digests = b"".join(base64.b64decode(sent[p.number][1]) for p in parts)
         expected = _b64(hashlib.sha256(digests).digest())
@@ -595,31 +692,45 @@ def _local_copy(source: Path, target: Path, on_progress: Progress | None) -> tup
             out.flush()
             os.fsync(out.fileno())
         tmp.replace(target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return size, hasher.hexdigest()
 
 
-def _local_exclusive_create(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary name, then link it to ``path``, which must not exist.
+def _local_put_once(loc: Location, content: bytes | Path) -> None:
+    """Write to a temporary name, fsync, link it to ``loc`` (which must not exist), fsync the dir.
 
-    ``os.link`` fails if ``path`` exists, like ``O_EXCL``, but the file is complete before it
-    gets its name: a reader never sees it half-written.
+    ``os.link`` fails if the name exists, like ``O_EXCL``, but the file is complete before it
+    gets its name: a reader never sees it half-written. A file already there with the same
+    SHA-256 counts as written.
     """
+    path = loc.path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary(path)
+    hasher = hashlib.sha256()
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         with os.fdopen(fd, "wb") as out:
-            out.write(data)
+            if isinstance(content, bytes):
+                hasher.update(content)
+                out.write(content)
+            else:
+                with content.open("rb") as src:
+                    while chunk := src.read(CHUNK):
+                        hasher.update(chunk)
+                        out.write(chunk)
             out.flush()
             os.fsync(out.fileno())
-        os.link(tmp, path)
-        _fsync_dir(path.parent)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            if not path.is_file() or _file_sha256(path) != hasher.hexdigest():
+                raise _refused(loc, hasher.hexdigest()) from None
     finally:
         tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
 
 
 def _local_compare_and_swap(path: Path, data: bytes, etag: str | None) -> str:
@@ -637,7 +748,7 @@ def _local_compare_and_swap(path: Path, data: bytes, etag: str | None) -> str:
                 out.flush()
                 os.fsync(out.fileno())
             tmp.replace(path)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -659,14 +770,6 @@ def _locked(path: Path) -> Iterator[None]:
 def _temporary(path: Path) -> Path:
     # The name ObjectStore.walk hides: a reader listing files never sees it.
     return path.with_name(f".{path.name}.{uuid4().hex}.tmp")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _local_chunks(loc: Location) -> Iterator[bytes]:
@@ -715,6 +818,14 @@ def _s3_chunks(store: ObjectStore, loc: Location, stored: _Stored) -> Iterator[b
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with path.open("rb") as src:
+        while chunk := src.read(CHUNK):
+            hasher.update(chunk)
+    return hasher.hexdigest()
 
 
 def _b64sha256(data: bytes) -> str:

@@ -4,6 +4,9 @@
 ``state_dict.pt`` (CPU tensors, for ``load_model``) and ``config.json`` (model spec,
 parameter count, torch version and which formats were written), written last so that its
 presence means the other two are there. ``metrics.json`` and ``loss.png`` sit beside it.
+
+Each is written once (``put_once``): the same bytes again succeed, other content is refused,
+so a finished run's model is never replaced by another's.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 from torch import nn
 
 from tasks.storage.objects import ObjectStore, join_uri
+from tasks.storage.transfer import put_once
 from tasks.training.config import CURVES_NAME, METRICS_NAME, MODEL_DIR
 
 TORCHSCRIPT_NAME = "model.pt"
@@ -63,12 +67,12 @@ def save_model(
     scripted, how, error = _torchscript(cpu, example)
     if scripted is not None:
         uri = join_uri(root, TORCHSCRIPT_NAME)
-        written["model"] = store.write_bytes(uri, scripted, tags)
+        written["model"] = put_once(store, uri, scripted, tags=tags)
 
     buffer = io.BytesIO()
     torch.save(cpu.state_dict(), buffer)
-    written["state_dict"] = store.write_bytes(
-        join_uri(root, STATE_DICT_NAME), buffer.getvalue(), tags
+    written["state_dict"] = put_once(
+        store, join_uri(root, STATE_DICT_NAME), buffer.getvalue(), tags=tags
     )
 
     config = {
@@ -82,8 +86,8 @@ def save_model(
         "torchscript": {"written": scripted is not None, "method": how, "error": error},
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    written["model_config"] = store.write_text(
-        join_uri(root, MODEL_CONFIG_NAME), json.dumps(config, indent=2), tags
+    written["model_config"] = put_once(
+        store, join_uri(root, MODEL_CONFIG_NAME), json.dumps(config, indent=2).encode(), tags=tags
     )
     return written
 
@@ -168,7 +172,7 @@ def write_metrics(
     """
     store = store or ObjectStore()
     text = json.dumps(dict(metrics), indent=2, default=_plain)
-    return store.write_text(join_uri(output, METRICS_NAME), text, tags)
+    return put_once(store, join_uri(output, METRICS_NAME), text.encode(), tags=tags)
 
 
 def _plain(value: Any) -> Any:
@@ -249,4 +253,4 @@ def write_curves(
 ) -> str:
     """Write ``plot_curves`` as ``loss.png`` under ``output``; returns its URI."""
     store = store or ObjectStore()
-    return store.write_bytes(join_uri(output, CURVES_NAME), plot_curves(history, title), tags)
+    return put_once(store, join_uri(output, CURVES_NAME), plot_curves(history, title), tags=tags)

@@ -25,8 +25,8 @@ from tasks.errors import AlreadyExists, ConcurrentUpdate, InputError, IntegrityE
 from tasks.storage.objects import ObjectStore
 from tasks.storage.transfer import (
     download_verified,
-    put_if_absent,
     put_if_match,
+    put_once,
     read_with_etag,
     upload_client,
     upload_verified,
@@ -339,12 +339,12 @@ def test_resume_replaces_a_part_on_s3_that_differs_from_the_file(store, s3, big)
 # --- conditional writes -----------------------------------------------------------------
 
 
-def test_put_if_absent_is_idempotent_and_refuses_other_content(store, root):
+def test_put_once_is_idempotent_and_refuses_other_content(store, root):
     uri = f"{root}/manifest.json"
-    assert put_if_absent(store, uri, b"one") == uri
-    assert put_if_absent(store, uri, b"one") == uri
+    assert put_once(store, uri, b"one") == uri
+    assert put_once(store, uri, b"one") == uri
     with pytest.raises(AlreadyExists, match="exists with other content"):
-        put_if_absent(store, uri, b"two")
+        put_once(store, uri, b"two")
     assert store.read_bytes(uri) == b"one"
 
 
@@ -386,7 +386,7 @@ def test_two_processes_creating_one_object_one_wins(root, store):
     """
     uri = f"{root}/v1/manifest.json"
 
-    outcomes = _race(transfer_procs.race_put_if_absent, (uri, b"first"), (uri, b"second"))
+    outcomes = _race(transfer_procs.race_put_once, (uri, b"first"), (uri, b"second"))
 
     assert outcomes == ["AlreadyExists", "won"]
     assert store.read_bytes(uri) in (b"first", b"second")

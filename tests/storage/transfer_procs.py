@@ -11,15 +11,15 @@ from typing import Any
 
 from tasks.errors import SciflowError
 from tasks.storage.objects import ObjectStore
-from tasks.storage.transfer import put_if_absent, put_if_match, upload_client, upload_verified
+from tasks.storage.transfer import put_if_match, put_once, upload_client, upload_verified
 
 
-def race_put_if_absent(barrier: Barrier, results: Queue[str], uri: str, data: bytes) -> None:
+def race_put_once(barrier: Barrier, results: Queue[str], uri: str, data: bytes) -> None:
     """Wait for the other racers, then create ``uri``; puts "won" or the error's class."""
     store = ObjectStore()
     barrier.wait()
     try:
-        put_if_absent(store, uri, data)
+        put_once(store, uri, data)
     except SciflowError as exc:
         results.put(type(exc).__name__)
         return
