@@ -13,7 +13,6 @@ The checks are pure: no I/O beyond resolving local paths.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Literal
@@ -64,12 +63,12 @@ class Access:
         where = f"{parameter}={shown(uri)!r}: compute unit {self.unit!r} may not {verb} it"
         try:
             place = Location.parse(uri)
-        except InputError as exc:
-            raise InputError(f"{where} ({exc}); {allowed}") from None
+        except InputError:  # its message repeats the value unredacted
+            raise InputError(f"{where} (not a path, file:// or s3:// URI); {allowed}") from None
         if place.is_s3 and (dots := _dot_segments(place.key)):
             raise InputError(f"{where} (S3 key has {dots[0]!r} segments); {allowed}")
         if not any(_under(place, check_prefix(prefix)) for prefix in prefixes):
-            leads = f" (it resolves to {place})" if str(place) != _plain(uri) else ""
+            leads = f" (it resolves to {place})" if not place.is_s3 and str(place) != uri else ""
             raise InputError(f"{where}{leads}; {allowed}")
         return uri
 
@@ -113,9 +112,3 @@ def _under(place: Location, prefix: Location) -> bool:
 
 def _dot_segments(key: str) -> list[str]:
     return [segment for segment in key.split("/") if segment in (".", "..")]
-
-
-def _plain(uri: str) -> str:
-    """The text of ``uri`` as Location would print it, had nothing been resolved."""
-    text = uri.removeprefix("file://")
-    return text if text.startswith("s3://") else os.path.abspath(os.path.expanduser(text))
