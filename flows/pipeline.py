@@ -15,11 +15,11 @@ from prefect import task
 from pydantic import BaseModel, Field
 
 from blocks.compute_unit import load_unit
-from flows import mr_reconstruction as reconstruction_flow
-from flows import multinode_simulation as simulation_flow
 from flows.distributed_training import distributed_training
 from flows.model_upload import model_upload
+from flows.mr_reconstruction import check_reach as check_reconstruction_reach
 from flows.mr_reconstruction import mr_reconstruction
+from flows.multinode_simulation import check_reach as check_simulation_reach
 from flows.multinode_simulation import multinode_simulation
 from flows.preflight import preflight
 from flows.secure_cleanup import secure_cleanup
@@ -106,8 +106,8 @@ def research_pipeline(
     # Every path the stages would reach is checked before the first stage starts.
     check_model_name(model_name)
     access = compute_unit.access()
-    simulation_flow.check_reach(access, phantom, sequence, None)
-    reconstruction_flow.check_reach(access, signal, noise, parse_job(reconstruction), None)
+    check_simulation_reach(access, phantom, sequence, None)
+    check_reconstruction_reach(access, signal, noise, parse_job(reconstruction), None)
     run = RunContext.current(compute_unit)
 
     checked = preflight(unit=unit, probes=preflight_probes)
