@@ -181,6 +181,7 @@ def test_a_file_named_inside_an_mroptimum_job_is_checked_too(lab):
 
 
 def test_a_flip_angle_map_outside_is_refused(box):
+    """Guards against reading any NIfTI file through options.flip_angle_map."""
     shutil.copy(box.away / "signal.npy", box.data / "signal.npy")
     options = {"flip_angle_correction": True, "flip_angle_map": str(box.away / "fa.nii")}
     with pytest.raises(InputError, match=r"options\.flip_angle_map='.*/away/fa\.nii'"):
@@ -198,6 +199,7 @@ def test_a_seq_file_outside_is_refused_before_it_is_parsed(box):
 
 
 def test_nifti_maps_outside_are_refused(box):
+    """Guards against a simulation reading any file through the phantom's NIfTI maps."""
     maps = {name: str(box.away / f"{name}.nii") for name in ("pd", "t1", "t2")}
     with pytest.raises(InputError, match=r"phantom\.pd='.*/away/pd\.nii'"):
         multinode_simulation(phantom=PhantomSpec(kind="nifti", **maps), unit="box")
@@ -235,6 +237,7 @@ def test_a_sample_file_symlinked_out_of_the_dataset_is_refused_before_training(b
 
 
 def test_a_training_output_outside_is_refused(box):
+    """Guards against training writing checkpoints and model outside the unit's prefixes."""
     write_synthetic_set(str(box.data / "set"), train=8, validation=2, size=8, seed=1)
     out = box.away / "train"
     with pytest.raises(InputError, match=r"output='.*/away/train'.*may not write"):
@@ -264,6 +267,7 @@ def test_a_symlink_in_a_model_source_that_points_out_is_refused(box):
 
 
 def test_a_registry_outside_is_refused(box):
+    """Guards against publishing into a registry root outside the writable prefixes."""
     (box.data / "model.pt").write_bytes(b"weights")
     registry = box.away / "registry"
     with pytest.raises(InputError, match=r"registry='.*/away/registry'.*may not write"):
@@ -284,6 +288,7 @@ def test_the_pipeline_refuses_a_signal_outside_before_its_first_stage(box):
 
 
 def test_the_pipeline_refuses_a_bad_model_name_before_its_first_stage(box):
+    """Guards against a model name with path parts reaching the registry after hours of work."""
     with pytest.raises(InputError, match=r"model name '\.\./x' is invalid"):
         research_pipeline(unit="box", model_name="../x")
     assert not (box.root / "box").exists()

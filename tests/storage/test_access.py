@@ -44,6 +44,7 @@ def box(tmp_path: Path) -> tuple[ComputeUnit, Path]:
 
 
 def test_an_aws_unit_reads_its_root_and_declared_prefixes():
+    """Guards against confinement refusing what the unit declares (root, readable, writable)."""
     access = AWS.access()
     for uri in ("s3://lab/runs/r1/x.h5", "s3://raw/scans/knee.h5", "s3://results/shared/m.npy"):
         assert access.check_read(uri, "signal") == uri
@@ -84,16 +85,19 @@ def test_dot_segments_in_an_s3_key_are_refused(uri):
 
 
 def test_an_aws_unit_is_confined_even_when_it_says_it_is_not():
+    """Guards against an AWS unit opting out of confinement with confined=False."""
     unit = AWS.model_copy(update={"confined": False})
     assert unit.access().confined
     refusal(unit.access().check_read, "s3://patients/all.h5")
 
 
 def test_a_local_path_is_not_under_an_s3_prefix():
+    """Guards against an AWS run reading the flow host's disk."""
     refusal(AWS.access().check_read, "/etc/passwd")
 
 
 def test_a_confined_local_unit_reads_inside_its_prefixes(box):
+    """Guards against confinement refusing paths (and file:// URIs) inside the prefixes."""
     unit, tmp = box
     access = unit.access()
     assert access.check_read(str(tmp / "data" / "a" / "x.h5"), "signal")
@@ -123,6 +127,7 @@ def test_a_symlink_inside_a_prefix_that_points_out_is_refused(box):
 
 
 def test_a_symlink_that_stays_inside_is_accepted(box):
+    """Guards against refusing links judged by their text rather than where they lead."""
     unit, tmp = box
     link = tmp / "root" / "scan.h5"
     link.symlink_to(tmp / "data" / "a" / "scan.h5")
@@ -136,6 +141,7 @@ def test_a_local_prefix_matches_only_on_a_path_component_boundary(box):
 
 
 def test_a_relative_path_is_judged_where_it_leads(box, monkeypatch):
+    """Guards against relative paths escaping (or being refused) by their text alone."""
     unit, tmp = box
     monkeypatch.chdir(tmp / "root")
     assert unit.access().check_read("x.h5", "signal") == "x.h5"
@@ -143,6 +149,7 @@ def test_a_relative_path_is_judged_where_it_leads(box, monkeypatch):
 
 
 def test_the_built_in_local_unit_reaches_anything():
+    """Guards against confining the laptop user's built-in unit."""
     access = local_unit().access()
     assert not access.confined
     assert access.check_read("/etc/passwd", "signal") == "/etc/passwd"
@@ -150,6 +157,7 @@ def test_the_built_in_local_unit_reaches_anything():
 
 
 def test_a_url_shows_no_password_or_query_in_a_refusal():
+    """Guards against a presigned URL's signature or a password reaching an error message."""
     message = refusal(AWS.access().check_read, "https://u:pw@host/f.h5?X-Amz-Signature=abc")
     assert "pw" not in message
     assert "abc" not in message
@@ -158,5 +166,6 @@ def test_a_url_shows_no_password_or_query_in_a_refusal():
 
 @pytest.mark.parametrize("prefix", ["s3://raw/../lab", "s3://raw/./x", "ftp://host/x", ""])
 def test_a_unit_with_a_malformed_prefix_is_refused(prefix):
+    """Guards against a prefix that admits more than it says ('..', '.', another scheme)."""
     with pytest.raises(ValueError, match=r"prefix|storage URI"):
         ComputeUnit(name="x", readable_prefixes=[prefix])
