@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from tasks.aws.clients import AwsAccount
 from tasks.errors import InputError, describe_validation
 from tasks.settings import get_settings
+from tasks.storage.access import Access, check_prefix
 from tasks.storage.fsx import FsxLink
 from tasks.storage.objects import ObjectStore, join_uri
 from tasks.storage.registry import REGISTRY_DIR, Registry
@@ -257,6 +258,29 @@ class ComputeUnit(Block):
         ),
         examples=["s3://lab-sciflow/runs"],
     )
+    readable_prefixes: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Local paths or s3:// URIs a confined unit's runs may read besides its storage root "
+            "and writable_prefixes."
+        ),
+        examples=[["s3://lab-raw/scans"]],
+    )
+    writable_prefixes: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Local paths or s3:// URIs a confined unit's runs may write (and read) besides its "
+            "storage root."
+        ),
+        examples=[["s3://lab-results/shared"]],
+    )
+    confined: bool = Field(
+        False,
+        description=(
+            "Whether runs may read and write only the storage root and the declared prefixes; "
+            "AWS units always are, a local unit when this is set."
+        ),
+    )
     work_pools: dict[SizeClass, str] = Field(
         default_factory=lambda: dict.fromkeys(SIZE_CLASSES, LOCAL_WORK_POOL),
         description="Work pool for each size class (small, large, multinode, gpu).",
@@ -317,6 +341,8 @@ class ComputeUnit(Block):
                     f"storage_root={self.storage_root!r}: an AWS unit needs s3://bucket/prefix, "
                     "since its jobs run on machines that cannot see this one's disk"
                 )
+        for prefix in [*self.readable_prefixes, *self.writable_prefixes]:
+            check_prefix(prefix)
         if self.mode == "user" and not self.role_arn:
             raise ValueError("role_arn is required when mode is 'user' (Mode 2)")
         if self.mode == "user" and not (self.external_id and self.external_id.get_secret_value()):
@@ -355,6 +381,16 @@ class ComputeUnit(Block):
     def size_limits(self, size: SizeClass) -> SizeLimits:
         """The limits of size class ``size`` (``limits``, defaults where unset)."""
         return self.limits.of(size)
+
+    def access(self) -> Access:
+        """What this unit's runs may read and write (``tasks.storage.access``)."""
+        root = self.storage_root or get_settings().storage_root
+        return Access(
+            unit=self.name,
+            confined=self.confined or not self.is_local,
+            readable=(root, *self.writable_prefixes, *self.readable_prefixes),
+            writable=(root, *self.writable_prefixes),
+        )
 
     def aws_account(self) -> AwsAccount:
         """The unit's AWS account as plain data: region, role, credentials block, session name."""

@@ -27,6 +27,8 @@ from tasks.compute.run_context import RunContext
 from tasks.compute.timeouts import local_timeout_s, timed_out
 from tasks.errors import InputError, SciflowError
 from tasks.progress import Progress, markdown_table, publish_summary, run_logger
+from tasks.storage.access import Access
+from tasks.storage.objects import join_uri
 from tasks.storage.registry import check_model_name
 from tasks.training.config import (
     CONFIG_NAME,
@@ -74,18 +76,23 @@ class TrainingResult(BaseModel):
 
 
 @task
-def check_inputs(cfg: TrainConfig) -> dict[str, int]:
+def check_inputs(cfg: TrainConfig, access: Access | None = None) -> dict[str, int]:
     """Everything that can be checked before a process starts, so bad input fails here.
 
-    Data set, model against it, processes against shards, GPU for NCCL, and checkpoints
-    that ``resume=False`` would overwrite.
+    Data set (with ``access``: every sample file within the unit's reach, so a symlink in the
+    set cannot lead out), model against it, processes against shards, GPU for NCCL, and
+    checkpoints that ``resume=False`` would overwrite.
     """
     from tasks.training.checkpoint import CheckpointStore
-    from tasks.training.data import ImageDataset, load_manifest
+    from tasks.training.data import ImageDataset, load_manifest, set_root
     from tasks.training.loop import check_resumable, plan_steps, select_device
     from tasks.training.models import check_input_shape
 
     manifest = load_manifest(cfg.dataset)
+    if access is not None and access.confined:
+        root = set_root(cfg.dataset)
+        for name in sorted(manifest.files()):
+            access.check_read(join_uri(root, name), "dataset")
     check_input_shape(cfg.model, cfg.model_options, (manifest.channels, *manifest.shape))
     ImageDataset(cfg.dataset, "train", manifest=manifest)[0]  # files that match the manifest
     _, steps = plan_steps(cfg, len(manifest.train), cfg.processes)
@@ -327,6 +334,10 @@ def distributed_training(
     if publish_as is not None:
         check_model_name(publish_as)
     compute_unit = load_unit(unit)
+    access = compute_unit.access()
+    access.check_read(dataset, "dataset")
+    if output:
+        access.check_write(output, "output")
     if compute_unit.is_local and settings.nodes > 1:
         raise InputError(
             f"nodes={settings.nodes} on the local unit {unit!r}; expected 1 (or an AWS unit)"
@@ -337,7 +348,7 @@ def distributed_training(
     limit_s = local_timeout_s(compute_unit, size, timeout_s)
     if not compute_unit.is_local:
         check_aws_unit(run, cfg)
-    sizes = check_inputs(cfg)
+    sizes = check_inputs(cfg, access)
     logger.info(
         "%s on %d training / %d validation samples; %s with %d process(es), global batch %d, "
         "%d steps",

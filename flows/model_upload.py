@@ -80,7 +80,11 @@ def gather_source(run: RunContext, source: str) -> dict[str, Path]:
     if not loc.is_s3:
         path = loc.path
         skip = (CHECKPOINTS,) if (path / TRAINING_MARKER).is_file() else ()
-        return local_files(path, skip=skip)
+        files = local_files(path, skip=skip)
+        access = run.unit.access()
+        for local in files.values():  # a symlink in the source must not lead out
+            access.check_read(str(local), "source")
+        return files
     store = run.store
     rels = list(store.walk(str(loc)))
     dest = run.scratch / "model-source"
@@ -227,6 +231,10 @@ def model_upload(
     if stage is not None:
         check_stage(stage)
     compute_unit = load_unit(unit)
+    access = compute_unit.access()
+    access.check_read(source, "source")
+    if registry is not None:
+        access.check_write(registry, "registry")
     run = RunContext.current(compute_unit)
     target = compute_unit.registry()
     if registry is not None:

@@ -41,10 +41,11 @@ from tasks.mr.io import AcquisitionInfo, read_info, read_raw
 from tasks.mr.io.slices import SliceSource, read_slices, slice_source
 from tasks.mr.noise import Convention, NoiseStatistics
 from tasks.mr.noise import noise_statistics as referred_noise
-from tasks.mr.options import MrOptions, parse_job
+from tasks.mr.options import MrOptions, ParsedJob, parse_job
 from tasks.mr.snr import SnrMaps, snr_map
 from tasks.progress import Progress, publish_summary, run_logger
 from tasks.retry import transient_retries
+from tasks.storage.access import Access
 from tasks.storage.objects import Location, staged_name
 from tasks.storage.transfer import put_once
 
@@ -252,6 +253,24 @@ def write_outputs(
     )
 
 
+def check_reach(
+    access: Access, signal: str | None, noise: str | None, job: ParsedJob, output: str | None
+) -> None:
+    """Refuse any file the run would read or write outside what its unit may reach.
+
+    Called before anything is staged: the signal and noise (the parameters, else those the
+    job in ``options`` names), the flip-angle map, and ``output``.
+    """
+    for name, given, named in (("signal", signal, job.signal), ("noise", noise, job.noise)):
+        if given or named:
+            access.check_read(given or named, name if given else f"options (MR Optimum job) {name}")
+    opts = job.options
+    if opts.flip_angle_correction and opts.flip_angle_map:
+        access.check_read(opts.flip_angle_map, "options.flip_angle_map")
+    if output:
+        access.check_write(output, "output")
+
+
 @sciflow_flow(name="mr-reconstruction")
 def mr_reconstruction(
     signal: str | None = None,
@@ -275,11 +294,12 @@ def mr_reconstruction(
     logger = run_logger()
     job = parse_job(options)
     opts = job.options
+    compute_unit = load_unit(unit)
+    check_reach(compute_unit.access(), signal, noise, job, output)
     signal = signal or job.signal
     noise = noise or job.noise
     if not signal:
         raise InputError("no signal given: pass `signal` or an MR Optimum job naming one")
-    compute_unit = load_unit(unit)
     run = RunContext.current(compute_unit)
     if output is not None:
         refuse_another_result(run, output, opts)

@@ -36,6 +36,7 @@ from tasks.simulation.mpi_simulate import (
     parse_result,
     plan,
 )
+from tasks.storage.access import Access
 from tasks.storage.objects import join_uri
 from tasks.storage.transfer import put_once
 
@@ -59,6 +60,22 @@ class SimulationResult(BaseModel):
     progress_updates: int = Field(
         0, description="Progress lines received from the ranks (0 on AWS: they go to CloudWatch)."
     )
+
+
+def check_reach(
+    access: Access, phantom: PhantomSpec, sequence: SequenceSpec, output: str | None
+) -> None:
+    """Refuse any file the run would read or write outside what its unit may reach.
+
+    Called before anything is read: the phantom's NIfTI maps, the ``.seq`` file and ``output``.
+    """
+    for name in ("pd", "t1", "t2", "df"):
+        if uri := getattr(phantom, name):
+            access.check_read(uri, f"phantom.{name}")
+    if sequence.seq:
+        access.check_read(sequence.seq, "sequence.seq")
+    if output:
+        access.check_write(output, "output")
 
 
 @task
@@ -193,6 +210,7 @@ def multinode_simulation(
         coils=coils,
         backend=backend,
     )
+    check_reach(compute_unit.access(), spec.phantom, spec.sequence, output)
     sizes = check_inputs(spec, ranks, run)
     logger.info(
         "%d spins x %d ADC samples x %d coils on %d rank(s) of %d node(s)",

@@ -17,16 +17,19 @@ from pydantic import BaseModel, Field
 from blocks.compute_unit import load_unit
 from flows.distributed_training import distributed_training
 from flows.model_upload import model_upload
+from flows.mr_reconstruction import check_reach as check_reconstruction_reach
 from flows.mr_reconstruction import mr_reconstruction
+from flows.multinode_simulation import check_reach as check_simulation_reach
 from flows.multinode_simulation import multinode_simulation
 from flows.preflight import preflight
 from flows.secure_cleanup import secure_cleanup
 from tasks.compute.hooks import sciflow_flow
 from tasks.compute.run_context import RunContext
-from tasks.mr.options import MrOptions
+from tasks.mr.options import MrOptions, parse_job
 from tasks.progress import publish_summary
 from tasks.retry import transient_retries
 from tasks.simulation.mpi_simulate import PhantomSpec, SequenceSpec
+from tasks.storage.registry import check_model_name
 from tasks.training.config import TrainingSettings
 from tasks.training.data import build_training_set
 
@@ -100,6 +103,11 @@ def research_pipeline(
         model_name: Registry name the trained model is published under (its next version).
     """
     compute_unit = load_unit(unit)
+    # Every path the stages would reach is checked before the first stage starts.
+    check_model_name(model_name)
+    access = compute_unit.access()
+    check_simulation_reach(access, phantom, sequence, None)
+    check_reconstruction_reach(access, signal, noise, parse_job(reconstruction), None)
     run = RunContext.current(compute_unit)
 
     checked = preflight(unit=unit, probes=preflight_probes)

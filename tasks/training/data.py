@@ -19,11 +19,12 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from torch.utils.data import Dataset
 
 from tasks.errors import InputError, describe_validation
 from tasks.storage.objects import Location, ObjectStore, join_uri
+from tasks.storage.registry import check_relative_path
 
 MANIFEST = "manifest.json"
 FORMAT = "sciflow-training-set"
@@ -42,6 +43,12 @@ class Sample(BaseModel):
     input: str
     target: str
     source: str | None = None
+
+    @field_validator("input", "target")
+    @classmethod
+    def _inside_the_set(cls, path: str) -> str:
+        check_relative_path(path)  # a name in the manifest must not lead out of the set
+        return path
 
 
 class Manifest(BaseModel):

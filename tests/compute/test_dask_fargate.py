@@ -53,6 +53,7 @@ def fargate_unit(ecs_standin, standin_network) -> Iterator[ComputeUnit]:
     boto3.client("s3", region_name=REGION).create_bucket(Bucket=BUCKET)
     url = bridge_api_url(standin_network)
     unit = standin_unit(UNIT, made, prefect_api_secret(url), f"s3://{BUCKET}/runs")
+    unit.readable_prefixes = [f"s3://{BUCKET}/inputs"]
     unit.save(UNIT, overwrite=True)
     with temporary_settings(updates={PREFECT_API_URL: url}):
         yield unit

@@ -85,6 +85,8 @@ def _batch_unit(name: str, definitions: dict[str, str]) -> None:
         platform="aws",
         region=REGION,
         storage_root=f"s3://{BUCKET}/runs",
+        readable_prefixes=[DATASET],
+        writable_prefixes=[OUTPUT],
         batch_job_queue=QUEUE,
         batch_job_definitions=definitions,
     ).save(name, overwrite=True)
@@ -96,6 +98,8 @@ def _ecs_unit(name: str, network: dict[str, Any], **fargate: Any) -> None:
         platform="aws",
         region=REGION,
         storage_root=f"s3://{BUCKET}/runs",
+        readable_prefixes=[DATASET],
+        writable_prefixes=[OUTPUT],
         fargate=fargate_settings(network, **fargate),
     ).save(name, overwrite=True)
 
@@ -366,7 +370,7 @@ def test_a_path_on_the_flow_host_is_refused_for_the_parameter_server(
     dataset, output = (
         (paths["dataset"], OUTPUT) if field == "dataset" else (DATASET, paths["output"])
     )
-    with pytest.raises(InputError, match=rf"{field}='/.*' on the AWS unit 'train-ecs'.*s3://"):
+    with pytest.raises(InputError, match=rf"{field}='/.*'.*'train-ecs'.*s3://"):
         distributed_training(
             dataset,
             settings={"model": "linear", "strategy": "parameter_server", "batch_size": 8},

@@ -116,6 +116,7 @@ def test_on_aws_a_multinode_batch_job_is_submitted_with_node_ranges_and_run_tags
         platform="aws",
         region=REGION,
         storage_root=f"s3://{BUCKET}/runs",
+        writable_prefixes=[f"s3://{BUCKET}/sim"],
         batch_job_queue=QUEUE,
         batch_job_definitions={"simulation": definition},
         limits={"multinode": {**DEFAULT_LIMITS["multinode"].model_dump(), "wall_time_s": 5400}},

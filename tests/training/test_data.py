@@ -7,6 +7,7 @@ import gzip
 import json
 import multiprocessing
 import pickle
+import re
 import tracemalloc
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -373,3 +374,11 @@ def test_nifti_sample_slices_stay_readable(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text(manifest.model_dump_json())
     noisy, _ = ImageDataset(str(tmp_path))[0]
     np.testing.assert_array_equal(noisy.numpy(), np.moveaxis(volume, -1, 0))
+
+
+@pytest.mark.parametrize("name", ["/etc/hosts.npy", "../other-set/samples/x.npy", "./x.npy"])
+def test_a_sample_path_leading_out_of_the_set_is_refused(synthetic: Path, name: str) -> None:
+    """Guards against a manifest naming files outside its set (absolute or with '..')."""
+    edit_manifest(synthetic, train=[{"input": name, "target": "samples/00000_target.npy"}])
+    with pytest.raises(InputError, match=rf"train\.0\.input.*file path '{re.escape(name)}'"):
+        load_manifest(str(synthetic))

@@ -72,6 +72,7 @@ def unit(ecs_standin: Any, standin_network: Any, monkeypatch: pytest.MonkeyPatch
         platform="aws",
         region=REGION,
         storage_root=f"s3://{BUCKET}/runs",
+        readable_prefixes=[DATASET],
         fargate=fargate_settings(network, log_group=LOG_GROUP),
     ).save(UNIT, overwrite=True)
     monkeypatch.setattr(module, "ECS_POLL_S", 0.2)
