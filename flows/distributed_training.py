@@ -74,23 +74,24 @@ class TrainingResult(BaseModel):
 
 
 @task
-def check_inputs(cfg: TrainConfig) -> dict[str, int]:
+def check_inputs(run: RunContext, cfg: TrainConfig) -> dict[str, int]:
     """Everything that can be checked before a process starts, so bad input fails here.
 
     Data set, model against it, processes against shards, GPU for NCCL, and checkpoints
-    that ``resume=False`` would overwrite.
+    that ``resume=False`` would overwrite; read through the unit's store (in Mode 2 the
+    user's account, never this process's ambient credentials).
     """
     from tasks.training.checkpoint import CheckpointStore
     from tasks.training.data import ImageDataset, load_manifest
     from tasks.training.loop import check_resumable, plan_steps, select_device
     from tasks.training.models import check_input_shape
 
-    manifest = load_manifest(cfg.dataset)
+    manifest = load_manifest(cfg.dataset, run.store)
     check_input_shape(cfg.model, cfg.model_options, (manifest.channels, *manifest.shape))
-    ImageDataset(cfg.dataset, "train", manifest=manifest)[0]  # files that match the manifest
+    ImageDataset(cfg.dataset, "train", run.store, manifest)[0]  # files that match the manifest
     _, steps = plan_steps(cfg, len(manifest.train), cfg.processes)
     select_device(cfg)
-    check_resumable(cfg, CheckpointStore(cfg.checkpoints).latest())
+    check_resumable(cfg, CheckpointStore(cfg.checkpoints, run.store).latest())
     return {"train": len(manifest.train), "validation": len(manifest.validation), "steps": steps}
 
 
@@ -337,7 +338,7 @@ def distributed_training(
     limit_s = local_timeout_s(compute_unit, size, timeout_s)
     if not compute_unit.is_local:
         check_aws_unit(run, cfg)
-    sizes = check_inputs(cfg)
+    sizes = check_inputs(run, cfg)
     logger.info(
         "%s on %d training / %d validation samples; %s with %d process(es), global batch %d, "
         "%d steps",
