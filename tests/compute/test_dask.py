@@ -375,3 +375,37 @@ def test_aws_runner_records_its_cluster_when_given_the_runs_record(tmp_path):
     assert set(runner.cluster_kwargs["definitions"]) == {"scheduler", "worker"}
     local = dask_task_runner(local_unit(), "small", TAGS, record)
     assert local.cluster_class == LOCAL_CLUSTER
+
+
+def test_the_cluster_gets_the_units_account_and_tls_never_the_ambient_session(
+    tmp_path, fake_cluster
+):
+    """Guards against dask-cloudprovider's clients falling back to aiobotocore's default
+    session (ambient credentials, another account in Mode 2) and against a plaintext cluster:
+    the cluster is handed clients in the unit's account (its role, in another moto account),
+    region and endpoint, and per-cluster TLS required both ways; the TLS secret lives only as
+    long as the cluster."""
+    import boto3
+    from pydantic import SecretStr
+
+    from tasks.compute.launches import LaunchRecord
+    from tasks.storage.objects import ObjectStore
+
+    role = "arn:aws:iam::111111111111:role/sciflow-runner"
+    unit = aws_unit(public_subnets=False).model_copy(
+        update={"role_arn": role, "external_id": SecretStr("lab-external-id")}
+    )
+    record = LaunchRecord(ObjectStore(), str(tmp_path))
+    with _recorded(record, unit) as cluster:
+        settings = cluster.kwargs["aws_clients"].settings("sts")
+        secrets = boto3.client("secretsmanager", **settings)
+        [tls] = secrets.list_secrets()["SecretList"]
+    assert settings["region_name"] == "eu-west-1"
+    assert settings["endpoint_url"] == boto3.client("sts").meta.endpoint_url  # moto's
+    identity = boto3.client("sts", **settings).get_caller_identity()
+    assert identity["Account"] == "111111111111"
+    assert "aws_access_key_id" not in cluster.kwargs  # nothing for the default session
+    assert cluster.kwargs["security"].require_encryption
+    assert cluster.kwargs["scheduler_extra_args"] == ["--protocol", "tls"]
+    assert tls["Name"].startswith("sciflow-dask-tls-")
+    assert secrets.list_secrets()["SecretList"] == []
