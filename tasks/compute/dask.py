@@ -204,8 +204,9 @@ def task_definitions(
     """The scheduler's and workers' ``RegisterTaskDefinition`` bodies for a cluster spec.
 
     dask-cloudprovider overrides each container's command at ``RunTask``; what these add to
-    its own definitions is the workers' ``secrets`` (the Prefect API URL and key) and the
-    run's tags. A GPU worker asks for its GPUs and runs on EC2.
+    its own definitions is the workers' ``secrets`` (the Prefect API URL and key), Dask's
+    required encryption and the run's tags (``with_tls_secret`` adds the certificates once
+    the cluster's secret exists). A GPU worker asks for its GPUs and runs on EC2.
 
     Args:
         unit: The AWS unit (``unit.fargate`` set).
@@ -342,17 +343,19 @@ def recorded_ecs_cluster(
 ) -> Iterator[Any]:
     """A Dask cluster on ECS, with everything it needs made before it and removed after it.
 
-    Registers ``definitions`` (and an ECS cluster when ``kwargs`` names none), starts
-    ``cluster_class`` on them, and puts its scheduler and worker tasks in ``record`` while it
-    runs. Once it has closed (which stops its tasks) the tasks leave the record and the
-    definitions and the ECS cluster made here are removed. If the run dies first the tasks
+    Makes the cluster's TLS certificates and the secret the tasks read them from, registers
+    ``definitions`` (and an ECS cluster when ``kwargs`` names none), starts ``cluster_class``
+    on them with the unit's AWS clients and TLS required, and puts its scheduler and worker
+    tasks in ``record`` while it runs. Once it has closed (which stops its tasks) the tasks
+    leave the record and the definitions, the secret and the ECS cluster made here are
+    removed. If the run dies first the tasks
     stay recorded for its stop hook; what this made is still removed, or, should AWS refuse,
     left to cleanup, which finds it by the run's tags.
 
     Args:
         cluster_class: ``FARGATE_CLUSTER`` or ``ECS_CLUSTER``.
         definitions: ``task_definitions(...)``.
-        account: The unit's account (the ECS calls made here).
+        account: The unit's account (the calls made here and the cluster's own).
         record: The run's launch record, if any.
         **kwargs: The cluster's keyword arguments (``cluster_spec``).
     """
@@ -476,6 +479,10 @@ def _remove(ecs: Any, definition_arns: Any, cluster_arn: str | None) -> None:
 @cache
 def _tolerant_cluster_class(path: str) -> type:
     """``path``'s cluster class, with tasks that wait through ECS's ACTIVATING state.
+
+    It takes ``aws_clients`` (an ``AioClients``): every client the cluster and its tasks
+    make comes from it, in the unit's account, rather than from aiobotocore's ambient
+    credentials.
 
     dask-cloudprovider polls a new task only while it is PROVISIONING or PENDING and takes any
     other state but RUNNING for a failure, so a task seen ACTIVATING (ECS's step between
