@@ -15,6 +15,7 @@ error code and HTTP status, never message text) that carry the AWS ``code`` and 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -33,6 +34,8 @@ DEFAULT_SESSION_NAME = "sciflow"
 # Services whose custom endpoints (moto, VPC endpoints) do not serve the prefixed host of
 # some operations: Cloud Map's DiscoverInstances would go to `data-<endpoint host>`.
 NO_HOST_PREFIX = frozenset({"servicediscovery"})
+# Seconds after which AioClients assumes its role again (AssumeRole's credentials last an hour).
+ROLE_REFRESH_S = 1800.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,9 +174,10 @@ class AioClients:
 
     Each client gets, explicitly, the credentials, region and endpoint that ``client`` would
     use for the same service: left to itself aiobotocore would read the process's ambient
-    credentials, which in Mode 2 are another account's. The account's session is made once
-    (one ``AssumeRole``); its credentials are read again for every client, so credentials that
-    refresh stay fresh.
+    credentials, which in Mode 2 are another account's. The account's credentials block is
+    loaded here, once (the clients are made inside the library's event loop, where a Prefect
+    block cannot be loaded synchronously); a role is assumed again after
+    ``ROLE_REFRESH_S``, before its one-hour credentials expire under a long-lived cluster.
 
     Args:
         account: The account; the ambient credentials and region if ``None``.
@@ -181,12 +185,22 @@ class AioClients:
     """
 
     def __init__(self, account: AwsAccount | None = None, region: str | None = None) -> None:
-        self._session = session(account)
+        self._account = account or AwsAccount()
+        self._credentials: AwsCredentials | None = None
+        if self._account.credentials_block:
+            from prefect_aws import AwsCredentials
+
+            self._credentials = AwsCredentials.load(self._account.credentials_block)
+        self._session = session(self._account, self._credentials)
+        self._made = time.monotonic()
         self.region = region or self._session.region_name
         self._endpoints: dict[str, str] = {}
 
     def settings(self, service: str) -> dict[str, Any]:
         """``create_client`` keyword arguments for ``service``: credentials, region, endpoint."""
+        if self._account.role_arn and time.monotonic() - self._made > ROLE_REFRESH_S:
+            self._session = session(self._account, self._credentials)
+            self._made = time.monotonic()
         if service not in self._endpoints:
             self._endpoints[service] = self._session.client(
                 service, region_name=self.region, config=retry_config()

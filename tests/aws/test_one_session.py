@@ -225,3 +225,27 @@ def test_dask_cloudprovider_clients_get_the_units_credentials_region_and_endpoin
             return (await aio_ecs.list_clusters())["clusterArns"]
 
     assert asyncio.run(list_clusters()) == [made]
+
+
+def test_aiobotocore_clients_assume_the_role_again_before_its_credentials_expire(
+    unit_credentials_only,
+):
+    """Guards against a long-lived cluster's clients carrying the role's one-hour credentials
+    past their expiry; the new ones are made inside the library's event loop, where the
+    unit's credentials block could not be loaded, and stay in the unit's account."""
+    from tasks.aws.clients import ROLE_REFRESH_S, AioClients
+
+    account = _unit(role_arn=USER_ROLE, external_id="lab-external-id").aws_account()
+    clients = AioClients(account, REGION)
+    first = clients.settings("sts")["aws_access_key_id"]
+    assert clients.settings("sts")["aws_access_key_id"] == first  # one AssumeRole, reused
+    clients._made -= ROLE_REFRESH_S + 1  # as if half an hour had passed
+
+    async def identity() -> tuple[str, str]:
+        async with clients("sts") as sts:
+            answer = await sts.get_caller_identity()
+        return clients.settings("sts")["aws_access_key_id"], answer["Account"]
+
+    key, in_account = asyncio.run(identity())
+    assert key != first
+    assert in_account == USER_ACCOUNT
