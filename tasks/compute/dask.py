@@ -348,9 +348,8 @@ def recorded_ecs_cluster(
     on them with the unit's AWS clients and TLS required, and puts its scheduler and worker
     tasks in ``record`` while it runs. Once it has closed (which stops its tasks) the tasks
     leave the record and the definitions, the secret and the ECS cluster made here are
-    removed. If the run dies first the tasks
-    stay recorded for its stop hook; what this made is still removed, or, should AWS refuse,
-    left to cleanup, which finds it by the run's tags.
+    removed. If the run dies first the tasks stay recorded for its stop hook; what this made
+    is still removed, or, should AWS refuse, left to cleanup, which finds it by the run's tags.
 
     Args:
         cluster_class: ``FARGATE_CLUSTER`` or ``ECS_CLUSTER``.
