@@ -76,28 +76,29 @@ class TrainingResult(BaseModel):
 
 
 @task
-def check_inputs(cfg: TrainConfig, access: Access | None = None) -> dict[str, int]:
+def check_inputs(run: RunContext, cfg: TrainConfig, access: Access | None = None) -> dict[str, int]:
     """Everything that can be checked before a process starts, so bad input fails here.
 
     Data set (with ``access``: every sample file within the unit's reach, so a symlink in the
     set cannot lead out), model against it, processes against shards, GPU for NCCL, and
-    checkpoints that ``resume=False`` would overwrite.
+    checkpoints that ``resume=False`` would overwrite; read through the unit's store (in
+    Mode 2 the user's account, never this process's ambient credentials).
     """
     from tasks.training.checkpoint import CheckpointStore
     from tasks.training.data import ImageDataset, load_manifest, set_root
     from tasks.training.loop import check_resumable, plan_steps, select_device
     from tasks.training.models import check_input_shape
 
-    manifest = load_manifest(cfg.dataset)
+    manifest = load_manifest(cfg.dataset, run.store)
     if access is not None and access.confined:
         root = set_root(cfg.dataset)
         for name in sorted(manifest.files()):
             access.check_read(join_uri(root, name), "dataset")
     check_input_shape(cfg.model, cfg.model_options, (manifest.channels, *manifest.shape))
-    ImageDataset(cfg.dataset, "train", manifest=manifest)[0]  # files that match the manifest
+    ImageDataset(cfg.dataset, "train", run.store, manifest)[0]  # files that match the manifest
     _, steps = plan_steps(cfg, len(manifest.train), cfg.processes)
     select_device(cfg)
-    check_resumable(cfg, CheckpointStore(cfg.checkpoints).latest())
+    check_resumable(cfg, CheckpointStore(cfg.checkpoints, run.store).latest())
     return {"train": len(manifest.train), "validation": len(manifest.validation), "steps": steps}
 
 
@@ -348,7 +349,7 @@ def distributed_training(
     limit_s = local_timeout_s(compute_unit, size, timeout_s)
     if not compute_unit.is_local:
         check_aws_unit(run, cfg)
-    sizes = check_inputs(cfg, access)
+    sizes = check_inputs(run, cfg, access)
     logger.info(
         "%s on %d training / %d validation samples; %s with %d process(es), global batch %d, "
         "%d steps",

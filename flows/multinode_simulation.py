@@ -83,7 +83,7 @@ def check_inputs(spec: SimulationSpec, ranks: int, run: RunContext) -> dict[str,
     """Build phantom and sequence once, before any rank starts: bad input fails here."""
     if run.unit.is_local:
         mpiexec_path()  # InputError naming how to install it
-    phantom, sequence = plan(spec, run.scratch / "inputs")
+    phantom, sequence = plan(spec, run.scratch / "inputs", run.store)
     check_ranks(ranks, phantom.n_spins)
     return {"spins": phantom.n_spins, "adc_samples": sequence.adc_samples}
 

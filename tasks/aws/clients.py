@@ -4,7 +4,10 @@ Every boto3 client sciflow uses is made by ``client``: the account's session (it
 ``AwsCredentials`` block, then its role), its region, and one botocore ``Config`` whose
 retries (``SCIFLOW_AWS_RETRY_MODE``, ``SCIFLOW_AWS_MAX_ATTEMPTS``) are the only retry layer
 of an AWS call: callers do not loop around calls. botocore reads ``AWS_ENDPOINT_URL`` itself,
-so tests point every client at moto's server on 127.0.0.1.
+so tests point every client at moto's server on 127.0.0.1. A library that makes its own
+aiobotocore clients (dask-cloudprovider) gets them from ``AioClients``: the same account,
+region and endpoint, handed over explicitly. Nothing outside this module makes a boto3,
+botocore or aiobotocore client or session (tests/aws/test_one_session.py checks it).
 
 ``call`` and ``aws_errors`` turn what boto3 raises into ``tasks.errors`` types (decided by
 error code and HTTP status, never message text) that carry the AWS ``code`` and ``operation``.
@@ -12,6 +15,7 @@ error code and HTTP status, never message text) that carry the AWS ``code`` and 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -30,6 +34,8 @@ DEFAULT_SESSION_NAME = "sciflow"
 # Services whose custom endpoints (moto, VPC endpoints) do not serve the prefixed host of
 # some operations: Cloud Map's DiscoverInstances would go to `data-<endpoint host>`.
 NO_HOST_PREFIX = frozenset({"servicediscovery"})
+# Seconds after which AioClients assumes its role again (AssumeRole's credentials last an hour).
+ROLE_REFRESH_S = 1800.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +167,74 @@ def client(
     if region:
         kwargs["region_name"] = region
     return session(account, credentials).client(service, **kwargs)
+
+
+class AioClients:
+    """aiobotocore clients in an account, for a library that makes its own (dask-cloudprovider).
+
+    Each client gets, explicitly, the credentials, region and endpoint that ``client`` would
+    use for the same service: left to itself aiobotocore would read the process's ambient
+    credentials, which in Mode 2 are another account's. The account's credentials block is
+    loaded here, once (the clients are made inside the library's event loop, where a Prefect
+    block cannot be loaded synchronously); a role is assumed again after
+    ``ROLE_REFRESH_S``, before its one-hour credentials expire under a long-lived cluster.
+
+    Args:
+        account: The account; the ambient credentials and region if ``None``.
+        region: Region to use instead of the session's.
+    """
+
+    def __init__(self, account: AwsAccount | None = None, region: str | None = None) -> None:
+        self._account = account or AwsAccount()
+        self._credentials: AwsCredentials | None = None
+        if self._account.credentials_block:
+            from prefect_aws import AwsCredentials
+
+            self._credentials = AwsCredentials.load(self._account.credentials_block)
+        self._session = session(self._account, self._credentials)
+        self._made = time.monotonic()
+        self.region = region or self._session.region_name
+        self._endpoints: dict[str, str] = {}
+
+    def settings(self, service: str) -> dict[str, Any]:
+        """``create_client`` keyword arguments for ``service``: credentials, region, endpoint."""
+        if self._account.role_arn and time.monotonic() - self._made > ROLE_REFRESH_S:
+            self._session = session(self._account, self._credentials)
+            self._made = time.monotonic()
+        if service not in self._endpoints:
+            self._endpoints[service] = self._session.client(
+                service, region_name=self.region, config=retry_config()
+            ).meta.endpoint_url
+        with aws_errors(f"read the credentials for {service}"):
+            credentials = self._session.get_credentials()
+        if credentials is None:
+            raise InputError(
+                f"cannot make a {service} client: no AWS credentials; expected them from the "
+                "compute unit's AwsCredentials block, its role or the environment"
+            )
+        frozen = credentials.get_frozen_credentials()
+        return {
+            "aws_access_key_id": frozen.access_key,
+            "aws_secret_access_key": frozen.secret_key,
+            "aws_session_token": frozen.token,
+            "region_name": self.region,
+            "endpoint_url": self._endpoints[service],
+        }
+
+    def __call__(self, service: str, aio_session: Any = None) -> Any:
+        """An aiobotocore ``create_client`` context for ``service``, with the one retry policy.
+
+        Args:
+            service: Service name (``"ecs"``, ``"ec2"``, ``"logs"`` ...).
+            aio_session: The library's aiobotocore session; a new one if ``None``.
+        """
+        from aiobotocore.config import AioConfig
+        from aiobotocore.session import get_session
+
+        policy = retry_config()
+        return (aio_session or get_session()).create_client(
+            service, config=AioConfig(retries=policy.retries), **self.settings(service)
+        )
 
 
 def transfer_manager(s3: Any, part_size: int, concurrency: int) -> Any:

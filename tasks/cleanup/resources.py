@@ -18,6 +18,8 @@ id exactly, compared here, never through a service's filter (EC2 filters take ``
 - Log streams of the run's Dask tasks: streams carry no tags; awslogs names a Dask task's
   ``dask/<container>/<task id>`` in the unit's Dask log group, and the task carries the tag,
   which identifies them while ECS still lists the task (an hour or more after it stopped).
+- Secrets Manager secrets named ``sciflow-``* (a Dask cluster's TLS certificates): deleted
+  without a recovery window.
 
 Tasks and jobs go first; what they use goes after. A delete refused because something still
 uses the resource (a security group's network interfaces outlive a stopping task by minutes)
@@ -52,6 +54,7 @@ ResourceKind = Literal[
     "efs-access-point",
     "security-group",
     "log-stream",
+    "secret",
 ]
 # Removal order: what runs, then what it runs in or with.
 KINDS: tuple[ResourceKind, ...] = get_args(ResourceKind)
@@ -63,6 +66,9 @@ DASK_LOG_PREFIX = "dask"
 # Every task definition family sciflow registers starts so (Dask, parameter server): listing
 # only those spares describing every revision in the account, one call each, at every run's end.
 FAMILY_PREFIX = "sciflow-"
+# Every secret a run makes is named so (tasks.compute.dask's TLS_SECRET_PREFIX starts so);
+# the unit's own secrets (the Prefect API URL and key) carry no run id.
+SECRET_PREFIX = "sciflow-"  # noqa: S105  # a name prefix, not a secret
 # Batch's variable naming the job a process runs in (``<job id>#<node>`` on a node).
 BATCH_JOB_ID = "AWS_BATCH_JOB_ID"
 # Seconds to keep retrying deletes refused because the resource is still in use, and between
@@ -244,6 +250,7 @@ def _tagged(
     yield from _task_definitions(clients)
     yield from _access_points(clients)
     yield from _security_groups(clients, run_id)
+    yield from _secrets(clients)
 
 
 def _pages(fn_client: Any, operation: str, key: str, doing: str, **kwargs: Any) -> Iterator[Any]:
@@ -446,6 +453,14 @@ def _security_groups(clients: Clients, run_id: str | None) -> Iterator[tuple[str
             yield run, Resource("security-group", group["GroupId"], state=group["GroupName"])
 
 
+def _secrets(clients: Clients) -> Iterator[tuple[str, Resource]]:
+    secrets = clients("secretsmanager")
+    named = [{"Key": "name", "Values": [SECRET_PREFIX]}]  # a prefix match
+    for secret in _pages(secrets, "list_secrets", "SecretList", "list secrets", Filters=named):
+        if run := from_aws(secret.get("Tags", [])).get(RUN_ID_TAG):
+            yield run, Resource("secret", secret["ARN"], state=secret["Name"])
+
+
 # --- removing ---------------------------------------------------------------------------------
 
 
@@ -526,6 +541,7 @@ _SERVICE: dict[ResourceKind, str] = {
     "efs-access-point": "efs",
     "security-group": "ec2",
     "log-stream": "logs",
+    "secret": "secretsmanager",
 }
 
 
@@ -556,6 +572,8 @@ def _remove(clients: Clients, resource: Resource, reason: str) -> None:
         call(api.delete_security_group, doing, GroupId=rid)
     elif kind == "log-stream":
         call(api.delete_log_stream, doing, logGroupName=resource.parent, logStreamName=rid)
+    elif kind == "secret":
+        call(api.delete_secret, doing, SecretId=rid, ForceDeleteWithoutRecovery=True)
 
 
 def own_batch_job(env: Mapping[str, str] | None = None) -> str | None:

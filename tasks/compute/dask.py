@@ -4,9 +4,16 @@ On AWS the scheduler runs on Fargate, and so do the workers unless they ask for 
 on the unit's EC2 GPU capacity provider through ``ECSCluster`` (Fargate has no GPUs). sciflow
 registers the scheduler's and workers' task definitions itself, since dask-cloudprovider's
 carry no ``secrets``: the workers get the Prefect API URL and key from Secrets Manager or SSM,
-never as plain environment. Everything a cluster needs (its task definitions, and its ECS
-cluster when the unit names none) exists only while it runs and is tagged with the run's tags;
-IAM roles and the log group are the unit's, never made per run.
+never as plain environment. Everything a cluster needs (its task definitions, its TLS secret,
+and its ECS cluster when the unit names none) exists only while it runs and is tagged with the
+run's tags; IAM roles and the log group are the unit's, never made per run.
+
+The scheduler, the workers and the flow host speak TLS with certificates made for each cluster
+(``Security.temporary()``) and required both ways: anything the security group admits without
+them is refused, where plaintext TCP would run the pickled functions it sends as the task role.
+The tasks get the certificates from a Secrets Manager secret made for the cluster, as ECS
+``secrets``. dask-cloudprovider's own AWS calls go out with the unit's credentials, region and
+endpoint (``AioClients``), never aiobotocore's ambient ones.
 
 Bounded in time even when the flow run is killed: the scheduler exits after
 ``scheduler_timeout`` idle (a dead client's work is released), the workers after the size
@@ -20,13 +27,15 @@ import asyncio
 import hashlib
 import json
 import logging
+import secrets as secrets_module
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from functools import cache
 from typing import TYPE_CHECKING, Any, Literal
 
 from blocks.compute_unit import ComputeUnit, FargateDask, SizeClass
-from tasks.aws.clients import AwsAccount, call, client
+from tasks.aws.clients import AioClients, AwsAccount, call, client
 from tasks.aws.tags import RUN_ID_TAG, to_aws
 from tasks.compute.launches import Launch, LaunchRecord
 from tasks.compute.secrets import refuse_clear_credentials
@@ -52,6 +61,22 @@ TASK_FAMILY_PREFIX = "sciflow-dask-"
 CONTAINERS = {"scheduler": "dask-scheduler", "worker": "dask-worker"}
 # Dask's setting distributed.scheduler.no-workers-timeout, as the scheduler reads it.
 NO_WORKERS_TIMEOUT_VARIABLE = "DASK_DISTRIBUTED__SCHEDULER__NO_WORKERS_TIMEOUT"
+# Dask's TLS settings as the containers read them (values may be PEM text, not paths).
+REQUIRE_ENCRYPTION_VARIABLE = "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION"
+TLS_VARIABLE_PREFIX = "DASK_DISTRIBUTED__COMM__TLS__"
+# Which of the cluster's TLS secret's JSON keys each container reads into which setting.
+TLS_SETTINGS: dict[Role, dict[str, str]] = {
+    "scheduler": {"CA_FILE": "ca", "SCHEDULER__CERT": "cert", "SCHEDULER__KEY": "key"},
+    # A task on a worker that opens a Dask client of its own uses the client pair.
+    "worker": {
+        "CA_FILE": "ca",
+        "WORKER__CERT": "cert",
+        "WORKER__KEY": "key",
+        "CLIENT__CERT": "cert",
+        "CLIENT__KEY": "key",
+    },
+}
+TLS_SECRET_PREFIX = "sciflow-dask-tls-"  # noqa: S105  # a name, not a secret
 # Open files per container, as dask-cloudprovider's own definitions allow.
 NOFILE = 65535
 
@@ -116,6 +141,8 @@ def cluster_spec(
         "scheduler_cpu": fargate.scheduler_cpu,
         "scheduler_mem": fargate.scheduler_mem,
         "scheduler_timeout": fargate.scheduler_timeout,
+        # The certificates come from the environment (task_definitions, with_tls_secret).
+        "scheduler_extra_args": ["--protocol", "tls"],
         # Workers exit after the class's wall time; the scheduler then fails the work left
         # (no workers, see task_definitions), falls idle and exits after scheduler_timeout.
         "worker_extra_args": ["--lifetime", f"{unit.size_limits(size).wall_time_s}s"],
@@ -177,8 +204,9 @@ def task_definitions(
     """The scheduler's and workers' ``RegisterTaskDefinition`` bodies for a cluster spec.
 
     dask-cloudprovider overrides each container's command at ``RunTask``; what these add to
-    its own definitions is the workers' ``secrets`` (the Prefect API URL and key) and the
-    run's tags. A GPU worker asks for its GPUs and runs on EC2.
+    its own definitions is the workers' ``secrets`` (the Prefect API URL and key), Dask's
+    required encryption and the run's tags (``with_tls_secret`` adds the certificates once
+    the cluster's secret exists). A GPU worker asks for its GPUs and runs on EC2.
 
     Args:
         unit: The AWS unit (``unit.fargate`` set).
@@ -216,12 +244,14 @@ def task_definitions(
                 },
             },
         }
+        # Every connection, in and out, is TLS with the cluster's certificates.
+        container["environment"] = [{"name": REQUIRE_ENCRYPTION_VARIABLE, "value": "True"}]
         if role == "scheduler":
             # Work no worker can run (they exit at the wall time) fails after this, rather
             # than keeping the scheduler busy, and so billed, for ever.
-            container["environment"] = [
+            container["environment"].append(
                 {"name": NO_WORKERS_TIMEOUT_VARIABLE, "value": fargate.scheduler_timeout}
-            ]
+            )
         if role == "worker":
             # Task runs on the workers report to Prefect; the scheduler never calls it.
             container["secrets"] = fargate.prefect_api_secrets()
@@ -241,6 +271,28 @@ def task_definitions(
         body["family"] = f"{TASK_FAMILY_PREFIX}{role}-{digest}"
         body["tags"] = to_aws(kwargs.get("tags") or {}, key="key", value="value")
         bodies[role] = body
+    return bodies
+
+
+def with_tls_secret(
+    definitions: Mapping[Role, Mapping[str, Any]], secret_arn: str
+) -> dict[Role, dict[str, Any]]:
+    """``definitions`` whose containers read the cluster's certificates from ``secret_arn``.
+
+    Args:
+        definitions: ``task_definitions(...)``.
+        secret_arn: The Secrets Manager secret holding the JSON ``{"ca", "cert", "key"}``
+            (``_create_tls_secret``); ECS reads each key into its Dask setting.
+    """
+    bodies: dict[Role, dict[str, Any]] = {}
+    for role, body in definitions.items():
+        [container] = body["containerDefinitions"]
+        tls = [
+            {"name": TLS_VARIABLE_PREFIX + setting, "valueFrom": f"{secret_arn}:{key}::"}
+            for setting, key in TLS_SETTINGS[role].items()
+        ]
+        container = {**container, "secrets": [*(container.get("secrets") or []), *tls]}
+        bodies[role] = {**body, "containerDefinitions": [container]}
     return bodies
 
 
@@ -291,17 +343,18 @@ def recorded_ecs_cluster(
 ) -> Iterator[Any]:
     """A Dask cluster on ECS, with everything it needs made before it and removed after it.
 
-    Registers ``definitions`` (and an ECS cluster when ``kwargs`` names none), starts
-    ``cluster_class`` on them, and puts its scheduler and worker tasks in ``record`` while it
-    runs. Once it has closed (which stops its tasks) the tasks leave the record and the
-    definitions and the ECS cluster made here are removed. If the run dies first the tasks
-    stay recorded for its stop hook; what this made is still removed, or, should AWS refuse,
-    left to cleanup, which finds it by the run's tags.
+    Makes the cluster's TLS certificates and the secret the tasks read them from, registers
+    ``definitions`` (and an ECS cluster when ``kwargs`` names none), starts ``cluster_class``
+    on them with the unit's AWS clients and TLS required, and puts its scheduler and worker
+    tasks in ``record`` while it runs. Once it has closed (which stops its tasks) the tasks
+    leave the record and the definitions, the secret and the ECS cluster made here are
+    removed. If the run dies first the tasks stay recorded for its stop hook; what this made
+    is still removed, or, should AWS refuse, left to cleanup, which finds it by the run's tags.
 
     Args:
         cluster_class: ``FARGATE_CLUSTER`` or ``ECS_CLUSTER``.
         definitions: ``task_definitions(...)``.
-        account: The unit's account (the ECS calls made here).
+        account: The unit's account (the calls made here and the cluster's own).
         record: The run's launch record, if any.
         **kwargs: The cluster's keyword arguments (``cluster_spec``).
     """
@@ -312,10 +365,18 @@ def recorded_ecs_cluster(
         api_key_from="the unit's `fargate.prefect_api_key_secret`",
         role_from="the unit's `fargate.task_role_arn`",
     )
-    ecs = client("ecs", account, region=kwargs.get("region_name"))
+    from distributed.security import Security
+
+    region = kwargs.get("region_name")
+    ecs = client("ecs", account, region=region)
+    secrets = client("secretsmanager", account, region=region)
+    security = Security.temporary()
     made_cluster: str | None = None
+    tls_secret: str | None = None
     registered: dict[Role, str] = {}
     try:
+        tls_secret = _create_tls_secret(secrets, security, kwargs.get("tags") or {})
+        definitions = with_tls_secret(definitions, tls_secret)
         if not kwargs.get("cluster_arn"):
             made_cluster = _create_ecs_cluster(ecs, kwargs.get("tags") or {})
             kwargs["cluster_arn"] = made_cluster
@@ -329,6 +390,8 @@ def recorded_ecs_cluster(
         with cluster_type(
             scheduler_task_definition_arn=registered["scheduler"],
             worker_task_definition_arn=registered["worker"],
+            aws_clients=AioClients(account, region),
+            security=security,
             **kwargs,
         ) as cluster:
             tasks = [
@@ -354,6 +417,35 @@ def recorded_ecs_cluster(
                 record.done(launch)
     finally:
         _remove(ecs, registered.values(), made_cluster)
+        if tls_secret:
+            _delete_tls_secret(secrets, tls_secret)
+
+
+def _create_tls_secret(secrets: Any, security: Any, tags: Mapping[str, str]) -> str:
+    """A Secrets Manager secret with the cluster's CA, certificate and key; returns its ARN."""
+    name = TLS_SECRET_PREFIX + secrets_module.token_hex(8)
+    value = {"ca": security.tls_ca_file, "cert": security.tls_worker_cert}
+    value["key"] = security.tls_worker_key  # Security.temporary(): one pair for every role
+    return call(
+        secrets.create_secret,
+        f"create the Dask cluster's TLS secret {name}",
+        Name=name,
+        SecretString=json.dumps(value),
+        Description="TLS certificates of one sciflow Dask cluster, deleted with it",
+        Tags=to_aws(tags, key="Key", value="Value"),
+    )["ARN"]
+
+
+def _delete_tls_secret(secrets: Any, arn: str) -> None:
+    try:
+        call(
+            secrets.delete_secret,
+            f"delete {arn}",
+            SecretId=arn,
+            ForceDeleteWithoutRecovery=True,  # its cluster is gone; nothing may read it again
+        )
+    except SciflowError:
+        logger.exception("could not delete the Dask cluster's TLS secret %s", arn)
 
 
 def _create_ecs_cluster(ecs: Any, tags: Mapping[str, str]) -> str:
@@ -387,6 +479,10 @@ def _remove(ecs: Any, definition_arns: Any, cluster_arn: str | None) -> None:
 def _tolerant_cluster_class(path: str) -> type:
     """``path``'s cluster class, with tasks that wait through ECS's ACTIVATING state.
 
+    It takes ``aws_clients`` (an ``AioClients``): every client the cluster and its tasks
+    make comes from it, in the unit's account, rather than from aiobotocore's ambient
+    credentials.
+
     dask-cloudprovider polls a new task only while it is PROVISIONING or PENDING and takes any
     other state but RUNNING for a failure, so a task seen ACTIVATING (ECS's step between
     PENDING and RUNNING) fails the whole cluster. The stand-in showed it; here the scheduler
@@ -407,6 +503,14 @@ def _tolerant_cluster_class(path: str) -> type:
     worker = type("Worker", (WaitsPastActivating, ecs.Worker), {})
 
     class UsesTolerantTasks(SpecCluster):
+        def __init__(self, *, aws_clients: AioClients, **kwargs: Any) -> None:
+            self._aws_clients = aws_clients
+            with warnings.catch_warnings():
+                # dask-cloudprovider warns of a scheduler without TLS whenever TLS is on: it
+                # looks for --tls arguments by `type(arg) == "str"`; ours are in its env.
+                warnings.filterwarnings("ignore", "the cluster was instructed to connect")
+                super().__init__(**kwargs)
+
         # Between ECSCluster._start (which sets the specs) and SpecCluster._start (which
         # starts the scheduler and workers from them).
         async def _start(self) -> None:
@@ -416,8 +520,14 @@ def _tolerant_cluster_class(path: str) -> type:
                 spec["cls"] = worker
             await super()._start()
 
+    class UsesUnitAccount:
+        # Ahead of ECSCluster's own: every client the cluster and its tasks make is in the
+        # unit's account (AioClients), none from aiobotocore's ambient credentials.
+        def _client(self, name: str) -> Any:
+            return self._aws_clients(name, self.session)  # type: ignore[attr-defined]
+
     base = from_qualified_name(path)
-    return type(base.__name__, (base, UsesTolerantTasks), {})
+    return type(base.__name__, (UsesUnitAccount, base, UsesTolerantTasks), {})
 
 
 def quiet_dask_logs() -> None:

@@ -32,7 +32,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -50,6 +50,9 @@ from tasks.simulation.bloch import (
 from tasks.simulation.phantoms import Phantom, coil_maps, from_nifti, shepp_logan, spin_range, spins
 from tasks.simulation.pulseq import read_seq
 from tasks.simulation.sequence import Sequence
+
+if TYPE_CHECKING:
+    from tasks.storage.objects import ObjectStore
 
 BUILDERS: dict[str, Callable[..., Sequence]] = {
     "gre": builders.gre,
@@ -159,11 +162,12 @@ class SimulationSpec(BaseModel):
             raise InputError(f"spec {where}: {describe_validation(exc)}") from None
 
 
-def local_copy(uri: str, workdir: Path) -> Path:
+def local_copy(uri: str, workdir: Path, store: ObjectStore | None = None) -> Path:
     """A local path for ``uri``: paths as they are, ``s3://`` objects downloaded to workdir.
 
     A download is named by the whole URI (``staged_name``), so PD and T1 maps that share a
-    basename in two prefixes stay two files.
+    basename in two prefixes stay two files. ``store`` reads S3: the unit's on the flow host;
+    a rank (its node's own credentials) passes none.
     """
     if not uri.startswith("s3://"):
         path = Path(uri.removeprefix("file://"))
@@ -172,11 +176,11 @@ def local_copy(uri: str, workdir: Path) -> Path:
         return path
     from tasks.storage.objects import ObjectStore, staged_name  # boto3 only where S3 is used
 
-    return ObjectStore().download_file(uri, workdir / staged_name(uri))
+    return (store or ObjectStore()).download_file(uri, workdir / staged_name(uri))
 
 
-def build_phantom(spec: PhantomSpec, workdir: Path) -> Phantom:
-    """The phantom ``spec`` describes (NIfTI maps fetched into ``workdir`` if on S3)."""
+def build_phantom(spec: PhantomSpec, workdir: Path, store: ObjectStore | None = None) -> Phantom:
+    """The phantom ``spec`` describes (NIfTI maps fetched into ``workdir`` by ``store``)."""
     if spec.kind == "shepp_logan":
         return shepp_logan(
             spec.matrix,
@@ -186,17 +190,19 @@ def build_phantom(spec: PhantomSpec, workdir: Path) -> Phantom:
             thickness=spec.thickness_m,
         )
     maps = {
-        name: local_copy(uri, workdir)
+        name: local_copy(uri, workdir, store)
         for name in ("pd", "t1", "t2", "df")
         if (uri := getattr(spec, name))
     }
     return from_nifti(**maps, spins_per_voxel=spec.spins_per_voxel, seed=spec.seed)
 
 
-def build_sequence(spec: SequenceSpec, phantom: Phantom, workdir: Path) -> Sequence:
+def build_sequence(
+    spec: SequenceSpec, phantom: Phantom, workdir: Path, store: ObjectStore | None = None
+) -> Sequence:
     """The sequence ``spec`` describes; a builder's matrix and fov default to the phantom's."""
     if spec.seq:
-        return read_seq(local_copy(spec.seq, workdir))
+        return read_seq(local_copy(spec.seq, workdir, store))
     if spec.builder not in BUILDERS:
         raise InputError(f"sequence builder {spec.builder!r}; expected one of {sorted(BUILDERS)}")
     nx, ny, _ = phantom.shape
@@ -221,10 +227,18 @@ def noise_covariance(spec: SimulationSpec) -> np.ndarray | None:
     return variance * correlated_covariance(spec.coils, spec.noise_correlation, rng)
 
 
-def plan(spec: SimulationSpec, workdir: Path) -> tuple[Phantom, Sequence]:
-    """Phantom and sequence, checked: every rank and the flow's pre-launch check call this."""
-    phantom = build_phantom(spec.phantom, workdir)
-    sequence = build_sequence(spec.sequence, phantom, workdir)
+def plan(
+    spec: SimulationSpec, workdir: Path, store: ObjectStore | None = None
+) -> tuple[Phantom, Sequence]:
+    """Phantom and sequence, checked: every rank and the flow's pre-launch check call this.
+
+    Args:
+        spec: The simulation.
+        workdir: Where S3 inputs are fetched to.
+        store: Reads S3 inputs; the flow host passes its unit's (``RunContext.store``).
+    """
+    phantom = build_phantom(spec.phantom, workdir, store)
+    sequence = build_sequence(spec.sequence, phantom, workdir, store)
     if sequence.adc_samples == 0:
         raise InputError(f"sequence {sequence.name!r} has no ADC samples; expected a readout")
     if sequence.matrix is None:

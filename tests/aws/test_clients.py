@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import ast
 import pickle
-from pathlib import Path
 
 import pytest
 
@@ -14,7 +12,6 @@ from tasks.settings import get_settings
 from tests.aws.fakes import inject_errors
 
 REGION = "us-east-1"
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("service", ["batch", "ecs", "logs", "s3", "servicediscovery", "ec2"])
@@ -110,44 +107,3 @@ def test_a_missing_resource_is_an_input_error_by_status(aws):
     with pytest.raises(InputError) as caught:
         call(s3.get_object, "read s3://nothing/key", Bucket="nothing", Key="key")
     assert (caught.value.code, caught.value.operation) == ("NoSuchBucket", "GetObject")
-
-
-def _boto3_users() -> list[str]:
-    """Modules outside tasks/aws that import boto3 or make clients or sessions at runtime."""
-    found = []
-    for path in [
-        *ROOT.glob("tasks/**/*.py"),
-        *ROOT.glob("blocks/**/*.py"),
-        *ROOT.glob("flows/*.py"),
-    ]:
-        if path.is_relative_to(ROOT / "tasks" / "aws"):
-            continue
-        tree = ast.parse(path.read_text())
-        checking = [
-            n
-            for n in ast.walk(tree)
-            if isinstance(n, ast.If) and "TYPE_CHECKING" in ast.unparse(n.test)
-        ]
-        hidden = {id(m) for block in checking for m in ast.walk(block)}
-        for node in ast.walk(tree):
-            if id(node) in hidden:
-                continue
-            if isinstance(node, ast.Import | ast.ImportFrom):
-                names = (
-                    [a.name for a in node.names]
-                    if isinstance(node, ast.Import)
-                    else [node.module or ""]
-                )
-                if any(n.split(".")[0] == "boto3" for n in names):
-                    found.append(f"{path.relative_to(ROOT)}:{node.lineno} imports boto3")
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
-                text = ast.unparse(node.func)
-                if text in ("boto3.client", "boto3.Session", "session.client") or text.endswith(
-                    "get_boto3_session"
-                ):
-                    found.append(f"{path.relative_to(ROOT)}:{node.lineno} calls {text}")
-    return found
-
-
-def test_no_module_but_the_aws_one_makes_boto3_clients_or_sessions():
-    assert _boto3_users() == []

@@ -53,6 +53,7 @@ KINDS_MADE = {
     "efs-access-point",
     "security-group",
     "log-stream",
+    "secret",
 }
 
 
@@ -148,6 +149,9 @@ def _litter(net: dict[str, Any], run: str | None, name: str) -> dict[str, str]:
         VpcId=net["vpc"],
         TagSpecifications=[{"ResourceType": "security-group", "Tags": aws_tags}],
     )["GroupId"]
+    made["secret"] = _aws("secretsmanager").create_secret(
+        Name=f"sciflow-dask-tls-{name}", SecretString="{}", Tags=aws_tags
+    )["ARN"]
     assert set(made) == KINDS_MADE
     return made
 
@@ -183,6 +187,9 @@ def _present(made: dict[str, str]) -> set[str]:
     streams = _aws("logs").describe_log_streams(logGroupName=LOG_GROUP)["logStreams"]
     if made["log-stream"] in [s["logStreamName"] for s in streams]:
         alive.add("log-stream")
+    secrets = _aws("secretsmanager").list_secrets()["SecretList"]
+    if made["secret"] in [s["ARN"] for s in secrets]:
+        alive.add("secret")
     return alive
 
 
@@ -416,3 +423,7 @@ def test_a_security_group_still_in_use_after_the_wait_is_reported():
     assert removed == []
     assert [(r, "DependencyViolation" in why) for r, why in failed] == [(GROUP, True)]
     assert len(waits) == 2
+
+
+def test_every_secret_a_run_makes_is_named_where_cleanup_looks():
+    assert dask.TLS_SECRET_PREFIX.startswith(resources.SECRET_PREFIX)

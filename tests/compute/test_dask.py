@@ -108,6 +108,7 @@ def test_fargate_cluster_gets_exactly_the_units_settings():
         "scheduler_cpu": 1024,
         "scheduler_mem": 4096,
         "scheduler_timeout": "15 minutes",
+        "scheduler_extra_args": ["--protocol", "tls"],
         "worker_extra_args": ["--lifetime", "21600s"],  # the large class's wall time
         "fargate_spot": False,
         "tags": TAGS,
@@ -130,11 +131,12 @@ def test_work_left_without_workers_fails_so_the_scheduler_can_fall_idle():
     cls, kwargs = cluster_spec(unit, "small", TAGS)
     bodies = task_definitions(unit, cls, kwargs)
     (scheduler,) = bodies["scheduler"]["containerDefinitions"]
-    assert scheduler["environment"] == [
-        {"name": "DASK_DISTRIBUTED__SCHEDULER__NO_WORKERS_TIMEOUT", "value": "15 minutes"}
-    ]
+    assert {
+        "name": "DASK_DISTRIBUTED__SCHEDULER__NO_WORKERS_TIMEOUT",
+        "value": "15 minutes",
+    } in scheduler["environment"]
     (worker,) = bodies["worker"]["containerDefinitions"]
-    assert "environment" not in worker
+    assert "NO_WORKERS" not in str(worker["environment"])
 
 
 def test_public_subnets_let_the_client_use_public_addresses():
@@ -216,7 +218,7 @@ def test_workers_get_the_prefect_api_as_secrets_never_as_plain_environment():
     bodies = task_definitions(unit, cls, kwargs)
     [worker] = bodies["worker"]["containerDefinitions"]
     assert {s["name"] for s in worker["secrets"]} == {"PREFECT_API_URL", "PREFECT_API_KEY"}
-    assert "environment" not in worker
+    assert "PREFECT" not in str(worker["environment"])
     [scheduler] = bodies["scheduler"]["containerDefinitions"]
     assert "secrets" not in scheduler  # the scheduler never calls Prefect
     for body in bodies.values():
@@ -373,3 +375,37 @@ def test_aws_runner_records_its_cluster_when_given_the_runs_record(tmp_path):
     assert set(runner.cluster_kwargs["definitions"]) == {"scheduler", "worker"}
     local = dask_task_runner(local_unit(), "small", TAGS, record)
     assert local.cluster_class == LOCAL_CLUSTER
+
+
+def test_the_cluster_gets_the_units_account_and_tls_never_the_ambient_session(
+    tmp_path, fake_cluster
+):
+    """Guards against dask-cloudprovider's clients falling back to aiobotocore's default
+    session (ambient credentials, another account in Mode 2) and against a plaintext cluster:
+    the cluster is handed clients in the unit's account (its role, in another moto account),
+    region and endpoint, and per-cluster TLS required both ways; the TLS secret lives only as
+    long as the cluster."""
+    import boto3
+    from pydantic import SecretStr
+
+    from tasks.compute.launches import LaunchRecord
+    from tasks.storage.objects import ObjectStore
+
+    role = "arn:aws:iam::111111111111:role/sciflow-runner"
+    unit = aws_unit(public_subnets=False).model_copy(
+        update={"role_arn": role, "external_id": SecretStr("lab-external-id")}
+    )
+    record = LaunchRecord(ObjectStore(), str(tmp_path))
+    with _recorded(record, unit) as cluster:
+        settings = cluster.kwargs["aws_clients"].settings("sts")
+        secrets = boto3.client("secretsmanager", **settings)
+        [tls] = secrets.list_secrets()["SecretList"]
+    assert settings["region_name"] == "eu-west-1"
+    assert settings["endpoint_url"] == boto3.client("sts").meta.endpoint_url  # moto's
+    identity = boto3.client("sts", **settings).get_caller_identity()
+    assert identity["Account"] == "111111111111"
+    assert "aws_access_key_id" not in cluster.kwargs  # nothing for the default session
+    assert cluster.kwargs["security"].require_encryption
+    assert cluster.kwargs["scheduler_extra_args"] == ["--protocol", "tls"]
+    assert tls["Name"].startswith("sciflow-dask-tls-")
+    assert secrets.list_secrets()["SecretList"] == []

@@ -9,6 +9,7 @@ they read the input by URI into a scratch directory of their own.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -129,3 +130,65 @@ def test_mr_reconstruction_on_fargate_matches_the_local_run_and_leaves_nothing(
     groups = boto3.client("ec2", region_name=REGION).describe_security_groups()["SecurityGroups"]
     assert {g["GroupName"] for g in groups} <= {"default", "standin"}
     assert LaunchRecord.of_run(fargate_unit, run_id).launches() == []
+
+
+def test_the_scheduler_speaks_tls_only_with_the_clusters_certificates(fargate_unit):
+    """Guards against a plaintext scheduler: anything the security group admits could submit
+    pickled functions that run as the task role. The scheduler is tls://, a client without the
+    cluster's certificates (other ones, or plain TCP) is refused while the flow host's works,
+    and the certificates and the Prefect API reach the tasks as ECS `secrets`, never in clear
+    `environment` or RunTask overrides; the cluster's TLS secret is gone after it."""
+    from distributed import Client
+    from distributed.security import Security
+
+    from tasks.compute.dask import dask_task_runner, recorded_ecs_cluster
+
+    ecs = boto3.client("ecs", region_name=REGION)
+    secrets = boto3.client("secretsmanager", region_name=REGION)
+    runner = dask_task_runner(fargate_unit, "small", {"sciflow:run-id": "tls-check"})
+    with recorded_ecs_cluster(**runner.cluster_kwargs) as cluster:
+        address = cluster.scheduler_address
+        assert address.startswith("tls://")
+        with Client(cluster, timeout=30) as client:  # the flow host: the cluster's certificates
+            client.wait_for_workers(2, timeout=60)
+            assert client.submit(sum, [1, 2]).result(timeout=30) == 3
+            assert all(w.startswith("tls://") for w in client.scheduler_info()["workers"])
+        with pytest.raises(OSError, match="certificate"):
+            Client(address, security=Security.temporary(), timeout=10)
+        with pytest.raises(OSError, match=r"(?i)closed|reset|timed out"):  # no TLS handshake
+            Client(address.replace("tls://", "tcp://"), timeout=10)
+
+        [tls_secret] = [
+            s
+            for s in secrets.list_secrets()["SecretList"]
+            if s["Name"].startswith("sciflow-dask-tls-")
+        ]
+        pem = secrets.get_secret_value(SecretId=tls_secret["ARN"])["SecretString"]
+        arns = ecs.list_task_definitions(status="ACTIVE")["taskDefinitionArns"]
+        definitions = [
+            ecs.describe_task_definition(taskDefinition=a)["taskDefinition"] for a in arns
+        ]
+        tasks = ecs.describe_tasks(
+            cluster=cluster.cluster_arn,
+            tasks=[cluster.scheduler.task_arn, *(w.task_arn for w in cluster.workers.values())],
+        )["tasks"]
+    by_container = {
+        d["containerDefinitions"][0]["name"]: d["containerDefinitions"][0] for d in definitions
+    }
+    worker, scheduler = by_container["dask-worker"], by_container["dask-scheduler"]
+    assert {s["name"] for s in worker["secrets"]} >= {
+        "PREFECT_API_URL",
+        "DASK_DISTRIBUTED__COMM__TLS__CA_FILE",
+        "DASK_DISTRIBUTED__COMM__TLS__WORKER__KEY",
+    }
+    assert "DASK_DISTRIBUTED__COMM__TLS__SCHEDULER__KEY" in {
+        s["name"] for s in scheduler["secrets"]
+    }
+    in_clear = json.dumps([definitions, [t["overrides"] for t in tasks]])
+    assert "PRIVATE KEY" not in in_clear
+    assert "CERTIFICATE" not in in_clear
+    assert "PRIVATE KEY" in pem  # what the secret held, and only it
+    assert "PREFECT_API_URL" not in json.dumps(
+        [c.get("environment") for c in by_container.values()]
+    )
+    assert [s["Name"] for s in secrets.list_secrets()["SecretList"]] == ["sciflow/prefect-api-url"]
