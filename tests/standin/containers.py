@@ -1,8 +1,8 @@
 """What the stand-in runs: the project as its image, a process as a container, relays inward.
 
 The "image" is this repository and its venv: a container's command runs with the venv's
-``bin`` first on ``PATH`` (plus ``dask-scheduler``/``dask-worker``, which dask-cloudprovider
-calls and distributed 2026.8 no longer installs) and the repository on ``PYTHONPATH``.
+``bin`` and the image's own commands (``images/bin``: ``dask-scheduler``/``dask-worker``) first
+on ``PATH``, and the repository on ``PYTHONPATH``.
 """
 
 from __future__ import annotations
@@ -27,24 +27,12 @@ DEAD_PROXY = "http://127.0.0.1:9"
 # docker stop's default: SIGTERM, then SIGKILL this long after.
 STOP_GRACE_S = 10.0
 
-SHIMS = {
-    "dask-scheduler": f'exec "{VENV_BIN / "dask"}" scheduler "$@"\n',
-    "dask-worker": f'exec "{VENV_BIN / "dask"}" worker "$@"\n',
-}
-
-
-def make_shims(directory: Path) -> Path:
-    """The image's extra commands, as scripts in ``directory``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, body in SHIMS.items():
-        path = directory / name
-        path.write_text("#!/bin/sh\n" + body)
-        path.chmod(0o755)
-    return directory
+# The commands the images add (images/flows/Dockerfile copies them to /usr/local/bin).
+IMAGE_BIN = REPO / "images" / "bin"
 
 
 def image_environment(
-    network: Network, shims: Path, home: Path, aws_endpoint: str, region: str
+    network: Network, home: Path, aws_endpoint: str, region: str
 ) -> dict[str, str]:
     """The environment every container starts with, before its task's own variables.
 
@@ -54,7 +42,9 @@ def image_environment(
     """
     bypass = ",".join(["localhost", "127.0.0.1", network.host_address, str(network.block)])
     env = {
-        "PATH": os.pathsep.join([str(shims), str(VENV_BIN), "/usr/local/bin", "/usr/bin", "/bin"]),
+        "PATH": os.pathsep.join(
+            [str(IMAGE_BIN), str(VENV_BIN), "/usr/local/bin", "/usr/bin", "/bin"]
+        ),
         "PYTHONPATH": str(REPO),
         "HOME": str(home),
         "LANG": "C.UTF-8",

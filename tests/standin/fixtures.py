@@ -16,7 +16,7 @@ import boto3
 import pytest
 
 from tests.standin import guard
-from tests.standin.containers import Relay, image_environment, make_shims
+from tests.standin.containers import Relay, image_environment
 from tests.standin.ecs import EcsStandIn
 from tests.standin.network import NamespacesUnavailable, Network, cannot_make_namespaces
 
@@ -109,7 +109,7 @@ def standin_network(
     moto = Relay(network.host_address, moto_port)
     (base / "home").mkdir()
     (base / "logs").mkdir()
-    env = image_environment(network, make_shims(base / "shims"), base / "home", moto.url(), REGION)
+    env = image_environment(network, base / "home", moto.url(), REGION)
     stand_in = StandInNetwork(network, moto, env, base / "logs")
     try:
         yield stand_in
