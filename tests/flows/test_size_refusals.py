@@ -1,0 +1,64 @@
+"""Flows refuse, at their start, a job whose memory estimate exceeds the unit's largest class.
+
+The unit here is a saved local one whose every size class holds 512 MiB (the least a class
+may hold), so even a small job is too big for it; nothing may be written or started first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from blocks.compute_unit import DEFAULT_LIMITS, SIZE_CLASSES, ComputeUnit, DaskWorkers
+from flows.mr_reconstruction import mr_reconstruction
+from tasks.errors import InputError
+
+TINY = "tiny-memory"
+
+
+@pytest.fixture
+def tiny_unit() -> str:
+    """A saved local unit with 512 MiB in every size class; yields its block name."""
+    limits = {
+        size: {**DEFAULT_LIMITS[size].model_dump(), "memory_mib": 512} for size in SIZE_CLASSES
+    }
+    workers = dict.fromkeys(SIZE_CLASSES, DaskWorkers(n_workers=1, worker_cpu=1024, worker_mem=512))
+    ComputeUnit(name="tiny", limits=limits, dask_workers=workers).save(TINY, overwrite=True)
+    return TINY
+
+
+def _written(root: Path) -> list[Path]:
+    """Files in the unit's run directories (cleanup's record goes to audit/, beside them)."""
+    return [p for p in (root / "runs" / "tiny").rglob("*") if p.is_file()]
+
+
+def test_an_mr_job_past_the_largest_class_is_refused_before_any_output(
+    tiny_unit, sciflow_dirs, tmp_path
+):
+    """Guards against an MR job whose header says it needs more memory than any container
+    of the unit being started anyway, to die out of memory after staging and writing."""
+    signal = tmp_path / "signal.npy"
+    np.save(signal, np.zeros((32, 32, 2, 1), dtype=np.complex64))
+    noise = tmp_path / "noise.npy"
+    np.save(noise, np.zeros((2, 100), dtype=np.complex64))
+    output = tmp_path / "out"
+    with pytest.raises(
+        InputError,
+        match=(
+            r"^MR job of shape \(x, y, coils, slices, replicas\)=\(32, 32, 2, 1, 1\) "
+            r"\(interpreter and libraries 0\.50 GiB, .*\): estimated 0\.50 GiB \(\d+ bytes\); "
+            r"expected at most the 512 MiB of unit 'tiny''s largest size class 'small' "
+            r"\(limits\.small\.memory_mib\)$"
+        ),
+    ):
+        mr_reconstruction(
+            signal=str(signal),
+            noise=str(noise),
+            options={"method": "ac", "recon": "rss"},
+            output=str(output),
+            unit=tiny_unit,
+        )
+    assert not output.exists()
+    assert _written(sciflow_dirs) == []
