@@ -19,7 +19,7 @@ from typing import Any
 from prefect import task
 from pydantic import BaseModel, Field
 
-from blocks.compute_unit import SizeClass, load_unit
+from blocks.compute_unit import ComputeUnit, SizeClass, load_unit
 from flows.model_upload import model_upload
 from tasks.compute.batch_run import batch_size_class, check_batch_unit, run_batch_job
 from tasks.compute.hooks import sciflow_flow
@@ -74,19 +74,29 @@ class TrainingResult(BaseModel):
 
 
 @task
-def check_inputs(cfg: TrainConfig) -> dict[str, int]:
+def check_inputs(cfg: TrainConfig, unit: ComputeUnit) -> dict[str, int]:
     """Everything that can be checked before a process starts, so bad input fails here.
 
-    Data set, model against it, processes against shards, GPU for NCCL, and checkpoints
-    that ``resume=False`` would overwrite.
+    Data set, model against it, the memory of one node's processes against the unit's class
+    for the run (``models.memory_estimate`` for each of ``procs_per_node``), processes
+    against shards, GPU for NCCL, and checkpoints that ``resume=False`` would overwrite.
     """
     from tasks.training.checkpoint import CheckpointStore
     from tasks.training.data import ImageDataset, load_manifest
     from tasks.training.loop import check_resumable, plan_steps, select_device
-    from tasks.training.models import check_input_shape
+    from tasks.training.models import check_input_shape, memory_estimate
 
     manifest = load_manifest(cfg.dataset)
-    check_input_shape(cfg.model, cfg.model_options, (manifest.channels, *manifest.shape))
+    image = (manifest.channels, *manifest.shape)
+    check_input_shape(cfg.model, cfg.model_options, image)
+    batch = (cfg.per_process_batch, *image)
+    process = memory_estimate(cfg.model, cfg.model_options, batch, cfg.loader_workers)
+    unit.check_fits(
+        cfg.procs_per_node * process,
+        f"training of model {cfg.model!r} with model_options={dict(cfg.model_options)} on "
+        f"batches of {batch}, procs_per_node={cfg.procs_per_node}",
+        sizes=(_size_class(cfg),),
+    )
     ImageDataset(cfg.dataset, "train", manifest=manifest)[0]  # files that match the manifest
     _, steps = plan_steps(cfg, len(manifest.train), cfg.processes)
     select_device(cfg)
@@ -337,7 +347,7 @@ def distributed_training(
     limit_s = local_timeout_s(compute_unit, size, timeout_s)
     if not compute_unit.is_local:
         check_aws_unit(run, cfg)
-    sizes = check_inputs(cfg)
+    sizes = check_inputs(cfg, compute_unit)
     logger.info(
         "%s on %d training / %d validation samples; %s with %d process(es), global batch %d, "
         "%d steps",
