@@ -12,8 +12,14 @@ import numpy as np
 import pytest
 
 from blocks.compute_unit import DEFAULT_LIMITS, SIZE_CLASSES, ComputeUnit, DaskWorkers
+from flows.distributed_training import distributed_training
 from flows.mr_reconstruction import mr_reconstruction
+from flows.multinode_simulation import multinode_simulation
 from tasks.errors import InputError
+from tasks.simulation.mpi_simulate import PhantomSpec
+from tasks.training.config import TrainingSettings
+from tests.flows.test_distributed_training import TINY_UNET
+from tests.flows.test_distributed_training import dataset as dataset  # the module fixture
 
 TINY = "tiny-memory"
 
@@ -59,6 +65,45 @@ def test_an_mr_job_past_the_largest_class_is_refused_before_any_output(
             options={"method": "ac", "recon": "rss"},
             output=str(output),
             unit=tiny_unit,
+        )
+    assert not output.exists()
+    assert _written(sciflow_dirs) == []
+
+
+def test_a_simulation_past_its_class_is_refused_before_its_spec_is_written(tiny_unit, sciflow_dirs):
+    """Guards against a simulation whose spins and samples outgrow the node being launched
+    (mpiexec or a Batch job) to run out of memory there."""
+    with pytest.raises(
+        InputError,
+        match=(
+            r"^simulation of \d+ spins \(matrix \(64, 64\), spins_per_voxel 3\) x 4096 ADC "
+            r"samples x 8 coils, ranks_per_node=2: estimated \d\.\d\d GiB \(\d+ bytes\); "
+            r"expected at most the 512 MiB of unit 'tiny''s largest size class 'large' "
+            r"\(limits\.large\.memory_mib\)$"
+        ),
+    ):
+        multinode_simulation(phantom=PhantomSpec(spins_per_voxel=3), unit=tiny_unit)
+    assert not list(sciflow_dirs.glob("scratch/**/spec.json"))
+    assert _written(sciflow_dirs) == []
+
+
+def test_training_past_its_class_is_refused_before_its_config_is_written(
+    tiny_unit, sciflow_dirs, dataset, tmp_path
+):
+    """Guards against training processes whose model and batches outgrow the node being
+    started to run out of memory (or swap the shared worker) mid-run."""
+    output = tmp_path / "out"
+    with pytest.raises(
+        InputError,
+        match=(
+            r"^training of model 'unet' with model_options=\{'width': 8, 'depth': 2\} on "
+            r"batches of \(4, 1, 16, 16\), procs_per_node=2: estimated \d\.\d\d GiB "
+            r"\(\d+ bytes\); expected at most the 512 MiB of unit 'tiny''s largest size "
+            r"class 'large' \(limits\.large\.memory_mib\)$"
+        ),
+    ):
+        distributed_training(
+            dataset, settings=TrainingSettings(**TINY_UNET), output=str(output), unit=tiny_unit
         )
     assert not output.exists()
     assert _written(sciflow_dirs) == []
