@@ -92,28 +92,21 @@ def test_a_model_option_takes_its_cap_and_refuses_one_more(key, cap):
 
 
 def _nifti(path: Path, shape: tuple[int, ...]) -> Path:
-    """A NIfTI header claiming ``shape`` with no data behind it."""
+    """A gzipped NIfTI of zeros (uint8): small on disk, ``shape`` when read."""
     import nibabel as nib
 
-    header = nib.Nifti1Header()
-    header.set_data_shape(shape)
-    header.set_data_dtype(np.float32)
-    image = nib.Nifti1Image(np.zeros((1, 1, 1), dtype=np.float32), np.eye(4), header)
-    nib.save(image, path)  # data of (1, 1, 1): the header below is what a reader trusts
-    data = bytearray(path.read_bytes())
-    data[40:56] = np.array([len(shape), *shape, *([1] * (7 - len(shape)))], "<i2").tobytes()
-    path.write_bytes(bytes(data))
+    nib.save(nib.Nifti1Image(np.zeros(shape, dtype=np.uint8), np.eye(4)), path)
     return path
 
 
 def test_a_nifti_phantom_past_the_voxel_cap_is_refused_from_its_header(tmp_path):
-    """Guards against a few-byte NIfTI whose header claims 4097 x 4096 voxels being read
-    (and zero-filled or decompressed) into a 4 x 134 MB phantom before anything looked."""
-    big = _nifti(tmp_path / "pd.nii", (4097, 4096))
-    assert big.stat().st_size < 1000
+    """Guards against a 20 KB gzipped NIfTI of 4097 x 4096 voxels being decompressed into
+    float64 maps (134 MB each) before anything looked at its size."""
+    big = _nifti(tmp_path / "pd.nii.gz", (4097, 4096))
+    assert big.stat().st_size < 100_000
     with pytest.raises(
         InputError,
-        match=r"pd map .*pd\.nii has shape \(4097, 4096\) \(16781312 voxels\); expected at "
-        r"most 16777216 voxels$",
+        match=r"pd map .*pd\.nii\.gz has shape \(4097, 4096\) \(16781312 voxels\); "
+        r"expected at most 16777216 voxels$",
     ):
         from_nifti(big, big, big)
