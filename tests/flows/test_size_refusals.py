@@ -41,14 +41,14 @@ def _written(root: Path) -> list[Path]:
 
 
 def test_an_mr_job_past_the_largest_class_is_refused_before_any_output(
-    tiny_unit, sciflow_dirs, tmp_path
+    tiny_unit, sciflow_dirs, tmp_path, rng
 ):
     """Guards against an MR job whose header says it needs more memory than any container
     of the unit being started anyway, to die out of memory after staging and writing."""
     signal = tmp_path / "signal.npy"
-    np.save(signal, np.zeros((32, 32, 2, 1), dtype=np.complex64))
+    np.save(signal, rng.standard_normal((32, 32, 2, 1)) + 1j * rng.standard_normal((32, 32, 2, 1)))
     noise = tmp_path / "noise.npy"
-    np.save(noise, np.zeros((2, 100), dtype=np.complex64))
+    np.save(noise, rng.standard_normal((100, 2)) + 1j * rng.standard_normal((100, 2)))
     output = tmp_path / "out"
     with pytest.raises(
         InputError,
