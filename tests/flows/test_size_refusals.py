@@ -107,3 +107,22 @@ def test_training_past_its_class_is_refused_before_its_config_is_written(
         )
     assert not output.exists()
     assert _written(sciflow_dirs) == []
+
+
+@pytest.mark.parametrize(
+    ("nodes", "ranks_per_node", "match"),
+    [
+        (1, 256, r"^simulation of .*ranks_per_node=256: estimated "),  # past the cap check
+        (1, 257, r"^nodes=1, ranks_per_node=257; expected nodes 1 to 256 and ranks_per_node"),
+        (256, 1, r"^nodes=256 on the local unit 'tiny-memory'; expected 1"),  # past it
+        (257, 1, r"^nodes=257, ranks_per_node=1; expected nodes 1 to 256 and ranks_per_node"),
+    ],
+)
+def test_simulation_nodes_and_ranks_take_their_cap_and_refuse_one_more(
+    tiny_unit, sciflow_dirs, nodes, ranks_per_node, match
+):
+    """Guards against a ranks_per_node that forks thousands of MPI processes on the worker,
+    or a node count no Batch job should get. At the cap the flow goes on to its next check."""
+    with pytest.raises(InputError, match=match):
+        multinode_simulation(nodes=nodes, ranks_per_node=ranks_per_node, unit=tiny_unit)
+    assert not list(sciflow_dirs.glob("scratch/**/spec.json"))
