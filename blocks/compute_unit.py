@@ -392,6 +392,35 @@ class ComputeUnit(Block):
             writable=(root, *self.writable_prefixes),
         )
 
+    def largest_size(self, sizes: tuple[SizeClass, ...] = SIZE_CLASSES) -> SizeClass:
+        """The class of ``sizes`` whose containers have the most memory (first on a tie)."""
+        return max(sizes, key=lambda size: self.size_limits(size).memory_mib)
+
+    def check_fits(
+        self, estimate_bytes: int, what: str, sizes: tuple[SizeClass, ...] = SIZE_CLASSES
+    ) -> None:
+        """Refuse a job whose memory estimate exceeds the largest of ``sizes``.
+
+        Field bounds are fixed when the code loads; the unit is known only at run time, so a
+        flow calls this at its start, before it stages, writes or starts anything.
+
+        Args:
+            estimate_bytes: The job's peak memory in one container, bytes.
+            what: What was estimated, naming its parameters (``"matrix=(64, 64), ..."``).
+            sizes: The classes the job may run in.
+
+        Raises:
+            InputError: One line: what, the estimate, the largest class and its memory.
+        """
+        size = self.largest_size(sizes)
+        memory_mib = self.size_limits(size).memory_mib
+        if estimate_bytes > memory_mib * 2**20:
+            raise InputError(
+                f"{what}: estimated {estimate_bytes / 2**30:.2f} GiB "
+                f"({estimate_bytes} bytes); expected at most the {memory_mib} MiB of unit "
+                f"{self.name!r}'s largest size class {size!r} (limits.{size}.memory_mib)"
+            )
+
     def aws_account(self) -> AwsAccount:
         """The unit's AWS account as plain data: region, role, credentials block, session name."""
         return AwsAccount(

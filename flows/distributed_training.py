@@ -19,7 +19,7 @@ from typing import Any
 from prefect import task
 from pydantic import BaseModel, Field
 
-from blocks.compute_unit import SizeClass, load_unit
+from blocks.compute_unit import ComputeUnit, SizeClass, load_unit
 from flows.model_upload import model_upload
 from tasks.compute.batch_run import batch_size_class, check_batch_unit, run_batch_job
 from tasks.compute.hooks import sciflow_flow
@@ -80,21 +80,32 @@ def check_inputs(run: RunContext, cfg: TrainConfig, access: Access | None = None
     """Everything that can be checked before a process starts, so bad input fails here.
 
     Data set (with ``access``: every sample file within the unit's reach, so a symlink in the
-    set cannot lead out), model against it, processes against shards, GPU for NCCL, and
-    checkpoints that ``resume=False`` would overwrite; read through the unit's store (in
-    Mode 2 the user's account, never this process's ambient credentials).
+    set cannot lead out), model against it, the memory of one node's processes against the
+    unit's class for the run (``models.memory_estimate`` for each of ``procs_per_node``),
+    processes against shards, GPU for NCCL, and checkpoints that ``resume=False`` would
+    overwrite; read through the unit's store (in Mode 2 the user's account, never this
+    process's ambient credentials).
     """
     from tasks.training.checkpoint import CheckpointStore
     from tasks.training.data import ImageDataset, load_manifest, set_root
     from tasks.training.loop import check_resumable, plan_steps, select_device
-    from tasks.training.models import check_input_shape
+    from tasks.training.models import check_input_shape, memory_estimate
 
     manifest = load_manifest(cfg.dataset, run.store)
     if access is not None and access.confined:
         root = set_root(cfg.dataset)
         for name in sorted(manifest.files()):
             access.check_read(join_uri(root, name), "dataset")
-    check_input_shape(cfg.model, cfg.model_options, (manifest.channels, *manifest.shape))
+    image = (manifest.channels, *manifest.shape)
+    check_input_shape(cfg.model, cfg.model_options, image)
+    batch = (cfg.per_process_batch, *image)
+    process = memory_estimate(cfg.model, cfg.model_options, batch, cfg.loader_workers)
+    run.unit.check_fits(
+        cfg.procs_per_node * process,
+        f"training of model {cfg.model!r} with model_options={dict(cfg.model_options)} on "
+        f"batches of {batch}, procs_per_node={cfg.procs_per_node}",
+        sizes=(_size_class(cfg),),
+    )
     ImageDataset(cfg.dataset, "train", run.store, manifest)[0]  # files that match the manifest
     _, steps = plan_steps(cfg, len(manifest.train), cfg.processes)
     select_device(cfg)

@@ -1,8 +1,8 @@
 """MR reconstruction and SNR mapping: what MR Optimum computes, as a Prefect flow.
 
-signal (+ noise) → stage → estimate → noise statistics → SNR per slice batch (Dask; each task
-reads only its own slices) → maps, previews and info.json in the run directory → summary
-artifact.
+signal → stage → estimate (a job past the unit's largest class stops here) → noise →
+noise statistics → SNR per slice batch (Dask; each task reads only its own slices) → maps,
+previews and info.json in the run directory → summary artifact.
 
 The Dask workers read the signal by URI, never by the flow host's path: on an AWS unit they
 run on Fargate and see nothing of the flow host's disk. A file that can be read by slice as
@@ -52,6 +52,8 @@ from tasks.storage.transfer import put_once
 # Slices per Dask task: enough work per task to hide scheduling, few enough to spread.
 SLICES_PER_TASK = 4
 INFO_NAME = "info.json"  # written last: a finished output's record
+# The size classes an SNR job runs in (``JobEstimate.size_class``).
+MR_SIZES: tuple[SizeClass, ...] = ("small", "large")
 
 
 class MrResult(BaseModel):
@@ -307,7 +309,6 @@ def mr_reconstruction(
     started = time.perf_counter()
 
     signal_path = stage_input(signal, run)
-    noise_path = stage_input(noise, run) if noise else None
     job_estimate = estimate(signal_path, opts, job.key)
     logger.info(
         "estimate: %.2f GiB, %.0f s, size class %s",
@@ -315,6 +316,10 @@ def mr_reconstruction(
         job_estimate.seconds,
         job_estimate.size_class,
     )
+    compute_unit.check_fits(
+        job_estimate.memory_bytes, f"MR job {job_estimate.describe()}", sizes=MR_SIZES
+    )
+    noise_path = stage_input(noise, run) if noise else None
     timings["stage"] = time.perf_counter() - started
 
     mark = time.perf_counter()

@@ -32,6 +32,7 @@ from tasks.simulation.mpi_simulate import (
     SequenceSpec,
     SimulationSpec,
     check_ranks,
+    memory_estimate,
     parse_progress,
     parse_result,
     plan,
@@ -46,6 +47,10 @@ RAW_NAME = "simulation.h5"
 BATCH_RUNTIME = "simulation"
 # Seconds between polls of a Batch job.
 BATCH_POLL_S = 10.0
+# Most nodes and ranks per node, TrainingSettings' caps: 65,536 ranks, past any cluster a
+# unit gives one run.
+MAX_NODES = 256
+MAX_RANKS_PER_NODE = 256
 
 
 class SimulationResult(BaseModel):
@@ -79,12 +84,26 @@ def check_reach(
 
 
 @task
-def check_inputs(spec: SimulationSpec, ranks: int, run: RunContext) -> dict[str, int]:
-    """Build phantom and sequence once, before any rank starts: bad input fails here."""
+def check_inputs(
+    spec: SimulationSpec, nodes: int, ranks_per_node: int, run: RunContext
+) -> dict[str, int]:
+    """Build phantom and sequence once, before any rank starts: bad input fails here.
+
+    A job whose memory estimate (``memory_estimate``, the node of rank 0) exceeds the unit's
+    class for ``nodes`` is refused here too.
+    """
     if run.unit.is_local:
         mpiexec_path()  # InputError naming how to install it
     phantom, sequence = plan(spec, run.scratch / "inputs", run.store)
+    ranks = nodes * ranks_per_node
     check_ranks(ranks, phantom.n_spins)
+    run.unit.check_fits(
+        memory_estimate(spec, phantom, sequence, ranks, ranks_per_node),
+        f"simulation of {phantom.n_spins} spins (matrix {phantom.shape[:2]}, spins_per_voxel "
+        f"{spec.phantom.spins_per_voxel}) x {sequence.adc_samples} ADC samples x {spec.coils} "
+        f"coils, ranks_per_node={ranks_per_node}",
+        sizes=(batch_size_class(nodes),),
+    )
     return {"spins": phantom.n_spins, "adc_samples": sequence.adc_samples}
 
 
@@ -195,8 +214,11 @@ def multinode_simulation(
             stops at its class's wall time, so leave it unset there.
     """
     logger = run_logger()
-    if nodes < 1 or ranks_per_node < 1:
-        raise InputError(f"nodes={nodes}, ranks_per_node={ranks_per_node}; expected >= 1 each")
+    if not (1 <= nodes <= MAX_NODES and 1 <= ranks_per_node <= MAX_RANKS_PER_NODE):
+        raise InputError(
+            f"nodes={nodes}, ranks_per_node={ranks_per_node}; expected nodes 1 to {MAX_NODES} "
+            f"and ranks_per_node 1 to {MAX_RANKS_PER_NODE}"
+        )
     compute_unit = load_unit(unit)
     if compute_unit.is_local and nodes > 1:
         raise InputError(f"nodes={nodes} on the local unit {unit!r}; expected 1 (or an AWS unit)")
@@ -211,7 +233,7 @@ def multinode_simulation(
         backend=backend,
     )
     check_reach(compute_unit.access(), spec.phantom, spec.sequence, output)
-    sizes = check_inputs(spec, ranks, run)
+    sizes = check_inputs(spec, nodes, ranks_per_node, run)
     logger.info(
         "%d spins x %d ADC samples x %d coils on %d rank(s) of %d node(s)",
         sizes["spins"],

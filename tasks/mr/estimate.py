@@ -65,6 +65,7 @@ class JobEstimate:
         reasons: Sentences explaining the class, biggest contributions first.
         memory_parts: Peak memory by part, bytes.
         flops: Floating-point operations in total.
+        shape: The header's shape, (x, y, coils, slices, replicas).
     """
 
     memory_bytes: int
@@ -73,6 +74,13 @@ class JobEstimate:
     reasons: list[str]
     memory_parts: dict[str, int] = field(default_factory=dict)
     flops: float = 0.0
+    shape: tuple[int, ...] = ()
+
+    def describe(self) -> str:
+        """The shape and the three largest memory parts, for a one-line message."""
+        biggest = sorted(self.memory_parts.items(), key=lambda kv: kv[1], reverse=True)[:3]
+        parts = ", ".join(f"{name} {_gib(size)}" for name, size in biggest)
+        return f"of shape (x, y, coils, slices, replicas)={self.shape} ({parts})"
 
 
 def estimate_job(
@@ -149,6 +157,7 @@ def estimate_job(
         reasons=reasons,
         memory_parts=memory_parts,
         flops=float(flops),
+        shape=(x, y, coils, n_slices, n_replicas),
     )
 
 

@@ -60,7 +60,8 @@ MRO_ACQUISITION = 2
 Factor = Annotated[int, Field(ge=1, le=16)]
 AclLines = Annotated[int, Field(ge=2, le=4096)]
 KernelSize = Annotated[int, Field(ge=1, le=15)]
-SliceIndex = Annotated[int, Field(ge=0, le=100_000)]
+MAX_SLICE = 100_000  # more slices (or 3D x positions) than any scanner acquires
+SliceIndex = Annotated[int, Field(ge=0, le=MAX_SLICE)]
 
 
 class MrOptions(BaseModel):
@@ -201,6 +202,7 @@ class MrOptions(BaseModel):
     slices: list[SliceIndex] | None = Field(
         None,
         min_length=1,
+        max_length=MAX_SLICE + 1,
         title="Slices",
         description="Slice indices to compute, counted from 0; empty = all slices.",
     )

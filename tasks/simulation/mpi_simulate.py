@@ -32,7 +32,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -49,7 +49,7 @@ from tasks.simulation.bloch import (
 )
 from tasks.simulation.phantoms import Phantom, coil_maps, from_nifti, shepp_logan, spin_range, spins
 from tasks.simulation.pulseq import read_seq
-from tasks.simulation.sequence import Sequence
+from tasks.simulation.sequence import MAX_MATRIX, Sequence
 
 if TYPE_CHECKING:
     from tasks.storage.objects import ObjectStore
@@ -67,6 +67,14 @@ PROGRESS_LINE = re.compile(
     r"(?P<rate>[-+.\deinfa]+) spin-samples/s$"
 )
 RESULT_PREFIX = "RESULT "
+# Field caps, fixed when the code loads; the unit's memory bounds the product at run time
+# (``memory_estimate``). 10,000 isochromats per voxel is ten times what intravoxel dephasing
+# studies use; a noise scan of 10 million samples per coil is 40 times the default's at nx 1024;
+# 4 million spins per chunk is 5 GiB of working set, enough to fill a GPU.
+MAX_SPINS_PER_VOXEL = 10_000
+MAX_NOISE_SAMPLES = 10_000_000
+MAX_CHUNK = 1 << 22
+Side = Annotated[int, Field(ge=2, le=MAX_MATRIX)]
 
 
 class PhantomSpec(BaseModel):
@@ -78,8 +86,10 @@ class PhantomSpec(BaseModel):
         "shepp_logan",
         description="`shepp_logan` (analytic, per-tissue PD/T1/T2) or `nifti` (maps from files).",
     )
-    matrix: tuple[int, int] = Field(
-        (64, 64), description="Shepp-Logan voxels (nx, ny).", examples=[[64, 64]]
+    matrix: tuple[Side, Side] = Field(
+        (64, 64),
+        description=f"Shepp-Logan voxels (nx, ny), each 2 to {MAX_MATRIX}.",
+        examples=[[64, 64]],
     )
     fov_m: tuple[float, float] = Field(
         (0.256, 0.256), description="Shepp-Logan field of view (x, y), in m."
@@ -89,15 +99,20 @@ class PhantomSpec(BaseModel):
     t1: str | None = Field(None, description="NIfTI T1 map in s (path or s3:// URI).")
     t2: str | None = Field(None, description="NIfTI T2 map in s (path or s3:// URI).")
     df: str | None = Field(None, description="NIfTI off-resonance map in Hz (optional).")
-    spins_per_voxel: int = Field(1, ge=1, description="Isochromats in each voxel with PD > 0.")
+    spins_per_voxel: int = Field(
+        1,
+        ge=1,
+        le=MAX_SPINS_PER_VOXEL,
+        description=f"Isochromats in each voxel with PD > 0, 1 to {MAX_SPINS_PER_VOXEL}.",
+    )
     seed: int = Field(0, ge=0, description="Seeds the spins' positions within their voxels.")
 
     @model_validator(mode="after")
     def _maps_for_nifti(self) -> PhantomSpec:
         if self.kind == "nifti" and not (self.pd and self.t1 and self.t2):
             raise ValueError("kind='nifti' needs the pd, t1 and t2 map URIs")
-        if min(self.matrix) < 2 or min(self.fov_m) <= 0:
-            raise ValueError(f"matrix={self.matrix}, fov_m={self.fov_m}; expected >= 2 and > 0")
+        if min(self.fov_m) <= 0:
+            raise ValueError(f"fov_m={self.fov_m}; expected > 0")
         return self
 
 
@@ -143,10 +158,20 @@ class SimulationSpec(BaseModel):
         0.3, ge=0, lt=0.5, description="Neighbouring coils' noise correlation (correlated)."
     )
     noise_samples: int = Field(
-        0, ge=0, description="Noise-scan samples per coil; 0 for 256 readouts' worth."
+        0,
+        ge=0,
+        le=MAX_NOISE_SAMPLES,
+        description=(
+            f"Noise-scan samples per coil, at most {MAX_NOISE_SAMPLES}; 0 for 256 readouts' worth."
+        ),
     )
     noise_seed: int = Field(0, ge=0, description="Seeds the noise.")
-    chunk: int = Field(65536, ge=1, description="Spins simulated at once (bounds memory).")
+    chunk: int = Field(
+        65536,
+        ge=1,
+        le=MAX_CHUNK,
+        description=f"Spins simulated at once (bounds memory), 1 to {MAX_CHUNK}.",
+    )
     backend: Literal["numpy", "torch"] = Field("numpy", description="Array backend.")
     device: Literal["cpu", "cuda"] = Field(
         "cpu", description="torch device; `cuda` gives each rank the GPU of its local rank."
@@ -244,6 +269,37 @@ def plan(
     if sequence.matrix is None:
         raise InputError(f"sequence {sequence.name!r} has no Cartesian matrix for k-space")
     return phantom, sequence
+
+
+# Bytes of the memory model (``memory_estimate``), rounded up from what the code holds.
+RANK_BASE_BYTES = 256 * 2**20  # Python, NumPy, SciPy, mpi4py and h5py loaded in one rank
+SPIN_BYTES = 160  # SpinSet (7 float64) and the temporaries of building it, per spin
+VOXEL_BYTES = 48  # PD, T1, T2, off-resonance (float64) and labels, per phantom voxel
+CHUNK_COMPLEX = 80  # complex values per spin of a chunk's working set (``bloch.simulate``)
+
+
+def memory_estimate(
+    spec: SimulationSpec, phantom: Phantom, sequence: Sequence, ranks: int, ranks_per_node: int
+) -> int:
+    """Peak memory of the node that holds rank 0, bytes: a planning model that errs high.
+
+    Every rank holds the phantom's maps, its share of the spins with their coil sensitivities
+    (complex128 per coil), a chunk's working set and its signal twice (backend and NumPy copy,
+    ``coils x Nadc`` complex128); rank 0 also holds the reduced signal, its noisy copy,
+    k-space and the noise scan.
+    """
+    share = -(-phantom.n_spins // ranks)
+    signal = spec.coils * sequence.adc_samples * 16
+    rank = (
+        RANK_BASE_BYTES
+        + phantom.pd.size * VOXEL_BYTES
+        + share * (SPIN_BYTES + 32 * spec.coils)
+        + min(spec.chunk, share) * CHUNK_COMPLEX * 16
+        + 2 * signal
+    )
+    nx = sequence.matrix[0] if sequence.matrix else 1
+    noise = spec.coils * (spec.noise_samples or 256 * nx) * 16
+    return int(min(ranks, ranks_per_node) * rank + 3 * signal + noise)
 
 
 def check_ranks(ranks: int, total: int) -> None:

@@ -24,6 +24,10 @@ from scipy.interpolate import RegularGridInterpolator
 from tasks.errors import InputError
 from tasks.mr.phantom import coil_sensitivities
 from tasks.simulation.bloch import SpinSet
+from tasks.simulation.sequence import MAX_MATRIX
+
+MAX_VOXELS = MAX_MATRIX**2
+"""Most voxels a NIfTI phantom may have (16.8 million: 4096 x 4096, or 512 x 512 x 64)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -202,6 +206,11 @@ def from_nifti(
             image = nib.load(path)
         except (OSError, ValueError, nib.filebasedimages.ImageFileError) as exc:
             raise InputError(f"{name} map {path}: cannot read as NIfTI ({exc})") from exc
+        if (voxels := math.prod(image.shape)) > MAX_VOXELS:  # the header's, before reading
+            raise InputError(
+                f"{name} map {path} has shape {image.shape} ({voxels} voxels); expected at "
+                f"most {MAX_VOXELS} voxels"
+            )
         data = np.asarray(image.dataobj, dtype=np.float64)
         if data.ndim == 2:
             data = data[..., None]

@@ -10,9 +10,10 @@ differ between versions (``_LAYOUTS``); 1.2 blocks may lack the extension column
 
 Why a parser of our own rather than ``pypulseq`` (``benchmarks/pulseq_read.py`` measures it):
 this reader is faster than ``pypulseq.Sequence.read`` alone, names the file and line of every
-problem, checks the ``[SIGNATURE]`` md5 (pypulseq reads it without checking), and bounds a
-shape's length before expanding it (pypulseq allocates whatever ``num_samples`` says). The
-tests cross-check it against pypulseq on files of every version.
+problem, checks the ``[SIGNATURE]`` md5 (pypulseq reads it without checking), and bounds what a
+shape, the shape table and the blocks expand to before expanding them (pypulseq allocates
+whatever ``num_samples`` says). The tests cross-check it against pypulseq on files of every
+version.
 
 Reading: a pulse whose waveform is constant (and no frequency offset) becomes a hard pulse,
 simulated as an instantaneous rotation; others are shaped. An RF time shape (pypulseq's block
@@ -68,6 +69,17 @@ _LABELS = {"Spoiling": "spoil"}
 
 MAX_SHAPE_SAMPLES = 10_000_000
 """Longest shape read (10 s of RF on a 1 us raster): checked before a shape is expanded."""
+MAX_EXPANDED_SAMPLES = 100_000_000
+"""Most samples the ``[SHAPES]`` table, and apart from it the blocks, may expand to.
+
+Both are counted before anything is expanded. The blocks' count is every RF, gradient-shape and
+ADC sample of every block, since each block gets its own arrays: 100 million samples is 0.8 GB
+of float64 (1.6 GB of complex RF). Generous for real sequences: a 2D sequence of 256 lines
+with a 3 ms shaped pulse on the 1 us raster and 2.56 ms arbitrary-gradient readouts holds about
+1 million, a 3D 256 x 256 one with hard pulses 17 million ADC samples; the simulator steps
+every RF sample of every block, so a sequence past the cap could not be simulated in useful
+time anyway.
+"""
 
 # Columns of each event table by minor version (1.2 reads as 1.3); ``use`` is a letter.
 _LAYOUTS: dict[str, dict[int, tuple[str, ...]]] = {
@@ -145,11 +157,10 @@ def read_seq(path: Path) -> Sequence:
     tables = {
         name: _table(sections, name, layouts[minor], src) for name, layouts in _LAYOUTS.items()
     }
+    rows = [(line, _block_ids(cols, line, src)) for line, cols in sections.get("BLOCKS", [])]
+    _check_block_samples(rows, tables, shapes, src)
     blocks: list[Block] = []
-    for line, cols in sections.get("BLOCKS", []):
-        if len(cols) not in (7, 8):
-            raise src.fail(line, f"block has {len(cols)} columns", "NUM DUR RF GX GY GZ ADC [EXT]")
-        ids = [_integer(c, line, src, "integer event ids") for c in cols]
+    for line, ids in rows:
         rf = _rf(tables["RF"], ids[2], line, shapes, rasters["rf"], src) if ids[2] else None
         g = [_gradient(ids[k], tables, shapes, rasters["grad"], line, src) for k in (3, 4, 5)]
         adc = _adc(tables["ADC"], ids[6], line, src) if ids[6] else None
@@ -167,6 +178,49 @@ def read_seq(path: Path) -> Sequence:
     if not blocks:
         raise InputError(f"{path}: no [BLOCKS]; expected at least one block")
     return _sequence(blocks, defs, path)
+
+
+def _block_ids(cols: list[str], line: int, src: _Source) -> list[int]:
+    if len(cols) not in (7, 8):
+        raise src.fail(line, f"block has {len(cols)} columns", "NUM DUR RF GX GY GZ ADC [EXT]")
+    return [_integer(c, line, src, "integer event ids") for c in cols]
+
+
+def _check_block_samples(
+    rows: list[tuple[int, list[int]]],
+    tables: dict[str, dict[int, Row]],
+    shapes: dict[int, np.ndarray],
+    src: _Source,
+) -> None:
+    """Refuse blocks whose events expand past ``MAX_EXPANDED_SAMPLES``, before expanding any.
+
+    Each block's RF waveform, resampled RF, gradient shapes and ADC samples are counted from
+    the table rows and shape lengths alone; ids that name nothing count 0 here and are refused
+    by name when the block is built.
+    """
+
+    def size(sid: float) -> int:
+        shape = shapes.get(int(sid))
+        return 0 if shape is None else shape.size
+
+    total = 0
+    for _, ids in rows:
+        if (found := tables["RF"].get(ids[2])) is not None:
+            row = found[1]
+            total += size(row["mag"])
+            if (times := shapes.get(int(row.get("time", 0)))) is not None and times.size:
+                total += max(math.ceil(times[-1]), 0)  # the resampled waveform
+        for gid in ids[3:6]:
+            if gid not in tables["TRAP"] and (found := tables["GRADIENTS"].get(gid)):
+                total += size(found[1]["shape"])
+        if (found := tables["ADC"].get(ids[6])) is not None:
+            total += max(int(found[1]["num"]), 0)
+    if total > MAX_EXPANDED_SAMPLES:
+        raise src.fail(
+            rows[0][0],
+            f"[BLOCKS] expands to {total} RF, gradient and ADC samples over {len(rows)} blocks",
+            f"at most {MAX_EXPANDED_SAMPLES}",
+        )
 
 
 def _split(text: str, src: _Source) -> dict[str, list[tuple[int, list[str]]]]:
@@ -308,6 +362,12 @@ def _shapes(rows: list[tuple[int, list[str]]], minor: int, src: _Source) -> dict
             if current is None or raw[current][1] < 0 or len(cols) != 1:
                 raise src.fail(line, f"shape data {' '.join(cols)!r}", "one number per line")
             raw[current][2].append(_number(cols[0], line, src, "a shape sample"))
+    if (total := sum(max(n, 0) for _, n, _ in raw.values())) > MAX_EXPANDED_SAMPLES:
+        raise src.fail(
+            rows[0][0],
+            f"[SHAPES] expands to {total} samples over {len(raw)} shapes",
+            f"at most {MAX_EXPANDED_SAMPLES}",
+        )
     # Before 1.4 every shape is compressed, even one as long as its samples.
     return {
         sid: _decompress(data, n, minor >= 4, line, src) for sid, (line, n, data) in raw.items()

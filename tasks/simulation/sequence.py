@@ -39,6 +39,11 @@ RF_RASTER = 1e-6
 ADC_RASTER = 1e-7
 BLOCK_RASTER = 1e-5
 
+MAX_MATRIX = 4096
+"""Most voxels, readout samples or lines along one side: twice the finest clinical 2D matrix."""
+MAX_DUMMY_SCANS = 10_000
+"""Most dummy TRs: 50 s at TR 5 ms, 25 T1s of white matter, past any steady state."""
+
 RF_SPOIL_INCREMENT = math.radians(117.0)
 """Quadratic RF-spoiling phase increment (Zur et al. 1991)."""
 
@@ -472,8 +477,8 @@ def inversion_recovery(
 
 
 def _schedule(dummy_scans: int, ny: int) -> list[int | None]:
-    if dummy_scans < 0:
-        raise InputError(f"dummy_scans={dummy_scans}; expected >= 0")
+    if not 0 <= dummy_scans <= MAX_DUMMY_SCANS:
+        raise InputError(f"dummy_scans={dummy_scans}; expected 0 to {MAX_DUMMY_SCANS}")
     return [None] * dummy_scans + list(range(ny))
 
 
@@ -545,8 +550,8 @@ class _Plan:
     ) -> _Plan:
         if len(fov) != 2 or min(fov) <= 0:
             raise InputError(f"fov={fov}; expected (x, y) in m, both > 0")
-        if len(matrix) != 2 or min(matrix) < 1:
-            raise InputError(f"matrix={matrix}; expected (nx, ny), both >= 1")
+        if len(matrix) != 2 or not 1 <= min(matrix) <= max(matrix) <= MAX_MATRIX:
+            raise InputError(f"matrix={matrix}; expected (nx, ny), both 1 to {MAX_MATRIX}")
         if not dwell > 0:
             raise InputError(f"dwell={dwell}; expected > 0 s")
         _on_raster(dwell, ADC_RASTER, "dwell")

@@ -25,6 +25,11 @@ CHECKPOINTS = "checkpoints"
 MODEL_DIR = "model"
 METRICS_NAME = "metrics.json"
 CURVES_NAME = "loss.png"
+# Field caps, fixed when the code loads; the unit's memory bounds the model and batch at run
+# time (``flows.distributed_training``). 100,000 epochs and a global batch of 65,536 images are
+# far past what these models are trained with; the caps keep a typo from running for weeks.
+MAX_EPOCHS = 100_000
+MAX_BATCH_SIZE = 65_536
 
 
 class TrainingSettings(BaseModel):
@@ -52,9 +57,16 @@ class TrainingSettings(BaseModel):
     procs_per_node: int = Field(
         2, ge=1, le=256, description="Processes per node: DDP ranks, or PS workers."
     )
-    epochs: int = Field(1, ge=1, description="Passes over the training split.")
+    epochs: int = Field(
+        1, ge=1, le=MAX_EPOCHS, description=f"Passes over the training split, 1 to {MAX_EPOCHS}."
+    )
     batch_size: int = Field(
-        8, ge=1, description="Samples per optimizer step over all processes (global batch)."
+        8,
+        ge=1,
+        le=MAX_BATCH_SIZE,
+        description=(
+            f"Samples per optimizer step over all processes (global batch), 1 to {MAX_BATCH_SIZE}."
+        ),
     )
     lr: float = Field(1e-3, gt=0, description="Peak learning rate (Adam, cosine decay).")
     checkpoint_every: int = Field(50, ge=1, description="Steps between checkpoints.")

@@ -141,6 +141,11 @@ class _Spec:
     multiple: Callable[[dict[str, int]], int] = lambda options: 1
 
 
+# Largest value of each model option, far past the models' useful sizes; what fits is the
+# unit's memory check's to say (``memory_estimate``: a UNet of width 1024 and depth 8 would
+# hold 10^12 parameters and is refused there, before it is built).
+MAX_OPTIONS = {"channels": 1024, "width": 1024, "depth": 8, "layers": 256}
+
 _MODELS: dict[str, _Spec] = {
     "unet": _Spec(UNet, lambda options: 2 ** options["depth"]),
     "convnet": _Spec(ConvNet),
@@ -164,7 +169,8 @@ def model_options(name: str, options: dict[str, Any] | None = None) -> dict[str,
         Every option of the model, by name.
 
     Raises:
-        InputError: Unknown model, unknown option, or an option that is not a positive int.
+        InputError: Unknown model, unknown option, or an option that is not an int from 1 to
+            its ``MAX_OPTIONS`` value.
     """
     spec = _spec(name)
     defaults = {
@@ -177,9 +183,10 @@ def model_options(name: str, options: dict[str, Any] | None = None) -> dict[str,
                 f"model {name!r} has no option {key!r}; expected some of {sorted(defaults)}"
             )
         # bool is an int subclass, but depth=True is a mistake, not a 1.
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        most = MAX_OPTIONS.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
             raise InputError(
-                f"model {name!r} option {key}={value!r} is invalid; expected an integer >= 1"
+                f"model {name!r} option {key}={value!r} is invalid; expected an integer 1 to {most}"
             )
     return {**defaults, **given}
 
@@ -228,6 +235,43 @@ def check_input_shape(name: str, options: dict[str, Any] | None, shape: Sequence
             f"H and W must be divisible by {multiple}; resample the set (size=...) or "
             "lower depth"
         )
+
+
+# Bytes of the memory model (``memory_estimate``).
+PROCESS_BASE_BYTES = 512 * 2**20  # Python and torch loaded in a training process
+LOADER_BASE_BYTES = 256 * 2**20  # each DataLoader worker process
+
+
+def memory_estimate(
+    name: str, options: dict[str, Any] | None, shape: Sequence[int], loader_workers: int = 0
+) -> int:
+    """Peak memory of one training process, bytes: a planning model that errs high.
+
+    The model is built on torch's meta device (shapes, no storage) and run once on a meta
+    batch, so counting costs no memory whatever the options. float32: weights, gradients,
+    Adam's two moments and DDP's gradient buckets (5 per parameter); every leaf module's output
+    kept for the backward pass and its gradient (2 per element).
+
+    Args:
+        name: Model name.
+        options: The model's options.
+        shape: One process's batch, (N, C, H, W).
+        loader_workers: DataLoader worker processes beside it.
+    """
+    with torch.device("meta"):
+        model = build_model(name, **(options or {}))
+        outputs = 0
+
+        def count(module: nn.Module, inputs: Any, output: Any) -> None:
+            nonlocal outputs
+            outputs += output.numel() if isinstance(output, Tensor) else 0
+
+        for module in model.modules():
+            if not any(True for _ in module.children()):
+                module.register_forward_hook(count)
+        model(torch.empty(*shape))
+    params = sum(p.numel() for p in model.parameters())
+    return PROCESS_BASE_BYTES + loader_workers * LOADER_BASE_BYTES + 4 * (5 * params + 2 * outputs)
 
 
 def _spec(name: str) -> _Spec:

@@ -301,3 +301,88 @@ def test_1_5_features_the_model_lacks_are_refused_by_name(tmp_path, old, new, ma
     path.write_text(text.replace(old, new, 1))
     with pytest.raises(InputError, match=match):
         read_seq(path)
+
+
+# --- bounds on what a file expands to ------------------------------------------------------------
+
+
+def _seq(shapes: list[int], blocks: list[str], grads: str = "", adcs: str = "") -> str:
+    """A Pulseq 1.4 file: constant shapes of the given lengths (run-length coded), the blocks
+    and [GRADIENTS]/[ADC] rows as given."""
+    text = "[VERSION]\nmajor 1\nminor 4\nrevision 1\n\n[BLOCKS]\n" + "\n".join(blocks) + "\n"
+    if grads:
+        text += f"\n[GRADIENTS]\n{grads}\n"
+    if adcs:
+        text += f"\n[ADC]\n{adcs}\n"
+    text += "\n[SHAPES]\n"
+    for sid, n in enumerate(shapes, start=1):
+        text += f"\nshape_id {sid}\nnum_samples {n}\n1\n0\n0\n{n - 3}\n"
+    return text
+
+
+def _refused_within(path: Path, match: str, peak_mib: float = 64) -> None:
+    """``read_seq`` refuses ``path`` with ``match``, allocating under ``peak_mib`` on the way."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError, match=match):
+            read_seq(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < peak_mib * 2**20, f"read_seq allocated {peak / 2**20:.0f} MiB before refusing"
+
+
+def test_a_shape_table_claiming_billions_of_samples_is_refused_before_expanding(tmp_path):
+    """Guards against a 20 KB file of 300 shapes, each under the per-shape cap, making the
+    reader allocate 3 billion samples (24 GB)."""
+    path = tmp_path / "bomb.seq"
+    path.write_text(_seq([10_000_000] * 300, ["1 10 0 0 0 0 0 0"]))
+    assert path.stat().st_size < 20_000
+    _refused_within(
+        path,
+        r"^.*bomb\.seq:11: \[SHAPES\] expands to 3000000000 samples over 300 shapes; "
+        r"expected at most 100000000$",
+    )
+
+
+def test_blocks_repeating_a_shape_billions_of_samples_are_refused_before_building(tmp_path):
+    """Guards against 3,000 block lines that each give a 1-million-sample gradient shape its
+    own array: 3 billion samples from a 60 KB file."""
+    blocks = [f"{n} 1000000 0 1 0 0 0 0" for n in range(1, 3001)]  # 10 s each
+    path = tmp_path / "bomb.seq"
+    path.write_text(_seq([1_000_000], blocks, grads="1 1000 1 0 0"))
+    _refused_within(
+        path,
+        r"^.*bomb\.seq:7: \[BLOCKS\] expands to 3000000000 RF, gradient and ADC samples over "
+        r"3000 blocks; expected at most 100000000$",
+    )
+
+
+def test_an_adc_of_a_trillion_samples_is_refused_by_the_reader(tmp_path):
+    """Guards against one ADC row sizing the simulator's signal array at 10^12 samples."""
+    path = tmp_path / "bomb.seq"
+    path.write_text(_seq([], ["1 10000000000 0 0 0 0 1 0"], adcs=f"1 {10**12} 100 0 0 0"))
+    _refused_within(path, r"bomb\.seq:7: \[BLOCKS\] expands to 1000000000000 RF, gradient")
+
+
+@pytest.mark.parametrize(("extra", "refused"), [(0, False), (1, True)])
+def test_the_expansion_caps_hold_at_their_boundary(tmp_path, monkeypatch, extra, refused):
+    """Guards against an off-by-one in either cap: exactly the cap reads, one more is refused."""
+    import tasks.simulation.pulseq as pulseq
+
+    monkeypatch.setattr(pulseq, "MAX_EXPANDED_SAMPLES", 1000)
+    # Shapes: 600 + 400 (+ 1) samples.
+    shapes = tmp_path / "shapes.seq"
+    shapes.write_text(_seq([600, 400 + extra], ["1 10 0 0 0 0 0 0"]))
+    # Blocks: nine 100-sample gradients and 100 (+ 1) ADC samples of 10 us.
+    blocks = [f"{n} 100 0 1 0 0 0 0" for n in range(1, 10)] + ["10 200 0 0 0 0 1 0"]
+    adc = tmp_path / "blocks.seq"
+    adc.write_text(_seq([100], blocks, grads="1 1000 1 0 0", adcs=f"1 {100 + extra} 10000 0 0 0"))
+    for path, table in ((shapes, "SHAPES"), (adc, "BLOCKS")):
+        if refused:
+            with pytest.raises(InputError, match=rf"\[{table}\] expands to 1001 "):
+                read_seq(path)
+        else:
+            read_seq(path)
