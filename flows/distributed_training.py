@@ -19,7 +19,7 @@ from typing import Any
 from prefect import task
 from pydantic import BaseModel, Field
 
-from blocks.compute_unit import ComputeUnit, SizeClass, load_unit
+from blocks.compute_unit import SizeClass, load_unit
 from flows.model_upload import model_upload
 from tasks.compute.batch_run import batch_size_class, check_batch_unit, run_batch_job
 from tasks.compute.hooks import sciflow_flow
