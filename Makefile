@@ -8,6 +8,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
+# checkov pins an older boto3 than sciflow's, so it lives in a virtualenv of its own.
+CHECKOV_VENV := .venv-checkov
+CHECKOV_VERSION := 3.3.30
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
 PREFECT_DB := .prefect/prefect.db
 # Real Siemens raw data for the tests: the example twixtools ships in its source distribution.
 TWIX_SDIST := twixtools-0.24
@@ -21,7 +25,7 @@ export DO_NOT_TRACK := 1
 # The venv's bin (mpiexec, prefect) first, so subprocesses find the pinned tools.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help install demo test lint format bench server worker deploy clean
+.PHONY: help install demo test lint format bench server worker deploy clean checkov
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -49,7 +53,7 @@ $(PREFECT_DB): $(STAMP)
 demo: install  ## Run the research pipeline on this machine and print where outputs are.
 	$(BIN)/python -m flows.pipeline
 
-test: install  ## Run the whole test suite.
+test: install $(CHECKOV_STAMP)  ## Run the whole test suite.
 	$(BIN)/python -m pytest
 
 lint: install  ## Check style and common bugs with ruff, and the import layers with import-linter.
@@ -63,6 +67,14 @@ format: install  ## Rewrite files in ruff's style.
 
 bench: install $(BENCH_STAMP)  ## Run every benchmark and print one table of ratios.
 	$(BIN)/python -m benchmarks
+
+checkov: $(CHECKOV_STAMP)  ## Scan infrastructure/terraform with checkov (zero failed checks).
+	$(CHECKOV_VENV)/bin/checkov --quiet --compact --skip-download --framework terraform --directory infrastructure/terraform
+
+$(CHECKOV_STAMP):
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet checkov==$(CHECKOV_VERSION)
+	touch $@
 
 $(BENCH_STAMP): pyproject.toml | $(STAMP)
 	$(BIN)/python -m pip install --quiet --editable '.[dev,bench]'
