@@ -25,7 +25,7 @@ export DO_NOT_TRACK := 1
 # The venv's bin (mpiexec, prefect) first, so subprocesses find the pinned tools.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help install demo test lint format bench server worker deploy clean checkov
+.PHONY: help install demo test lint format bench server worker deploy clean checkov checkov-venv
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -70,6 +70,8 @@ bench: install $(BENCH_STAMP)  ## Run every benchmark and print one table of rat
 
 checkov: $(CHECKOV_STAMP)  ## Scan infrastructure/terraform with checkov (zero failed checks).
 	$(CHECKOV_VENV)/bin/checkov --quiet --compact --skip-download --framework terraform --directory infrastructure/terraform
+
+checkov-venv: $(CHECKOV_STAMP)  ## Make .venv-checkov with checkov pinned (idempotent).
 
 $(CHECKOV_STAMP):
 	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
