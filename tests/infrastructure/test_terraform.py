@@ -164,7 +164,8 @@ def test_mode2_external_id_is_sensitive_and_required_by_the_trust_policy():
     iam = (MODULES / "iam" / "main.tf").read_text()
     trust = iam[iam.index('data "aws_iam_policy_document" "cross_account_assume"') :]
     trust = trust[: trust.index("\n}\n")]
-    assert '"sts:ExternalId"' in trust and "var.external_id" in trust
+    assert '"sts:ExternalId"' in trust
+    assert "var.external_id" in trust
     assert "external_id" not in Config.load(ENVIRONMENTS / "mode1").outputs
 
 
@@ -190,7 +191,8 @@ def test_no_iam_statement_grants_a_wildcard_action():
             for statement in document.get("statement", []):
                 for action in statement.get("actions", []):
                     action = unquote(action)
-                    assert action != "*" and not action.endswith(":*"), f"{_rel(path)}: {action}"
+                    assert action != "*", _rel(path)
+                    assert not action.endswith(":*"), f"{_rel(path)}: {action}"
 
 
 def _walk_copy(tmp_path: Path) -> Path:
@@ -222,7 +224,7 @@ def test_checkov_skips_each_carry_a_reason():
         for line in path.read_text().splitlines():
             if match := SKIP_ANNOTATION.search(line):
                 check, reason = match.groups()
-                assert reason and len(reason.strip()) > 10, f"{_rel(path)}: {check} has no reason"
+                assert len((reason or "").strip()) > 10, f"{_rel(path)}: {check} has no reason"
                 skips.append(check)
     assert skips  # the parser above sees the annotations checkov reads
 
@@ -231,8 +233,11 @@ def _checkov(directory: Path) -> subprocess.CompletedProcess[str]:
     if not CHECKOV.exists():  # `make test` installs it first (make checkov)
         subprocess.run(["make", "--no-print-directory", "checkov-venv"], cwd=REPO, check=True)
     return subprocess.run(
-        [str(CHECKOV), "--quiet", "--compact", "--skip-download", "--framework", "terraform",
-         "--directory", str(directory)],  # fmt: skip
+        [
+            str(CHECKOV),
+            *("--quiet", "--compact", "--skip-download", "--framework", "terraform"),
+            *("--directory", str(directory)),
+        ],
         capture_output=True,
         text=True,
         timeout=600,
@@ -243,11 +248,14 @@ def _checkov(directory: Path) -> subprocess.CompletedProcess[str]:
 
 def test_checkov_reports_no_failed_check():
     done = _checkov(TERRAFORM)
-    summary = re.search(r"Passed checks: (\d+), Failed checks: (\d+), Skipped checks: (\d+)", done.stdout)
+    summary = re.search(
+        r"Passed checks: (\d+), Failed checks: (\d+), Skipped checks: (\d+)", done.stdout
+    )
     assert summary, done.stdout[-3000:] + done.stderr[-3000:]
     passed, failed, skipped = map(int, summary.groups())
     assert (failed, done.returncode) == (0, 0), done.stdout[-6000:]
-    assert passed > 300 and skipped > 0
+    assert passed > 300
+    assert skipped > 0
 
 
 def test_checkov_fails_an_unencrypted_public_bucket(tmp_path):
@@ -284,7 +292,8 @@ def test_terraform_fmt_check_passes():
 def test_terraform_fmt_check_fails_on_a_misformatted_file(tmp_path):
     (tmp_path / "bad.tf").write_text('variable "x" {\ntype=string\n}\n')
     done = _run([_terraform(), "fmt", "-check", "-recursive"], tmp_path)
-    assert done.returncode != 0 and "bad.tf" in done.stdout
+    assert done.returncode != 0
+    assert "bad.tf" in done.stdout
 
 
 def _installed_aws_provider() -> Path | None:

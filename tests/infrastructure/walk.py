@@ -1,4 +1,4 @@
-"""Reads infrastructure/terraform with python-hcl2 and finds where modules and environments disagree.
+"""Reads infrastructure/terraform with python-hcl2; finds where modules and environments disagree.
 
 python-hcl2 8 keeps HCL's quoting: block labels and string values come back as ``'"name"'``
 and expressions as ``'${...}'``; ``unquote`` strips both.

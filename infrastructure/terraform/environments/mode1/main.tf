@@ -97,6 +97,7 @@ module "iam" {
   name                     = var.unit_name
   mode                     = local.mode
   bucket_arn               = module.storage.bucket_arn
+  efs_file_system_arn      = module.storage.efs_file_system_arn
   kms_key_arn              = module.storage.kms_key_arn
   ecs_cluster_arn          = module.ecs.cluster_arn
   execution_role_arn       = module.ecs.execution_role_arn

@@ -67,6 +67,12 @@ data "aws_iam_policy_document" "data" {
   }
 
   statement {
+    sid       = "MountTheSharedFileSystem"
+    actions   = ["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"]
+    resources = [var.efs_file_system_arn]
+  }
+
+  statement {
     sid       = "UseTheUnitsKey"
     actions   = ["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey", "kms:DescribeKey"]
     resources = [var.kms_key_arn]

@@ -51,6 +51,16 @@ variable "bucket_arn" {
   }
 }
 
+variable "efs_file_system_arn" {
+  description = "ARN of the unit's EFS file system (its policy admits IAM principals through the access point; run roles are granted mounting it here)."
+  type        = string
+
+  validation {
+    condition     = can(regex("^arn:aws[a-z-]*:elasticfilesystem:", var.efs_file_system_arn))
+    error_message = "efs_file_system_arn must be an EFS file system ARN."
+  }
+}
+
 variable "kms_key_arn" {
   description = "ARN of the unit's KMS key (bucket encryption)."
   type        = string

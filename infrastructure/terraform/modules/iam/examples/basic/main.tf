@@ -26,6 +26,7 @@ module "iam" {
   trusted_principal_arns   = ["arn:aws:iam::444455556666:role/sciflow-operator"]
   external_id              = var.external_id
   bucket_arn               = "arn:aws:s3:::example-sciflow-data"
+  efs_file_system_arn      = "arn:aws:elasticfilesystem:eu-central-1:111122223333:file-system/fs-0123456789abcdef0"
   kms_key_arn              = "arn:aws:kms:eu-central-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
   ecs_cluster_arn          = "arn:aws:ecs:eu-central-1:111122223333:cluster/sciflow-example"
   execution_role_arn       = "arn:aws:iam::111122223333:role/sciflow-example-ecs-execution"
