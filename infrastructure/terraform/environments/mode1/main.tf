@@ -76,7 +76,6 @@ module "batch" {
   vpc_id              = module.network.vpc_id
   vpc_cidr_block      = module.network.vpc_cidr_block
   subnet_id           = module.network.private_subnet_ids[0]
-  kms_key_arn         = module.storage.kms_key_arn
   job_role_arn        = module.iam.flow_run_role_arn
   execution_role_arn  = module.ecs.execution_role_arn
   images              = { simulation = local.images["mpi"], training = local.images["gpu"] }

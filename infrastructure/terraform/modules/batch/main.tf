@@ -184,10 +184,11 @@ resource "aws_launch_template" "nodes" {
   block_device_mappings {
     device_name = "/dev/xvda"
     ebs {
-      volume_size           = 100
-      volume_type           = "gp3"
-      encrypted             = true
-      kms_key_id            = var.kms_key_arn
+      volume_size = 100
+      volume_type = "gp3"
+      encrypted   = true
+      # The account's EBS key: Auto Scaling and Batch launch with service-linked roles that a
+      # customer key's policy would have to name, and they may not exist before the first launch.
       delete_on_termination = true
     }
   }

@@ -38,16 +38,6 @@ variable "subnet_id" {
   }
 }
 
-variable "kms_key_arn" {
-  description = "ARN of the KMS key that encrypts the nodes' volumes."
-  type        = string
-
-  validation {
-    condition     = can(regex("^arn:aws[a-z-]*:kms:", var.kms_key_arn))
-    error_message = "kms_key_arn must be a KMS key ARN."
-  }
-}
-
 variable "cpu_instance_types" {
   description = "EC2 instance types of the CPU compute environment (MPI simulation)."
   type        = list(string)

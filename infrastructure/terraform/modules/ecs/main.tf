@@ -37,7 +37,7 @@ resource "aws_ecs_cluster_capacity_providers" "this" {
   cluster_name = aws_ecs_cluster.this.name
   capacity_providers = concat(
     ["FARGATE", "FARGATE_SPOT"],
-    var.gpu_enabled ? [aws_ecs_capacity_provider.gpu[0].name] : [],
+    aws_ecs_capacity_provider.gpu[*].name,
   )
 
   default_capacity_provider_strategy {
@@ -247,10 +247,11 @@ resource "aws_launch_template" "gpu" {
   block_device_mappings {
     device_name = "/dev/xvda"
     ebs {
-      volume_size           = var.gpu_root_volume_gib
-      volume_type           = "gp3"
-      encrypted             = true
-      kms_key_id            = var.kms_key_arn
+      volume_size = var.gpu_root_volume_gib
+      volume_type = "gp3"
+      encrypted   = true
+      # The account's EBS key: Auto Scaling and Batch launch with service-linked roles that a
+      # customer key's policy would have to name, and they may not exist before the first launch.
       delete_on_termination = true
     }
   }

@@ -30,7 +30,7 @@ output "log_group_arn" {
 
 output "gpu_capacity_provider" {
   description = "ECS capacity provider of EC2 GPU hosts, or null without GPU capacity."
-  value       = var.gpu_enabled ? aws_ecs_capacity_provider.gpu[0].name : null
+  value       = one(aws_ecs_capacity_provider.gpu[*].name)
 }
 
 output "cloud_map_namespace" {

@@ -39,7 +39,7 @@ variable "subnet_ids" {
 }
 
 variable "kms_key_arn" {
-  description = "ARN of the KMS key that encrypts the log group and the GPU hosts' volumes."
+  description = "ARN of the KMS key that encrypts the unit's log group."
   type        = string
 
   validation {

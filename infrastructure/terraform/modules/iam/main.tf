@@ -345,6 +345,8 @@ resource "aws_iam_role" "task" {
 # Mode 2: sciflow enters the user's account through this role, and only with the external id
 # the unit carries (ComputeUnit.external_id), so no other customer of the operator can.
 data "aws_iam_policy_document" "cross_account_assume" {
+  count = local.cross_account ? 1 : 0
+
   statement {
     actions = ["sts:AssumeRole"]
     principals {
@@ -364,7 +366,7 @@ resource "aws_iam_role" "cross_account" {
 
   name                 = "${local.prefix}-cross-account"
   description          = "sciflow operator access to unit ${var.name}; requires the unit's external id"
-  assume_role_policy   = data.aws_iam_policy_document.cross_account_assume.json
+  assume_role_policy   = data.aws_iam_policy_document.cross_account_assume[0].json
   max_session_duration = 3600
 
   lifecycle {
@@ -375,9 +377,16 @@ resource "aws_iam_role" "cross_account" {
   }
 }
 
+locals {
+  role_names = merge(
+    { for key, role in aws_iam_role.task : key => role.name },
+    { for role in aws_iam_role.cross_account : "cross-account" => role.name },
+  )
+}
+
 resource "aws_iam_role_policy_attachment" "this" {
   for_each = local.attachments
 
-  role       = each.value.role == "cross-account" ? aws_iam_role.cross_account[0].name : aws_iam_role.task[each.value.role].name
+  role       = local.role_names[each.value.role]
   policy_arn = local.policies[each.value.policy]
 }

@@ -15,13 +15,13 @@ output "cleanup_role_arn" {
 
 output "cross_account_role_arn" {
   description = "Mode 2: the role sciflow assumes with the external id; null in Mode 1."
-  value       = local.cross_account ? aws_iam_role.cross_account[0].arn : null
+  value       = one(aws_iam_role.cross_account[*].arn)
 }
 
 output "run_role_arns" {
   description = "Roles runs act as: the bucket policy keeps them from removing audit records."
   value = concat(
     [aws_iam_role.task["flow-run"].arn],
-    local.cross_account ? [aws_iam_role.cross_account[0].arn] : [],
+    aws_iam_role.cross_account[*].arn,
   )
 }

@@ -40,12 +40,12 @@ output "efs_access_point_arn" {
 
 output "fsx_file_system_id" {
   description = "FSx for Lustre file system id, or null without FSx."
-  value       = var.fsx_enabled ? aws_fsx_lustre_file_system.this[0].id : null
+  value       = one(aws_fsx_lustre_file_system.this[*].id)
 }
 
 output "fsx_file_system_arn" {
   description = "FSx for Lustre file system ARN, or null without FSx."
-  value       = var.fsx_enabled ? aws_fsx_lustre_file_system.this[0].arn : null
+  value       = one(aws_fsx_lustre_file_system.this[*].arn)
 }
 
 output "fsx_mount" {

@@ -14,7 +14,6 @@ module "batch" {
   vpc_id              = "vpc-0123456789abcdef0"
   vpc_cidr_block      = "10.40.0.0/16"
   subnet_id           = "subnet-0123456789abcdef0"
-  kms_key_arn         = "arn:aws:kms:eu-central-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
   job_role_arn        = "arn:aws:iam::111122223333:role/sciflow-example-flow-run"
   execution_role_arn  = "arn:aws:iam::111122223333:role/sciflow-example-ecs-execution"
   efs_file_system_id  = "fs-0123456789abcdef0"
