@@ -120,8 +120,12 @@ def variable_problems(config: Config) -> list[str]:
 
 
 def unit_outputs_read() -> set[str]:
-    """The outputs ``ComputeUnit.from_terraform_output`` reads, from its source."""
+    """The outputs ``ComputeUnit.from_terraform_output`` reads: the names its body reads, and
+    ``TERRAFORM_OUTPUTS`` where blocks/compute_unit.py lists them."""
     source = COMPUTE_UNIT.read_text()
     body = source[source.index("def from_terraform_output") :]
     body = body[: body.find("\ndef ")]  # up to the next top-level function
-    return set(re.findall(r"""value(?:\.get\(|\[)["']([a-z_]+)["']""", body))
+    names = set(re.findall(r"""value(?:\.get\(|\[)["']([a-z_]+)["']""", body))
+    if listed := re.search(r"^TERRAFORM_OUTPUTS = \((.*?)^\)", source, re.M | re.S):
+        names |= set(re.findall(r'"([a-z_]+)"', listed.group(1)))
+    return names
