@@ -141,7 +141,7 @@ output "prefect_api_url_secret_arn" {
 }
 
 output "prefect_api_key_secret_arn" {
-  description = "Secret to put the Prefect API key in."
+  description = "Secret to put the Prefect API key in (null with prefect_api_key = false)."
   value       = module.prefect_worker.prefect_api_key_secret_arn
 }
 

@@ -79,6 +79,12 @@ variable "availability_zones" {
   }
 }
 
+variable "prefect_api_key" {
+  description = "Whether the Prefect API takes a key (Prefect Cloud); false for a self-hosted server without auth."
+  type        = bool
+  default     = true
+}
+
 variable "vpc_cidr_block" {
   description = "IPv4 CIDR block of the unit's VPC."
   type        = string

@@ -84,10 +84,7 @@ module "batch" {
   log_group           = module.ecs.log_group
   log_group_arn       = module.ecs.log_group_arn
   ecr_repository_arns = values(module.ecr.repository_arns)
-  secrets = {
-    PREFECT_API_URL = module.prefect_worker.prefect_api_url_secret_arn
-    PREFECT_API_KEY = module.prefect_worker.prefect_api_key_secret_arn
-  }
+  secrets             = module.prefect_worker.secrets
 }
 
 module "iam" {
@@ -124,6 +121,7 @@ module "prefect_worker" {
   execution_role_name = module.ecs.execution_role_name
   kms_key_arn         = module.storage.kms_key_arn
   log_group           = module.ecs.log_group
+  prefect_api_key     = var.prefect_api_key
 }
 
 module "monitoring" {

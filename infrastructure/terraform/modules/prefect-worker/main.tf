@@ -2,6 +2,13 @@ data "aws_region" "current" {}
 
 locals {
   prefix = "sciflow-${var.name}"
+  # ECS sets these from Secrets Manager; a secret without a value stops the task from starting.
+  prefect_secrets = [
+    for key, variable in { api-url = "PREFECT_API_URL", api-key = "PREFECT_API_KEY" } :
+    { name = variable, valueFrom = aws_secretsmanager_secret.prefect[key].arn }
+    if contains(keys(aws_secretsmanager_secret.prefect), key)
+  ]
+
   # prefect-aws's ECS observer settings (prefect_aws.settings.EcsObserverSqsSettings).
   observer_env = [
     { name = "PREFECT_INTEGRATIONS_AWS_ECS_OBSERVER_SQS_QUEUE_NAME", value = aws_sqs_queue.ecs_events.name },
@@ -15,7 +22,7 @@ locals {
 
 resource "aws_secretsmanager_secret" "prefect" {
   #checkov:skip=CKV2_AWS_57:a Prefect API URL or key is rotated in Prefect, not by a Lambda here
-  for_each = toset(["api-url", "api-key"])
+  for_each = toset(var.prefect_api_key ? ["api-url", "api-key"] : ["api-url"])
 
   name        = "${local.prefix}/prefect-${each.key}"
   description = "Prefect ${each.key} for the sciflow unit ${var.name}; set with put-secret-value"
@@ -155,11 +162,8 @@ resource "aws_ecs_task_definition" "worker" {
     readonlyRootFilesystem = true
     command                = ["prefect", "worker", "start", "--pool", each.key, "--type", each.value, "--with-healthcheck"]
     environment            = local.observer_env
-    secrets = [
-      { name = "PREFECT_API_URL", valueFrom = aws_secretsmanager_secret.prefect["api-url"].arn },
-      { name = "PREFECT_API_KEY", valueFrom = aws_secretsmanager_secret.prefect["api-key"].arn },
-    ]
-    mountPoints = [{ sourceVolume = "scratch", containerPath = "/scratch", readOnly = false }]
+    secrets                = local.prefect_secrets
+    mountPoints            = [{ sourceVolume = "scratch", containerPath = "/scratch", readOnly = false }]
     healthCheck = {
       # `prefect worker start --with-healthcheck` answers on 8080 while its loops run.
       command     = ["CMD", "python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/health', timeout=5)"]

@@ -14,8 +14,13 @@ output "prefect_api_url_secret_arn" {
 }
 
 output "prefect_api_key_secret_arn" {
-  description = "Secrets Manager secret holding PREFECT_API_KEY."
-  value       = aws_secretsmanager_secret.prefect["api-key"].arn
+  description = "Secrets Manager secret holding PREFECT_API_KEY, or null without a key."
+  value       = try(aws_secretsmanager_secret.prefect["api-key"].arn, null)
+}
+
+output "secrets" {
+  description = "Environment variable -> secret ARN of the Prefect API settings, for job definitions."
+  value       = { for s in local.prefect_secrets : s.name => s.valueFrom }
 }
 
 output "security_group_id" {

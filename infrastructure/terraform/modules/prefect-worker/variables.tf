@@ -118,6 +118,12 @@ variable "log_group" {
   }
 }
 
+variable "prefect_api_key" {
+  description = "Whether the Prefect API takes a key (Prefect Cloud): then a key secret is made and given to workers and jobs. A self-hosted server without auth needs none."
+  type        = bool
+  default     = true
+}
+
 variable "prefect_api_port" {
   description = "TCP port of the Prefect API the workers reach (443 for Prefect Cloud or a server behind TLS)."
   type        = number
