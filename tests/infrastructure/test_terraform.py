@@ -357,3 +357,13 @@ def test_terraform_validate(name, tmp_path):
     assert init.returncode == 0, init.stdout[-3000:] + init.stderr[-3000:]
     done = _run([terraform, "validate", "-no-color"], env_dir)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("name", ENVIRONMENT_NAMES)
+def test_work_pools_cover_every_size_class_and_jobs_both_runtimes(name):
+    [main_locals] = parse(ENVIRONMENTS / name / "main.tf")["locals"]
+    assert set(main_locals["work_pools"]) == {"small", "large", "multinode", "gpu"}
+    assert unquote(main_locals["worker_types"]["multinode"]) == "aws-batch"
+    batch = blocks(parse(MODULES / "batch" / "main.tf"), "resource")["aws_batch_job_definition"]
+    definitions = blocks({"x": [batch]}, "x")["this"]["for_each"]
+    assert {"simulation", "training"} <= set(definitions)
