@@ -186,4 +186,5 @@ def refuse_credentials(value: Any, *, what: str, fix: str, path: str = "") -> No
             never shown), then ``fix``.
     """
     if found := find_credentials(value, path):
-        raise InputError(f"{what}: {describe(found)} carries a credential; {fix}")
+        verb = "carries a credential" if len(found) == 1 else "carry credentials"
+        raise InputError(f"{what}: {describe(found)} {verb}; {fix}")

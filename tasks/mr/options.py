@@ -3,7 +3,10 @@
 ``MrOptions`` is the flow parameter ``options``: every field is typed, bounded and described,
 so the Prefect UI renders it as a form. ``parse_job`` turns what a user pastes (our own
 options, an MR Optimum job, or the MR Optimum web GUI's wrapper, as a mapping or JSON text)
-into ``MrOptions`` plus the file references the job names.
+into ``MrOptions`` plus the file references the job names. A pasted job that carries a
+credential (the GUI's bearer token, a presigned URL) is refused, since Prefect has already
+stored it as a parameter; ``load_job`` reads a job from a file in storage and drops its
+credentials instead (``tasks.credentials``).
 
 MR Optimum job layout (``mrotools/snr.py``; primer section 8)::
 
