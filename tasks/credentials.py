@@ -112,15 +112,15 @@ def _child(path: str, key: Any) -> str:
     return f"{path}[{name!r}]"
 
 
-def _walk(value: Any, path: str) -> Iterator[tuple[str, str | None, Any]]:
-    """``(path, kind, value)`` for each leaf or secret subtree; kind None where clean."""
+def _walk(value: Any, path: str) -> Iterator[tuple[str, str | None]]:
+    """``(path, kind)`` for each leaf or secret subtree; kind None where clean."""
     if isinstance(value, Mapping):
         for key, item in value.items():
             where = _child(path, key)
             if credential_kind(str(key)):
-                yield where, "credential as a key", item
+                yield where, "credential as a key"
             elif _secret_name(str(key)) and not _empty(item):
-                yield where, "secret-named key", item
+                yield where, "secret-named key"
             else:
                 yield from _walk(item, where)
     elif isinstance(value, list | tuple):
@@ -128,9 +128,9 @@ def _walk(value: Any, path: str) -> Iterator[tuple[str, str | None, Any]]:
             yield from _walk(item, _child(path, index))
     elif isinstance(value, str | bytes):
         text = value.decode(errors="replace") if isinstance(value, bytes) else value
-        yield path, credential_kind(text), value
+        yield path, credential_kind(text)
     else:
-        yield path, None, value
+        yield path, None
 
 
 def find_credentials(value: Any, path: str = "") -> list[Credential]:
@@ -140,7 +140,7 @@ def find_credentials(value: Any, path: str = "") -> list[Credential]:
         value: A JSON-like value: a job, a request body, a flow's parameters.
         path: The name of ``value`` itself, prefixed to every reported path.
     """
-    return [Credential(where, kind) for where, kind, _ in _walk(value, path) if kind]
+    return [Credential(where, kind) for where, kind in _walk(value, path) if kind]
 
 
 def without_credentials(value: Any) -> Any:
