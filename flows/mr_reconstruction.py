@@ -16,6 +16,19 @@ positions, each an in-plane (y, z) problem with the header's acceleration ``(R_y
 calibration block. ``options.slices`` then counts x positions; the maps are stacked as
 ``(y, z, x)`` and written as ``(x, y, z)`` (``tasks.mr.io.maps_as_volume``), previews show the
 central z plane.
+
+Credentials: the Prefect server stores a run's parameters when the run is created (by the UI,
+``run_deployment``, the CLI, or the engine for a direct call), before any code of ours runs,
+and keeps them for anyone who may read the run. So a job with a bearer token or presigned URL
+must not be pasted at all: the flow's first statement refuses one (``refuse_pasted_credentials``),
+naming its JSON path, before anything is read, written or started. That is the earliest point
+that does not itself leak: a pydantic validator on the parameter runs slightly earlier (in
+Prefect's parameter validation, before the run turns Running), but a ``ValueError`` there makes
+Prefect log the validation errors with their inputs and the whole parameters dict, the token
+included; and the server's own schema check cannot express "no secret at any depth" (it
+refuses recursive schemas). A job passed by URI (``options="s3://bucket/job.json"``) is read by
+the ``read_job`` task and has its credentials dropped before it is parsed, so ``info.json``,
+logs and artifacts never see them.
 """
 
 from __future__ import annotations
@@ -41,7 +54,14 @@ from tasks.mr.io import AcquisitionInfo, read_info, read_raw
 from tasks.mr.io.slices import SliceSource, read_slices, slice_source
 from tasks.mr.noise import Convention, NoiseStatistics
 from tasks.mr.noise import noise_statistics as referred_noise
-from tasks.mr.options import MrOptions, ParsedJob, parse_job
+from tasks.mr.options import (
+    MrOptions,
+    ParsedJob,
+    is_job_uri,
+    load_job,
+    parse_job,
+    refuse_pasted_credentials,
+)
 from tasks.mr.snr import SnrMaps, snr_map
 from tasks.progress import Progress, publish_summary, run_logger
 from tasks.retry import transient_retries
@@ -83,6 +103,12 @@ def stage_input(uri: str, run: RunContext) -> str:
     if not target.exists():
         run.store.download_file(uri, target)
     return str(target)
+
+
+@task(**transient_retries())
+def read_job(uri: str, run: RunContext) -> ParsedJob:
+    """The MR Optimum job in file ``uri``, its credentials dropped (``load_job``)."""
+    return load_job(uri, run.store.read_bytes)
 
 
 @task
@@ -277,7 +303,7 @@ def check_reach(
 def mr_reconstruction(
     signal: str | None = None,
     noise: str | None = None,
-    options: MrOptions | dict[str, Any] | None = None,
+    options: MrOptions | dict[str, Any] | str | None = None,
     output: str | None = None,
     unit: str = "local",
 ) -> MrResult:
@@ -289,20 +315,31 @@ def mr_reconstruction(
             ``options`` when not given.
         noise: URI of a separate noise scan; MRD noise acquisitions or the twix
             noise-adjust scan are used when omitted.
-        options: Analysis options, or an MR Optimum job (or web GUI job) pasted unchanged.
+        options: Analysis options, an MR Optimum job (or web GUI job) pasted unchanged, or
+            the URI of a job file (``s3://bucket/job.json`` or a local ``.json`` path). A
+            pasted job that carries a credential (bearer token, presigned URL) is refused;
+            a job file's credentials are dropped on reading.
         output: Where to write; the run directory if omitted.
         unit: Compute unit to run on.
     """
+    # The earliest point sciflow's code sees the parameters (see the module docstring).
+    refuse_pasted_credentials(
+        {"signal": signal, "noise": noise, "options": options, "output": output}
+    )
     logger = run_logger()
-    job = parse_job(options)
-    opts = job.options
     compute_unit = load_unit(unit)
-    check_reach(compute_unit.access(), signal, noise, job, output)
+    access = compute_unit.access()
+    by_uri = is_job_uri(options)
+    if by_uri:
+        access.check_read(options, "options")
+    run = RunContext.current(compute_unit)
+    job = read_job(options, run) if by_uri else parse_job(options)
+    opts = job.options
+    check_reach(access, signal, noise, job, output)
     signal = signal or job.signal
     noise = noise or job.noise
     if not signal:
         raise InputError("no signal given: pass `signal` or an MR Optimum job naming one")
-    run = RunContext.current(compute_unit)
     if output is not None:
         refuse_another_result(run, output, opts)
     timings: dict[str, float] = {}

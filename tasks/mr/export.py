@@ -22,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 
 from tasks import provenance
+from tasks.credentials import without_credentials
 from tasks.errors import InputError
 from tasks.mr.io import AcquisitionInfo, maps_as_volume
 from tasks.mr.noise import NoiseStatistics, noise_coefficient
@@ -417,7 +418,10 @@ def info_json(
             "extra": {k: v for k, v in extra.items() if k not in known},
         },
     }
-    return json.dumps(_jsonable(document), indent=2, allow_nan=False).encode()
+    # The last guard: whatever reached the document, no credential is written (a job read
+    # from a file has had them dropped already; tasks.credentials).
+    clean = without_credentials(_jsonable(document))
+    return json.dumps(clean, indent=2, allow_nan=False).encode()
 
 
 def same_result(stored: bytes, written: bytes) -> bool:

@@ -3,7 +3,10 @@
 ``MrOptions`` is the flow parameter ``options``: every field is typed, bounded and described,
 so the Prefect UI renders it as a form. ``parse_job`` turns what a user pastes (our own
 options, an MR Optimum job, or the MR Optimum web GUI's wrapper, as a mapping or JSON text)
-into ``MrOptions`` plus the file references the job names.
+into ``MrOptions`` plus the file references the job names. A pasted job that carries a
+credential (the GUI's bearer token, a presigned URL) is refused, since Prefect has already
+stored it as a parameter; ``load_job`` reads a job from a file in storage and drops its
+credentials instead (``tasks.credentials``).
 
 MR Optimum job layout (``mrotools/snr.py``; primer section 8)::
 
@@ -25,12 +28,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from tasks.credentials import find_credentials, refuse_credentials, without_credentials
 from tasks.errors import InputError, describe_validation
 from tasks.mr.arrays import device_problem
 
@@ -416,11 +420,17 @@ def parse_job(
     ``SENSE``/``sense``). MR Optimum jobs get ``convention="mroptimum"`` so that an old job
     gives the same numbers; ``convention`` overrides that.
 
+    A job that carries a credential (a bearer token, a presigned URL, under any key) is
+    refused: ``load_job`` reads one from storage and drops them instead.
+
     Raises:
-        InputError: One line naming the key, the value and what is expected.
+        InputError: One line naming the key, the value and what is expected; for a
+            credential, its JSON path and kind, never its value.
     """
     if isinstance(value, str):
         value = _loads(value)
+    if isinstance(value, Mapping):
+        refuse_credentials(value, what="options", fix=JOB_BY_URI_FIX, path="options")
     if value is None:
         options = MrOptions() if convention is None else MrOptions(convention=convention)
         return _from_options(options)
@@ -439,6 +449,99 @@ def parse_job(
     if convention is not None:
         data["convention"] = convention
     return _from_options(_validate(data, "options", _field_name))
+
+
+JOB_BY_URI_FIX = (
+    "the Prefect server keeps flow-run parameters for anyone who may read the run, so pass "
+    "the MR Optimum job by URI (options='s3://bucket/job.json' or a local .json path: its "
+    "credentials are dropped when it is read) or paste it without its token and presigned URLs"
+)
+FILE_BY_URI_FIX = (
+    "the Prefect server keeps flow-run parameters for anyone who may read the run, so name "
+    "files by storage URI (s3://bucket/key, which the unit's role reads, or a local path), "
+    "never by presigned URL"
+)
+JOB_FILE_LIMIT = 1 << 20  # bytes: an MR Optimum job is a few kB of JSON
+
+
+def refuse_pasted_credentials(parameters: Mapping[str, Any]) -> None:
+    """Refuse flow parameters that carry a credential, naming where (values never shown).
+
+    ``options`` given as JSON text is read first, so the path goes inside the job; as an
+    ``MrOptions``, its fields are checked.
+
+    Raises:
+        InputError: One line naming each credential's parameter path and kind, and how to
+            pass the job or file instead.
+    """
+    values: dict[str, Any] = {}
+    for name, value in parameters.items():
+        if isinstance(value, MrOptions):
+            value = value.model_dump(mode="json")
+        elif isinstance(value, str) and value.lstrip().startswith(("{", "[")):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                pass  # checked as text; parse_job names the JSON error
+        values[name] = value
+    found = find_credentials(values)
+    if not found:
+        return
+    in_job = any(c.path.startswith("options") for c in found)
+    refuse_credentials(values, what="parameters", fix=JOB_BY_URI_FIX if in_job else FILE_BY_URI_FIX)
+
+
+def is_job_uri(value: Any) -> bool:
+    """Whether the ``options`` parameter names a job file rather than holding one.
+
+    ``s3://…`` and ``file://…`` URIs, and local paths ending in ``.json``; JSON text never.
+    """
+    if not isinstance(value, str):
+        return False
+    text = value.strip()
+    if not text or text.startswith(("{", "[")):
+        return False
+    return text.startswith(("s3://", "file://")) or text.lower().endswith(".json")
+
+
+def load_job(
+    uri: str, read: Callable[[str], bytes], *, convention: Convention | None = None
+) -> ParsedJob:
+    """A job read from a file in storage, with its credentials dropped before it is parsed.
+
+    What the file holds is never stored as a flow-run parameter, so it may carry the GUI's
+    token and presigned URLs; they are replaced by ``REDACTED`` (``without_credentials``)
+    before anything else sees the job, and one note names their paths.
+
+    Args:
+        uri: Where the job is (``s3://bucket/job.json``, ``file://…`` or a path).
+        read: Reads a URI's bytes (``ObjectStore.read_bytes``: the unit's storage access).
+        convention: As for ``parse_job``.
+
+    Raises:
+        InputError: The file is larger than ``JOB_FILE_LIMIT``, is not JSON, or is not a
+            job ``parse_job`` accepts.
+    """
+    data = read(uri)
+    if len(data) > JOB_FILE_LIMIT:
+        raise InputError(
+            f"options={uri!r} is {len(data)} bytes; expected a job of at most "
+            f"{JOB_FILE_LIMIT} bytes of JSON"
+        )
+    try:
+        value = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(
+            f"options={uri!r} is not JSON ({exc.__class__.__name__}); expected a job"
+        ) from None
+    if not isinstance(value, Mapping):
+        raise InputError(f"options={uri!r} holds a {type(value).__name__}; expected a JSON object")
+    found = find_credentials(value)
+    parsed = parse_job(without_credentials(value), convention=convention)
+    if not found:
+        return parsed
+    dropped = f"credentials dropped from the job file: {', '.join(c.path for c in found)}"
+    return replace(parsed, notes=(*parsed.notes, dropped))
 
 
 def _loads(text: str) -> Any:
@@ -659,7 +762,7 @@ def _from_job(
         orientation=dict(orientation) if isinstance(orientation, Mapping) else None,
         reference=str(reference) if reference else None,
         alias=_get(wrapper, "alias") or _get(job, "alias"),
-        job=_redacted(wrapper if wrapper is not None else job),
+        job=without_credentials(wrapper if wrapper is not None else job),
         notes=tuple(notes),
     )
 
@@ -670,27 +773,6 @@ def _array_key(signal_ref: Mapping[str, Any] | None, vendor: Any) -> str | None:
     if key is None and isinstance(vendor, str) and vendor.lower() in ("numpy", "matlab"):
         return "kspace"
     return str(key) if key is not None else None
-
-
-# GUI jobs carry the user's bearer token and presigned URLs; they never reach outputs or logs.
-SECRET_KEY_PARTS = ("token", "secret", "password", "presigned", "authorization", "credential")
-REDACTED = "<redacted>"
-
-
-def _redacted(value: Any) -> Any:
-    """A JSON copy of ``value`` with secret-looking keys' values replaced by ``REDACTED``."""
-    if isinstance(value, Mapping):
-        return {
-            str(k): REDACTED
-            if any(part in str(k).lower() for part in SECRET_KEY_PARTS)
-            else _redacted(v)
-            for k, v in value.items()
-        }
-    if isinstance(value, list | tuple):
-        return [_redacted(v) for v in value]
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    return str(value)
 
 
 def _grappa_kernel(kernel: Any, acceleration: Any, notes: list[str]) -> Any:

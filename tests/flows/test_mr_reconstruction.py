@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from flows.mr_reconstruction import mr_reconstruction
+from tasks.credentials import REDACTED
 from tasks.errors import InputError
 from tasks.mr.io import write_mrd
 from tasks.mr.phantom import make_phantom, phantom_acquisition
@@ -109,6 +110,117 @@ def test_an_mroptimum_job_runs_unchanged(tmp_path, phantom):
     physical_snr = nib.load(physical.snr).get_fdata()[..., 0][inside]
     # MR Optimum's Psi/2 on equal-sampling data reads sqrt(2) high (primer, "the sqrt(2) trap").
     assert np.median(job_snr / physical_snr) == pytest.approx(np.sqrt(2), rel=0.02)
+
+
+FAKE_TOKEN = "Bearer canary-token-5f1e0c"  # noqa: S105 - a stand-in, checked never to be kept
+FAKE_PRESIGNED = (
+    "https://mrodata.s3.amazonaws.com/u1/signal.npy?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+    "&X-Amz-Credential=ASIAFAKE%2F20261205%2Fus-east-1%2Fs3%2Faws4_request"
+    "&X-Amz-Signature=canarysig7d2b"
+)
+CANARIES = ("canary-token-5f1e0c", "canarysig7d2b")
+
+
+def gui_job_with_credentials(tmp_path, phantom) -> dict:
+    """An RSS/AC job as the MR Optimum web GUI posts it: its bearer token at two levels and
+    a presigned URL under an innocent key (``link``) beside the file it signs."""
+    signal, noise = phantom_acquisition(phantom, slices=1, noise_samples=48 * 200, seed=7)
+    np.save(tmp_path / "signal.npy", signal[..., 0, 0])
+    np.save(tmp_path / "noise.npy", noise)
+
+    def file(name: str) -> dict:
+        path = str(tmp_path / f"{name}.npy")
+        return {"type": "file", "options": {"type": "local", "filename": path, "vendor": "numpy"}}
+
+    signal_ref = file("signal")
+    signal_ref["options"]["extra"] = {"link": FAKE_PRESIGNED}
+    task = {
+        "version": "v0",
+        "acquisition": 2,
+        "type": "SNR",
+        "name": "AC",
+        "token": FAKE_TOKEN,
+        "options": {
+            "reconstructor": {
+                "name": "RSS",
+                "options": {"signal": signal_ref, "noise": file("noise")},
+            }
+        },
+    }
+    return {"version": "v0", "alias": "canary", "output": {}, "task": task, "token": FAKE_TOKEN}
+
+
+def _run_records(flow_run_id) -> tuple[dict, list[str], list[str]]:
+    """What the Prefect server holds for a run: parameters, artifact texts, log lines."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run_id)
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
+        )
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+    return (
+        run.parameters,
+        [json.dumps(a.data) + str(a.description) for a in artifacts],
+        [log.message for log in logs],
+    )
+
+
+def test_a_pasted_job_with_credentials_is_refused_before_anything_runs(tmp_path, phantom):
+    """Guards against a pasted GUI job running with its token: it ran, and the token and the
+    presigned URL (under an innocent key) went on to info.json's headers.options."""
+    out = tmp_path / "out"
+    job = gui_job_with_credentials(tmp_path, phantom)
+    with pytest.raises(InputError) as caught:
+        mr_reconstruction(options=job, output=str(out))
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "options.token (secret-named key)" in message
+    assert "options.task.options.reconstructor.options.signal.options.extra.link" in message
+    assert "pass the MR Optimum job by URI" in message
+    assert not any(canary in message for canary in CANARIES)
+    assert not out.exists()
+    written = [p for p in (tmp_path / "sciflow" / "runs").rglob("*") if p.is_file()]
+    assert [p.name for p in written] == ["cleanup_validation.json"]  # cleanup's record only
+    assert not any(canary.encode() in written[0].read_bytes() for canary in CANARIES)
+
+
+def test_a_presigned_url_as_the_signal_is_refused(tmp_path):
+    """Guards against a presigned URL passed as a file parameter being stored and read."""
+    with pytest.raises(InputError, match=r"^parameters: signal \(presigned URL\) carries"):
+        mr_reconstruction(signal=FAKE_PRESIGNED, output=str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_job_by_uri_runs_and_keeps_no_credential(tmp_path, phantom):
+    """Guards against a job file's token reaching info.json, artifacts, logs or the stored
+    parameters: the job read from a file is the one with its credentials dropped."""
+    job_file = tmp_path / "job.json"
+    job_file.write_text(json.dumps(gui_job_with_credentials(tmp_path, phantom)))
+    state = mr_reconstruction(
+        options=str(job_file), output=str(tmp_path / "out"), return_state=True
+    )
+    result = state.result()
+    info = json.loads(Path(result.info).read_text())
+    assert info["headers"]["options"]["task"]["token"] == REDACTED
+    assert info["headers"]["options"]["alias"] == "canary"  # the rest of the job is kept
+    assert any("credentials dropped" in note for note in info["headers"]["log"])
+    parameters, artifacts, logs = _run_records(state.state_details.flow_run_id)
+    assert parameters["options"] == str(job_file)
+    assert artifacts  # the summary artifact was read
+    assert logs
+    written = [p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    for text in [json.dumps(parameters), *artifacts, *logs]:
+        assert not any(canary in text for canary in CANARIES)
+    for data in written:
+        assert not any(canary.encode() in data for canary in CANARIES)
 
 
 def test_a_missing_signal_fails_before_writing_anything(tmp_path):

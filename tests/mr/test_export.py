@@ -261,6 +261,23 @@ def test_info_json_without_a_job_stores_the_options_and_a_total():
     assert document["info"] == {"calculation_time": 4.0, "slices": 1}
 
 
+def test_info_json_writes_no_credential_whatever_reaches_it():
+    """Guards against a credential reaching info.json by a path other than the job parser:
+    a presigned URL in a provenance note or an extra field was written as given."""
+    presigned = "https://b.s3.amazonaws.com/k?X-Amz-Signature=feedc0ffee"
+    text = info_json(
+        options={"method": "ac", "recon": "rss"},
+        header={"slices": 1},
+        outputs=[mro_output("snr")],
+        timings_s={"total": 1.0},
+        extra={"log": [f"fetched {presigned}"], "source": {"link": presigned, "bucket": "b"}},
+    )
+    assert b"feedc0ffee" not in text
+    document = json.loads(text)
+    assert document["headers"]["log"] == ["<redacted>"]
+    assert document["sciflow"]["extra"]["source"] == {"link": "<redacted>", "bucket": "b"}
+
+
 def test_info_json_refuses_an_output_without_a_filename():
     with pytest.raises(InputError, match=r"outputs\[0\] has no filename"):
         info_json(options={}, header={}, outputs=[{"name": "SNR"}], timings_s={}, extra={})

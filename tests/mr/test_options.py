@@ -5,16 +5,19 @@ from typing import get_args
 import pytest
 from pydantic import ValidationError
 
+from tasks.credentials import REDACTED
 from tasks.errors import InputError
 from tasks.mr.options import (
     DEFAULT_GRAPPA_KERNEL,
     MASKS,
     METHODS,
     RECONS,
-    REDACTED,
     SENSITIVITIES,
     MrOptions,
+    is_job_uri,
+    load_job,
     parse_job,
+    refuse_pasted_credentials,
 )
 
 # MR_PRIMER.md section 8, verbatim: "a|b" strings list the alternatives and the noise block
@@ -35,6 +38,11 @@ PRIMER_JOB = """
 """
 
 FAKE_TOKEN = "Bearer not-a-real-token"  # noqa: S105 - a stand-in, checked to be redacted
+FAKE_PRESIGNED = (
+    "https://mrodata.s3.amazonaws.com/u1/signal.dat?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+    "&X-Amz-Credential=ASIAFAKE%2F20261205%2Fus-east-1%2Fs3%2Faws4_request"
+    "&X-Amz-Signature=0badc0ffee0badc0ffee"
+)
 
 PMR_SENSE = MrOptions(
     method="pmr",
@@ -394,17 +402,74 @@ def test_recon_spec_fills_what_the_options_leave_to_the_header():
     )
 
 
-def test_the_kept_job_has_its_token_and_presigned_urls_redacted():
+def leaky_gui_wrapper():
+    """The GUI job as the web app posts it: its bearer token, and a presigned URL kept under
+    an innocent key three levels down, where no key-name rule would look."""
     wrapper = gui_wrapper()
     wrapper["token"] = wrapper["task"]["token"] = FAKE_TOKEN
     signal = wrapper["task"]["options"]["reconstructor"]["options"]["signal"]["options"]
-    signal["presigned_url"] = "https://mrodata.s3.amazonaws.com/x?X-Amz-Signature=abc"
-    parsed = parse_job(wrapper)
-    text = json.dumps(parsed.job)
-    assert FAKE_TOKEN not in text
-    assert "X-Amz-Signature" not in text
+    signal["options"] = {"link": FAKE_PRESIGNED}
+    return wrapper
+
+
+def test_a_pasted_job_with_a_token_or_presigned_url_is_refused_naming_the_path():
+    """Guards against a pasted GUI job reaching outputs: it was parsed and run with its token
+    and presigned URL, which the Prefect server had already stored as a parameter."""
+    message = raises_one_line(leaky_gui_wrapper(), r"options\.token \(secret-named key\)")
+    assert "options.task.token (secret-named key)" in message
+    assert "options.task.options.reconstructor.options.signal.options.options.link" in message
+    assert "(presigned URL)" in message
+    assert "pass the MR Optimum job by URI" in message
+    assert "not-a-real-token" not in message
+    assert "0badc0ffee" not in message
+
+
+def test_a_presigned_url_is_refused_under_any_key_and_as_json_text():
+    """Guards against redaction by key name only: a presigned URL under ``filename`` passed."""
+    job = resolve_primer_job()
+    job["options"]["reconstructor"]["options"]["signal"]["options"]["filename"] = FAKE_PRESIGNED
+    where = r"options\.options\.reconstructor\.options\.signal\.options\.filename"
+    raises_one_line(job, where + r" \(presigned URL\)")
+    raises_one_line(json.dumps(job), where)
+
+
+def test_flow_parameters_are_checked_before_json_text_is_parsed():
+    with pytest.raises(InputError, match=r"^parameters: signal \(presigned URL\) carries"):
+        refuse_pasted_credentials({"signal": FAKE_PRESIGNED, "options": None})
+    with pytest.raises(InputError, match=r"options\.task\.token \(secret-named key\)"):
+        refuse_pasted_credentials({"options": json.dumps(leaky_gui_wrapper())})
+    refuse_pasted_credentials({"signal": "s3://b/k.h5", "options": PMR_SENSE})  # clean: passes
+
+
+def test_a_job_file_has_its_credentials_dropped_before_parsing():
+    """Guards against a job read from storage keeping its token in info.json's job."""
+    text = json.dumps(leaky_gui_wrapper()).encode()
+    parsed = load_job("s3://jobs/job.json", {"s3://jobs/job.json": text}.__getitem__)
+    kept = json.dumps(parsed.job)
+    assert "not-a-real-token" not in kept
+    assert "X-Amz-Signature" not in kept
     assert parsed.job["task"]["token"] == REDACTED
+    assert parsed.options == PMR_SENSE
     assert parsed.signal == "s3://mrodata/u1/signal.dat"
+    dropped = next(n for n in parsed.notes if n.startswith("credentials dropped"))
+    assert "task.token" in dropped
+    assert "not-a-real-token" not in " ".join(parsed.notes)
+
+
+def test_a_job_file_that_is_not_a_job_is_refused():
+    with pytest.raises(InputError, match=r"options='j\.json' is not JSON"):
+        load_job("j.json", lambda _: b"not json")
+    with pytest.raises(InputError, match=r"is 2097152 bytes; expected a job of at most"):
+        load_job("j.json", lambda _: b" " * (2 << 20))
+
+
+def test_only_uris_and_json_paths_name_a_job_file():
+    assert is_job_uri("s3://b/jobs/job.json")
+    assert is_job_uri("s3://b/jobs/job")
+    assert is_job_uri("/data/job.json")
+    assert not is_job_uri(json.dumps(resolve_primer_job()))
+    assert not is_job_uri({"method": "ac"})
+    assert not is_job_uri("  ")
 
 
 def test_device_defaults_to_cpu_and_reaches_the_snr_spec():
