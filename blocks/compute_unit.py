@@ -492,20 +492,20 @@ class ComputeUnit(Block):
                 f"environment of unit {name!r})"
             )
         _check_regions(value)
-        fargate = None
-        if value.get("dask_image"):
-            fargate = FargateDask(
-                image=value["dask_image"],
-                subnets=value.get("subnets") or [],
-                security_groups=value.get("security_groups") or [],
-                public_subnets=bool(value.get("public_subnets", False)),
-                cluster_arn=value.get("ecs_cluster_arn"),
-                task_role_arn=value.get("task_role_arn"),
-                execution_role_arn=value.get("execution_role_arn"),
-                log_group=value.get("log_group"),
-                gpu_capacity_provider=value.get("gpu_capacity_provider"),
-            )
         try:
+            fargate = None
+            if value.get("dask_image"):
+                fargate = FargateDask(
+                    image=value["dask_image"],
+                    subnets=value.get("subnets") or [],
+                    security_groups=value.get("security_groups") or [],
+                    public_subnets=bool(value.get("public_subnets", False)),
+                    cluster_arn=value.get("ecs_cluster_arn"),
+                    task_role_arn=value.get("task_role_arn"),
+                    execution_role_arn=value.get("execution_role_arn"),
+                    log_group=value.get("log_group"),
+                    gpu_capacity_provider=value.get("gpu_capacity_provider"),
+                )
             return cls(
                 name=value["unit_name"],
                 platform="aws",
