@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 from blocks.compute_unit import load_unit
 from tasks.compute.hooks import sciflow_flow
 from tasks.compute.run_context import RunContext
+from tasks.compute.spending import check_spending
 from tasks.errors import InputError
 from tasks.progress import Progress, artifact_key, run_logger
 from tasks.retry import transient_retries
@@ -227,6 +228,7 @@ def model_upload(
     if stage is not None:
         check_stage(stage)
     compute_unit = load_unit(unit)
+    check_spending(compute_unit)
     run = RunContext.current(compute_unit)
     target = compute_unit.registry()
     if registry is not None:

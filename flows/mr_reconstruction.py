@@ -34,6 +34,7 @@ from blocks.compute_unit import SizeClass, load_unit
 from tasks.compute.dask import dask_task_runner
 from tasks.compute.hooks import sciflow_flow
 from tasks.compute.run_context import RunContext
+from tasks.compute.spending import check_run_cost, check_spending
 from tasks.errors import InputError
 from tasks.mr import export
 from tasks.mr.estimate import JobEstimate, estimate_job
@@ -234,6 +235,7 @@ def mr_reconstruction(
     if not signal:
         raise InputError("no signal given: pass `signal` or an MR Optimum job naming one")
     compute_unit = load_unit(unit)
+    check_spending(compute_unit)
     run = RunContext.current(compute_unit)
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -247,6 +249,7 @@ def mr_reconstruction(
         job_estimate.seconds,
         job_estimate.size_class,
     )
+    check_run_cost(compute_unit, job_estimate.size_class)
     timings["stage"] = time.perf_counter() - started
 
     mark = time.perf_counter()

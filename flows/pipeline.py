@@ -23,6 +23,7 @@ from flows.preflight import preflight
 from flows.secure_cleanup import secure_cleanup
 from tasks.compute.hooks import sciflow_flow
 from tasks.compute.run_context import RunContext
+from tasks.compute.spending import check_spending
 from tasks.mr.options import MrOptions
 from tasks.progress import publish_summary
 from tasks.retry import transient_retries
@@ -100,6 +101,7 @@ def research_pipeline(
         model_name: Registry name the trained model is published under (its next version).
     """
     compute_unit = load_unit(unit)
+    check_spending(compute_unit)
     run = RunContext.current(compute_unit)
 
     checked = preflight(unit=unit, probes=preflight_probes)
