@@ -233,7 +233,7 @@ class ComputeUnit(Block):
 
     A unit names the work pool for each size class, the storage root runs write under,
     AWS Batch queue and job definitions, Dask-on-Fargate settings, limits per size class
-    (vCPUs, memory, wall time, runs at once) and a spending cap.
+    (vCPUs, memory, wall time, runs at once, price), a spending cap per run and a budget.
     AWS units are made from ``terraform output -json`` with ``from_terraform_output``.
     The unit ``local`` is built in and needs no registration.
 
