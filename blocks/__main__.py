@@ -1,17 +1,17 @@
 """Command line for sciflow's blocks.
 
 ``python -m blocks save-unit OUTPUTS.json`` saves a ComputeUnit made from
-``terraform output -json`` of an environment, under the unit's own name.
+``terraform output -json`` of an environment, under the unit's own name, with its
+AwsCredentials and S3Bucket blocks and its work pools (``blocks.registration``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from blocks.compute_unit import ComputeUnit
+from blocks.registration import register_unit
 from tasks.errors import InputError
 
 
@@ -21,20 +21,22 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     save = commands.add_parser("save-unit", help="save a ComputeUnit from terraform outputs")
     save.add_argument("outputs", type=Path, help="file written by `terraform output -json`")
+    save.add_argument(
+        "--name", help="the unit meant: refuse outputs naming another (default: their unit_name)"
+    )
     save.add_argument("--overwrite", action="store_true", help="replace a saved unit")
     args = parser.parse_args(argv)
 
     try:
-        outputs = json.loads(args.outputs.read_text())
-        unit = ComputeUnit.from_terraform_output(outputs)
-        unit.save(unit.name, overwrite=args.overwrite)
-    except (OSError, json.JSONDecodeError, InputError) as exc:
+        saved = register_unit(args.outputs, args.name, overwrite=args.overwrite)
+    except InputError as exc:
         print(f"error: {args.outputs}: {exc}", file=sys.stderr)
         return 2
-    except ValueError as exc:  # Prefect: a block with that name exists
-        print(f"error: {exc}; pass --overwrite to replace it", file=sys.stderr)
-        return 2
-    print(f"saved ComputeUnit {unit.name!r} ({unit.mode}, {unit.region})")
+    unit = saved.unit
+    print(
+        f"saved ComputeUnit {unit.name!r} ({unit.mode}, {unit.region}) with blocks "
+        f"{saved.credentials_block!r} and work pools {', '.join(saved.pools) or '(none)'}"
+    )
     return 0
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -82,6 +85,15 @@ class SizeLimits(BaseModel):
             "work pool's concurrency limit."
         ),
     )
+    price_usd_per_hour: float | None = Field(
+        None,
+        ge=0,
+        description=(
+            "Estimated US dollars one container (one node of a multi-node job) of this class "
+            "costs per hour; the class's default in DEFAULT_PRICE_USD_PER_HOUR if unset. An "
+            "estimate for the spending cap, not a bill."
+        ),
+    )
 
 
 # Sized to hold what the flows start today: Batch's default node (1 vCPU, 2 GiB), the
@@ -91,6 +103,19 @@ DEFAULT_LIMITS: dict[SizeClass, SizeLimits] = {
     "large": SizeLimits(vcpus=16, memory_mib=122880, wall_time_s=6 * 3600, concurrent_runs=4),
     "multinode": SizeLimits(vcpus=96, memory_mib=393216, wall_time_s=12 * 3600, concurrent_runs=2),
     "gpu": SizeLimits(vcpus=48, memory_mib=196608, wall_time_s=12 * 3600, concurrent_runs=2),
+}
+
+
+# Estimated on-demand prices (us-east-1, 2026) of a container at each class's default limits:
+# Fargate at $0.04048 per vCPU-hour and $0.004445 per GB-hour for small (4 vCPU, 16 GiB)
+# and large (16 vCPU, 120 GiB); per node for multinode (an m5.24xlarge, 96 vCPU, 384 GiB) and
+# gpu (a g5.12xlarge, 48 vCPU, 192 GiB, 4 GPUs). Other regions and Spot differ: a unit whose
+# prices differ sets limits.<class>.price_usd_per_hour.
+DEFAULT_PRICE_USD_PER_HOUR: dict[SizeClass, float] = {
+    "small": 0.25,
+    "large": 1.20,
+    "multinode": 4.61,
+    "gpu": 5.67,
 }
 
 
@@ -122,6 +147,11 @@ class UnitLimits(BaseModel):
             raise InputError(f"size class {size!r}; expected one of {list(SIZE_CLASSES)}")
         limits: SizeLimits = getattr(self, size)
         return limits
+
+    def price_usd_per_hour(self, size: SizeClass) -> float:
+        """Estimated dollars per hour of one container of ``size``: its price, else the default."""
+        price = self.of(size).price_usd_per_hour
+        return DEFAULT_PRICE_USD_PER_HOUR[size] if price is None else price
 
 
 def _default_dask_workers() -> dict[SizeClass, DaskWorkers]:
@@ -204,7 +234,7 @@ class ComputeUnit(Block):
 
     A unit names the work pool for each size class, the storage root runs write under,
     AWS Batch queue and job definitions, Dask-on-Fargate settings, limits per size class
-    (vCPUs, memory, wall time, runs at once) and a spending cap.
+    (vCPUs, memory, wall time, runs at once, price), a spending cap per run and a budget.
     AWS units are made from ``terraform output -json`` with ``from_terraform_output``.
     The unit ``local`` is built in and needs no registration.
 
@@ -314,7 +344,35 @@ class ComputeUnit(Block):
         None, description="Dask-on-Fargate settings; required for Dask on an AWS unit."
     )
     spending_cap_usd: float | None = Field(
-        None, ge=0, description="Most a single run may spend, in US dollars."
+        None,
+        ge=0,
+        description=(
+            "Most a single run may spend, in US dollars: a run whose estimate (its size "
+            "class's price_usd_per_hour times its time limit and nodes) exceeds it is refused "
+            "at its start."
+        ),
+    )
+    budget_usd: float | None = Field(
+        None,
+        ge=0,
+        description=(
+            "Monthly US dollars the whole unit may spend: the limit of the AWS Budget "
+            "`sciflow-<unit>` (Terraform's monitoring module); flows refuse new work once its "
+            "actual spend reaches its limit."
+        ),
+    )
+    cloud_map_namespace: str | None = Field(
+        None, description="Cloud Map namespace (id or ARN) made by the unit's Terraform."
+    )
+    ecs_events_queue: str | None = Field(
+        None,
+        description=(
+            "SQS queue the EventBridge rule sends ECS task-state changes to (prefect-aws's "
+            "ECS observer reads it)."
+        ),
+    )
+    ecr_repositories: dict[str, str] = Field(
+        default_factory=dict, description="ECR repository URL for each runtime image, by name."
     )
     limits: UnitLimits = Field(
         default_factory=UnitLimits,
@@ -421,6 +479,15 @@ class ComputeUnit(Block):
                 f"{self.name!r}'s largest size class {size!r} (limits.{size}.memory_mib)"
             )
 
+    @property
+    def budget_name(self) -> str:
+        """Name of the unit's AWS Budget (``sciflow-<unit>``)."""
+        return f"sciflow-{self.name}"
+
+    def estimated_cost_usd(self, size: SizeClass, seconds: float, nodes: int = 1) -> float:
+        """Estimated dollars of ``nodes`` containers of ``size`` running ``seconds``."""
+        return self.limits.price_usd_per_hour(size) * nodes * seconds / 3600
+
     def aws_account(self) -> AwsAccount:
         """The unit's AWS account as plain data: region, role, credentials block, session name."""
         return AwsAccount(
@@ -461,48 +528,49 @@ class ComputeUnit(Block):
         return Registry(self.object_store(), root, fsx=fsx)
 
     @classmethod
-    def from_terraform_output(cls, outputs: dict[str, Any]) -> Self:
-        """A unit from ``terraform output -json`` of an environment.
+    def from_terraform_output(
+        cls, path_or_json: str | Path | Mapping[str, Any], name: str | None = None
+    ) -> Self:
+        """A unit from ``terraform output -json`` of an environment; nothing is saved.
+
+        ``blocks.registration.register_unit`` saves it with its blocks and work pools.
 
         Args:
-            outputs: The parsed JSON: each output is ``{"value": ..., "type": ...}``.
-                Required: ``unit_name``, ``mode``, ``region``, ``storage_root``,
-                ``work_pools``. Optional: ``role_arn``, ``external_id`` (required in Mode 2),
-                ``batch_job_queue``,
-                ``batch_job_definitions``, ``efs_file_system_id``, ``dask_image``,
-                ``subnets``, ``security_groups``, ``public_subnets``, ``ecs_cluster_arn``,
-                ``task_role_arn``, ``execution_role_arn``, ``log_group``,
-                ``gpu_capacity_provider``, ``spending_cap_usd``, ``tags``.
+            path_or_json: A file written by ``terraform output -json``, or its parsed JSON:
+                each output is ``{"value": ..., "type": ...}``. Required: ``unit_name``,
+                ``mode``, ``region``, ``storage_root``, ``work_pools``, and ``role_arn`` and
+                ``external_id`` in Mode 2 (``mode = "user"``). The others are read when
+                present (``TERRAFORM_OUTPUTS``; infrastructure/README.md says what each is).
+            name: The unit the caller means; an output whose ``unit_name`` differs is from
+                another environment and is refused.
 
         Raises:
-            InputError: A required output is missing or a value is invalid.
+            InputError: The file cannot be read, a required output is missing, the output
+                names another unit, an ARN or URL is in a region the unit does not serve,
+                or a value is invalid.
         """
-        required = {"unit_name", "mode", "region", "storage_root", "work_pools"}
-        if missing := required - outputs.keys():
+        value = _terraform_values(path_or_json)
+        if name is not None and value["unit_name"] != name:
             raise InputError(
-                f"terraform output lacks {sorted(missing)}; expected {sorted(required)}"
+                f"terraform output unit_name={value['unit_name']!r}; expected {name!r}: the "
+                f"output is from another environment (run `terraform output -json` in the "
+                f"environment of unit {name!r})"
             )
+        _check_regions(value)
         try:
-            value = {key: out["value"] for key, out in outputs.items()}
-        except (TypeError, KeyError):
-            raise InputError(
-                "terraform output is not `terraform output -json`: expected "
-                '{"name": {"value": ...}} for every output'
-            ) from None
-        fargate = None
-        if value.get("dask_image"):
-            fargate = FargateDask(
-                image=value["dask_image"],
-                subnets=value.get("subnets") or [],
-                security_groups=value.get("security_groups") or [],
-                public_subnets=bool(value.get("public_subnets", False)),
-                cluster_arn=value.get("ecs_cluster_arn"),
-                task_role_arn=value.get("task_role_arn"),
-                execution_role_arn=value.get("execution_role_arn"),
-                log_group=value.get("log_group"),
-                gpu_capacity_provider=value.get("gpu_capacity_provider"),
-            )
-        try:
+            fargate = None
+            if value.get("dask_image"):
+                fargate = FargateDask(
+                    image=value["dask_image"],
+                    subnets=value.get("subnets") or [],
+                    security_groups=value.get("security_groups") or [],
+                    public_subnets=bool(value.get("public_subnets", False)),
+                    cluster_arn=value.get("ecs_cluster_arn"),
+                    task_role_arn=value.get("task_role_arn"),
+                    execution_role_arn=value.get("execution_role_arn"),
+                    log_group=value.get("log_group"),
+                    gpu_capacity_provider=value.get("gpu_capacity_provider"),
+                )
             return cls(
                 name=value["unit_name"],
                 platform="aws",
@@ -515,8 +583,14 @@ class ComputeUnit(Block):
                 batch_job_queue=value.get("batch_job_queue"),
                 batch_job_definitions=value.get("batch_job_definitions") or {},
                 efs_file_system_id=value.get("efs_file_system_id"),
+                fsx_file_system_id=value.get("fsx_file_system_id"),
+                fsx_mount=value.get("fsx_mount"),
                 fargate=fargate,
                 spending_cap_usd=value.get("spending_cap_usd"),
+                budget_usd=value.get("budget_usd"),
+                cloud_map_namespace=value.get("cloud_map_namespace"),
+                ecs_events_queue=value.get("ecs_events_queue"),
+                ecr_repositories=value.get("ecr_repositories") or {},
                 tags=value.get("tags") or {},
             )
         except ValueError as exc:
@@ -524,6 +598,97 @@ class ComputeUnit(Block):
             raise InputError(
                 f"terraform output does not make a valid ComputeUnit: {problem}"
             ) from None
+
+
+# What `terraform output -json` of an environment holds (infrastructure/README.md).
+TERRAFORM_REQUIRED = ("unit_name", "mode", "region", "storage_root", "work_pools")
+TERRAFORM_OUTPUTS = (
+    *TERRAFORM_REQUIRED,
+    "role_arn",
+    "external_id",
+    "batch_job_queue",
+    "batch_job_definitions",
+    "efs_file_system_id",
+    "dask_image",
+    "subnets",
+    "security_groups",
+    "public_subnets",
+    "ecs_cluster_arn",
+    "task_role_arn",
+    "execution_role_arn",
+    "log_group",
+    "gpu_capacity_provider",
+    "spending_cap_usd",
+    "budget_usd",
+    "fsx_file_system_id",
+    "fsx_mount",
+    "cloud_map_namespace",
+    "ecs_events_queue",
+    "ecr_repositories",
+    "tags",
+)
+# Regional names in outputs: ARNs (arn:aws:ecs:eu-west-1:...) and endpoints (ECR image and
+# SQS queue URLs: ...ecr.eu-west-1.amazonaws.com, sqs.eu-west-1.amazonaws.com).
+_ARN_REGION = re.compile(r"^arn:aws[a-z-]*:[a-z0-9-]+:([a-z0-9-]*):")
+_URL_REGION = re.compile(r"\b(?:ecr|sqs)[.-]([a-z]{2}(?:-[a-z]+)+-\d)\.amazonaws\.com")
+# Outputs whose values name regional resources.
+_REGIONAL_OUTPUTS = (
+    "batch_job_queue",
+    "batch_job_definitions",
+    "dask_image",
+    "ecs_cluster_arn",
+    "log_group",
+    "cloud_map_namespace",
+    "ecs_events_queue",
+    "ecr_repositories",
+)
+
+
+def _terraform_values(path_or_json: str | Path | Mapping[str, Any]) -> dict[str, Any]:
+    """Each output's value from ``terraform output -json`` (a file or its parsed JSON)."""
+    if isinstance(path_or_json, str | Path):
+        try:
+            outputs = json.loads(Path(path_or_json).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(
+                f"terraform output {str(path_or_json)!r} cannot be read: {exc}; expected the "
+                "file `terraform output -json` writes"
+            ) from None
+    else:
+        outputs = path_or_json
+    if not isinstance(outputs, Mapping):
+        raise InputError(
+            f"terraform output is a JSON {type(outputs).__name__}; expected an object of outputs"
+        )
+    if missing := set(TERRAFORM_REQUIRED) - outputs.keys():
+        raise InputError(
+            f"terraform output lacks {sorted(missing)}; expected {sorted(TERRAFORM_REQUIRED)}"
+        )
+    try:
+        return {key: out["value"] for key, out in outputs.items()}
+    except (TypeError, KeyError):
+        raise InputError(
+            "terraform output is not `terraform output -json`: expected "
+            '{"name": {"value": ...}} for every output'
+        ) from None
+
+
+def _check_regions(value: dict[str, Any]) -> None:
+    """Refuse an output whose ARN or endpoint is in another region than ``region``."""
+    region = value["region"]
+    for key in _REGIONAL_OUTPUTS:
+        named = value.get(key)
+        items = named.values() if isinstance(named, Mapping) else [named]
+        for item in items:
+            if not isinstance(item, str):
+                continue
+            found = _ARN_REGION.match(item) or _URL_REGION.search(item)
+            if found and found.group(1) and found.group(1) != region:
+                raise InputError(
+                    f"terraform output {key}={item!r} is in region {found.group(1)!r}; unit "
+                    f"{value['unit_name']!r} serves {region!r} only (outputs from mixed "
+                    "environments?)"
+                )
 
 
 def local_unit() -> ComputeUnit:

@@ -24,6 +24,7 @@ from flows.model_upload import model_upload
 from tasks.compute.batch_run import batch_size_class, check_batch_unit, run_batch_job
 from tasks.compute.hooks import sciflow_flow
 from tasks.compute.run_context import RunContext
+from tasks.compute.spending import check_spending
 from tasks.compute.timeouts import local_timeout_s, timed_out
 from tasks.errors import InputError, SciflowError
 from tasks.progress import Progress, markdown_table, publish_summary, run_logger
@@ -358,6 +359,7 @@ def distributed_training(
     cfg = TrainConfig.from_settings(settings, dataset=dataset, output=output or run.uri("training"))
     size = _size_class(cfg)
     limit_s = local_timeout_s(compute_unit, size, timeout_s)
+    check_spending(compute_unit, size, limit_s, cfg.nodes)
     if not compute_unit.is_local:
         check_aws_unit(run, cfg)
     sizes = check_inputs(run, cfg, access)

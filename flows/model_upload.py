@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 from blocks.compute_unit import load_unit
 from tasks.compute.hooks import sciflow_flow
 from tasks.compute.run_context import RunContext
+from tasks.compute.spending import check_spending
 from tasks.errors import InputError
 from tasks.progress import Progress, artifact_key, run_logger
 from tasks.retry import transient_retries
@@ -235,6 +236,7 @@ def model_upload(
     access.check_read(source, "source")
     if registry is not None:
         access.check_write(registry, "registry")
+    check_spending(compute_unit)
     run = RunContext.current(compute_unit)
     target = compute_unit.registry()
     if registry is not None:

@@ -47,6 +47,7 @@ from blocks.compute_unit import SizeClass, load_unit
 from tasks.compute.dask import dask_task_runner
 from tasks.compute.hooks import sciflow_flow
 from tasks.compute.run_context import RunContext
+from tasks.compute.spending import check_run_cost, check_spending
 from tasks.errors import AlreadyExists, InputError
 from tasks.mr import export
 from tasks.mr.estimate import JobEstimate, estimate_job
@@ -328,6 +329,7 @@ def mr_reconstruction(
     )
     logger = run_logger()
     compute_unit = load_unit(unit)
+    check_spending(compute_unit)
     access = compute_unit.access()
     by_uri = is_job_uri(options)
     if by_uri:
@@ -356,6 +358,7 @@ def mr_reconstruction(
     compute_unit.check_fits(
         job_estimate.memory_bytes, f"MR job {job_estimate.describe()}", sizes=MR_SIZES
     )
+    check_run_cost(compute_unit, job_estimate.size_class)
     noise_path = stage_input(noise, run) if noise else None
     timings["stage"] = time.perf_counter() - started
 

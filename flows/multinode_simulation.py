@@ -22,6 +22,7 @@ from blocks.compute_unit import load_unit
 from tasks.compute.batch_run import batch_size_class, job_seconds, run_batch_job
 from tasks.compute.hooks import sciflow_flow
 from tasks.compute.run_context import RunContext
+from tasks.compute.spending import check_spending
 from tasks.compute.timeouts import local_timeout_s, timed_out
 from tasks.errors import InputError, SciflowError
 from tasks.progress import Progress, publish_summary, run_logger
@@ -224,6 +225,7 @@ def multinode_simulation(
         raise InputError(f"nodes={nodes} on the local unit {unit!r}; expected 1 (or an AWS unit)")
     size = batch_size_class(nodes)
     limit_s = local_timeout_s(compute_unit, size, timeout_s)
+    check_spending(compute_unit, size, limit_s, nodes)
     run = RunContext.current(compute_unit)
     ranks = nodes * ranks_per_node
     spec = SimulationSpec(

@@ -25,6 +25,7 @@ from flows.preflight import preflight
 from flows.secure_cleanup import secure_cleanup
 from tasks.compute.hooks import sciflow_flow
 from tasks.compute.run_context import RunContext
+from tasks.compute.spending import check_spending
 from tasks.mr.options import MrOptions, parse_job
 from tasks.progress import publish_summary
 from tasks.retry import transient_retries
@@ -108,6 +109,7 @@ def research_pipeline(
     access = compute_unit.access()
     check_simulation_reach(access, phantom, sequence, None)
     check_reconstruction_reach(access, signal, noise, parse_job(reconstruction), None)
+    check_spending(compute_unit)
     run = RunContext.current(compute_unit)
 
     checked = preflight(unit=unit, probes=preflight_probes)

@@ -19,6 +19,7 @@ from tasks.cleanup.audit import Check
 from tasks.compute.dask import dask_task_runner
 from tasks.compute.hooks import sciflow_flow
 from tasks.compute.run_context import RunContext
+from tasks.compute.spending import check_spending
 from tasks.progress import Progress, publish_summary
 
 
@@ -72,6 +73,7 @@ def preflight(unit: str = "local", size: SizeClass = "small", probes: int = 8) -
         probes: Tasks spread over the Dask workers.
     """
     compute_unit = load_unit(unit)
+    check_spending(compute_unit, size)
     run = RunContext.current(compute_unit)
     checks = [probe_storage(run), probe_mpiexec()]
 

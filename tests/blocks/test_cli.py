@@ -6,15 +6,28 @@ from prefect.settings import PREFECT_API_URL
 
 from blocks.__main__ import main
 from blocks.compute_unit import ComputeUnit
-from tests.blocks.test_compute_unit import terraform_output
+from tests.blocks.test_registration import full_output
 
 
 def test_save_unit_from_terraform_output(tmp_path, capsys):
+    """Guards against save-unit saving the unit without its blocks and work pools."""
     path = tmp_path / "outputs.json"
-    path.write_text(json.dumps(terraform_output(unit_name="cli-unit")))
-    assert main(["save-unit", str(path), "--overwrite"]) == 0
-    assert "saved ComputeUnit 'cli-unit' (user, eu-west-1)" in capsys.readouterr().out
-    assert ComputeUnit.load("cli-unit").batch_job_queue == "sciflow-mnp"
+    path.write_text(json.dumps(full_output("cli-unit")))
+    assert main(["save-unit", str(path), "--name", "cli-unit", "--overwrite"]) == 0
+    out = capsys.readouterr().out
+    assert "saved ComputeUnit 'cli-unit' (user, eu-west-1) with blocks 'sciflow-cli-unit'" in out
+    assert "cli-unit-small, cli-unit-large, cli-unit-batch" in out
+    assert ComputeUnit.load("cli-unit").batch_job_queue.endswith("job-queue/cli-unit-mnp")
+
+
+def test_save_unit_refuses_outputs_of_another_unit(tmp_path, capsys):
+    """Guards against --name being ignored: outputs of another environment saved as it."""
+    path = tmp_path / "outputs.json"
+    path.write_text(json.dumps(full_output("cli-other")))
+    assert main(["save-unit", str(path), "--name", "cli-meant"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "unit_name='cli-other'; expected 'cli-meant'" in err
 
 
 def test_save_unit_reports_a_bad_file_in_one_line(tmp_path, capsys):

@@ -313,7 +313,13 @@ def test_limits_render_as_a_form_with_described_fields():
     definitions = schema["definitions"]
     assert set(definitions["UnitLimits"]["properties"]) == set(SIZE_CLASSES)
     fields = definitions["SizeLimits"]["properties"]
-    assert set(fields) == {"vcpus", "memory_mib", "wall_time_s", "concurrent_runs"}
+    assert set(fields) == {
+        "vcpus",
+        "memory_mib",
+        "wall_time_s",
+        "concurrent_runs",
+        "price_usd_per_hour",
+    }
     assert all(f["description"].endswith(".") for f in fields.values())
     assert "MiB" in fields["memory_mib"]["description"]
     assert "Not enforced yet" in fields["concurrent_runs"]["description"]
