@@ -349,13 +349,14 @@ def readout_margin_samples(kspace: np.ndarray) -> list[np.ndarray]:
     n = data.shape[0]
     width = max(1, int(n * MARGIN_FRACTION))
     sides = (np.arange(n // 4 - width, n // 4), np.arange(3 * n // 4, 3 * n // 4 + width))
-    acquired = np.any(data != 0, axis=(0, 2))  # (y, acquisitions)
-    hybrid = _centred_ifft(data, axis=0)
-    regions = []
-    for positions in sides:
-        part = np.moveaxis(hybrid[positions], 2, -1)  # (positions, y, acquisitions, coils)
-        regions.append(part[:, acquired].reshape(-1, data.shape[2]))
-    return regions
+    regions: list[list[np.ndarray]] = [[] for _ in sides]
+    for index in range(data.shape[3]):  # one slice or replica at a time: bounded memory
+        kspace_one = data[..., index]
+        acquired = np.any(kspace_one != 0, axis=(0, 2))
+        hybrid = _centred_ifft(kspace_one[:, acquired], axis=0)  # (x, lines, coils)
+        for region, positions in zip(regions, sides, strict=True):
+            region.append(hybrid[positions].reshape(-1, data.shape[2]))
+    return [np.concatenate(r) for r in regions]
 
 
 def background_samples(kspace: np.ndarray) -> list[np.ndarray]:
