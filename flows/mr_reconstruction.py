@@ -34,6 +34,7 @@ logs and artifacts never see them.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -128,7 +129,17 @@ def noise_statistics(
     raw = read_raw(
         Path(signal_path), Path(noise_path) if noise_path else None, key=key, layout=layout
     )
-    return referred_noise(raw, convention)
+    oversampled = None  # no noise scan: the readout margins, read with oversampling kept
+    info = raw.info
+    if (
+        raw.noise is None
+        and info.oversampling_removed
+        and info.kind == "2d"
+        and convention != "mroptimum"
+    ):
+        kept = read_raw(Path(signal_path), key=key, layout=layout, remove_oversampling=False)
+        oversampled = kept.signal
+    return referred_noise(raw, convention, oversampled=oversampled)
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,6 +376,7 @@ def mr_reconstruction(
     mark = time.perf_counter()
     stats = noise_statistics(signal_path, noise_path, job.key, opts.convention, opts.layout)
     timings["noise"] = time.perf_counter() - mark
+    logger.log(logging.WARNING if stats.warning else logging.INFO, "noise: %s", stats.describe())
 
     info, shape = read_info(Path(signal_path), key=job.key, layout=opts.layout)
     slices = opts.slices if opts.slices is not None else list(range(shape[3]))
@@ -423,6 +435,7 @@ def mr_reconstruction(
         notes=(
             f"Median SNR in mask: **{result.median_snr:.1f}**"
             + (f"; mean g: **{result.mean_g:.3f}**" if result.mean_g is not None else "")
+            + f"\n\nNoise: {stats.describe()}"
             + f"\n\nOptions: `{json.dumps(opts.model_dump(mode='json'))}`"
         ),
     )

@@ -367,7 +367,8 @@ def info_json(
             other keys it has are kept.
         timings_s: Seconds per stage; ``total`` if given, else their sum, is calculation_time.
         extra: ``job``, ``log``, ``nbw``, ``noise_samples``, ``noise_convention`` (or a
-            ``noise`` mapping of ``nbw``, ``samples``, ``convention``) and anything else worth
+            ``noise`` mapping of ``nbw``, ``samples``, ``convention``, and ``source`` and
+            ``detail``: where the noise came from, ``NoiseStatistics``) and anything else worth
             keeping (stored under ``sciflow.extra``).
     """
     data = [_complete_entry(entry, i) for i, entry in enumerate(outputs)]
@@ -406,6 +407,8 @@ def info_json(
                 "convention": pick("noise_convention", "convention"),
                 "nbw": pick("nbw", "NBW"),
                 "samples": pick("noise_samples", "samples", "Ns"),
+                # Where the noise came from, when the caller says (write_snr_outputs does).
+                **{k: noise[k] for k in ("source", "detail") if noise.get(k) is not None},
             },
             "acceleration": pick("acceleration", "accelerations"),
             "acl": pick("acl"),
@@ -665,6 +668,8 @@ def write_snr_outputs(
                     "nbw": stats.nbw,
                     "samples": stats.samples,
                     "convention": options.convention,
+                    "source": stats.source,
+                    "detail": stats.detail,
                 },
                 "median_snr_in_mask": median_snr,
                 "mean_g_in_mask": mean_g,

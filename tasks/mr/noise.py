@@ -1,5 +1,15 @@
 """Noise covariance, correlation coefficients, prewhitening and noise bandwidth.
 
+Where the noise comes from (``noise_statistics``), in this order:
+
+1. a noise scan (RF off, or the scanner's noise-adjust readouts);
+2. without one, signal-free samples of the signal itself (``convention="physical"``):
+   the **readout margins** of 2x oversampled data (``readout_margin_samples``), else the
+   **background** corners of the coil images (``background_samples``); a region is used only
+   if it passes the signal-free test (``signal_free``);
+3. MR Optimum's identity ``Psi = I`` (raw ADC units) only under ``convention="mroptimum"``;
+4. otherwise ``InputError``, which says to pass ``noise=``.
+
 ``Psi = E[n n^H]`` is the complex noise covariance of the coils, ``(coils, coils)``; each real
 component of coil ``i`` has variance ``Psi[i, i] / 2``. Prewhitening with ``W = L^-1``
 (``L = cholesky(Psi)``) turns it into the identity, which every SNR formula in ``snr`` assumes.
@@ -14,11 +24,13 @@ import numpy as np
 import scipy.linalg
 
 from tasks.errors import InputError
+from tasks.mr.fft import ifft2c
 
 if TYPE_CHECKING:
     from tasks.mr.io.types import RawData
 
 Convention = Literal["physical", "mroptimum"]
+NoiseSource = Literal["noise scan", "readout margins", "background", "identity (mroptimum)"]
 
 # Rows (samples or pixels) per matrix product in ``prewhiten``.
 _PREWHITEN_ROWS = 1024
@@ -265,36 +277,219 @@ def signal_noise_covariance(
     return cov * (ratio / nbw)
 
 
+# Readout margins: positions kept on each side of the field of view, as a fraction of the
+# oversampled readout. Only the quarter of each margin next to the FOV: further out the
+# receiver's anti-alias filter rolls the noise off (to ~0.1 of the in-band power at the band
+# edge of twixtools' gre.dat), which would read low.
+MARGIN_FRACTION = 1 / 16
+# Background: the four corner blocks of the coil images, each this fraction of each side.
+CORNER_FRACTION = 1 / 8
+# Fewest samples per coil an estimate may rest on: its standard error is then <= 3%.
+MIN_NOISE_SAMPLES = 1000
+# A region is signal-free if its coefficient-of-variation test passes at this many SEs.
+SIGNAL_FREE_SE = 5.0
+
+
+def _centred_ifft(data: np.ndarray, axis: int) -> np.ndarray:
+    """Centred orthonormal inverse FFT along one axis (``tasks.mr.fft``'s convention)."""
+    shifted = np.fft.ifftshift(data, axes=axis)
+    return np.fft.fftshift(np.fft.ifft(shifted, axis=axis, norm="ortho"), axes=axis)
+
+
+def _per_acquisition(kspace: np.ndarray) -> np.ndarray:
+    """k-space as ``(x, y, coils, acquisitions)``: slices and replicas as one axis."""
+    kspace = np.asarray(kspace)
+    if kspace.ndim < 3 or kspace.size == 0:
+        raise InputError(f"kspace has shape {kspace.shape}; expected (x, y, coils[, ...])")
+    return kspace.reshape(*kspace.shape[:3], -1)
+
+
+def signal_free(samples: np.ndarray) -> tuple[bool, float]:
+    """Whether noise samples look like pure complex Gaussian noise, coil by coil.
+
+    For zero-mean complex Gaussian noise ``|n|^2`` is exponential, whose squared coefficient
+    of variation ``var/mean^2`` is 1 with standard error about ``2/sqrt(Ns)``. Signal moves it:
+    a steady signal lowers it (Rician ``(1 + 2a)/(1 + a)^2``, ``a`` = signal/noise power), a
+    structured one (object edges, k-space energy near the centre) raises it.
+
+    Args:
+        samples: ``(samples, coils)``.
+
+    Returns:
+        ``(passed, worst)``: passed if every coil's CV^2 is within ``SIGNAL_FREE_SE`` standard
+        errors of 1; ``worst`` is the coil's CV^2 furthest from 1.
+    """
+    power = np.abs(samples) ** 2
+    mean = power.mean(axis=0)
+    if np.any(mean <= 0):
+        return False, float("nan")
+    cv2 = power.var(axis=0) / mean**2
+    worst = float(cv2[np.argmax(np.abs(cv2 - 1))])
+    return bool(np.all(np.abs(cv2 - 1) <= SIGNAL_FREE_SE * 2 / np.sqrt(samples.shape[0]))), worst
+
+
+def readout_margin_samples(kspace: np.ndarray) -> list[np.ndarray]:
+    """Noise samples from the readout-oversampling margins of 2x oversampled k-space.
+
+    Rule: a centred orthonormal inverse FFT along the readout (axis 0) of every acquired line
+    (a line is acquired if any of its samples is non-zero: zero-filled partial-Fourier or
+    undersampled lines carry no noise); the field of view is the central half
+    ``[n/4, 3n/4)`` (what ``remove_readout_oversampling`` keeps); the samples are the
+    ``n * MARGIN_FRACTION`` positions on each side next to it. These lie outside the
+    prescribed FOV, so they hold no signal unless the object is wider than the FOV. Their
+    variance is the k-space noise variance per oversampled sample (orthonormal transform).
+
+    Args:
+        kspace: k-space with its readout still 2x oversampled, ``(x, y, coils[, ...])``.
+
+    Returns:
+        One ``(samples, coils)`` array per side (the regions ``signal_free`` tests).
+    """
+    data = _per_acquisition(kspace)
+    n = data.shape[0]
+    width = max(1, int(n * MARGIN_FRACTION))
+    sides = (np.arange(n // 4 - width, n // 4), np.arange(3 * n // 4, 3 * n // 4 + width))
+    regions: list[list[np.ndarray]] = [[] for _ in sides]
+    for index in range(data.shape[3]):  # one slice or replica at a time: bounded memory
+        kspace_one = data[..., index]
+        acquired = np.any(kspace_one != 0, axis=(0, 2))
+        hybrid = _centred_ifft(kspace_one[:, acquired], axis=0)  # (x, lines, coils)
+        for region, positions in zip(regions, sides, strict=True):
+            region.append(hybrid[positions].reshape(-1, data.shape[2]))
+    return [np.concatenate(r) for r in regions]
+
+
+def background_samples(kspace: np.ndarray) -> list[np.ndarray]:
+    """Noise samples from the background corners of the coil images.
+
+    Rule: the centred orthonormal 2-D inverse FFT of each slice and replica; the four corner
+    blocks, each ``CORNER_FRACTION`` of each side. Zero-filled lines (partial Fourier,
+    undersampling) scale the image noise by the fraction ``f`` of lines acquired, so the
+    samples are divided by ``sqrt(f)``: their covariance is the k-space noise per sample.
+
+    Args:
+        kspace: k-space ``(x, y, coils[, ...])``, readout oversampling removed or never there.
+
+    Returns:
+        One ``(samples, coils)`` array per corner (the regions ``signal_free`` tests).
+    """
+    data = _per_acquisition(kspace)
+    nx, ny, coils, count = data.shape
+    bx, by = max(1, int(nx * CORNER_FRACTION)), max(1, int(ny * CORNER_FRACTION))
+    corners = [(slice(None, bx), slice(None, by)), (slice(None, bx), slice(-by, None))]
+    corners += [(slice(-bx, None), slice(None, by)), (slice(-bx, None), slice(-by, None))]
+    regions: list[list[np.ndarray]] = [[] for _ in corners]
+    for index in range(count):
+        kspace_one = data[..., index]
+        fraction = np.count_nonzero(np.any(kspace_one != 0, axis=(0, 2))) / ny
+        if fraction == 0:
+            continue
+        image = ifft2c(kspace_one.astype(np.complex128)) / np.sqrt(fraction)
+        for region, (sx, sy) in zip(regions, corners, strict=True):
+            region.append(image[sx, sy].reshape(-1, coils))
+    return [np.concatenate(r) if r else np.empty((0, coils), complex) for r in regions]
+
+
 @dataclass(frozen=True, slots=True)
 class NoiseStatistics:
     """The noise a run's SNR maps are computed with.
 
     Attributes:
         noise_cov: ``Psi`` referred to the signal's sampling, shape (coils, coils); the
-            identity (MR Optimum's rule) when there is no noise.
+            identity (MR Optimum's rule) under ``source="identity (mroptimum)"``.
         measured_cov: ``Psi`` as measured from the noise samples, or None without noise.
-        nbw: Noise bandwidth of the noise readouts, or None without noise.
+        nbw: Noise bandwidth of the noise readouts, or None without a noise scan.
         samples: Noise samples the estimate used (0 without noise).
+        source: Where the noise came from (``NoiseSource``).
+        detail: The rule and regions behind ``source``, for the log and info.json.
+        warning: Whether the log should warn (the identity: SNR in raw ADC units).
     """
 
     noise_cov: np.ndarray
     measured_cov: np.ndarray | None
     nbw: float | None
     samples: int
+    source: NoiseSource = "noise scan"
+    detail: str = ""
+    warning: bool = False
+
+    def describe(self) -> str:
+        """One line for the log and the run summary."""
+        text = f"{self.source}, {self.samples} samples per coil"
+        return f"{text} ({self.detail})" if self.detail else text
 
 
-def noise_statistics(raw: RawData, convention: Convention) -> NoiseStatistics:
+def _estimate(regions: list[np.ndarray], what: str) -> tuple[np.ndarray | None, int, str]:
+    """Pool the regions that pass ``signal_free``: (covariance or None, samples, detail)."""
+    kept = [r for r in regions if r.shape[0] > 1 and signal_free(r)[0]]
+    samples = sum(r.shape[0] for r in kept)
+    detail = f"{what}: {len(kept)} of {len(regions)} regions signal-free"
+    if samples < MIN_NOISE_SAMPLES:
+        tests = ", ".join(
+            f"CV^2 {signal_free(r)[1]:.2f} over {r.shape[0]}" for r in regions if r.shape[0] > 1
+        )
+        return None, samples, f"{detail}, {samples} samples (need {MIN_NOISE_SAMPLES}; {tests})"
+    return noise_covariance(np.concatenate(kept)), samples, detail
+
+
+def noise_statistics(
+    raw: RawData, convention: Convention, *, oversampled: np.ndarray | None = None
+) -> NoiseStatistics:
     """Measured covariance, its bandwidth, and ``Psi`` referred to the signal's sampling.
+
+    Without a noise scan, ``Psi`` is estimated from signal-free samples (module docstring):
+    the readout margins of ``oversampled`` (or of ``raw.signal`` when its 2x oversampling was
+    kept), else the background corners of ``raw.signal``. A margin sample has the noise of
+    one oversampled k-space sample, so it is halved when the signal's oversampling was
+    removed; the margins next to the FOV are taken as in-band (NBW 1).
 
     Args:
         raw: The acquisition: noise ``(samples, coils)`` and the header's dwells.
         convention: ``"physical"`` or ``"mroptimum"`` (``signal_noise_covariance``).
+        oversampled: The signal read with its readout oversampling kept, when ``raw``'s was
+            removed (only read when there is no noise scan).
+
+    Raises:
+        InputError: No noise scan, ``convention="physical"``, and neither margins nor
+            background hold enough signal-free samples; the message says how to pass noise.
     """
     info = raw.info
+    coils = raw.signal.shape[2]
+    if raw.noise is None and convention == "mroptimum":
+        return NoiseStatistics(
+            np.eye(coils, dtype=np.complex128),
+            None,
+            None,
+            0,
+            source="identity (mroptimum)",
+            detail="no noise scan: Psi = I as MR Optimum, so SNR is in raw ADC units; pass "
+            "noise= or convention='physical' for SNR in noise units",
+            warning=True,
+        )
     if raw.noise is None:
-        # MR Optimum: with no noise at all, Psi = I.
-        coils = raw.signal.shape[2]
-        return NoiseStatistics(np.eye(coils, dtype=np.complex128), None, None, 0)
+        tried = []
+        readout_os = float(info.summary.get("readout_oversampling") or 1)
+        if oversampled is None and not info.oversampling_removed and readout_os == 2:
+            oversampled = raw.signal
+        if oversampled is not None and info.kind == "2d":
+            cov, samples, detail = _estimate(
+                readout_margin_samples(oversampled), "readout margins next to the FOV"
+            )
+            if cov is not None:
+                referred = cov / 2 if info.oversampling_removed else cov
+                return NoiseStatistics(
+                    referred, cov, None, samples, source="readout margins", detail=detail
+                )
+            tried.append(detail)
+        cov, samples, detail = _estimate(background_samples(raw.signal), "background corners")
+        if cov is not None:
+            return NoiseStatistics(cov, cov, None, samples, source="background", detail=detail)
+        tried.append(detail)
+        raise InputError(
+            "noise: the signal file has no noise scan and no signal-free samples to estimate "
+            f"it from ({'; '.join(tried)}); pass noise=<URI of a noise-only scan with the "
+            "same coils>, or convention='mroptimum' for MR Optimum's identity covariance"
+        )
     measured = noise_covariance(raw.noise)
     nbw = noise_bandwidth(raw.noise_by_readout())
     referred = signal_noise_covariance(

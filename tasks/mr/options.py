@@ -192,8 +192,10 @@ class MrOptions(BaseModel):
         title="Noise convention",
         description=(
             "physical = noise covariance scaled to the signal's sampling (dwell, oversampling, "
-            "bandwidth); mroptimum = MR Optimum's Psi / (2 NBW), which reads about 1.41x high on "
-            "equally sampled data but reproduces its numbers."
+            "bandwidth), or without a noise scan estimated from signal-free samples (readout "
+            "margins, else background corners); mroptimum = MR Optimum's Psi / (2 NBW), which "
+            "reads about 1.41x high on equally sampled data but reproduces its numbers, and "
+            "Psi = I (raw ADC units) without a noise scan."
         ),
     )
     seed: int = Field(

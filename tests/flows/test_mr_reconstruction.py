@@ -236,7 +236,11 @@ def test_no_signal_at_all_says_what_is_expected():
 
 
 def test_siemens_twix_example_runs_end_to_end(twix_example, tmp_path):
-    """Real scanner data: twixtools' VE11 GRE, 2 coils, no noise scan (so Psi = I)."""
+    """Real scanner data: twixtools' VE11 GRE, 2 coils, 2x oversampled, no noise scan.
+
+    The noise comes from the readout-oversampling margins: the median AC-B1 SNR is about 13
+    (it was 2e-5 with Psi = I, in raw ADC units).
+    """
     result = mr_reconstruction(
         signal=str(twix_example),
         options={"method": "ac", "recon": "b1", "mask": "reference"},
@@ -245,9 +249,50 @@ def test_siemens_twix_example_runs_end_to_end(twix_example, tmp_path):
     snr = nib.load(result.snr)
     assert snr.shape == (160, 160, 1)
     assert np.isfinite(snr.get_fdata()).all()
-    assert result.median_snr > 0  # Psi = I: SNR in raw ADC units, as MR Optimum without noise
+    assert 5 < result.median_snr < 50
     info = json.loads(Path(result.info).read_text())
     assert info["sciflow"]["header"]["format"] == "twix"
+    noise = info["sciflow"]["noise"]
+    assert (noise["source"], noise["samples"], noise["convention"]) == (
+        "readout margins",
+        6400,
+        "physical",
+    )
+
+
+def test_twix_example_under_mroptimum_keeps_the_identity_and_warns(twix_example, tmp_path, caplog):
+    result = mr_reconstruction(
+        signal=str(twix_example),
+        options={"method": "ac", "recon": "b1", "mask": "reference", "convention": "mroptimum"},
+        output=str(tmp_path / "out"),
+    )
+    assert result.median_snr < 1e-3  # raw ADC units, as MR Optimum without noise
+    info = json.loads(Path(result.info).read_text())
+    assert info["sciflow"]["noise"]["source"] == "identity (mroptimum)"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("noise: identity (mroptimum)" in m and "raw ADC units" in m for m in warnings)
+
+
+def test_mrd_without_a_noise_scan_takes_the_background_or_is_refused(phantom, tmp_path):
+    # Four 6 x 6 corners per 48 x 48 slice: two slices give 288 samples, too few.
+    signal, _ = phantom_acquisition(phantom, slices=8, noise_samples=16, seed=21)
+    few = write_mrd(tmp_path / "few.h5", signal[:, :, :, :2], fov_mm=FOV_MM, dwell_s=DWELL_S)
+    with pytest.raises(InputError, match=r"no signal-free samples.*pass noise="):
+        mr_reconstruction(signal=str(few), options={"method": "ac", "recon": "b1"})
+    # Eight slices give 1,152: the SNR is in noise units and matches the closed form.
+    plain = write_mrd(tmp_path / "plain.h5", signal, fov_mm=FOV_MM, dwell_s=DWELL_S)
+    result = mr_reconstruction(
+        signal=str(plain), options={"method": "ac", "recon": "b1"}, output=str(tmp_path / "out")
+    )
+    info = json.loads(Path(result.info).read_text())
+    assert (info["sciflow"]["noise"]["source"], info["sciflow"]["noise"]["samples"]) == (
+        "background",
+        1152,
+    )
+    snr = nib.load(result.snr).get_fdata()
+    inside = phantom.support
+    ratio = np.median(snr[..., 0][inside] / phantom.snr_optimal()[inside])
+    assert ratio == pytest.approx(1.0, abs=0.05)
 
 
 def test_flip_angle_correction_divides_the_snr_by_the_sine(mrd_file, tmp_path):

@@ -318,3 +318,17 @@ def test_info_json_completes_entries_named_like_mr_optimum_outputs():
     assert by_file["extra.nii.gz"]["id"] >= 1000
     assert document["sciflow"]["noise"] == {"convention": "physical", "nbw": 0.8, "samples": 100}
     assert document["sciflow"]["extra"] == {}
+
+
+def test_info_json_records_where_the_noise_came_from():
+    noise = {"source": "readout margins", "detail": "2 of 2 regions", "samples": 6400}
+    document = json.loads(
+        info_json(
+            options={"convention": "physical"},
+            header={},
+            outputs=[],
+            timings_s={},
+            extra={"noise": {**noise, "nbw": None}},
+        )
+    )
+    assert document["sciflow"]["noise"] == {**noise, "convention": "physical", "nbw": None}
