@@ -35,7 +35,7 @@ from tasks.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-TOKEN_VARIABLE = "SCIFLOW_RUN_TOKEN"
+TOKEN_VARIABLE = "SCIFLOW_RUN_TOKEN"  # noqa: S105 - the variable's name, not a token
 # A token shorter than this is refused: it would be guessable.
 MIN_TOKEN_CHARS = 32
 # Seconds a peer has to complete the handshake before it is dropped.
