@@ -97,6 +97,8 @@ def torchrun_argv(
     One node rendezvouses on its own (``--standalone``: a free loopback port); several meet
     at ``main_addr:port`` (static rendezvous, node ranks from Batch). ``max_restarts``
     restarts every rank of the job when one dies; they resume from the newest checkpoint.
+    The rendezvous carries no token and its store listens on every interface (see
+    ``tasks.training.ddp``): it is exposed as far as the network allows.
     """
     command = [python, "-m", "torch.distributed.run", "--nproc-per-node", str(procs_per_node)]
     command += [
