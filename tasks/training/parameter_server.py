@@ -311,7 +311,7 @@ class Server:
         while not full.is_set():
             try:
                 conn = listener.accept(FULL_POLL_S)
-            except OSError:  # closed at the end
+            except (OSError, ValueError):  # closed at the end (its descriptor is -1)
                 return
             if conn is not None:
                 try:
