@@ -24,6 +24,7 @@ from flows.model_upload import model_upload
 from tasks.compute.batch_run import batch_size_class, check_batch_unit, run_batch_job
 from tasks.compute.hooks import sciflow_flow
 from tasks.compute.run_context import RunContext
+from tasks.compute.run_token import token_secret
 from tasks.compute.spending import check_spending
 from tasks.compute.timeouts import local_timeout_s, timed_out
 from tasks.errors import InputError, SciflowError
@@ -185,6 +186,12 @@ class _Follower:
         elif kind == "error":
             self.errors[str(event.get("message"))] = str(event.get("kind"))
             self.logger.error("[%s] %s", name, event.get("message"))
+        elif kind == "refused":
+            self.logger.warning(
+                "[%s] refused worker %s's gradient at step %s: %s (%s refused so far)",
+                name,
+                *map(event.get, ("worker", "step", "reason", "refused_gradients")),
+            )
         elif kind == "rank":
             self.logger.info(
                 "[%s] rank %s is pid %s on %s", name, *map(event.get, ("rank", "pid", "device"))
@@ -288,24 +295,29 @@ def train_on_ecs(run: RunContext, cfg: TrainConfig, config_uri: str) -> None:
 
     Their event lines come back through CloudWatch into this run's log and progress, as
     from the local processes. Leaving (done, failed or cancelled) stops every task and
-    removes the Cloud Map service.
+    removes the Cloud Map service and the run token's secret.
     """
     size = batch_size_class(cfg.nodes)  # Fargate has no GPUs
-    plan = plan_from_unit(run.unit, run.run_id, run.tags, config_uri, cfg.processes, size=size)
-    record = run.launches  # what the run's stop hook stops
-    launch = ParameterServerLaunch(plan, run.unit.aws_account(), poll_s=ECS_POLL_S, record=record)
+    account = run.unit.aws_account()
     follower = _Follower(f"training-{run.run_id[:8]}")
     try:
-        with launch:
-            launch.start()
-            follower.logger.info(
-                "parameter server %s at %s:%d with %d worker task(s)",
-                launch.server_task,
-                plan.server_host,
-                plan.port,
-                len(launch.worker_tasks),
-            )
-            outcome = launch.wait(on_line=follower.on_output)
+        with token_secret(account, run.run_id, run.tags, run.unit.region) as token_arn:
+            plan = plan_from_unit(
+                run.unit, run.run_id, run.tags, config_uri, cfg.processes, size=size,
+                token_secret_arn=token_arn,
+            )  # fmt: skip
+            # The launch's record is what the run's stop hook stops.
+            launch = ParameterServerLaunch(plan, account, poll_s=ECS_POLL_S, record=run.launches)
+            with launch:
+                launch.start()
+                follower.logger.info(
+                    "parameter server %s at %s:%d with %d worker task(s)",
+                    launch.server_task,
+                    plan.server_host,
+                    plan.port,
+                    len(launch.worker_tasks),
+                )
+                outcome = launch.wait(on_line=follower.on_output)
     finally:
         follower.close()
     if not outcome.succeeded:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 
 from blocks.compute_unit import load_unit
 from tasks.compute.batch_run import batch_size_class, job_seconds, run_batch_job
+from tasks.compute.channel import TOKEN_VARIABLE
 from tasks.compute.hooks import sciflow_flow
 from tasks.compute.run_context import RunContext
 from tasks.compute.spending import check_spending
@@ -167,6 +168,10 @@ def simulate_on_batch(
 ) -> dict[str, Any]:
     """One AWS Batch (multi-node) job running the entrypoint; followed to its end.
 
+    Several nodes prove ``SCIFLOW_RUN_TOKEN`` (scoped to the job id) to each other, so the
+    unit's job definition must give it as a `secrets` entry; Batch's SubmitJob carries no
+    secrets, so the token is the definition's, not made per run.
+
     A cancelled or failed follow terminates the job, so no node is left running.
     """
     program = ["python", "-m", "mpi4py", "-m", RANK_MODULE, "--spec", spec_uri, "--out", raw_uri]
@@ -180,6 +185,8 @@ def simulate_on_batch(
         nodes=nodes,
         size=batch_size_class(nodes),
         poll_s=BATCH_POLL_S,
+        # The nodes prove the run token to the main node's control channel.
+        secrets_needed=(TOKEN_VARIABLE,) if nodes > 1 else (),
     )
     if not run.store.exists(raw_uri):
         raise SciflowError(f"Batch job {job.job_id} SUCCEEDED but wrote no {raw_uri}")

@@ -17,6 +17,7 @@ from tasks.compute.batch import (
     attempt_timeout_s,
     check_job_definition,
     check_job_queue,
+    definition_secret_names,
     submit_job,
 )
 from tasks.compute.launches import Launch
@@ -56,6 +57,7 @@ def run_batch_job(
     poll_s: float = 10.0,
     on_line: Callable[[str, str], None] | None = None,
     lost_host_retries: int = 0,
+    secrets_needed: Sequence[str] = (),
 ) -> RunningJob:
     """Submit one (multi-node) job with the unit's ``runtime`` definition; wait for SUCCEEDED.
 
@@ -72,21 +74,32 @@ def run_batch_job(
         poll_s: Seconds between polls.
         on_line: Called with (node label, line) for each CloudWatch line; logged if omitted.
         lost_host_retries: Restarts by Batch after a lost instance (``submit_job``).
+        secrets_needed: Variables the containers must get from the job definition's
+            ``secrets`` (e.g. ``SCIFLOW_RUN_TOKEN``); checked before submitting.
 
     Raises:
-        InputError: The unit lacks a queue or the runtime's job definition, or
-            ``environment`` carries a credential in clear (nothing is submitted).
+        InputError: The unit lacks a queue or the runtime's job definition, the definition
+            lacks a ``secrets_needed`` entry, or ``environment`` carries a credential in
+            clear (nothing is submitted).
         SciflowError: The job ended in FAILED.
     """
     unit = run.unit
     check_batch_unit(unit, runtime)
     account = unit.aws_account()
     batch, logs = client("batch", account), client("logs", account)
+    queue = check_job_queue(batch, unit.batch_job_queue)
+    definition = check_job_definition(batch, unit.batch_job_definitions[runtime])
+    if missing := sorted(set(secrets_needed) - definition_secret_names(batch, definition)):
+        raise InputError(
+            f"compute unit {unit.name!r}: batch_job_definitions[{runtime!r}] ({definition}) "
+            f"gives its containers no {', '.join(missing)}; add a `secrets` entry for each "
+            "(a Secrets Manager ARN the execution role reads), never an environment value"
+        )
     job = submit_job(
         batch,
         name=f"{name}-{run.run_id[:8]}",
-        queue=check_job_queue(batch, unit.batch_job_queue),
-        definition=check_job_definition(batch, unit.batch_job_definitions[runtime]),
+        queue=queue,
+        definition=definition,
         tags=run.tags,
         environment={"PYTHONUNBUFFERED": "1", **(environment or {})},
         timeout_s=attempt_timeout_s(unit.size_limits(size).wall_time_s, estimate_s),

@@ -8,6 +8,13 @@ file (``address:slots``, main node first) and runs ``mpiexec -f hostfile -n <tot
 <command>``. The child nodes connect to ``AWS_BATCH_JOB_MAIN_NODE_PRIVATE_IPV4_ADDRESS`` on a
 fixed TCP port (``--port``) and report their slots.
 
+The control channel (``tasks.compute.channel``) listens on the main node's private address
+only (``--bind``; never every interface) and admits only nodes that prove the job's key:
+HMAC-SHA256 of the run token (``SCIFLOW_RUN_TOKEN``, a `secrets` entry of the job
+definition) and the Batch job id. A peer without it is dropped before it can register or
+receive a proxy command line. Hydra's own proxy connections (``hydra_pmi_proxy`` to
+``mpiexec``) are Hydra's and carry no token; they stay inside the job's security group.
+
 Instead of ssh (the recipe's way, which needs keys and an sshd in the image) Hydra's manual
 launcher is used: ``mpiexec -launcher manual`` prints one ``hydra_pmi_proxy`` command line
 per host; the main node starts the first itself and sends each child its own over the
@@ -18,8 +25,9 @@ a child's channel closes mid-job (its container ended) the main node stops the j
 than let Hydra wait for that node. The main node's exit status is the job's: 0, or the MPI
 job's failure status.
 
-Control messages are JSON lines: a child sends ``{"node", "slots", "job", "addr"}``; the
-main node answers ``{"launch": argv}`` and, at the end, ``{"finish": status}``.
+Control messages are JSON objects, one per channel message: a child sends ``{"node", "slots",
+"job", "addr"}``; the main node answers ``{"launch": argv}`` and, at the end,
+``{"finish": status}``.
 """
 
 from __future__ import annotations
@@ -39,10 +47,12 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from tasks.compute.node_context import BATCH_JOB_ID, NodeContext, launcher_env
+from tasks.compute import channel
+from tasks.compute.node_context import BATCH_JOB_ID, LOOPBACK, NodeContext, launcher_env
 from tasks.compute.processes import kill_with_parent
 from tasks.errors import InputError, SciflowError
 from tasks.simulation.mpi import PROXY, MpiError, mpiexec_path, run_mpi
@@ -89,51 +99,48 @@ def _job(job_id: str | None) -> str:
     return (job_id or "").split("#", 1)[0]
 
 
-def _send(conn: socket.socket, message: dict[str, Any]) -> None:
-    conn.sendall(json.dumps(message).encode() + b"\n")
+def job_key(job: str, env: dict[str, str] | None = None) -> bytes:
+    """The control channel's key for ``job``: the run token scoped to the Batch job id.
+
+    Raises:
+        InputError: ``SCIFLOW_RUN_TOKEN`` is missing or too short.
+    """
+    return channel.scoped_key(channel.read_token(env), f"sciflow-multinode:{job}")
 
 
-class _Lines:
-    """Reads JSON lines from a socket."""
+def _send(conn: Connection, message: dict[str, Any]) -> None:
+    conn.send_bytes(json.dumps(message).encode())
 
-    def __init__(self, conn: socket.socket) -> None:
-        self.conn, self.buffer = conn, b""
 
-    def read(self, timeout_s: float | None) -> dict[str, Any] | None:
-        """The next message; ``None`` when the peer closed. Raises ``TimeoutError``."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while b"\n" not in self.buffer:
-            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-            ready, _, _ = select.select([self.conn], [], [], remaining)
-            if not ready:
-                raise TimeoutError("no control message in time")
-            try:
-                chunk = self.conn.recv(4096)
-            except ConnectionError:
-                return None
-            if not chunk:
-                return None
-            self.buffer += chunk
-            if len(self.buffer) > MAX_MESSAGE:
-                raise SciflowError(f"control message longer than {MAX_MESSAGE} bytes")
-        line, self.buffer = self.buffer.split(b"\n", 1)
-        message = json.loads(line)
-        if not isinstance(message, dict):
-            raise SciflowError(f"control message {line[:200]!r} is not a JSON object")
-        return message
+def _read(conn: Connection, timeout_s: float | None) -> dict[str, Any] | None:
+    """The next message; ``None`` when the peer closed. Raises ``TimeoutError``."""
+    if timeout_s is not None and not conn.poll(timeout_s):
+        raise TimeoutError("no control message in time")
+    try:
+        data = conn.recv_bytes(MAX_MESSAGE)
+    except (EOFError, ConnectionError):
+        return None
+    except OSError as exc:  # longer than MAX_MESSAGE
+        raise SciflowError(f"bad control message: {exc}") from exc
+    message = json.loads(data)
+    if not isinstance(message, dict):
+        raise SciflowError(f"control message {data[:200]!r} is not a JSON object")
+    return message
 
 
 class ControlServer:
     """The main node's end of the control channel: registration, then proxy launches."""
 
-    def __init__(self, port: int, count: int, main_index: int, job: str, bind: str = "") -> None:
+    def __init__(
+        self, port: int, count: int, main_index: int, job: str, bind: str, key: bytes
+    ) -> None:
         self.count, self.main_index, self.job = count, main_index, job
         try:
-            self.listener = socket.create_server((bind, port))
+            self.listener = channel.Listener(bind, port, key, parameter="--bind")
         except OSError as exc:
-            raise SciflowError(f"cannot listen on {bind or '*'}:{port}: {exc}") from exc
-        self.port = self.listener.getsockname()[1]
-        self.children: dict[int, tuple[Member, socket.socket]] = {}
+            raise SciflowError(f"cannot listen on {bind}:{port}: {exc}") from exc
+        self.port = self.listener.address[1]
+        self.children: dict[int, tuple[Member, Connection]] = {}
         self.main_addr: str | None = None
         self.finishing = threading.Event()
 
@@ -155,19 +162,19 @@ class ControlServer:
                     f"port {self.port} within {timeout_s:g} s; check that they started and "
                     "that the security group allows TCP between the job's nodes"
                 )
-            ready, _, _ = select.select([self.listener], [], [], remaining)
-            if ready:
-                conn, peer = self.listener.accept()
-                self._register(conn, peer[0], deadline)
+            conn = self.listener.accept(remaining)  # only peers that proved the job's key
+            if conn is not None:
+                self._register(conn, deadline)
         return [member for _, (member, _) in sorted(self.children.items())]
 
-    def _register(self, conn: socket.socket, peer: str, deadline: float) -> None:
+    def _register(self, conn: Connection, deadline: float) -> None:
+        peer = _peer(conn)
         try:
-            hello = _Lines(conn).read(max(min(deadline - time.monotonic(), 10.0), 0.1))
+            hello = _read(conn, max(min(deadline - time.monotonic(), 10.0), 0.1))
             index, slots = int(hello["node"]), int(hello["slots"])  # type: ignore[index]
             job = str(hello.get("job") or "")  # type: ignore[union-attr]
             addr = str(hello.get("addr") or peer)  # type: ignore[union-attr]
-        except (TimeoutError, TypeError, KeyError, ValueError, SciflowError) as exc:
+        except (TimeoutError, TypeError, KeyError, ValueError, OSError, SciflowError) as exc:
             logger.warning("ignoring a bad registration from %s: %s", peer, exc)
             conn.close()
             return
@@ -184,7 +191,7 @@ class ControlServer:
             logger.warning("rejecting registration from %s: %s", peer, problem)
             conn.close()
             return
-        self.main_addr = self.main_addr or conn.getsockname()[0]
+        self.main_addr = self.main_addr or self.listener.address[0]
         self.children[index] = (Member(index, addr, slots), conn)
         logger.info("node %d registered from %s with %d slots", index, addr, slots)
 
@@ -207,13 +214,14 @@ class ControlServer:
                 except (OSError, ValueError):
                     return  # closed by finish()
                 for conn in ready:
-                    index = conns.pop(conn)
                     try:
-                        closed = not conn.recv(1, socket.MSG_PEEK)
-                    except OSError:
+                        closed = _read(conn, 0) is None
+                    except (TimeoutError, ValueError, OSError, SciflowError):
                         closed = True
-                    if closed and not self.finishing.is_set():
-                        on_lost(index)
+                    if closed:
+                        index = conns.pop(conn)
+                        if not self.finishing.is_set():
+                            on_lost(index)
 
         threading.Thread(target=run, daemon=True).start()
 
@@ -237,19 +245,43 @@ def run_main(
     slots: int,
     register_timeout_s: float = REGISTER_TIMEOUT_S,
     timeout_s: float | None = None,
-    bind: str = "",
+    bind: str | None = None,
     workdir: Path | None = None,
+    key: bytes | None = None,
 ) -> int:
     """The main node: gather the children, write the host file, run the MPI job.
 
+    Args:
+        node: This (main) node's place in the job.
+        command: The MPI program and its arguments.
+        port: The control channel's port.
+        slots: MPI ranks on this node.
+        register_timeout_s: Seconds to wait for the other nodes to register.
+        timeout_s: Seconds the MPI job may run.
+        bind: The one address the control channel listens on; this node's private address
+            (``node.main_addr``) if omitted.
+        workdir: Where the host file goes; a temporary directory if omitted.
+        key: The job's channel key; ``job_key`` of this job if omitted.
+
     Returns:
         The job's exit status: 0, or the MPI job's failure status.
+
+    Raises:
+        InputError: No run token, a wildcard ``bind``, or no private address to bind.
     """
     if node.count == 1:
         logger.info("a job of one node: running %d ranks here", slots)
         return _status(lambda: run_mpi(command, slots, on_line=_print_line, timeout_s=timeout_s))
     job = _job(launcher_env().get(BATCH_JOB_ID))
-    server = ControlServer(port, node.count, node.index, job, bind)
+    key = key or job_key(job)
+    if bind is None:
+        if node.main_addr == LOOPBACK:
+            raise InputError(
+                f"this main node found no private address (its name resolves to {LOOPBACK} "
+                "only), so the other nodes cannot reach it; pass --bind <private address>"
+            )
+        bind = node.main_addr
+    server = ControlServer(port, node.count, node.index, job, bind, key)
     local_proxy: list[subprocess.Popen[bytes]] = []
     status = 1
 
@@ -311,17 +343,30 @@ def run_child(
     slots: int,
     register_timeout_s: float = REGISTER_TIMEOUT_S,
     addr: str | None = None,
+    key: bytes | None = None,
 ) -> int:
     """A child node: register with the main node, run the proxy it sends, report its end.
+
+    Args:
+        node: This node's place in the job (``main_addr``: where to register).
+        port: The main node's control channel port.
+        slots: MPI ranks on this node.
+        register_timeout_s: Seconds to keep trying to reach the main node.
+        addr: The address to give the main node; the one this node reaches it from if omitted.
+        key: The job's channel key; ``job_key`` of this job if omitted.
 
     Returns:
         The proxy's exit status; without one, the main node's final status, or 1 if the
         main node went away without one.
+
+    Raises:
+        InputError: No run token.
+        SciflowError: The main node refused this node's key, or was not reached in time.
     """
-    conn = _connect(node.main_addr, port, register_timeout_s)
-    # Its own address: the one it reaches the main node from, unless told otherwise.
-    own = addr or conn.getsockname()[0]
     job = _job(launcher_env().get(BATCH_JOB_ID))
+    conn = _connect(node.main_addr, port, register_timeout_s, key or job_key(job))
+    # Its own address: the one it reaches the main node from, unless told otherwise.
+    own = addr or _own_end(conn)
     _send(conn, {"node": node.index, "slots": slots, "job": job, "addr": own})
     logger.info("node %d registered with %s:%d", node.index, node.main_addr, port)
     messages: queue.Queue[dict[str, Any] | None] = queue.Queue()
@@ -378,27 +423,51 @@ def _kill_group(proxy: subprocess.Popen[bytes]) -> None:
         pass
 
 
-def _pump(conn: socket.socket, messages: queue.Queue[dict[str, Any] | None]) -> None:
-    lines = _Lines(conn)
+def _pump(conn: Connection, messages: queue.Queue[dict[str, Any] | None]) -> None:
     try:
-        while (message := lines.read(None)) is not None:
+        while (message := _read(conn, None)) is not None:
             messages.put(message)
     except (OSError, ValueError, SciflowError) as exc:
         logger.warning("control channel: %s", exc)
     messages.put(None)
 
 
-def _connect(host: str, port: int, timeout_s: float) -> socket.socket:
+def _connect(host: str, port: int, timeout_s: float, key: bytes) -> Connection:
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            return socket.create_connection((host, port), timeout=RETRY_S * 4)
+            return channel.connect(host, port, key, timeout_s=RETRY_S * 4)
+        except channel.AuthenticationFailed as exc:
+            raise SciflowError(
+                f"the main node at {host}:{port} refused this node: {exc}; every node of the "
+                f"job needs the run's {channel.TOKEN_VARIABLE}"
+            ) from exc
         except OSError as exc:
             if time.monotonic() >= deadline:
                 raise SciflowError(
                     f"cannot reach the main node at {host}:{port} within {timeout_s:g} s: {exc}"
                 ) from exc
             time.sleep(RETRY_S)
+
+
+def _sock_name(conn: Connection, peer: bool) -> str:
+    sock = socket.socket(fileno=conn.fileno())
+    try:
+        return str((sock.getpeername() if peer else sock.getsockname())[0])
+    except OSError:
+        return "?"
+    finally:
+        sock.detach()
+
+
+def _peer(conn: Connection) -> str:
+    """The address a connection comes from."""
+    return _sock_name(conn, peer=True)
+
+
+def _own_end(conn: Connection) -> str:
+    """This side's address of a connection."""
+    return _sock_name(conn, peer=False)
 
 
 def _stop_proxy(proxy: subprocess.Popen[bytes] | None) -> int:
@@ -448,7 +517,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--register-timeout", type=float, default=REGISTER_TIMEOUT_S, help="Seconds to gather."
     )
     parser.add_argument("--timeout", type=float, default=None, help="Seconds the MPI job may run.")
-    parser.add_argument("--bind", default="", help="Main node: address to listen on (all).")
+    parser.add_argument(
+        "--bind",
+        default=None,
+        help="Main node: the one address to listen on (default: its private address).",
+    )
     parser.add_argument("--addr", default=None, help="Child: address to give the main node.")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the MPI program.")
     args = parser.parse_args(argv)

@@ -5,6 +5,12 @@ trains its ``DistributedSampler`` share; gradients are averaged over the ranks e
 so N ranks with global batch B take the same steps as one process with batch B. Rank 0
 writes checkpoints every ``checkpoint_every`` steps, reports progress as event lines
 (``tasks.training.events``) and writes the final model, metrics and curves.
+
+Not authenticated: torchrun's rendezvous store and gloo/NCCL carry no token, and torch's
+``TCPStore`` master listens on every interface whatever address it is given (torch 2.13).
+The store is dialled at loopback on one node and at the main node's private address on
+Batch; only the network keeps strangers out (here: this machine's users; on AWS: the job's
+security group, which must admit only the job's own nodes).
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 Workers find the server through AWS Cloud Map: the server's task is registered as an
 instance (its private IPv4 and port) of a Cloud Map service in a private DNS namespace, so
 workers connect to ``<service>.<namespace>:<port>``. Every task runs in private subnets with
-no public IP: the server accepts gradients from anyone who reaches its port.
+no public IP. The server listens on its task's private address only and admits only workers
+that prove the run's token (``tasks.compute.channel``), which every container gets as the
+``SCIFLOW_RUN_TOKEN`` `secrets` entry (``token_secret_arn``), never in clear.
 
 Here: the plan (which tasks run with which command and environment); the ECS and Cloud Map
 mechanics are ``tasks.compute.ecs``. Nothing here imports Prefect or boto3.
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from tasks.aws.clients import AwsAccount
 from tasks.aws.tags import RUN_ID_TAG, UNIT_TAG, to_aws
+from tasks.compute.channel import TOKEN_VARIABLE
 from tasks.compute.ecs import LaunchOutcome, ServerWorkersLaunch, ServicePlan, check_fargate_size
 from tasks.compute.secrets import refuse_clear_credentials
 from tasks.errors import InputError, SciflowError, TransientError
@@ -96,6 +99,9 @@ class ParameterServerPlan:
     """Extra environment of every container; never credentials."""
     wall_time_s: float = DEFAULT_WALL_TIME_S
     """Seconds after which server and workers exit by themselves, and the launch stops them."""
+    token_secret_arn: str | None = None
+    """Secrets Manager ARN of the run token (``tasks.compute.run_token``); every container
+    gets it as ``SCIFLOW_RUN_TOKEN``. Without it the processes refuse to start."""
 
     def __post_init__(self) -> None:
         self.subnets, self.security_groups = tuple(self.subnets), tuple(self.security_groups)
@@ -129,6 +135,11 @@ class ParameterServerPlan:
             api_key_from=None,
             role_from="task_role_arn",
         )
+        if self.token_secret_arn and not self.execution_role_arn:
+            raise InputError(
+                f"execution_role_arn is unset but token_secret_arn={self.token_secret_arn!r}: "
+                "ECS reads a container's `secrets` with the execution role"
+            )
         if self.log_group and not self.execution_role_arn:
             raise InputError(
                 f"execution_role_arn is unset but log_group={self.log_group!r}: Fargate "
@@ -173,6 +184,7 @@ def plan_from_unit(
     port: int = DEFAULT_PORT,
     namespace: str = DEFAULT_NAMESPACE,
     environment: Mapping[str, str] | None = None,
+    token_secret_arn: str | None = None,
 ) -> ParameterServerPlan:
     """A plan from a compute unit's Fargate settings.
 
@@ -191,6 +203,7 @@ def plan_from_unit(
         port: Server port.
         namespace: Cloud Map private DNS namespace.
         environment: Extra container environment.
+        token_secret_arn: Secrets Manager ARN of the run token.
 
     Raises:
         InputError: The unit has no Fargate settings, public subnets or no cluster, or a
@@ -234,6 +247,7 @@ def plan_from_unit(
         namespace=namespace,
         environment=dict(environment or {}),
         wall_time_s=unit.size_limits(size).wall_time_s,
+        token_secret_arn=token_secret_arn,
     )
 
 
@@ -301,6 +315,8 @@ def task_definitions(plan: ParameterServerPlan) -> dict[str, dict[str, Any]]:
             "command": command,
             "environment": [{"name": k, "value": v} for k, v in sorted(environment.items())],
         }
+        if plan.token_secret_arn:
+            container["secrets"] = [{"name": TOKEN_VARIABLE, "valueFrom": plan.token_secret_arn}]
         if role == "server":
             container["portMappings"] = [{"containerPort": plan.port, "protocol": "tcp"}]
         if plan.log_group:

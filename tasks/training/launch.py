@@ -1,7 +1,8 @@
 """Start training processes and follow their event lines.
 
 Here: ``torchrun`` for DDP (``--standalone`` on one node, a static rendezvous at the main
-node's address across nodes) or a parameter server and its workers on 127.0.0.1. On an AWS
+node's address across nodes) or a parameter server and its workers on 127.0.0.1, which admits
+only processes holding the run's token. On an AWS
 Batch node: ``python -m tasks.training.launch node --config <uri> --procs-per-node P``
 reads the node's place in the job from Batch's variables (``NodeContext``) and runs
 ``torchrun`` with the main node as the rendezvous point, so every node of a multi-node job
@@ -25,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tasks.compute.channel import TOKEN_VARIABLE, new_token
 from tasks.compute.launches import Launch, current_record, process_launch
 from tasks.compute.node_context import LOOPBACK, NodeContext
 from tasks.compute.processes import kill_with_parent, read_lines, stop_group
@@ -95,6 +97,8 @@ def torchrun_argv(
     One node rendezvouses on its own (``--standalone``: a free loopback port); several meet
     at ``main_addr:port`` (static rendezvous, node ranks from Batch). ``max_restarts``
     restarts every rank of the job when one dies; they resume from the newest checkpoint.
+    The rendezvous carries no token and its store listens on every interface (see
+    ``tasks.training.ddp``): it is exposed as far as the network allows.
     """
     command = [python, "-m", "torch.distributed.run", "--nproc-per-node", str(procs_per_node)]
     command += [
@@ -178,7 +182,9 @@ def run_processes(
         commands: Name (``torchrun``, ``server``, ``worker-1`` ...) to argv.
         on_event: Called with (name, event) for each event line.
         on_line: Called with (name, line) for every other output line.
-        env: Variables on top of this process's environment.
+        env: Variables on top of this process's environment. The processes share a fresh
+            run token (``SCIFLOW_RUN_TOKEN``, ``tasks.compute.channel``) unless ``env``
+            gives one: the parameter server admits only peers that hold it.
         cancel: Set it to stop every process; ``run_processes`` then raises.
         timeout_s: Stop everything after this long.
 
@@ -186,7 +192,7 @@ def run_processes(
         TrainingFailed: A process exited non-zero or the run was cancelled.
         TrainingTimedOut: The processes ran past ``timeout_s``; all were stopped.
     """
-    proc_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc_env = {**os.environ, "PYTHONUNBUFFERED": "1", TOKEN_VARIABLE: new_token(), **(env or {})}
     lines: queue.Queue[tuple[str, str | None]] = queue.Queue()
     running: dict[str, _Process] = {}
     record = current_record()  # the flow run's stop hook kills what is recorded there

@@ -7,15 +7,24 @@ holds the parameters, Adam and the cosine schedule; each of the N processes
 waiting for the others) and answers with the fresh parameters, so a worker computes on
 parameters at most N - 1 updates old.
 
-Ranks need no launcher (ECS tasks have no index): the server hosts a ``TCPStore`` and each
-worker takes the next rank from a counter in it; then all join one gloo process group
-(server rank 0, workers 1..N). Messages (float64 headers, then float32 vectors):
+Ranks need no launcher (ECS tasks have no index): the server listens on one address
+(``--host``: 127.0.0.1 here, the task's private address on ECS; never every interface) and
+numbers the workers 1..N as they join. Every connection first proves it holds the run's token
+(``SCIFLOW_RUN_TOKEN``, ``tasks.compute.channel``): a peer without it never reaches the
+exchange, so it can neither take a worker's place nor push a gradient. Once N workers joined,
+a later worker with the token is told the server is full. Messages are bytes, never pickles
+(float64 headers, then the flat vector in the parameters' dtype):
 
-- worker -> server, tag 1: ``[kind, worker step, loss, samples, data wait s, cycle s]``;
-  kind ``HELLO`` (first message), ``GRAD`` (followed by the flat gradient, tag 2) or
-  ``DONE`` (the worker ran its share).
-- server -> worker, tag 3: ``[kind, start step, stop step, server step]``; kind ``GO``
-  (followed by the flat parameters, tag 4) or ``STOP`` (the run reached its last update).
+- worker -> server: ``[kind, worker step, loss, samples, data wait s, cycle s]``; kind
+  ``HELLO`` (first message), ``GRAD`` (followed by the flat gradient) or ``DONE`` (the worker
+  ran its share).
+- server -> worker: ``[kind, start step, stop step, server step]``; kind ``JOINED`` (start
+  step: the worker's rank) or ``FULL`` first, then ``GO`` (followed by the flat parameters)
+  or ``STOP`` (the run reached its last update).
+
+A gradient or loss that is not finite is refused: not applied, counted (``refused`` events,
+``refused_gradients`` in the summary and metrics.json), and answered with the unchanged
+parameters; the worker goes on with its next batch.
 
 The server counts updates: ``checkpoint_every``, ``max_steps`` and ``log_every`` are in
 updates, one epoch is ``N * steps_per_epoch`` updates. Only the server writes checkpoints; they
@@ -27,6 +36,7 @@ those of ``tasks.training.ddp`` with ``strategy="parameter_server"``.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import threading
@@ -34,12 +44,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from multiprocessing.connection import Connection, wait
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
-from tasks.errors import InputError, TransientError
+from tasks.compute import channel
+from tasks.compute.node_context import own_ip
+from tasks.errors import InputError, SciflowError, TransientError
 from tasks.training import events
 from tasks.training.config import TrainConfig
 from tasks.training.launch import DEFAULT_WALL_TIME_S, SERVER_PORT
@@ -61,19 +73,49 @@ from tasks.training.loop import (
 
 # How long processes wait for each other at start-up and for each message before failing.
 GROUP_TIMEOUT = timedelta(minutes=10)
+# Seconds between the checks of the thread that tells late workers the server is full.
+FULL_POLL_S = 0.5
 # How long a worker keeps trying to reach the server (ECS may start it first), in seconds.
 CONNECT_TIMEOUT_S = 600.0
 # Exit status of a process stopped by its wall-clock limit.
 WALL_CLOCK_EXIT = 3
-# Store key of the worker-rank counter; process-group keys live under "ps/".
-RANK_KEY = "ps/next-rank"
 
-# Header kinds and message tags.
+# Header kinds.
 HELLO, GRAD, DONE = 0.0, 1.0, 2.0
-GO, STOP = 0.0, 1.0
-TAG_HEADER, TAG_GRAD, TAG_REPLY, TAG_PARAMS = 1, 2, 3, 4
+GO, STOP, JOINED, FULL = 0.0, 1.0, 2.0, 3.0
 WORKER_HEADER = 6  # kind, step, loss, samples, wait s, cycle s
 SERVER_HEADER = 4  # kind, start step, stop step, server step
+
+
+# --- messages ----------------------------------------------------------------------------------
+
+
+def send(conn: Connection, header: Sequence[float], vector: torch.Tensor | None = None) -> None:
+    """One message: a float64 header, then the raw bytes of ``vector`` if given."""
+    data = torch.tensor(list(header), dtype=torch.float64).numpy().tobytes()
+    if vector is not None:
+        data += vector.contiguous().view(torch.uint8).numpy().tobytes()
+    conn.send_bytes(data)
+
+
+def receive(
+    conn: Connection, header_len: int, like: torch.Tensor | None = None
+) -> tuple[list[float], torch.Tensor | None]:
+    """One message of ``send``: the header, and a vector shaped and typed as ``like`` if it has one.
+
+    Raises:
+        EOFError: The peer closed the connection.
+        SciflowError: The message has neither length (a header, or a header and a vector).
+    """
+    head = 8 * header_len
+    body = 0 if like is None else like.numel() * like.element_size()
+    data = conn.recv_bytes(head + body)
+    header = torch.frombuffer(bytearray(data[:head]), dtype=torch.float64).tolist()
+    if len(data) == head:
+        return header, None
+    if like is None or len(data) != head + body:
+        raise SciflowError(f"a message of {len(data)} bytes; expected {head} or {head + body}")
+    return header, torch.frombuffer(bytearray(data[head:]), dtype=like.dtype)
 
 
 # --- flat vectors ------------------------------------------------------------------------------
@@ -174,6 +216,8 @@ class Server:
         self.resumed = state is not None
         self.step, self.history = setup.restore(state) if state is not None else (0, History())
         self.worker_steps = [0] * workers
+        self.refused = 0  # gradients refused for not being finite
+        self.conns: dict[int, Connection] = {}  # worker rank -> its connection
         if state is not None:
             saved = [int(s) for s in state.get("worker_steps", [])]
             if len(saved) != workers:
@@ -184,41 +228,49 @@ class Server:
                 )
             self.worker_steps = saved
 
-    def serve(self, host: str, port: int) -> dict[str, object]:
-        """Host the store, wait for the workers, train to the end; returns the summary."""
+    def serve(self, host: str, port: int, key: bytes) -> dict[str, object]:
+        """Listen on ``host:port``, take the workers that prove ``key``, train to the end.
+
+        Returns the summary.
+
+        Raises:
+            InputError: ``host`` is a wildcard, or the address cannot be bound.
+            TransientError: Not every worker joined within ``GROUP_TIMEOUT``.
+        """
         cfg = self.cfg
         try:
-            store = dist.TCPStore(
-                host, port, is_master=True, wait_for_workers=False, timeout=GROUP_TIMEOUT
-            )
-        except (RuntimeError, OSError) as exc:  # DistNetworkError: port taken, bad address
+            listener = channel.Listener(host, port, key, parameter="--host")
+        except OSError as exc:  # port taken, address not this host's
             raise InputError(
-                f"the parameter server cannot listen on {host}:{port}: "
-                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
+                f"the parameter server cannot listen on {host}:{port}: {exc.strerror or exc}; "
                 "choose another --port or --host"
             ) from exc
-        events.emit("rank", rank=0, pid=os.getpid(), device="cpu", role="server", port=port)
-        dist.init_process_group(
-            "gloo",
-            store=dist.PrefixStore("ps", store),
-            rank=0,
-            world_size=self.workers + 1,
-            timeout=GROUP_TIMEOUT,
-        )
+        bound, port = listener.address
         events.emit(
-            "start",
-            step=self.step,
-            total_steps=self.total,
-            steps_per_epoch=self.updates_per_epoch,
-            world=self.workers,
-            device="cpu",
-            resumed=self.resumed,
+            "rank", rank=0, pid=os.getpid(), device="cpu", role="server", address=bound, port=port
         )
-        first_step, started = self.step, time.perf_counter()
-        applied = [0] * self.workers  # this run's updates per worker
-        wait_total, cycle_total = self._loop(applied)
-        seconds = time.perf_counter() - started
-        dist.barrier()  # workers exit only now: none closes a link the server still reads
+        full = threading.Event()
+        try:
+            self._gather(listener)
+            threading.Thread(target=self._refuse_late, args=(listener, full), daemon=True).start()
+            events.emit(
+                "start",
+                step=self.step,
+                total_steps=self.total,
+                steps_per_epoch=self.updates_per_epoch,
+                world=self.workers,
+                device="cpu",
+                resumed=self.resumed,
+            )
+            first_step, started = self.step, time.perf_counter()
+            applied = [0] * self.workers  # this run's updates per worker
+            wait_total, cycle_total = self._loop(applied)
+            seconds = time.perf_counter() - started
+        finally:
+            full.set()
+            for conn in self.conns.values():
+                conn.close()
+            listener.close()
         per_worker = [n * cfg.per_process_batch / seconds if seconds > 0 else 0.0 for n in applied]
         summary: dict[str, object] = {
             "strategy": "parameter_server",
@@ -231,51 +283,103 @@ class Server:
             "samples_per_s": sum(per_worker),
             "samples_per_s_per_process": per_worker,
             "data_wait_fraction": wait_total / cycle_total if cycle_total else 0.0,
+            "refused_gradients": self.refused,
+            "refused_connections": listener.refused,
             "device": "cpu",
         }
         finish(self.setup, self.setup.model, self.history, summary)
         events.emit("done", **summary)
-        dist.destroy_process_group()
-        del store
         return summary
+
+    def _gather(self, listener: channel.Listener) -> None:
+        """Accept the workers that prove the token, numbering them 1..N."""
+        deadline = time.monotonic() + GROUP_TIMEOUT.total_seconds()
+        while len(self.conns) < self.workers:
+            conn = listener.accept(max(deadline - time.monotonic(), 0.0))
+            if conn is None:
+                raise TransientError(
+                    f"{len(self.conns)} of {self.workers} workers joined the parameter server "
+                    f"within {GROUP_TIMEOUT.total_seconds():g} s; check that they started and "
+                    "were given this run's token"
+                )
+            rank = len(self.conns) + 1
+            self.conns[rank] = conn
+            send(conn, [JOINED, rank, self.workers, self.step])
+
+    def _refuse_late(self, listener: channel.Listener, full: threading.Event) -> None:
+        """Tell a worker with the token that joins after all N that the server is full."""
+        while not full.is_set():
+            try:
+                conn = listener.accept(FULL_POLL_S)
+            except (OSError, ValueError):  # closed at the end (its descriptor is -1)
+                return
+            if conn is not None:
+                try:
+                    send(conn, [FULL, 0, self.workers, self.step])
+                finally:
+                    conn.close()
 
     def _loop(self, applied: list[int]) -> tuple[float, float]:
         """Answer workers until every one is done or stopped; returns (wait s, cycle s)."""
-        header = torch.zeros(WORKER_HEADER, dtype=torch.float64)
-        grad = torch.zeros(sum(p.numel() for p in self.params), dtype=self.params[0].dtype)
-        active = set(range(1, self.workers + 1))
+        like = torch.zeros(sum(p.numel() for p in self.params), dtype=self.params[0].dtype)
+        active = dict(self.conns)
+        ranks = {id(conn): rank for rank, conn in active.items()}
         meter, interval = Meter(), _Interval()
         wait_total = cycle_total = 0.0
+        self.validated_at = self.saved_at = -1
         while active:
-            src = dist.recv(header, tag=TAG_HEADER)
-            kind = float(header[0])
-            if kind == DONE:
-                active.discard(src)
-                continue
-            if kind == HELLO:
-                if self.step >= self.total:
+            for conn in wait(list(active.values())):
+                src = ranks[id(conn)]
+                try:
+                    header, grad = receive(conn, WORKER_HEADER, like)  # type: ignore[arg-type]
+                except EOFError:
+                    raise SciflowError(
+                        f"worker {src} closed its connection before it was done"
+                    ) from None
+                kind = header[0]
+                if kind == DONE:
+                    del active[src]
+                    continue
+                if kind == HELLO:
+                    if self.step >= self.total:
+                        self._reply(src, STOP)
+                        del active[src]
+                    else:
+                        self._reply(src, GO)
+                    continue
+                if kind != GRAD or grad is None:
+                    raise SciflowError(f"worker {src} sent kind {kind} without a gradient")
+                if self.step >= self.total:  # max_steps reached while this one was computing
                     self._reply(src, STOP)
-                    active.discard(src)
-                else:
-                    self._reply(src, GO, send_params=True)
-                continue
-            dist.recv(grad, src=src, tag=TAG_GRAD)
-            if self.step >= self.total:  # max_steps reached while this one was computing
-                self._reply(src, STOP)
-                active.discard(src)
-                continue
-            _, _, loss, samples, wait_s, cycle_s = header.tolist()
-            self._apply(grad)
-            self.worker_steps[src - 1] += 1
-            applied[src - 1] += 1
-            meter.took(int(samples))
-            meter.waited(wait_s)
-            interval.add(loss, wait_s, cycle_s)
-            wait_total, cycle_total = wait_total + wait_s, cycle_total + cycle_s
-            self._reply(src, STOP if self.step >= self.total else GO, send_params=True)
-            if self.step >= self.total:
-                active.discard(src)
-            self._report(meter, interval)
+                    del active[src]
+                    continue
+                _, step, loss, samples, wait_s, cycle_s = header
+                self.worker_steps[src - 1] += 1  # its batch is spent either way
+                if not (math.isfinite(loss) and bool(torch.isfinite(grad).all())):
+                    self.refused += 1
+                    events.emit(
+                        "refused",
+                        worker=src,
+                        worker_step=int(step),
+                        step=self.step,
+                        refused_gradients=self.refused,
+                        reason="gradient or loss not finite",
+                    )
+                    self._reply(src, GO)
+                    continue
+                self._apply(grad)
+                applied[src - 1] += 1
+                meter.took(int(samples))
+                meter.waited(wait_s)
+                interval.add(loss, wait_s, cycle_s)
+                wait_total, cycle_total = wait_total + wait_s, cycle_total + cycle_s
+                self._reply(src, STOP if self.step >= self.total else GO)
+                if self.step >= self.total:
+                    del active[src]
+                self._report(meter, interval)
+        if self.step < self.total:
+            # Refused gradients left the run short of its last update: close it here.
+            self._report(meter, interval, final=True)
         return wait_total, cycle_total
 
     def _apply(self, grad: torch.Tensor) -> None:
@@ -286,19 +390,19 @@ class Server:
         setup.scheduler.step()
         self.step += 1
 
-    def _reply(self, dst: int, kind: float, send_params: bool = False) -> None:
-        start = self.worker_steps[dst - 1]
-        reply = torch.tensor([kind, start, self.worker_total, self.step], dtype=torch.float64)
-        dist.send(reply, dst=dst, tag=TAG_REPLY)
-        if send_params and kind == GO:
-            dist.send(flat_params(self.params), dst=dst, tag=TAG_PARAMS)
+    def _reply(self, dst: int, kind: float) -> None:
+        header = [kind, self.worker_steps[dst - 1], self.worker_total, self.step]
+        send(self.conns[dst], header, flat_params(self.params) if kind == GO else None)
 
-    def _report(self, meter: Meter, interval: _Interval) -> None:
-        """Progress line, validation and checkpoint after an update, as DDP's rank 0 does."""
+    def _report(self, meter: Meter, interval: _Interval, final: bool = False) -> None:
+        """Progress line, validation and checkpoint after an update, as DDP's rank 0 does.
+
+        ``final``: the workers are done short of the last update (refused gradients).
+        """
         cfg, setup, step, history = self.cfg, self.setup, self.step, self.history
-        epoch = (step - 1) // self.updates_per_epoch
-        last = step >= self.total
-        if step % cfg.log_every == 0 or last:
+        epoch = max(step - 1, 0) // self.updates_per_epoch
+        last = step >= self.total or final
+        if (step % cfg.log_every == 0 or last) and interval.losses:
             rate, _ = meter.read()
             loss = sum(interval.losses) / len(interval.losses)
             wait = interval.wait_s / interval.cycle_s if interval.cycle_s > 0 else 0.0
@@ -314,13 +418,16 @@ class Server:
             )
             meter.reset()
             interval.reset()
-        if step % self.updates_per_epoch == 0 or last:
+        # A final report may follow one at the same step: validate and save once per step.
+        if (step % self.updates_per_epoch == 0 or last) and self.validated_at != step:
             total, count = evaluate(setup.model, setup, 0, 1)
             val = total / count if count else float("nan")
             log_validation(history, step=step, epoch=epoch, val_loss=val)
-        if step % cfg.checkpoint_every == 0 or last:
+            self.validated_at = step
+        if (step % cfg.checkpoint_every == 0 or last) and self.saved_at != step:
             state = {**setup.state(step, history), "worker_steps": list(self.worker_steps)}
             save_checkpoint(setup, step, state)
+            self.saved_at = step
 
 
 # --- worker ------------------------------------------------------------------------------------
@@ -338,64 +445,72 @@ def parse_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def connect(address: str, timeout_s: float) -> tuple[dist.TCPStore, int]:
-    """Reach the server's store and take the next worker rank (1, 2, ...).
+def connect(address: str, key: bytes, timeout_s: float) -> tuple[Connection, int]:
+    """Join the server at ``address`` with the run's ``key``; returns the connection and rank.
 
     Raises:
         TransientError: Nothing answered at ``address`` within ``timeout_s``.
+        InputError: The server refused this worker's token, or has all its workers already.
     """
     host, port = parse_address(address)
-    try:
-        store = dist.TCPStore(host, port, is_master=False, timeout=timedelta(seconds=timeout_s))
-    except (RuntimeError, OSError) as exc:  # DistNetworkError / DistStoreError
-        raise TransientError(
-            f"cannot reach the parameter server at {host}:{port} within {timeout_s:g} s: "
-            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; check that the "
-            "server runs and that its port is open to this worker"
-        ) from exc
-    store.set_timeout(GROUP_TIMEOUT)
-    return store, int(store.add(RANK_KEY, 1))
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            conn = channel.connect(host, port, key, timeout_s=max(deadline - time.monotonic(), 1))
+            break
+        except channel.AuthenticationFailed as exc:
+            raise InputError(
+                f"the parameter server at {address} refused this worker: {exc}; give every "
+                f"process the same run's {channel.TOKEN_VARIABLE}"
+            ) from exc
+        except OSError as exc:  # not up yet (ECS may start a worker first)
+            if time.monotonic() >= deadline:
+                raise TransientError(
+                    f"cannot reach the parameter server at {host}:{port} within {timeout_s:g} "
+                    f"s: {exc.strerror or exc}; check that the server runs and that its port "
+                    "is open to this worker"
+                ) from exc
+            time.sleep(0.5)
+    (kind, rank, workers, _), _ = receive(conn, SERVER_HEADER)
+    if kind == FULL:
+        conn.close()
+        raise InputError(
+            f"the parameter server at {address} has all its {int(workers)} workers already: "
+            f"start at most {int(workers)} workers (nodes x procs_per_node)"
+        )
+    return conn, int(rank)
 
 
-def work(cfg: TrainConfig, address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> int:
+def work(cfg: TrainConfig, address: str, key: bytes, timeout_s: float = CONNECT_TIMEOUT_S) -> int:
     """Train one worker's share until it is done or the server stops it; returns its steps."""
     torch.set_num_threads(cfg.threads_per_proc)
     select_device(cfg)  # no GPU where one is asked for: fail before connecting
     workers = cfg.processes
-    setup = prepare(cfg, torch.device("cpu"), workers)  # checks the data before taking a rank
-    store, rank = connect(address, timeout_s)
-    if rank > workers:
-        raise InputError(
-            f"the parameter server at {address} has all its {workers} workers already; this "
-            f"would be worker {rank}: start at most {workers} workers (nodes x procs_per_node)"
-        )
+    setup = prepare(cfg, torch.device("cpu"), workers)  # checks the data before joining
+    conn, rank = connect(address, key, timeout_s)
     # Workers of one node spread over its GPUs by rank (they have no local rank).
     setup.place(select_device(cfg, (rank - 1) % max(1, torch.cuda.device_count())))
     device = setup.device
     params = _check_params(setup.model)
-    dist.init_process_group(
-        "gloo",
-        store=dist.PrefixStore("ps", store),
-        rank=rank,
-        world_size=workers + 1,
-        timeout=GROUP_TIMEOUT,
-    )
     events.emit("rank", rank=rank, pid=os.getpid(), device=str(device), role="worker")
-    reply = torch.zeros(SERVER_HEADER, dtype=torch.float64)
-    vector = torch.zeros(sum(p.numel() for p in params), dtype=params[0].dtype)
-    header = torch.zeros(WORKER_HEADER, dtype=torch.float64)
+    like = torch.zeros(sum(p.numel() for p in params), dtype=params[0].dtype)
+    reply: list[float] = []
 
-    def receive() -> bool:
-        dist.recv(reply, src=0, tag=TAG_REPLY)
-        if float(reply[0]) == STOP:
+    def answer() -> bool:
+        nonlocal reply
+        try:
+            reply, vector = receive(conn, SERVER_HEADER, like)
+        except EOFError:
+            raise SciflowError("the parameter server closed the connection") from None
+        if reply[0] == STOP:
             return False
-        dist.recv(vector, src=0, tag=TAG_PARAMS)
+        if vector is None:
+            raise SciflowError(f"the parameter server answered kind {reply[0]} without parameters")
         load_params(vector, params)
         return True
 
-    header[0] = HELLO
-    dist.send(header, dst=0, tag=TAG_HEADER)
-    running = receive()
+    send(conn, [HELLO, 0, 0, 0, 0, 0])
+    running = answer()
     step, stop = int(reply[1]), int(reply[2])
     batch = cfg.per_process_batch
     sampler = ResumableSampler(setup.train_set, workers, rank - 1, cfg.seed, batch)
@@ -411,27 +526,16 @@ def work(cfg: TrainConfig, address: str, timeout_s: float = CONNECT_TIMEOUT_S) -
             loss = torch.nn.functional.mse_loss(setup.model(inputs).float(), targets.float())
         setup.model.zero_grad(set_to_none=True)
         loss.backward()
-        grad = flat_grads(params)
         now = time.perf_counter()
-        header.copy_(
-            torch.tensor(
-                [GRAD, step, loss.detach().item(), batch, wait_s, now - cycle_start],
-                dtype=torch.float64,
-            )
-        )
+        header = [GRAD, step, loss.detach().item(), batch, wait_s, now - cycle_start]
         cycle_start = now
-        dist.send(header, dst=0, tag=TAG_HEADER)
-        dist.send(grad, dst=0, tag=TAG_GRAD)
-        running = receive()
+        send(conn, header, flat_grads(params))
+        running = answer()
         if running:
             step += 1
     if running:  # ran its share; a stopped worker was already counted out by the server
-        header.zero_()
-        header[0], header[1] = DONE, step
-        dist.send(header, dst=0, tag=TAG_HEADER)
-    dist.barrier()
-    dist.destroy_process_group()
-    del store
+        send(conn, [DONE, step, 0, 0, 0, 0])
+    conn.close()
     return step
 
 
@@ -472,7 +576,11 @@ def _parser() -> argparse.ArgumentParser:
     server.add_argument("--config", required=True, help="URI of the run's config.json")
     server.add_argument("--port", type=int, default=SERVER_PORT, help="port workers connect to")
     server.add_argument("--workers", type=int, required=True, help="worker processes (N)")
-    server.add_argument("--host", default="0.0.0.0", help="address to listen on")  # noqa: S104
+    server.add_argument(
+        "--host",
+        default=None,
+        help="the one address to listen on (default: this host's private address, from its name)",
+    )
     worker = roles.add_parser("worker", help="compute gradients of one share of the data")
     worker.add_argument("--config", required=True, help="URI of the run's config.json")
     worker.add_argument("--server", required=True, help="HOST:PORT of the server")
@@ -501,12 +609,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     exit_after(args.wall_time_s, args.role)
 
     def program() -> None:
+        key = channel.read_token()  # before anything is read: no token, no run
         cfg = read_config(args.config)
         torch.set_num_threads(cfg.threads_per_proc)
         if args.role == "server":
-            Server(cfg, args.workers).serve(args.host, args.port)
+            Server(cfg, args.workers).serve(args.host or own_ip(), args.port, key)
         else:
-            work(cfg, args.server, args.connect_timeout)
+            work(cfg, args.server, key, args.connect_timeout)
 
     return events.exit_status(program)
 

@@ -107,3 +107,19 @@ def set_job_status(job_id: str, status: str, reason: str | None = None) -> None:
 def operations(calls: list[tuple[str, dict[str, Any]]]) -> list[str]:
     """Just the operation names of ``record_calls``'s list."""
     return [name for name, _ in calls]
+
+
+def describe_node_properties(monkeypatch: Any) -> None:
+    """Make moto's DescribeJobDefinitions return a multi-node definition's ``nodeProperties``,
+    as AWS does (moto leaves them out, so the node containers' ``secrets`` looked absent)."""
+    from moto.batch.models import JobDefinition
+
+    describe = JobDefinition.describe
+
+    def with_nodes(self: Any) -> dict[str, Any]:
+        result = describe(self)
+        if self.node_properties is not None:
+            result["nodeProperties"] = self.node_properties
+        return result
+
+    monkeypatch.setattr(JobDefinition, "describe", with_nodes)

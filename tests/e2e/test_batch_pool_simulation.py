@@ -26,6 +26,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from blocks.compute_unit import ComputeUnit
 from tasks.compute.batch import JOB_STATES
+from tasks.compute.channel import TOKEN_VARIABLE, new_token
 from tasks.mr.io import read_raw
 from tests.compute.moto_batch import REGION
 from tests.e2e.conftest import BATCH_POOL, BATCH_QUEUE, REPO, PrefectServer, Service
@@ -46,6 +47,10 @@ RUN_TIMEOUT_S = 420.0
 def simulation_unit(prefect_server: PrefectServer, batch_standin: Any, aws: str) -> str:
     """The unit's Batch job definition for the simulation image, its bucket, its block."""
     boto3.client("s3", region_name=REGION).create_bucket(Bucket=BUCKET)
+    # The nodes' control channel admits only nodes that prove the token (scoped to the job).
+    token = boto3.client("secretsmanager", region_name=REGION).create_secret(
+        Name="sciflow/run-token/simulation", SecretString=new_token()
+    )["ARN"]
     container = {
         "image": "sciflow-simulation:standin",
         "resourceRequirements": [
@@ -55,6 +60,7 @@ def simulation_unit(prefect_server: PrefectServer, batch_standin: Any, aws: str)
         # The nodes are namespaces of one machine: keep UCX off shared memory, as between
         # hosts (tests/simulation/test_multinode.py).
         "environment": [{"name": "UCX_TLS", "value": "self,tcp"}],
+        "secrets": [{"name": TOKEN_VARIABLE, "valueFrom": token}],
     }
     definition = boto3.client("batch", region_name=REGION).register_job_definition(
         jobDefinitionName="sciflow-simulation",

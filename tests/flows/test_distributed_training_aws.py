@@ -282,6 +282,15 @@ def test_the_parameter_server_runs_as_fargate_tasks_and_cleans_up(
     assert not ecs.list_task_definitions(familyPrefix="sciflow-ps")["taskDefinitionArns"]
     (container,) = recorded.definitions["sciflow-ps-worker"]["containerDefinitions"]
     assert container["command"][-2:] == ["--server", f"{service}.sciflow.local:29500"]
+    # The run token reached both roles as a per-run secret, never in clear, and is gone now.
+    for family in ("sciflow-ps-server", "sciflow-ps-worker"):
+        (definition,) = recorded.definitions[family]["containerDefinitions"]
+        (secret,) = definition["secrets"]
+        assert secret["name"] == "SCIFLOW_RUN_TOKEN"
+        assert f":secret:sciflow/run-token/{run_id}" in secret["valueFrom"]
+        assert "SCIFLOW_RUN_TOKEN" not in {e["name"] for e in definition["environment"]}
+    secrets = boto3.client("secretsmanager", region_name=REGION).list_secrets()["SecretList"]
+    assert not [s for s in secrets if s["Name"].startswith("sciflow/run-token/")]
     # Each process exits by itself at the large class's wall time (Fargate has no GPUs).
     assert container["command"][4:6] == ["--wall-time-s", "21600"]
     assert DEFAULT_LIMITS["large"].wall_time_s == 21600

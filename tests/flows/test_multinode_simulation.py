@@ -22,7 +22,13 @@ from tasks.mr.io import read_raw
 from tasks.simulation import mpi
 from tasks.simulation.mpi_simulate import PhantomSpec, SequenceSpec
 from tasks.simulation.phantoms import SHEPP_LOGAN_TISSUES, shepp_logan
-from tests.compute.moto_batch import QUEUE, REGION, make_job_queue, record_calls
+from tests.compute.moto_batch import (
+    QUEUE,
+    REGION,
+    describe_node_properties,
+    make_job_queue,
+    record_calls,
+)
 from tests.compute.moto_batch import use_batch_without_docker as batch_without_docker
 
 MATRIX = (32, 32)
@@ -106,9 +112,14 @@ def test_a_missing_mpiexec_is_refused_with_how_to_install_it(monkeypatch):
 def test_on_aws_a_multinode_batch_job_is_submitted_with_node_ranges_and_run_tags(aws, monkeypatch):
     """moto finishes the job at once and runs nothing: only the submission is checked."""
     batch_without_docker(aws)
+    describe_node_properties(monkeypatch)
     make_job_queue(QUEUE)
     batch = boto3.client("batch", region_name=REGION)
-    spec = job_definition_spec(ContainerSpec(image="repo/sciflow:sim"), node_count=2)
+    token = boto3.client("secretsmanager", region_name=REGION).create_secret(
+        Name="sciflow/run-token/sim-aws", SecretString="t" * 64
+    )["ARN"]
+    container = ContainerSpec(image="repo/sciflow:sim", secrets=(("SCIFLOW_RUN_TOKEN", token),))
+    spec = job_definition_spec(container, node_count=2)
     definition, _ = ensure_job_definition(batch, spec)
     boto3.client("s3", region_name=REGION).create_bucket(Bucket=BUCKET)
     ComputeUnit(
@@ -175,6 +186,30 @@ def test_on_aws_a_multinode_batch_job_is_submitted_with_node_ranges_and_run_tags
     (job,) = batch.describe_jobs(jobs=[summary["jobId"]])["jobs"]
     assert job["tags"][RUN_ID_TAG] == run_id  # what Batch propagates to the nodes' tasks
     assert job["timeout"] == {"attemptDurationSeconds": 5400}
+
+
+def test_a_multinode_job_without_the_token_secret_is_refused_before_submitting(aws, monkeypatch):
+    """Guards against nodes started without the run token: their control channel could not
+    authenticate, so the flow refuses the unit's definition before anything is submitted."""
+    batch_without_docker(aws)
+    describe_node_properties(monkeypatch)
+    make_job_queue(QUEUE)
+    batch = boto3.client("batch", region_name=REGION)
+    spec = job_definition_spec(ContainerSpec(image="repo/sciflow:sim"), node_count=2)
+    definition, _ = ensure_job_definition(batch, spec)
+    boto3.client("s3", region_name=REGION).create_bucket(Bucket=BUCKET)
+    ComputeUnit(
+        name="sim-no-token",
+        platform="aws",
+        region=REGION,
+        storage_root=f"s3://{BUCKET}/runs",
+        batch_job_queue=QUEUE,
+        batch_job_definitions={"simulation": definition},
+    ).save("sim-no-token", overwrite=True)
+    with pytest.raises(InputError, match="gives its containers no SCIFLOW_RUN_TOKEN"):
+        multinode_simulation(phantom=PHANTOM, coils=2, nodes=2, unit="sim-no-token")
+    assert not batch.list_jobs(jobQueue=QUEUE, jobStatus="SUBMITTED")["jobSummaryList"]
+    assert not batch.list_jobs(jobQueue=QUEUE, jobStatus="SUCCEEDED")["jobSummaryList"]
 
 
 def test_the_stop_hook_terminates_the_recorded_batch_job(aws, tmp_path, monkeypatch):

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tasks.compute import channel
 from tasks.errors import SciflowError
 from tasks.simulation import multinode
 from tasks.simulation.mpi_hello import expected_sums
@@ -35,6 +36,8 @@ HELLO = [PYTHON, "-m", "mpi4py", "-m", "tasks.simulation.mpi_hello"]
 PROCESS_TIMEOUT_S = 60
 # The private subnet used only inside the namespaces made here.
 SUBNET = "10.200.0"
+# The run token the nodes of these jobs share (as the job definition's `secrets` gives it).
+TOKEN = channel.new_token()
 
 
 def _batch_env(index: int, count: int, main_addr: str | None, job: str = "job-1") -> dict:
@@ -51,8 +54,9 @@ def _batch_env(index: int, count: int, main_addr: str | None, job: str = "job-1"
 
 
 def _environ(extra: dict) -> dict:
+    """This environment without Batch's variables, with the run token every node is given."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("AWS_BATCH_")}
-    return {**base, "PYTHONPATH": str(REPO), **extra}
+    return {**base, "PYTHONPATH": str(REPO), channel.TOKEN_VARIABLE: TOKEN, **extra}
 
 
 def _start(argv: Sequence[str], env: dict) -> subprocess.Popen[str]:
@@ -206,7 +210,8 @@ def test_the_main_node_names_the_nodes_that_never_registered():
     )
     assert main_status == 1
     assert "nodes [2] of 3 did not register" in main_err
-    assert "job 'other-job' is not this job 'job-1'" in main_err
+    # The other job's key (its token scoped to its job id) fails the channel's handshake.
+    assert "refused a connection from 127.0.0.1" in main_err
     assert good_status != 0  # told the job failed
     assert stranger_status != 0
 
@@ -304,7 +309,8 @@ def test_one_mpi_job_runs_across_three_namespaces(hosts):
     procs = []
     for index, (ns, _) in reversed(list(enumerate(hosts))):  # children first, as Batch may
         env = _environ({**transport, **_batch_env(index, 3, None if index == 0 else main_addr)})
-        argv = _in_namespace(ns, f"node{index}", [*ENTRYPOINT, *options, "--", *HELLO])
+        bind = ["--bind", main_addr] if index == 0 else []  # the namespaces resolve no names
+        argv = _in_namespace(ns, f"node{index}", [*ENTRYPOINT, *options, *bind, "--", *HELLO])
         procs.append(_start(argv, env))
     results = _finish(procs[::-1])
     for index, (status, _, err) in enumerate(results):

@@ -139,6 +139,9 @@ class BatchStandIn:
             (BatchResponse, "submitjob"): self._wrap_submit(),
             (backend_class, "terminate_job"): self._wrap_terminate(backend_class.terminate_job),
             (backend_class, "cancel_job"): self._wrap_cancel(backend_class.cancel_job),
+            (batch_models.JobDefinition, "describe"): _definition_with_nodes(
+                batch_models.JobDefinition.describe
+            ),
         }
         originals = {key: getattr(*key) for key in patched}
         for (owner, name), value in patched.items():
@@ -523,6 +526,19 @@ class BatchStandIn:
         job.job_stopped_at = datetime.now()
         job.job_stopped = True
         job.status = "SUCCEEDED" if success else "FAILED"
+
+
+def _definition_with_nodes(describe: Any) -> Any:
+    """DescribeJobDefinitions with a multi-node definition's ``nodeProperties``, as AWS
+    answers (moto leaves them out, so its node containers' ``secrets`` looked absent)."""
+
+    def with_nodes(self: Any) -> dict[str, Any]:
+        result = describe(self)
+        if self.node_properties is not None:
+            result["nodeProperties"] = self.node_properties
+        return result
+
+    return with_nodes
 
 
 def _job_class() -> type:

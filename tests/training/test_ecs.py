@@ -517,3 +517,24 @@ def test_a_shorter_timeout_of_wait_stays_a_timeout(
 def test_a_wall_clock_that_is_not_positive_is_refused(network: dict[str, Any]) -> None:
     with pytest.raises(InputError, match=r"wall_time_s=0: expected seconds > 0"):
         replace(make_plan(network), wall_time_s=0)
+
+
+TOKEN_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:sciflow/run-token/r-AbCdEf"  # noqa: S105 - an ARN
+
+
+def test_every_container_gets_the_run_token_as_a_secret_never_in_clear(
+    network: dict[str, Any],
+) -> None:
+    """Guards against a token in a task definition's environment, where DescribeTaskDefinition
+    and CloudTrail show it: both roles name the secret's ARN in `secrets`, nothing else."""
+    plan = plan_from_unit(make_unit(network), RUN_ID, TAGS, CONFIG, 2, token_secret_arn=TOKEN_ARN)
+    for role, definition in task_definitions(plan).items():
+        [container] = definition["containerDefinitions"]
+        assert container["secrets"] == [{"name": "SCIFLOW_RUN_TOKEN", "valueFrom": TOKEN_ARN}]
+        assert "SCIFLOW_RUN_TOKEN" not in {e["name"] for e in container["environment"]}, role
+
+
+def test_a_token_secret_needs_an_execution_role(network: dict[str, Any]) -> None:
+    unit = make_unit(network, execution_role_arn=None, log_group=None)
+    with pytest.raises(InputError, match="ECS reads a container's `secrets` with the execution"):
+        plan_from_unit(unit, RUN_ID, TAGS, CONFIG, 2, token_secret_arn=TOKEN_ARN)

@@ -126,6 +126,10 @@ def test_the_parameter_server_trains_on_ecs_as_it_does_locally(unit: str, ecs_st
         assert _task_definition_status(ecs, arn) in ("gone", "DELETE_IN_PROGRESS"), arn
     # ... and the service is gone with the run.
     assert not cloud_map().list_services()["Services"]
+    # The tasks proved the run token to each other (they refuse to start without it): it
+    # reached them as a Secrets Manager secret, which is gone with the run.
+    secrets = boto3.client("secretsmanager", region_name=REGION).list_secrets()["SecretList"]
+    assert not [s for s in secrets if s["Name"].startswith("sciflow/run-token/")]
 
     # Outputs in S3, where the server task wrote them.
     prefix = f"runs/{unit}/{run_id}/training/"

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-import torch.distributed as dist
 
+from tasks.compute import channel
 from tasks.training.config import TrainConfig
 from tasks.training.data import ImageDataset, load_manifest, write_synthetic_set
 from tasks.training.events import parse_event
@@ -25,7 +27,7 @@ from tasks.training.launch import (
     torchrun_argv,
 )
 from tasks.training.models import build_model
-from tasks.training.parameter_server import RANK_KEY, WALL_CLOCK_EXIT
+from tasks.training.parameter_server import FULL, WALL_CLOCK_EXIT, send
 
 REPO = Path(__file__).resolve().parents[2]
 # A wall clock short enough for a test, long enough for the server to be up before it.
@@ -168,12 +170,25 @@ def test_worker_that_cannot_reach_the_server_names_the_address(tmp_path, dataset
 
 def test_worker_beyond_the_configured_count_is_refused(tmp_path, dataset):
     config = _config(tmp_path, dataset, "crowded")
-    port = free_port()
-    store = dist.TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False)
-    store.add(RANK_KEY, 2)  # both configured workers have joined
+    token = channel.new_token()
+    listener = channel.Listener("127.0.0.1", 0, token.encode())
+    port = listener.address[1]
+
+    def full_server() -> None:  # as the server answers once both configured workers joined
+        conn = listener.accept(60)
+        if conn is not None:
+            send(conn, [FULL, 0, 2, 0])
+            conn.close()
+
+    thread = threading.Thread(target=full_server, daemon=True)
+    thread.start()
     worker = parameter_server_argv("worker", config, server=f"127.0.0.1:{port}")
-    with pytest.raises(TrainingFailed, match="has all its 2 workers already"):
-        run_processes({"worker-3": worker}, timeout_s=60)
+    try:
+        with pytest.raises(TrainingFailed, match="has all its 2 workers already"):
+            run_processes({"worker-3": worker}, env={channel.TOKEN_VARIABLE: token}, timeout_s=60)
+    finally:
+        thread.join(5)
+        listener.close()
 
 
 @pytest.mark.parametrize("role", ["server", "worker"])
@@ -198,7 +213,12 @@ def test_a_server_whose_workers_never_come_exits_by_itself_at_its_wall_clock(tmp
     )
     started = time.monotonic()
     done = subprocess.run(
-        [*server, "--host", "127.0.0.1"], cwd=REPO, capture_output=True, text=True, timeout=120
+        [*server, "--host", "127.0.0.1"],
+        cwd=REPO,
+        env={**os.environ, channel.TOKEN_VARIABLE: channel.new_token()},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     seconds = time.monotonic() - started
     assert done.returncode == WALL_CLOCK_EXIT, done.stderr
