@@ -6,28 +6,28 @@ SHA-256 differs from the recorded ones. ``put_once`` (write once: final outputs,
 manifests) and ``put_if_match`` (compare-and-swap) are the conditional writes.
 
 S3 uploads use our own multipart loop rather than boto3's TransferManager, fresh or
-resumed: one code path, and ``benchmarks/upload.py`` found the TransferManager with a
-SHA-256 thread beside it no faster at the same part size (1 GiB to moto: 8.2 s against our
-8.7 s, within this 2-core machine's noise), while it cannot resume.
+resumed: one code path, which ``benchmarks/upload.py`` measures against plain
+``upload_file`` (on moto, 16 MiB parts: no slower), while the TransferManager cannot resume.
 
 - A file up to the store's part size goes up in one PUT with its SHA-256 as
-  ``ChecksumSHA256``; a larger one as a multipart upload with ``ChecksumAlgorithm=SHA256``,
-  whose parts are read in order (feeding the whole-file SHA-256, which releases the GIL
-  while the sending threads run) and sent by ``concurrency`` threads, each part with its
-  own SHA-256, which S3 checks. About ``concurrency`` parts are in memory at once.
-- SHA-256 rather than CRC32 per part: a resumed part is then compared with the local bytes
-  by a cryptographic digest (a stale part from another version of the file cannot pass),
-  and the object's composite checksum, checked after completion, is one too. The signed
-  per-part SHA-256 header also authenticates the body, so the payload is not hashed again
-  for the signature (botocore does the same over HTTPS; this extends it to plain-HTTP
-  endpoints such as moto). CRC32 parts measured within 3% of this against moto.
+  ``ChecksumSHA256``; a larger one as a multipart upload with ``ChecksumAlgorithm=CRC32``,
+  whose parts are read once, in order, into memory: one thread feeds them to the whole-file
+  SHA-256 (hashlib releases the GIL) while ``concurrency`` threads send them, each with its
+  CRC32, which S3 checks. About ``concurrency`` parts are in memory at once.
+- CRC32 rather than SHA-256 per part: the cryptographic digest is the file's SHA-256 (the
+  manifest's, checked on every load); a second SHA-256 pass per part cost the client CPU
+  and made S3 (moto, serially at completion) hash the object with SHA-256 again, 1.1-1.3x
+  the time of plain ``upload_file``, which also sends CRC32. zlib computes CRC32 natively
+  (CRC32C and CRC64NVME would need awscrt). The checksum header is signed; the payload is
+  not hashed again for the signature (on HTTPS botocore does the same; TLS authenticates).
 - A failed or killed upload is left on S3 (not aborted) for the next run: that run finds it
   with ``ListMultipartUploads``, lists its parts, reads every part again to hash it and
-  uploads only the parts missing or differing (compared by S3's SHA-256 of the part, or by
-  its MD5 ETag where S3 reports no checksum, as moto does). Buckets should carry a
-  lifecycle rule that aborts incomplete multipart uploads after some days.
-- An object already complete at the key with the same size and SHA-256 (whole, or S3's
-  composite of the part digests) is kept, not sent again.
+  uploads only the parts missing or differing: a part is kept when its size, its CRC32
+  (where S3 reports one) and its ETag (where that is the part's MD5, as on S3 without KMS
+  and on moto) match. Buckets should carry a lifecycle rule that aborts incomplete
+  multipart uploads after some days.
+- An object already complete at the key with the same size and checksums (a single PUT's
+  SHA-256, or a multipart object's composite CRC32 and MD5 ETag) is kept, not sent again.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def upload_client(store: ObjectStore) -> Any:
 
     The store's account and retry policy, one connection per part in flight, and no
     separate payload hash for the signature: every request it sends carries a signed
-    ``x-amz-checksum-sha256`` of its body.
+    checksum of its body (``x-amz-checksum-sha256`` or ``-crc32``).
     """
     cached = _UPLOAD_CLIENTS.get(store)
     if cached is None:
