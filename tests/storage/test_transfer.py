@@ -349,6 +349,40 @@ def test_resume_replaces_a_part_on_s3_that_differs_from_the_file(store, s3, big)
     assert s3.get_object(Bucket=BUCKET, Key="r/big.bin")["Body"].read() == data
 
 
+def test_resume_compares_the_crc32_s3_reports_as_well_as_the_md5_etag(store, s3, big):
+    """moto lists parts without checksums, so ListParts' answer gets them added here.
+
+    Part 1 keeps its true MD5 ETag but is reported with a wrong CRC32 (what S3 would say
+    of a part whose bytes differ): it is sent again. Part 2's CRC32 is right: it is kept.
+    """
+    path, data = big
+    upload = s3.create_multipart_upload(Bucket=BUCKET, Key="x/big.bin", ChecksumAlgorithm="CRC32")
+    first, second, _ = _parts(data)
+    for number, body in ((1, first), (2, second)):
+        s3.upload_part(
+            Bucket=BUCKET,
+            Key="x/big.bin",
+            UploadId=upload["UploadId"],
+            PartNumber=number,
+            Body=body,
+            ChecksumCRC32=_b64crc32(body),
+        )
+    reported = {1: _b64crc32(b"other bytes"), 2: _b64crc32(second)}
+
+    def add_checksums(parsed: dict[str, Any], **_: Any) -> None:
+        for part in parsed.get("Parts", []):
+            part["ChecksumCRC32"] = reported[part["PartNumber"]]
+
+    store.s3.meta.events.register("after-call.s3.ListParts", add_checksums)
+    sent = _count(upload_client(store), "before-parameter-build.s3.UploadPart")
+
+    done = upload_verified(store, path, f"s3://{BUCKET}/x/big.bin")
+
+    assert sorted(call["params"]["PartNumber"] for call in sent) == [1, 3]
+    assert done.sha256 == _sha256(data)
+    assert s3.get_object(Bucket=BUCKET, Key="x/big.bin")["Body"].read() == data
+
+
 # --- conditional writes -----------------------------------------------------------------
 
 
