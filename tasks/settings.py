@@ -58,7 +58,7 @@ class Settings(BaseSettings):
         ),
     )
     part_size_mib: int = Field(
-        64, ge=5, le=5120, description="S3 multipart part size and threshold, in MiB."
+        16, ge=5, le=5120, description="S3 multipart part size and threshold, in MiB."
     )
     transfer_concurrency: int = Field(
         8, ge=1, le=64, description="Parallel S3 part transfers per file."

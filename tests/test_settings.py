@@ -13,21 +13,21 @@ def test_defaults_need_no_configuration(monkeypatch):
     assert settings.storage_root == ".sciflow"
     assert settings.default_unit == "local"
     assert settings.log_level == "INFO"
-    assert settings.part_size_mib == 64
+    assert settings.part_size_mib == 16
 
 
 def test_values_come_from_sciflow_prefixed_variables(monkeypatch, tmp_path):
     monkeypatch.setenv("SCIFLOW_STORAGE_ROOT", "s3://bucket/runs")
     monkeypatch.setenv("SCIFLOW_DEFAULT_UNIT", "lab-aws")
     monkeypatch.setenv("SCIFLOW_LOG_LEVEL", "DEBUG")
-    monkeypatch.setenv("SCIFLOW_PART_SIZE_MIB", "16")
+    monkeypatch.setenv("SCIFLOW_PART_SIZE_MIB", "32")
     monkeypatch.setenv("SCIFLOW_SCRATCH_ROOT", str(tmp_path))
     get_settings.cache_clear()
     settings = get_settings()
     assert settings.storage_root == "s3://bucket/runs"
     assert settings.default_unit == "lab-aws"
     assert settings.log_level == "DEBUG"
-    assert settings.part_size_mib == 16
+    assert settings.part_size_mib == 32
     assert settings.scratch_root == Path(tmp_path)
 
 

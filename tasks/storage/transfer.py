@@ -6,28 +6,30 @@ SHA-256 differs from the recorded ones. ``put_once`` (write once: final outputs,
 manifests) and ``put_if_match`` (compare-and-swap) are the conditional writes.
 
 S3 uploads use our own multipart loop rather than boto3's TransferManager, fresh or
-resumed: one code path, and ``benchmarks/upload.py`` found the TransferManager with a
-SHA-256 thread beside it no faster at the same part size (1 GiB to moto: 8.2 s against our
-8.7 s, within this 2-core machine's noise), while it cannot resume.
+resumed: one code path, which ``benchmarks/upload.py`` measures against plain
+``upload_file`` (1 GiB to moto, 16 MiB parts, 2 cores: 0.96x and 1.03x its time in two runs;
+the TransferManager with a SHA-256 thread: 0.97x and 0.96x ours), while the TransferManager
+cannot resume.
 
 - A file up to the store's part size goes up in one PUT with its SHA-256 as
-  ``ChecksumSHA256``; a larger one as a multipart upload with ``ChecksumAlgorithm=SHA256``,
-  whose parts are read in order (feeding the whole-file SHA-256, which releases the GIL
-  while the sending threads run) and sent by ``concurrency`` threads, each part with its
-  own SHA-256, which S3 checks. About ``concurrency`` parts are in memory at once.
-- SHA-256 rather than CRC32 per part: a resumed part is then compared with the local bytes
-  by a cryptographic digest (a stale part from another version of the file cannot pass),
-  and the object's composite checksum, checked after completion, is one too. The signed
-  per-part SHA-256 header also authenticates the body, so the payload is not hashed again
-  for the signature (botocore does the same over HTTPS; this extends it to plain-HTTP
-  endpoints such as moto). CRC32 parts measured within 3% of this against moto.
+  ``ChecksumSHA256``; a larger one as a multipart upload with ``ChecksumAlgorithm=CRC32``,
+  whose parts are read once, in order, into memory: one thread feeds them to the whole-file
+  SHA-256 (hashlib releases the GIL) while ``concurrency`` threads send them, each with its
+  CRC32, which S3 checks. About ``concurrency`` parts are in memory at once.
+- CRC32 rather than SHA-256 per part: the cryptographic digest is the file's SHA-256 (the
+  manifest's, checked on every load); a second SHA-256 pass per part cost the client CPU
+  and made S3 (moto, serially at completion) hash the object with SHA-256 again, 1.1-1.3x
+  the time of plain ``upload_file``, which also sends CRC32. zlib computes CRC32 natively
+  (CRC32C and CRC64NVME would need awscrt). The checksum header is signed; the payload is
+  not hashed again for the signature (on HTTPS botocore does the same; TLS authenticates).
 - A failed or killed upload is left on S3 (not aborted) for the next run: that run finds it
   with ``ListMultipartUploads``, lists its parts, reads every part again to hash it and
-  uploads only the parts missing or differing (compared by S3's SHA-256 of the part, or by
-  its MD5 ETag where S3 reports no checksum, as moto does). Buckets should carry a
-  lifecycle rule that aborts incomplete multipart uploads after some days.
-- An object already complete at the key with the same size and SHA-256 (whole, or S3's
-  composite of the part digests) is kept, not sent again.
+  uploads only the parts missing or differing: a part is kept when its size, its CRC32
+  (where S3 reports one) and its ETag (where that is the part's MD5, as on S3 without KMS
+  and on moto) match. Buckets should carry a lifecycle rule that aborts incomplete
+  multipart uploads after some days.
+- An object already complete at the key with the same size and checksums (a single PUT's
+  SHA-256, or a multipart object's composite CRC32 and MD5 ETag) is kept, not sent again.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import fcntl
 import hashlib
 import os
 import re
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -77,6 +80,7 @@ CHUNK = MIB
 MAX_PARTS = 10_000  # S3's limit per multipart upload
 MIN_PART = 5 * MIB  # S3's minimum for every part but the last
 _MD5_ETAG = re.compile(r'^"?([0-9a-f]{32})"?$')
+_MD5_MULTIPART_ETAG = re.compile(r'^"?([0-9a-f]{32})-([0-9]+)"?$')
 _UPLOAD_CLIENTS: WeakKeyDictionary[ObjectStore, Any] = WeakKeyDictionary()
 
 
@@ -138,7 +142,7 @@ def upload_client(store: ObjectStore) -> Any:
 
     The store's account and retry policy, one connection per part in flight, and no
     separate payload hash for the signature: every request it sends carries a signed
-    ``x-amz-checksum-sha256`` of its body.
+    checksum of its body (``x-amz-checksum-sha256`` or ``-crc32``).
     """
     cached = _UPLOAD_CLIENTS.get(store)
     if cached is None:
@@ -436,7 +440,8 @@ class _Stored:
 
     size: int
     etag: str
-    checksum: str | None  # base64 SHA-256 (an object's may end in "-<parts>")
+    checksum: str | None  # base64 SHA-256 (a single PUT's)
+    crc32: str | None = None  # base64 CRC32 (a multipart object's ends in "-<parts>")
 
 
 class _MultipartUpload:
@@ -471,7 +476,7 @@ class _MultipartUpload:
         return self.size, whole
 
     def _find_upload(self) -> tuple[str | None, dict[int, _Stored]]:
-        """The newest unfinished SHA-256 multipart upload to this key, and its parts."""
+        """The newest unfinished CRC32 multipart upload to this key, and its parts."""
         s3, loc = self.store.s3, self.loc
         with aws_errors(f"list unfinished uploads to {loc}"):
             uploads = [
@@ -480,13 +485,15 @@ class _MultipartUpload:
                     Bucket=loc.bucket, Prefix=loc.key
                 )
                 for upload in page.get("Uploads", [])
-                if upload["Key"] == loc.key and upload.get("ChecksumAlgorithm") == "SHA256"
+                if upload["Key"] == loc.key and upload.get("ChecksumAlgorithm") == "CRC32"
             ]
             if not uploads:
                 return None, {}
             upload_id = max(uploads, key=lambda upload: upload["Initiated"])["UploadId"]
             stored = {
-                part["PartNumber"]: _Stored(part["Size"], part["ETag"], part.get("ChecksumSHA256"))
+                part["PartNumber"]: _Stored(
+                    part["Size"], part["ETag"], None, part.get("ChecksumCRC32")
+                )
                 for page in s3.get_paginator("list_parts").paginate(
                     Bucket=loc.bucket, Key=loc.key, UploadId=upload_id
                 )
@@ -497,22 +504,30 @@ class _MultipartUpload:
     def _kept_object(self, parts: list[_Part]) -> str | None:
         """The SHA-256 (hex) of the file if an identical object is complete at the key.
 
-        Compares S3's composite checksum (SHA-256 of the part digests) after reading the
-        file once; None (upload it) when S3 reports none or another.
+        Reads the file once and compares what S3 reports: a single PUT's SHA-256, or a
+        multipart object's composite CRC32 and, where its ETag is the MD5 of the part MD5s
+        (S3 without KMS, moto), that too. None (upload it) when nothing matches.
         """
         existing = _head(self.store, self.loc)
-        if not (existing and existing.size == self.size and existing.checksum):
+        if not (existing and existing.size == self.size and (existing.checksum or existing.crc32)):
             return None
-        whole, digests = hashlib.sha256(), []
+        etag = _MD5_MULTIPART_ETAG.match(existing.etag)
+        whole, crcs, md5s = hashlib.sha256(), [], []
         with self.source.open("rb") as src:
             for part in parts:
                 data = src.read(part.size)
                 whole.update(data)
-                digests.append(hashlib.sha256(data).digest())
-        # A multipart object's checksum is the SHA-256 of its parts' digests; a single PUT's
-        # is the file's own.
-        composite = _b64(hashlib.sha256(b"".join(digests)).digest())
-        if existing.checksum.split("-")[0] not in (composite, _b64(whole.digest())):
+                crcs.append(_crc32(data))
+                if etag:
+                    md5s.append(hashlib.md5(data).digest())  # noqa: S324 - S3's ETag
+        if existing.checksum:
+            same = existing.checksum == _b64(whole.digest())
+        else:
+            same = _part_checksums_match(existing.crc32, crcs, len(parts))
+            if etag:
+                composite = hashlib.md5(b"".join(md5s)).hexdigest()  # noqa: S324
+                same = same and etag[1] == composite and int(etag[2]) == len(parts)
+        if not same:
             return None
         if self.on_progress is not None:
             self.on_progress(self.size)
@@ -522,21 +537,22 @@ class _MultipartUpload:
         extra = {"Tagging": _tagging(self.tags)} if self.tags else {}
         with aws_errors(f"start upload to {self.loc}"):
             response = self.store.s3.create_multipart_upload(
-                Bucket=self.loc.bucket, Key=self.loc.key, ChecksumAlgorithm="SHA256", **extra
+                Bucket=self.loc.bucket, Key=self.loc.key, ChecksumAlgorithm="CRC32", **extra
             )
         return str(response["UploadId"])
 
     def _send(
         self, upload_id: str, parts: list[_Part], stored: dict[int, _Stored]
     ) -> tuple[str, dict[int, tuple[str, str]]]:
-        """Read parts in order (hashing the whole file) while threads send them.
+        """Read each part once; one thread hashes the whole file while others send the parts.
 
         Returns:
-            The file's SHA-256 (hex), and each part's ETag and base64 SHA-256 by number.
+            The file's SHA-256 (hex), and each part's ETag and base64 CRC32 by number.
         """
         whole = hashlib.sha256()
         sent: dict[int, tuple[str, str]] = {}
         pending: set[Future[tuple[_Part, str, str, bool]]] = set()
+        hashing: deque[Future[None]] = deque()
         limit = self.store.concurrency
 
         def collect(finished: set[Future[tuple[_Part, str, str, bool]]]) -> None:
@@ -547,19 +563,26 @@ class _MultipartUpload:
                 if self.on_progress is not None:
                     self.on_progress(part.size)
 
-        with ThreadPoolExecutor(limit, thread_name_prefix="sciflow-upload") as pool:
+        with (
+            ThreadPoolExecutor(limit, thread_name_prefix="sciflow-upload") as pool,
+            ThreadPoolExecutor(1, thread_name_prefix="sciflow-sha256") as hasher,
+        ):
             try:
                 with self.source.open("rb") as src:
                     for part in parts:
-                        while len(pending) >= limit:  # bounds the parts held in memory
+                        # Bounds the parts held in memory: about `limit` being sent or hashed.
+                        while len(pending) >= limit:
                             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                             collect(finished)
+                        while len(hashing) >= limit:
+                            hashing.popleft().result()
                         data = src.read(part.size)
                         if len(data) != part.size:
                             raise InputError(
                                 f"cannot upload {self.source}: it shrank while it was read"
                             )
-                        whole.update(data)  # releases the GIL: overlaps the sending threads
+                        # One thread, so in file order; hashlib releases the GIL meanwhile.
+                        hashing.append(hasher.submit(whole.update, data))
                         pending.add(
                             pool.submit(
                                 self._send_part, upload_id, part, data, stored.get(part.number)
@@ -567,8 +590,10 @@ class _MultipartUpload:
                         )
                 finished, pending = wait(pending)
                 collect(finished)
+                while hashing:
+                    hashing.popleft().result()
             except BaseException:
-                for future in pending:
+                for future in (*pending, *hashing):
                     future.cancel()
                 raise
         return whole.hexdigest(), sent
@@ -576,17 +601,23 @@ class _MultipartUpload:
     def _send_part(
         self, upload_id: str, part: _Part, data: bytes, stored: _Stored | None
     ) -> tuple[_Part, str, str, bool]:
-        """Upload one part unless S3 holds it already.
+        """Upload one part unless S3 holds the same bytes already.
+
+        A part on S3 is kept when its size, its CRC32 (where S3 reports one) and its ETag
+        (where that is the part's MD5, as on S3 without KMS and on moto) all match, and at
+        least one of the two was there to compare.
 
         Returns:
-            The part, its ETag and base64 SHA-256, and whether it was uploaded now.
+            The part, its ETag and base64 CRC32, and whether it was uploaded now.
         """
-        checksum = _b64(hashlib.sha256(data).digest())
+        crc = _crc32(data)
+        checksum = _b64(crc)
         if stored is not None and stored.size == part.size:
-            if stored.checksum == checksum:
-                return part, stored.etag, checksum, False
-            md5 = _MD5_ETAG.match(stored.etag)  # S3 without checksums: plain-MD5 ETags
-            if not stored.checksum and md5 and hashlib.md5(data).hexdigest() == md5[1]:  # noqa: S324
+            md5 = _MD5_ETAG.match(stored.etag)
+            if (stored.crc32 or md5) and (
+                (not stored.crc32 or stored.crc32 == checksum)
+                and (not md5 or hashlib.md5(data).hexdigest() == md5[1])  # noqa: S324
+            ):
                 return part, stored.etag, checksum, False
         with aws_errors(f"upload part {part.number} of {self.loc}"):
             response = upload_client(self.store).upload_part(
@@ -595,7 +626,7 @@ class _MultipartUpload:
                 UploadId=upload_id,
                 PartNumber=part.number,
                 Body=data,
-                ChecksumSHA256=checksum,
+                ChecksumCRC32=checksum,
             )
         return part, str(response["ETag"]), checksum, True
 
@@ -604,7 +635,7 @@ class _MultipartUpload:
     ) -> None:
         """Complete the upload, then check the object's size and composite checksum."""
         listing = [
-            {"PartNumber": p.number, "ETag": sent[p.number][0], "ChecksumSHA256": sent[p.number][1]}
+            {"PartNumber": p.number, "ETag": sent[p.number][0], "ChecksumCRC32": sent[p.number][1]}
             for p in parts
         ]
         from botocore.exceptions import ClientError
@@ -628,18 +659,17 @@ class _MultipartUpload:
                 )
                 raise _Taken from None
         stored = _head(self.store, self.loc)
-        digests = b"".join(base64.b64decode(sent[p.number][1]) for p in parts)
-        expected = _b64(hashlib.sha256(digests).digest())
+        crcs = [base64.b64decode(sent[p.number][1]) for p in parts]
         if (
             stored is None
             or stored.size != self.size
-            or (stored.checksum and stored.checksum.split("-")[0] != expected)
+            or (stored.crc32 and not _part_checksums_match(stored.crc32, crcs, len(parts)))
         ):
             raise IntegrityError(
                 f"{self.loc} on S3 is not what was sent: S3 reports "
-                f"{stored.size if stored else 0} bytes with SHA-256 "
-                f"{stored.checksum if stored else None}; sent {self.size} bytes with "
-                f"{expected}-{len(parts)}"
+                f"{stored.size if stored else 0} bytes with CRC32 "
+                f"{stored.crc32 if stored else None}; sent {self.size} bytes with "
+                f"{_b64(_crc32(b''.join(crcs)))}-{len(parts)}"
             )
 
 
@@ -670,7 +700,12 @@ def _head(store: ObjectStore, loc: Location) -> _Stored | None:
             if _status(exc) == 404:
                 return None
             raise
-    return _Stored(int(head["ContentLength"]), str(head["ETag"]), head.get("ChecksumSHA256"))
+    return _Stored(
+        int(head["ContentLength"]),
+        str(head["ETag"]),
+        head.get("ChecksumSHA256"),
+        head.get("ChecksumCRC32"),
+    )
 
 
 # --- local ------------------------------------------------------------------------------
@@ -826,6 +861,19 @@ def _file_sha256(path: Path) -> str:
         while chunk := src.read(CHUNK):
             hasher.update(chunk)
     return hasher.hexdigest()
+
+
+def _crc32(data: bytes) -> bytes:
+    """CRC32 as S3 takes it: 4 bytes, big-endian (zlib releases the GIL on large buffers)."""
+    return zlib.crc32(data).to_bytes(4, "big")
+
+
+def _part_checksums_match(reported: str | None, crcs: list[bytes], parts: int) -> bool:
+    """Whether S3's composite CRC32 (``<base64>-<parts>``) is that of these part CRC32s."""
+    if not reported:
+        return False
+    value, _, count = reported.partition("-")
+    return value == _b64(_crc32(b"".join(crcs))) and count in ("", str(parts))
 
 
 def _b64sha256(data: bytes) -> str:

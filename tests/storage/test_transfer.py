@@ -1,8 +1,8 @@
 """Verified transfers and conditional writes (tasks/storage/transfer.py), local and on moto.
 
 S3 tests run real boto3 over HTTP to moto on 127.0.0.1 with 5 MiB parts (S3's minimum) and
-files of at most 11 MiB. moto accepts a wrong ``x-amz-checksum-sha256`` without complaint,
-so what we send is checked on the requests themselves with botocore event hooks.
+files of at most 11 MiB. moto accepts a wrong ``x-amz-checksum-crc32`` or ``-sha256`` without
+complaint, so what we send is checked on the requests themselves with botocore event hooks.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,14 @@ def _count(client: Any, event: str) -> list[dict[str, Any]]:
     return calls
 
 
+def _crc32(data: bytes) -> bytes:
+    return zlib.crc32(data).to_bytes(4, "big")
+
+
+def _b64crc32(data: bytes) -> str:
+    return base64.b64encode(_crc32(data)).decode()
+
+
 def _header(request: Any, name: str) -> str:
     value = request.headers[name]
     return value.decode() if isinstance(value, bytes) else str(value)
@@ -137,8 +146,8 @@ def test_multipart_upload_round_trips_with_matching_digests(store, s3, big, tmp_
     assert sorted(progress) == sorted(len(p) for p in _parts(data))
     head = s3.head_object(Bucket=BUCKET, Key="m/big.bin", ChecksumMode="ENABLED")
     assert head["ETag"].strip('"').endswith("-3")
-    composite = b"".join(hashlib.sha256(p).digest() for p in _parts(data))
-    assert head["ChecksumSHA256"].split("-")[0] == _b64sha256(composite)
+    composite = b"".join(_crc32(p) for p in _parts(data))
+    assert head["ChecksumCRC32"].split("-")[0] == _b64crc32(composite)  # S3 adds "-3"
     back = download_verified(
         store, done.uri, tmp_path / "out" / "big.bin", size=done.size, sha256=done.sha256
     )
@@ -146,8 +155,12 @@ def test_multipart_upload_round_trips_with_matching_digests(store, s3, big, tmp_
     assert s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
 
 
-def test_every_part_carries_a_signed_sha256_of_its_body(store, s3, big):
-    """moto does not verify checksums, so the requests are inspected before they are sent."""
+def test_every_part_carries_a_signed_crc32_of_its_body(store, s3, big):
+    """moto does not verify checksums, so the requests are inspected before they are sent.
+
+    CRC32 (S3 checks it on receipt; zlib computes it natively) rather than a second SHA-256:
+    the file's own SHA-256, for the manifest, is computed from the same bytes.
+    """
     path, data = big
     sent: list[Any] = []
     upload_client(store).meta.events.register(
@@ -164,17 +177,17 @@ def test_every_part_carries_a_signed_sha256_of_its_body(store, s3, big):
 
     upload_verified(store, path, f"s3://{BUCKET}/h/big.bin")
 
-    assert _header(created[0], "x-amz-checksum-algorithm") == "SHA256"
-    expected = {_b64sha256(p) for p in _parts(data)}
-    assert {_header(r, "x-amz-checksum-sha256") for r in sent} == expected
+    assert _header(created[0], "x-amz-checksum-algorithm") == "CRC32"
+    expected = {_b64crc32(p) for p in _parts(data)}
+    assert {_header(r, "x-amz-checksum-crc32") for r in sent} == expected
     for request in sent:
         body = _body(request)
-        assert _header(request, "x-amz-checksum-sha256") == _b64sha256(body)
-        # The checksum header is signed, so the payload itself need not be hashed again.
+        assert _header(request, "x-amz-checksum-crc32") == _b64crc32(body)
+        # The checksum header is signed; the payload is not hashed a third time for SigV4.
         assert _header(request, "x-amz-content-sha256") == "UNSIGNED-PAYLOAD"
-        assert "x-amz-checksum-sha256" in _header(request, "Authorization")
+        assert "x-amz-checksum-crc32" in _header(request, "Authorization")
     listing = completed[0].body.decode()
-    assert all(f"<ChecksumSHA256>{c}</ChecksumSHA256>" in listing for c in expected)
+    assert all(f"<ChecksumCRC32>{c}</ChecksumCRC32>" in listing for c in expected)
 
 
 def test_a_small_file_goes_up_in_one_put_with_its_sha256(store, s3, tmp_path):
@@ -315,7 +328,7 @@ def test_a_killed_upload_resumes_and_sends_only_the_missing_parts(store, s3, big
 
 def test_resume_replaces_a_part_on_s3_that_differs_from_the_file(store, s3, big):
     path, data = big
-    upload = s3.create_multipart_upload(Bucket=BUCKET, Key="r/big.bin", ChecksumAlgorithm="SHA256")
+    upload = s3.create_multipart_upload(Bucket=BUCKET, Key="r/big.bin", ChecksumAlgorithm="CRC32")
     first, second = _parts(data)[:2]
     wrong = bytes([second[0] ^ 0xFF]) + second[1:]
     for number, body in ((1, first), (2, wrong)):
@@ -325,7 +338,7 @@ def test_resume_replaces_a_part_on_s3_that_differs_from_the_file(store, s3, big)
             UploadId=upload["UploadId"],
             PartNumber=number,
             Body=body,
-            ChecksumSHA256=_b64sha256(body),
+            ChecksumCRC32=_b64crc32(body),
         )
     sent = _count(upload_client(store), "before-parameter-build.s3.UploadPart")
 
@@ -334,6 +347,40 @@ def test_resume_replaces_a_part_on_s3_that_differs_from_the_file(store, s3, big)
     assert sorted(call["params"]["PartNumber"] for call in sent) == [2, 3]
     assert done.sha256 == _sha256(data)
     assert s3.get_object(Bucket=BUCKET, Key="r/big.bin")["Body"].read() == data
+
+
+def test_resume_compares_the_crc32_s3_reports_as_well_as_the_md5_etag(store, s3, big):
+    """moto lists parts without checksums, so ListParts' answer gets them added here.
+
+    Part 1 keeps its true MD5 ETag but is reported with a wrong CRC32 (what S3 would say
+    of a part whose bytes differ): it is sent again. Part 2's CRC32 is right: it is kept.
+    """
+    path, data = big
+    upload = s3.create_multipart_upload(Bucket=BUCKET, Key="x/big.bin", ChecksumAlgorithm="CRC32")
+    first, second, _ = _parts(data)
+    for number, body in ((1, first), (2, second)):
+        s3.upload_part(
+            Bucket=BUCKET,
+            Key="x/big.bin",
+            UploadId=upload["UploadId"],
+            PartNumber=number,
+            Body=body,
+            ChecksumCRC32=_b64crc32(body),
+        )
+    reported = {1: _b64crc32(b"other bytes"), 2: _b64crc32(second)}
+
+    def add_checksums(parsed: dict[str, Any], **_: Any) -> None:
+        for part in parsed.get("Parts", []):
+            part["ChecksumCRC32"] = reported[part["PartNumber"]]
+
+    store.s3.meta.events.register("after-call.s3.ListParts", add_checksums)
+    sent = _count(upload_client(store), "before-parameter-build.s3.UploadPart")
+
+    done = upload_verified(store, path, f"s3://{BUCKET}/x/big.bin")
+
+    assert sorted(call["params"]["PartNumber"] for call in sent) == [1, 3]
+    assert done.sha256 == _sha256(data)
+    assert s3.get_object(Bucket=BUCKET, Key="x/big.bin")["Body"].read() == data
 
 
 # --- conditional writes -----------------------------------------------------------------
