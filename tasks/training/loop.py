@@ -369,10 +369,14 @@ def finish(
     cfg = setup.cfg
     store = setup.checkpoints.store
     example = torch.zeros(1, setup.train_set.manifest.channels, *setup.train_set.manifest.shape)
-    written = save_model(model, cfg.model_spec, cfg.output, store, tags, example=example)
+    # A run resumed from this output's checkpoints carries that training on: it replaces them.
+    continued = bool(summary.get("resumed_from"))
+    written = save_model(
+        model, cfg.model_spec, cfg.output, store, tags, example=example, continued=continued
+    )
     metrics = {**summary, "history": history.as_dict()}
-    written["metrics"] = write_metrics(cfg.output, metrics, store, tags)
+    written["metrics"] = write_metrics(cfg.output, metrics, store, tags, continued)
     title = f"{cfg.model} ({cfg.strategy}, {cfg.processes} process(es))"
-    written["curves"] = write_curves(cfg.output, history.as_dict(), title, store, tags)
+    written["curves"] = write_curves(cfg.output, history.as_dict(), title, store, tags, continued)
     events.emit("outputs", **written)
     return written

@@ -6,7 +6,9 @@ parameter count, torch version and which formats were written), written last so 
 presence means the other two are there. ``metrics.json`` and ``loss.png`` sit beside it.
 
 Each is written once (``put_once``): the same bytes again succeed, other content is refused,
-so a finished run's model is never replaced by another's.
+so a finished run's model is never replaced by another's. The one exception is a run that
+resumed from this output's own checkpoints (``continued``): it carries the same training on,
+and its final files replace the earlier ones (each still written atomically).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ def save_model(
     store: ObjectStore | None = None,
     tags: Mapping[str, str] | None = None,
     example: torch.Tensor | None = None,
+    continued: bool = False,
 ) -> dict[str, str]:
     """Write the trained model under ``output/model/``.
 
@@ -54,6 +57,7 @@ def save_model(
         store: Object store; a default one if omitted.
         tags: S3 object tags.
         example: An input batch for tracing when scripting fails.
+        continued: The run resumed from this output's checkpoints: replace earlier files.
 
     Returns:
         ``model`` (TorchScript, when written), ``state_dict`` and ``model_config`` -> URI.
@@ -67,12 +71,12 @@ def save_model(
     scripted, how, error = _torchscript(cpu, example)
     if scripted is not None:
         uri = join_uri(root, TORCHSCRIPT_NAME)
-        written["model"] = put_once(store, uri, scripted, tags=tags)
+        written["model"] = _write(store, uri, scripted, tags, continued)
 
     buffer = io.BytesIO()
     torch.save(cpu.state_dict(), buffer)
-    written["state_dict"] = put_once(
-        store, join_uri(root, STATE_DICT_NAME), buffer.getvalue(), tags=tags
+    written["state_dict"] = _write(
+        store, join_uri(root, STATE_DICT_NAME), buffer.getvalue(), tags, continued
     )
 
     config = {
@@ -86,10 +90,20 @@ def save_model(
         "torchscript": {"written": scripted is not None, "method": how, "error": error},
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    written["model_config"] = put_once(
-        store, join_uri(root, MODEL_CONFIG_NAME), json.dumps(config, indent=2).encode(), tags=tags
+    text = json.dumps(config, indent=2).encode()
+    written["model_config"] = _write(
+        store, join_uri(root, MODEL_CONFIG_NAME), text, tags, continued
     )
     return written
+
+
+def _write(
+    store: ObjectStore, uri: str, data: bytes, tags: Mapping[str, str] | None, continued: bool
+) -> str:
+    """Once (``put_once``), or replacing the earlier file for a ``continued`` run."""
+    if continued:
+        return store.write_bytes(uri, data, tags)
+    return put_once(store, uri, data, tags=tags)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -164,6 +178,7 @@ def write_metrics(
     metrics: Mapping[str, Any],
     store: ObjectStore | None = None,
     tags: Mapping[str, str] | None = None,
+    continued: bool = False,
 ) -> str:
     """Write ``metrics.json`` (indent 2); tensors and NumPy values become numbers and lists.
 
@@ -172,7 +187,7 @@ def write_metrics(
     """
     store = store or ObjectStore()
     text = json.dumps(dict(metrics), indent=2, default=_plain)
-    return put_once(store, join_uri(output, METRICS_NAME), text.encode(), tags=tags)
+    return _write(store, join_uri(output, METRICS_NAME), text.encode(), tags, continued)
 
 
 def _plain(value: Any) -> Any:
@@ -250,7 +265,9 @@ def write_curves(
     title: str,
     store: ObjectStore | None = None,
     tags: Mapping[str, str] | None = None,
+    continued: bool = False,
 ) -> str:
     """Write ``plot_curves`` as ``loss.png`` under ``output``; returns its URI."""
     store = store or ObjectStore()
-    return put_once(store, join_uri(output, CURVES_NAME), plot_curves(history, title), tags=tags)
+    png = plot_curves(history, title)
+    return _write(store, join_uri(output, CURVES_NAME), png, tags, continued)

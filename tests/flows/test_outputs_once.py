@@ -78,6 +78,20 @@ def test_a_trained_model_is_not_replaced_by_another_run_s(tmp_path: Path) -> Non
     assert {name: Path(uri).read_bytes() for name, uri in written.items()} == before
 
 
+def test_a_run_resumed_from_the_output_carries_its_model_on(tmp_path: Path) -> None:
+    """A run resumed from this output's checkpoints (``continued``) replaces its final model.
+
+    It is the same training carried on (tests/training/test_parameter_server.py resumes one).
+    """
+    torch.manual_seed(0)
+    save_model(torch.nn.Linear(3, 2), SPEC, str(tmp_path))
+    later = torch.nn.Linear(3, 2)
+    written = save_model(later, SPEC, str(tmp_path), continued=True)
+
+    state = torch.load(written["state_dict"], weights_only=True)
+    assert torch.equal(state["weight"], later.weight.detach())
+
+
 def test_the_simulation_output_is_published_once(tmp_path: Path) -> None:
     """Guards against a rerun's MRD file replacing another run's simulation.h5.
 
