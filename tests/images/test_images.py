@@ -20,6 +20,7 @@ import pytest
 
 from tasks.errors import InputError
 from tests.conftest import REPO
+from tests.infrastructure.test_terraform import checkov
 
 sys.path.insert(0, str(REPO / "images"))
 import build  # images/ is not a package: build.py is run as a script
@@ -87,6 +88,21 @@ def test_hadolint_catches_a_bad_dockerfile(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "DL3007" in result.stdout  # latest tag
     assert "DL3002" in result.stdout  # last USER is root
+
+
+def test_checkov_passes_every_dockerfile() -> None:
+    """checkov's Dockerfile policies: zero failed, each skip annotated inline with its reason."""
+    done = checkov(REPO / "images", framework="dockerfile")
+    assert done.returncode == 0, done.stdout[-4000:]
+    assert "Failed checks: 0," in done.stdout
+
+
+def test_checkov_catches_a_root_image_without_healthcheck(tmp_path: Path) -> None:
+    """The scan above can fail: no USER and no HEALTHCHECK are findings."""
+    (tmp_path / "Dockerfile").write_text("FROM python:3.11.7-slim\nRUN echo hi\n")
+    done = checkov(tmp_path, framework="dockerfile")
+    assert done.returncode != 0
+    assert "CKV_DOCKER_3" in done.stdout
 
 
 def final_stage(dockerfile: Path) -> list[str]:

@@ -229,13 +229,14 @@ def test_checkov_skips_each_carry_a_reason():
     assert skips  # the parser above sees the annotations checkov reads
 
 
-def _checkov(directory: Path) -> subprocess.CompletedProcess[str]:
+def checkov(directory: Path, framework: str = "terraform") -> subprocess.CompletedProcess[str]:
+    """checkov's compact report on ``directory`` (tests/images scans Dockerfiles with it)."""
     if not CHECKOV.exists():  # `make test` installs it first (make checkov)
         subprocess.run(["make", "--no-print-directory", "checkov-venv"], cwd=REPO, check=True)
     return subprocess.run(
         [
             str(CHECKOV),
-            *("--quiet", "--compact", "--skip-download", "--framework", "terraform"),
+            *("--quiet", "--compact", "--skip-download", "--framework", framework),
             *("--directory", str(directory)),
         ],
         capture_output=True,
@@ -247,7 +248,7 @@ def _checkov(directory: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_checkov_reports_no_failed_check():
-    done = _checkov(TERRAFORM)
+    done = checkov(TERRAFORM)
     summary = re.search(
         r"Passed checks: (\d+), Failed checks: (\d+), Skipped checks: (\d+)", done.stdout
     )
@@ -260,7 +261,7 @@ def test_checkov_reports_no_failed_check():
 
 def test_checkov_fails_an_unencrypted_public_bucket(tmp_path):
     (tmp_path / "main.tf").write_text('resource "aws_s3_bucket" "open" {\n  bucket = "x"\n}\n')
-    done = _checkov(tmp_path)
+    done = checkov(tmp_path)
     assert done.returncode != 0
     assert "Failed checks: 0" not in done.stdout
 
