@@ -232,11 +232,11 @@ def model_upload(
     if stage is not None:
         check_stage(stage)
     compute_unit = load_unit(unit)
+    check_spending(compute_unit)
     access = compute_unit.access()
     access.check_read(source, "source")
     if registry is not None:
         access.check_write(registry, "registry")
-    check_spending(compute_unit)
     run = RunContext.current(compute_unit)
     target = compute_unit.registry()
     if registry is not None:
