@@ -182,7 +182,7 @@ def plan_from_unit(
     worker_cpu: int = 1024,
     worker_memory: int = 4096,
     port: int = DEFAULT_PORT,
-    namespace: str = DEFAULT_NAMESPACE,
+    namespace: str | None = None,
     environment: Mapping[str, str] | None = None,
     token_secret_arn: str | None = None,
 ) -> ParameterServerPlan:
@@ -201,7 +201,8 @@ def plan_from_unit(
         worker_cpu: Worker CPU units.
         worker_memory: Worker memory in MiB.
         port: Server port.
-        namespace: Cloud Map private DNS namespace.
+        namespace: Cloud Map private DNS namespace; the unit's ``cloud_map_namespace`` (which
+            Terraform makes), else ``DEFAULT_NAMESPACE``, if omitted.
         environment: Extra container environment.
         token_secret_arn: Secrets Manager ARN of the run token.
 
@@ -244,7 +245,7 @@ def plan_from_unit(
         worker_memory=worker_memory,
         worker_count=worker_count,
         port=port,
-        namespace=namespace,
+        namespace=namespace or unit.cloud_map_namespace or DEFAULT_NAMESPACE,
         environment=dict(environment or {}),
         wall_time_s=unit.size_limits(size).wall_time_s,
         token_secret_arn=token_secret_arn,

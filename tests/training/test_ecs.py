@@ -57,6 +57,15 @@ def make_plan(network: dict[str, Any], worker_count: int = 2, **kwargs: Any) -> 
     )
 
 
+def test_the_plan_uses_the_unit_s_cloud_map_namespace(network: dict[str, Any]) -> None:
+    """The namespace Terraform made (the flow's role may not create one) is the one used."""
+    unit = make_unit(network).model_copy(update={"cloud_map_namespace": "lab.internal"})
+    plan = plan_from_unit(unit, RUN_ID, TAGS, CONFIG, 1)
+    assert plan.namespace == "lab.internal"
+    assert plan.server_host.endswith(".lab.internal")
+    assert make_plan(network).namespace == "sciflow.local"  # a unit that names none
+
+
 def launch(plan: ParameterServerPlan, **kwargs: Any) -> tuple[ParameterServerLaunch, Recorder]:
     runner = ParameterServerLaunch(plan, None, poll_s=POLL_S, **kwargs)
     return runner, Recorder(runner.ecs)
