@@ -42,10 +42,11 @@ AUDIT_LOCK_MODE = "GOVERNANCE"
 AUDIT_RETENTION_DAYS = 365
 ROLE_ARN = r"arn:aws(-cn|-us-gov)?:iam::\d{12}:role/[\w+=,.@/-]+"
 # What run roles may never do to audit records.
+# s3:PutObjectRetention stays allowed: writing a locked record needs it, and shortening or
+# removing a GOVERNANCE retention also needs s3:BypassGovernanceRetention, denied here.
 AUDIT_DENIED_ACTIONS = (
     "s3:DeleteObject",
     "s3:DeleteObjectVersion",
-    "s3:PutObjectRetention",
     "s3:PutObjectLegalHold",
     "s3:BypassGovernanceRetention",
 )

@@ -105,7 +105,6 @@ def test_the_policy_statement_denies_run_roles_removing_records():
             "Action": [
                 "s3:DeleteObject",
                 "s3:DeleteObjectVersion",
-                "s3:PutObjectRetention",
                 "s3:PutObjectLegalHold",
                 "s3:BypassGovernanceRetention",
             ],

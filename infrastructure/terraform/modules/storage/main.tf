@@ -11,10 +11,11 @@ locals {
   # tasks/storage/registry.py (REGISTRY_DIR).
   audit_prefix    = "audit/"
   registry_prefix = "registry/"
+  # s3:PutObjectRetention is not denied: a locked record's PutObject needs it, and shortening
+  # a GOVERNANCE retention also needs s3:BypassGovernanceRetention, which is.
   audit_denied_actions = [
     "s3:DeleteObject",
     "s3:DeleteObjectVersion",
-    "s3:PutObjectRetention",
     "s3:PutObjectLegalHold",
     "s3:BypassGovernanceRetention",
   ]
