@@ -35,6 +35,7 @@ import scipy.io
 
 from tasks.errors import InputError
 from tasks.mr.io.geometry import volume_as_slices
+from tasks.mr.io.hdf5 import open_hdf5
 from tasks.mr.io.types import HDF5_SIGNATURE, Header, Layout, NoisePart, SignalPart
 
 ArrayFormat = Literal["numpy", "matlab"]
@@ -216,7 +217,7 @@ def _load_numpy(path: Path, key: str | None, noise: bool) -> tuple[np.ndarray, s
 
 def _load_matlab(path: Path, key: str | None, noise: bool) -> tuple[np.ndarray, str | None]:
     if _is_mat73(path):
-        with h5py.File(path, "r") as f:
+        with open_hdf5(path) as f:
             variables = _mat73_variables(f)
             name = _pick(list(variables), key, path, noise=noise, what="variable")
             data = variables[name][()]
@@ -257,7 +258,7 @@ def _array_header(
             mapped = np.load(path, mmap_mode="r", allow_pickle=False)
             return mapped.shape, mapped.dtype, None
         if _is_mat73(path):
-            with h5py.File(path, "r") as f:
+            with open_hdf5(path) as f:
                 variables = _mat73_variables(f)
                 name = _pick(list(variables), key, path, noise=noise, what="variable")
                 return tuple(reversed(variables[name].shape)), variables[name].dtype, name

@@ -35,6 +35,7 @@ from tasks.mr.io.geometry import (
     remove_readout_oversampling,
     volume_as_slices,
 )
+from tasks.mr.io.hdf5 import open_hdf5
 from tasks.mr.io.mrd_spec import (
     ACQ_IS_NOISE_MEASUREMENT,
     ACQ_IS_PARALLEL_CALIBRATION,
@@ -51,13 +52,13 @@ _READ_GAP = 64  # unwanted acquisitions read through rather than starting a new 
 
 @contextlib.contextmanager
 def _mrd_group(path: Path, group: str | None, what: str) -> Iterator[h5py.Group]:
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise InputError(
-            f"{what} {path} cannot be opened as HDF5 ({exc}); expected an intact ISMRMRD file"
-        ) from exc
-    with f:
+    with contextlib.ExitStack() as stack:
+        try:
+            f = stack.enter_context(open_hdf5(path))
+        except OSError as exc:
+            raise InputError(
+                f"{what} {path} cannot be opened as HDF5 ({exc}); expected an intact ISMRMRD file"
+            ) from exc
         names = [group] if group else ["dataset", *[n for n in f if n != "dataset"]]
         for name in names:
             item = f.get(name)

@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 
 from tasks.errors import InputError
+from tasks.mr.io.hdf5 import open_hdf5
 from tasks.mr.io.mrd_spec import (
     ACQ_FIRST_IN_ENCODE_STEP1,
     ACQ_FIRST_IN_REPETITION,
@@ -186,7 +187,7 @@ def write_mrd(
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        with h5py.File(tmp, "w") as f:
+        with open_hdf5(tmp, "w") as f:
             grp = f.create_group(group)
             grp.create_dataset("xml", shape=(1,), dtype=h5py.string_dtype("utf-8"))[0] = xml
             grp.create_dataset("data", data=acquisitions, maxshape=(None,), chunks=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import h5py
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from tasks.errors import InputError
 from tasks.mr import io as readers
 from tasks.mr.io import read_info, read_raw, remove_readout_oversampling, write_mrd
+from tasks.mr.io.hdf5 import _HDF5_LOCK, open_hdf5
 from tests.mr.io.helpers import random_complex
 
 # --- MRD ---------------------------------------------------------------------------------
@@ -253,3 +255,23 @@ def test_multi_slab_3d_mrd_is_refused(rng, tmp_path):
         f["dataset/data"][...] = data
     with pytest.raises(InputError, match="3-D with 2 slabs; expected one 3-D slab"):
         read_raw(path)
+
+
+def test_threads_reading_one_mrd_file_at_once_all_get_it_whole(rng, tmp_path):
+    # h5py 3.16 on HDF5 2.0 crashed the process here without the HDF5 lock (h5py#2920): Dask
+    # runs slice batches as threads that each open the signal file.
+    kspace = random_complex(rng, (16, 12, 4, 4, 1))
+    path = write_mrd(tmp_path / "raw.h5", kspace, fov_mm=(200.0, 150.0, 5.0), dwell_s=5e-6)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        signals = list(pool.map(lambda _: read_raw(path).signal, range(200)))
+    for signal in signals:
+        np.testing.assert_array_equal(signal, kspace)
+
+
+def test_an_open_hdf5_file_holds_the_process_lock(tmp_path):
+    with h5py.File(tmp_path / "a.h5", "w"):
+        pass
+    with ThreadPoolExecutor(max_workers=1) as other, open_hdf5(tmp_path / "a.h5"):
+        assert not other.submit(_HDF5_LOCK.acquire, blocking=False).result()
+    assert _HDF5_LOCK.acquire(blocking=False)
+    _HDF5_LOCK.release()
