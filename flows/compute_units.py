@@ -14,13 +14,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect import flow
 from pydantic import BaseModel, Field
 
 from blocks.compute_unit import LOCAL_UNIT, UNIT_NAME_PATTERN, ComputeUnit, load_unit
 from blocks.registration import register_unit, unregister_unit
 from blocks.terraform_record import TerraformRecord
 from flows.cleanup_sweep import cleanup_sweep
+from tasks.compute.hooks import sciflow_flow
 from tasks.compute.units import (
     Environment,
     Terraform,
@@ -55,7 +55,7 @@ def record_name(unit: str) -> str:
     return f"sciflow-terraform-{unit}"
 
 
-@flow(name="create-compute-unit")
+@sciflow_flow(name="create-compute-unit")
 def create_compute_unit(
     name: str,
     environment: Environment,
@@ -121,7 +121,7 @@ def create_compute_unit(
     )
 
 
-@flow(name="list-compute-units")
+@sciflow_flow(name="list-compute-units")
 def list_compute_units() -> list[UnitHealth]:
     """Every saved compute unit (and ``local``) with its health: credentials, storage."""
     from prefect.client.orchestration import get_client
@@ -150,13 +150,13 @@ def list_compute_units() -> list[UnitHealth]:
     return report
 
 
-@flow(name="get-compute-unit")
+@sciflow_flow(name="get-compute-unit")
 def get_compute_unit(name: str) -> UnitHealth:
     """Unit ``name`` with its health: its credentials resolve, its storage root answers."""
     return unit_health(load_unit(name))
 
 
-@flow(name="delete-compute-unit")
+@sciflow_flow(name="delete-compute-unit")
 def delete_compute_unit(name: str) -> DeletedUnit:
     """Destroy unit ``name``'s infrastructure and remove its blocks and work pools.
 
