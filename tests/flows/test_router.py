@@ -142,3 +142,38 @@ def test_simulations_go_by_spins_times_samples():
         params = {"phantom": {"matrix": [16, 16]}}
         started = route_job("multinode-simulation", params, unit="router-sim")
         assert started.work_pool_name == pool, limit
+
+
+def test_training_goes_by_its_memory_per_node(tmp_path):
+    from tasks.training.data import write_synthetic_set
+
+    write_synthetic_set(str(tmp_path / "set"), train=16, validation=4, size=16)
+    deploy("distributed-training", "local", LOCAL_WORK_POOL)
+    deploy("distributed-training", "router-train-large", LARGE_POOL)
+    pools = dict.fromkeys(("small", "multinode", "gpu"), LOCAL_WORK_POOL) | {"large": LARGE_POOL}
+    params = {"dataset": str(tmp_path / "set"), "settings": {"device": "cpu"}}
+    # Two processes (each 512 MiB of torch and 256 MiB per loader worker, plus the model)
+    # fit in 3 GiB, not in 512 MiB.
+    for memory_mib, pool in ((3072, LOCAL_WORK_POOL), (512, LARGE_POOL)):
+        routing = {"small": {"max_memory_mib": memory_mib}}
+        ComputeUnit(name="router-train", work_pools=pools, routing=routing).save(
+            "router-train", overwrite=True
+        )
+        started = route_job("distributed-training", params, unit="router-train")
+        assert started.work_pool_name == pool, memory_mib
+        assert started.parameters == {**params, "unit": "router-train"}
+
+
+def test_the_run_form_has_a_described_field_per_parameter_and_no_type_pickers():
+    from prefect.utilities.callables import parameter_schema
+
+    schema = parameter_schema(route_job.fn).model_dump()
+    fields = schema["properties"]
+    assert set(fields) == {"flow", "parameters", "unit", "wait"}
+    assert all(field.get("description") for field in fields.values())
+    assert not any("anyOf" in field for field in fields.values())
+    assert fields["flow"]["enum"] == [
+        "mr-reconstruction",
+        "multinode-simulation",
+        "distributed-training",
+    ]
