@@ -191,7 +191,8 @@ def route_job(
     run = RunContext.current(compute_unit)
     job = SIZERS[flow](parameters, compute_unit, run)
     chosen = route(compute_unit, flow, job, candidate_sizes(flow, parameters, job))
-    check_run_cost(compute_unit, chosen.size, job.seconds, job.nodes)
+    # As the flows do: the class's price for its whole time limit, per node.
+    check_run_cost(compute_unit, chosen.size, nodes=job.nodes)
     logger.info(
         "%s → %s on pool %s: %s",
         job.what,

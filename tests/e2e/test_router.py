@@ -130,3 +130,5 @@ def test_router_sends_a_small_and_a_large_job_to_different_pools(
         run_dir = api.storage_root / UNIT / str(run.id)
         info = json.loads((run_dir / "info.json").read_text())
         assert info["sciflow"]["extra"]["median_snr_in_mask"] > 0
+    # Deploying from source, routing and both runs stayed on loopback.
+    assert api.proxy.requests == []

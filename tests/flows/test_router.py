@@ -177,3 +177,49 @@ def test_the_run_form_has_a_described_field_per_parameter_and_no_type_pickers():
         "multinode-simulation",
         "distributed-training",
     ]
+
+
+@pytest.fixture
+def team(aws: str, tmp_path: Path) -> dict[str, str]:
+    """The AWS unit ``team`` (moto) with a pool per class, and a small MR job in its bucket."""
+    import boto3
+
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="team")
+    files = write_mr_job(tmp_path, SMALL_SHAPE)
+    for name, path in files.items():
+        s3.upload_file(path, "team", f"runs/in/{name}.npy")
+    pools = {size: f"team-{size}" for size in ("small", "large", "multinode", "gpu")}
+    ComputeUnit(
+        name="team",
+        platform="aws",
+        region="us-east-1",
+        storage_root="s3://team/runs",
+        work_pools=pools,
+    ).save("team", overwrite=True)
+    return {name: f"s3://team/runs/in/{name}.npy" for name in files}
+
+
+def test_an_aws_unit_gets_the_deployment_of_its_unit_and_class(team):
+    deploy("mr-reconstruction", "team-small", "team-small")
+    started = route_job("mr-reconstruction", {**team, "options": OPTIONS}, unit="team")
+    assert started.work_pool_name == "team-small"
+    with get_client(sync_client=True) as client:
+        assert client.read_deployment(started.deployment_id).name == "team-small"
+
+
+def test_a_job_over_the_units_spending_cap_is_refused_and_nothing_started(team):
+    """Guards against the router starting a run that its flow would refuse for its cost."""
+    unit = ComputeUnit.load("team")
+    unit.spending_cap_usd = 0.01
+    unit.save("team", overwrite=True)
+    deploy("mr-reconstruction", "team-small", "team-small")
+    before = runs_of("mr-reconstruction/team-small")
+    with pytest.raises(InputError, match=r"exceeds unit 'team''s spending_cap_usd=0\.01"):
+        route_job("mr-reconstruction", {**team, "options": OPTIONS}, unit="team")
+    assert runs_of("mr-reconstruction/team-small") == before
+
+
+def test_a_signal_the_unit_may_not_read_is_refused_before_anything_is_fetched(team):
+    with pytest.raises(InputError, match=r"signal='s3://other/s\.npy': compute unit 'team' may"):
+        route_job("mr-reconstruction", {"signal": "s3://other/s.npy"}, unit="team")
