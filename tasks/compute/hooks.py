@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -116,6 +117,28 @@ def _limit_of_this_run() -> tuple[Any, ComputeUnit, int] | None:
     return run, unit, run_wall_time_s(unit, run.work_pool_name)
 
 
+def _call_within(fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+    if (found := _limit_of_this_run()) is None:
+        return fn(*args, **kwargs)
+    run, unit, limit_s = found
+    try:
+        with timeout(limit_s, timeout_exc_type=RunTimeLimitError):
+            return fn(*args, **kwargs)
+    except RunTimeLimitError:
+        raise _over_limit(run, unit, limit_s) from None
+
+
+async def _call_async_within(fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+    if (found := _limit_of_this_run()) is None:
+        return await fn(*args, **kwargs)
+    run, unit, limit_s = found
+    try:
+        with timeout_async(limit_s, timeout_exc_type=RunTimeLimitError):
+            return await fn(*args, **kwargs)
+    except RunTimeLimitError:
+        raise _over_limit(run, unit, limit_s) from None
+
+
 def within_wall_time(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``fn`` stopped with ``RunTimeLimitError`` once its run is past ``run_wall_time_s``.
 
@@ -123,32 +146,24 @@ def within_wall_time(fn: Callable[..., Any]) -> Callable[..., Any]:
     flow's thread) interrupts it; Prefect records ``TimedOut`` and runs the failure hooks.
     """
     if inspect.iscoroutinefunction(fn):
+        call_async = _call_async_within
 
-        @functools.wraps(fn)
-        async def limited_async(*args: Any, **kwargs: Any) -> Any:
-            if (found := _limit_of_this_run()) is None:
-                return await fn(*args, **kwargs)
-            run, unit, limit_s = found
-            try:
-                with timeout_async(limit_s, timeout_exc_type=RunTimeLimitError):
-                    return await fn(*args, **kwargs)
-            except RunTimeLimitError:
-                raise _over_limit(run, unit, limit_s) from None
+        async def limited(*args: Any, **kwargs: Any) -> Any:
+            return await call_async(fn, args, kwargs)
 
-        return limited_async
+    else:
+        call = _call_within
 
-    @functools.wraps(fn)
-    def limited(*args: Any, **kwargs: Any) -> Any:
-        if (found := _limit_of_this_run()) is None:
-            return fn(*args, **kwargs)
-        run, unit, limit_s = found
-        try:
-            with timeout(limit_s, timeout_exc_type=RunTimeLimitError):
-                return fn(*args, **kwargs)
-        except RunTimeLimitError:
-            raise _over_limit(run, unit, limit_s) from None
+        def limited(*args: Any, **kwargs: Any) -> Any:
+            return call(fn, args, kwargs)
 
-    return limited
+    # Prefect resolves the parameters' string annotations (``from __future__ import
+    # annotations``) in the globals of the function it is given: give the wrapper fn's. Its
+    # code reads only its closure, so it runs the same with them.
+    limited = types.FunctionType(
+        limited.__code__, fn.__globals__, fn.__name__, None, limited.__closure__
+    )
+    return functools.update_wrapper(limited, fn)
 
 
 # Stop first, then clean up: cleanup's checks should see what stopping left.
