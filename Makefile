@@ -89,7 +89,7 @@ server: install  ## Start a Prefect server with its UI on http://127.0.0.1:4200.
 	$(BIN)/prefect server start --host 127.0.0.1 --port 4200
 
 worker: install  ## Start a process worker for the sciflow-local work pool (needs `make server`).
-	PREFECT_API_URL=$(LOCAL_API) $(BIN)/prefect worker start --pool sciflow-local --type process
+	PREFECT_API_URL=$(LOCAL_API) PREFECT_WORKER_ENABLE_CANCELLATION=true $(BIN)/prefect worker start --pool sciflow-local --type process
 
 deploy: install  ## Register deployments/prefect.yaml and the cleanup automation with `make server`.
 	PWD=$(CURDIR) PREFECT_API_URL=$(LOCAL_API) $(BIN)/prefect --no-prompt deploy --all --prefect-file deployments/prefect.yaml

@@ -221,7 +221,10 @@ def wait_until_healthy(url: str, service: Service, timeout: float) -> None:
 def subprocess_env(
     home: Path, api_url: str, storage: Path, scratch: Path, proxy: str
 ) -> dict[str, str]:
-    """The environment of a user's shell set up for this server: offline, no telemetry."""
+    """The environment of a user's shell set up for this server: offline, no telemetry.
+
+    Workers started with it stop the infrastructure of runs cancelled while being submitted.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "SCIFLOW_"))}
     for var in PROXY_VARS:
         env[var] = env[var.lower()] = proxy
@@ -237,6 +240,9 @@ def subprocess_env(
             "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
             "SCIFLOW_STORAGE_ROOT": str(storage),
             "SCIFLOW_SCRATCH_ROOT": str(scratch),
+            # As every worker sciflow starts or documents: without it a Prefect 3.8 worker
+            # lets a run cancelled while it is being submitted start anyway.
+            "PREFECT_WORKER_ENABLE_CANCELLATION": "true",
         }
     )
     return env

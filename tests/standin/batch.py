@@ -5,7 +5,8 @@ Docker it needs a daemon. While installed, the stand-in answers SubmitJob itself
 process, which serves moto through ``ThreadedMotoServer``):
 
 - the job is a moto ``Job`` in moto's backend (DescribeJobs, ListJobs, tags work as before),
-  SUBMITTED at once; a thread moves it PENDING -> RUNNABLE -> STARTING -> RUNNING;
+  SUBMITTED at once; a thread moves it PENDING -> RUNNABLE -> STARTING -> RUNNING (it
+  stays RUNNABLE while ``held_runnable()`` is entered, as with no free capacity);
 - a multi-node parallel job gets its node jobs ``<jobId>#<n>`` (DescribeJobs finds them,
   ListJobs on the queue does not, as on AWS), each with the container of the node range
   holding ``n`` (job definition, then ``nodeOverrides``);
@@ -114,6 +115,8 @@ class BatchStandIn:
         self._lock = threading.RLock()
         self._runners: list[threading.Thread] = []
         self._timeouts: list[threading.Timer] = []
+        self._admitting = threading.Event()  # cleared: jobs wait in RUNNABLE
+        self._admitting.set()
 
     # ---- moto backends -------------------------------------------------------------------------
 
@@ -152,6 +155,15 @@ class BatchStandIn:
             for (owner, name), value in originals.items():
                 setattr(owner, name, value)
             self.close()
+
+    @contextmanager
+    def held_runnable(self) -> Iterator[BatchStandIn]:
+        """Jobs stay RUNNABLE while this is entered (no free capacity), then go on."""
+        self._admitting.clear()
+        try:
+            yield self
+        finally:
+            self._admitting.set()
 
     def close(self) -> None:
         """Stop every container still running and delete the nodes' namespaces."""
@@ -320,6 +332,9 @@ class BatchStandIn:
                 for one in {id(n): n for n in [job, *nodes]}.values():
                     one.status = status
             time.sleep(0.05)
+            while status == "RUNNABLE" and not self._admitting.wait(0.05):
+                if job.standin_stopping:  # terminated or cancelled while it waited
+                    return
         main = next((n for n in nodes if n.standin_node.get("isMainNode", True)), nodes[0])
         try:
             specs = {n.job_id: self._container_spec(n) for n in nodes}

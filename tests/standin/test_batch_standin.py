@@ -296,3 +296,19 @@ def test_a_job_within_its_attempt_timeout_is_not_stopped(batch, batch_standin):
     )["jobId"]
     done = _done(batch, job_id)
     assert (done["status"], done["container"]["exitCode"]) == ("SUCCEEDED", 0)
+
+
+def test_a_held_job_waits_runnable_until_released_or_terminated(batch, batch_standin):
+    definition = _definition(batch, [PYTHON, "-c", "print('ran')"], name="held")
+    with batch_standin.held_runnable():
+        kept = batch.submit_job(jobName="kept", jobQueue=QUEUE, jobDefinition=definition)["jobId"]
+        ended = batch.submit_job(jobName="ended", jobQueue=QUEUE, jobDefinition=definition)
+        wait_for(lambda: _describe(batch, kept)["status"] == "RUNNABLE", 30, "kept RUNNABLE")
+        batch.terminate_job(jobId=ended["jobId"], reason="cancelled while RUNNABLE")
+        gone = _done(batch, ended["jobId"])
+        assert (gone["status"], gone["statusReason"]) == ("FAILED", "cancelled while RUNNABLE")
+        assert _describe(batch, kept)["status"] == "RUNNABLE"
+        assert batch_standin.containers == {}
+
+    assert _done(batch, kept)["status"] == "SUCCEEDED"
+    assert ended["jobId"] not in batch_standin.exits  # it never had a container

@@ -9,12 +9,14 @@ locals {
     if contains(keys(aws_secretsmanager_secret.prefect), key)
   ]
 
-  # prefect-aws's ECS observer settings (prefect_aws.settings.EcsObserverSqsSettings).
-  observer_env = [
+  # The workers' settings: prefect-aws's ECS observer (EcsObserverSqsSettings), Prefect's.
+  worker_env = [
     { name = "PREFECT_INTEGRATIONS_AWS_ECS_OBSERVER_SQS_QUEUE_NAME", value = aws_sqs_queue.ecs_events.name },
     { name = "PREFECT_INTEGRATIONS_AWS_ECS_OBSERVER_SQS_QUEUE_REGION", value = data.aws_region.current.name },
     # The root file system is read-only; Prefect keeps its home on the task's scratch volume.
     { name = "PREFECT_HOME", value = "/scratch/prefect" },
+    # Without it a worker lets a run cancelled while it is being submitted start anyway.
+    { name = "PREFECT_WORKER_ENABLE_CANCELLATION", value = "true" },
   ]
 }
 
@@ -161,7 +163,7 @@ resource "aws_ecs_task_definition" "worker" {
     essential              = true
     readonlyRootFilesystem = true
     command                = ["prefect", "worker", "start", "--pool", each.key, "--type", each.value, "--with-healthcheck"]
-    environment            = local.observer_env
+    environment            = local.worker_env
     secrets                = local.prefect_secrets
     mountPoints            = [{ sourceVolume = "scratch", containerPath = "/scratch", readOnly = false }]
     healthCheck = {
