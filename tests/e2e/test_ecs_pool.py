@@ -3,13 +3,12 @@
 A unit is registered from a ``terraform output -json`` naming what the test made in moto
 (``blocks.registration.register_unit``): its ``small`` pool is made from
 ``deployments/work-pools/ecs-fargate.json``. ``prefect worker start --type ecs``
-(prefect-aws, unchanged) picks a
-deployment run from that pool, registers the task definition in the class's fixed family and
-runs the task on moto; the stand-in runs the task's command (``prefect flow-run execute``) as a
-process in a namespace holding the task's private address. The task reaches the test's Prefect
-server through a relay on the bridge, whose URL it gets from Secrets Manager (the pool's
-``prefect_api_url_secret_arn``), and writes to moto's S3. prefect-aws's ECS observer reads the
-stand-in's task-state events from SQS.
+(prefect-aws, unchanged) picks a deployment run from that pool, registers the task definition
+in the class's fixed family and runs the task on moto; the stand-in runs the task's command
+(``prefect flow-run execute``) as a process in a namespace holding the task's private
+address. The task reaches the test's Prefect server through a relay on the bridge, whose URL
+it gets from Secrets Manager (the pool's ``prefect_api_url_secret_arn``), and writes to
+moto's S3. prefect-aws's ECS observer reads the stand-in's task-state events from SQS.
 """
 
 from __future__ import annotations
