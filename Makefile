@@ -27,7 +27,7 @@ export DO_NOT_TRACK := 1
 # The venv's bin (mpiexec, prefect) first, so subprocesses find the pinned tools.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help install demo test lint format bench server worker deploy clean checkov checkov-venv
+.PHONY: help install demo test lint format bench server worker pools deploy clean checkov checkov-venv
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -90,6 +90,10 @@ server: install  ## Start a Prefect server with its UI on http://127.0.0.1:4200.
 
 worker: install  ## Start a process worker for the sciflow-local work pool (needs `make server`).
 	PREFECT_API_URL=$(LOCAL_API) PREFECT_WORKER_ENABLE_CANCELLATION=true $(BIN)/prefect worker start --pool sciflow-local --type process
+
+pools: install  ## Create or update the work pools (sciflow-local, every saved unit's) with their limits, and the cleanup automation, on `make server`.
+	PREFECT_API_URL=$(LOCAL_API) $(BIN)/python -m blocks.pools
+	PREFECT_API_URL=$(LOCAL_API) $(BIN)/python -m tasks.cleanup.automation
 
 deploy: install  ## Register deployments/prefect.yaml and the cleanup automation with `make server`.
 	PWD=$(CURDIR) PREFECT_API_URL=$(LOCAL_API) $(BIN)/prefect --no-prompt deploy --all --prefect-file deployments/prefect.yaml

@@ -81,8 +81,9 @@ class SizeLimits(BaseModel):
         ge=1,
         le=1000,
         description=(
-            "Most runs of this size class at once, 1 to 1000. Not enforced yet: meant as the "
-            "work pool's concurrency limit."
+            "Most runs of this size class at once, 1 to 1000: the concurrency limit of the "
+            "class's work queue (named after the class) in its work pool; a run over it waits "
+            "Scheduled until a slot frees (blocks/registration.py, `make pools`)."
         ),
     )
     price_usd_per_hour: float | None = Field(
@@ -620,6 +621,8 @@ class ComputeUnit(Block):
                     execution_role_arn=value.get("execution_role_arn"),
                     log_group=value.get("log_group"),
                     gpu_capacity_provider=value.get("gpu_capacity_provider"),
+                    prefect_api_url_secret=value.get("prefect_api_url_secret_arn"),
+                    prefect_api_key_secret=value.get("prefect_api_key_secret_arn"),
                 )
             return cls(
                 name=value["unit_name"],
@@ -668,6 +671,8 @@ TERRAFORM_OUTPUTS = (
     "execution_role_arn",
     "log_group",
     "gpu_capacity_provider",
+    "prefect_api_url_secret_arn",
+    "prefect_api_key_secret_arn",
     "spending_cap_usd",
     "budget_usd",
     "fsx_file_system_id",
@@ -688,6 +693,8 @@ _REGIONAL_OUTPUTS = (
     "dask_image",
     "ecs_cluster_arn",
     "log_group",
+    "prefect_api_url_secret_arn",
+    "prefect_api_key_secret_arn",
     "cloud_map_namespace",
     "ecs_events_queue",
     "ecr_repositories",

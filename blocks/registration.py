@@ -1,11 +1,19 @@
 """Save a compute unit from ``terraform output -json``: its blocks and its work pools, or none.
 
 ``register_unit`` makes the ``ComputeUnit`` block, an ``AwsCredentials`` block and an
-``S3Bucket`` block (both named ``sciflow-<unit>``), and the work pools the unit names: an
-``ecs`` pool (prefect-aws) for the ``small`` and ``large`` classes from
-``deployments/work-pools/ecs-fargate.json``, filled with the unit's cluster, subnets, security
-groups, roles, log group and CPU and memory from the class's limits; an ``aws-batch`` pool for
-``multinode`` and ``gpu`` (Fargate has no GPUs), filled with the unit's queue, EFS and roles.
+``S3Bucket`` block (both named ``sciflow-<unit>``), and the work pools the unit names: ``ecs``
+pools (prefect-aws) for the ``small`` and ``large`` classes from
+``deployments/work-pools/ecs-fargate.json`` and for ``gpu`` from ``ecs-gpu.json`` (EC2 GPU
+hosts through the unit's capacity provider: Fargate has no GPUs), filled with the unit's
+cluster, subnets, security groups, roles, log group, Prefect API secrets, tags, a fixed task
+definition family ``sciflow-<unit>-<class>`` and CPU and memory from the class's limits; an
+``aws-batch`` pool for ``multinode``, filled with the unit's queue, EFS and roles.
+
+Each pool's concurrency limit is the sum of ``limits.<class>.concurrent_runs`` of the classes
+it serves, and it has a work queue named after each class with that class's limit: a run sent
+to a class's queue (``work_queue_name``) waits Scheduled while the class is at its limit.
+``apply_pools`` creates or updates a unit's pools without touching its blocks (``make pools``,
+``blocks.pools``); a local unit's pools are ``process`` pools.
 
 Every check (outputs, region, unit name, external id, pools of other units or types) runs
 before anything is written; registering the same outputs again gives the same blocks and
@@ -32,17 +40,22 @@ if TYPE_CHECKING:
     from prefect.blocks.core import Block
 
 REPO = Path(__file__).resolve().parents[1]
-ECS_TEMPLATE = REPO / "deployments" / "work-pools" / "ecs-fargate.json"
+WORK_POOL_DIR = REPO / "deployments" / "work-pools"
+ECS_TEMPLATE = WORK_POOL_DIR / "ecs-fargate.json"
+ECS_GPU_TEMPLATE = WORK_POOL_DIR / "ecs-gpu.json"
 ECS_WORKER_TYPE = "ecs"
 # tasks.compute.batch_worker.WORKER_TYPE; Prefect finds that worker by its entry point.
 BATCH_WORKER_TYPE = "aws-batch"
-# Which worker runs a class's flow runs: ECS Fargate, or Batch for multi-node and GPU jobs.
-POOL_TYPES: dict[SizeClass, str] = {
-    "small": ECS_WORKER_TYPE,
-    "large": ECS_WORKER_TYPE,
-    "multinode": BATCH_WORKER_TYPE,
-    "gpu": BATCH_WORKER_TYPE,
+PROCESS_WORKER_TYPE = "process"
+# Which worker runs an AWS unit's flow runs of a class, and how: ECS on Fargate, ECS on the
+# unit's EC2 GPU hosts, or Batch for multi-node jobs. A pool serves classes of one kind.
+POOL_KINDS: dict[SizeClass, tuple[str, str]] = {
+    "small": (ECS_WORKER_TYPE, "ECS Fargate"),
+    "large": (ECS_WORKER_TYPE, "ECS Fargate"),
+    "multinode": (BATCH_WORKER_TYPE, "AWS Batch"),
+    "gpu": (ECS_WORKER_TYPE, "ECS on EC2 GPU hosts"),
 }
+POOL_TYPES: dict[SizeClass, str] = {size: kind[0] for size, kind in POOL_KINDS.items()}
 # Fargate's CPU units and, for each, the memory range it allows (MiB).
 FARGATE_MEMORY = {
     256: (512, 2048),
@@ -57,12 +70,24 @@ FARGATE_MEMORY = {
 
 @dataclass
 class PoolPlan:
-    """A work pool to create: name, worker type, base job template, the classes it serves."""
+    """A work pool to create: name, worker type, base job template, the classes it serves.
+
+    ``limits`` is each class's ``concurrent_runs``: the limit of the pool's work queue named
+    after the class. ``template`` is ``None`` for a ``process`` pool, whose template (the
+    worker's default, or what the operator set) is kept.
+    """
 
     name: str
     type: str
-    template: dict[str, Any]
+    template: dict[str, Any] | None
     classes: list[SizeClass] = field(default_factory=list)
+    limits: dict[SizeClass, int] = field(default_factory=dict)
+    kind: str = ""
+
+    @property
+    def concurrency_limit(self) -> int:
+        """The pool's limit: the sum of its classes' limits."""
+        return sum(self.limits.values())
 
 
 @dataclass
@@ -123,7 +148,7 @@ def register_unit(
         storage.credentials = AwsCredentials.load(block_name)
         storage.save(block_name, overwrite=True)
         for pool in pools:
-            _create_pool(client, pool, credentials_id)
+            _create_pool(client, pool, credentials_id, name)
         unit.save(name, overwrite=True)
     return Registration(
         unit=unit,
@@ -164,33 +189,68 @@ def unregister_unit(name: str) -> list[str]:
 
 
 def plan_pools(unit: ComputeUnit) -> list[PoolPlan]:
-    """The work pools ``unit`` names, each with its filled base job template.
+    """The work pools ``unit`` names, each with its filled base job template and limits.
+
+    A local unit's pools are ``process`` pools (templates kept as they are).
 
     Raises:
-        InputError: One pool name serves ECS and Batch classes, or an output a pool needs
-            (cluster and network for ECS, queue for Batch) is missing.
+        InputError: One pool name serves classes of different kinds (ECS Fargate, ECS GPU,
+            Batch), or an output a pool needs (cluster, network, Prefect API secret and GPU
+            capacity for ECS, queue for Batch) is missing.
     """
     by_name: dict[str, PoolPlan] = {}
     for size in SIZE_CLASSES:
         pool_name = unit.work_pools.get(size)
         if pool_name is None:
             continue
-        kind = POOL_TYPES[size]
-        plan = by_name.setdefault(pool_name, PoolPlan(pool_name, kind, {}))
-        if plan.type != kind:
+        kind = (PROCESS_WORKER_TYPE, "process") if unit.is_local else POOL_KINDS[size]
+        plan = by_name.setdefault(pool_name, PoolPlan(pool_name, kind[0], None, kind=kind[1]))
+        if plan.kind != kind[1]:
             raise InputError(
-                f"terraform output work_pools maps {plan.classes[0]!r} and {size!r} to "
-                f"{pool_name!r}: {plan.classes[0]} runs on {plan.type}, {size} on {kind}; "
-                "expected a pool per worker type"
+                f"work_pools maps {plan.classes[0]!r} and {size!r} to {pool_name!r}: "
+                f"{plan.classes[0]} runs on {plan.kind}, {size} on {kind[1]}; expected a "
+                "pool per kind"
             )
         plan.classes.append(size)
+        plan.limits[size] = unit.size_limits(size).concurrent_runs
     for plan in by_name.values():
+        if plan.type == PROCESS_WORKER_TYPE:
+            continue
         if plan.type == ECS_WORKER_TYPE:
             plan.template = _ecs_template(unit, plan.classes[0])
         else:
             plan.template = _batch_template(unit, plan.classes)
         _check_defaults(plan)
     return list(by_name.values())
+
+
+def apply_pools(unit: ComputeUnit) -> list[PoolPlan]:
+    """Create or update ``unit``'s work pools, their limits and class queues; no block is saved.
+
+    Every pool is checked before any is written. An AWS unit's pools get its
+    ``AwsCredentials`` block (``aws_credentials_block``) as their credentials.
+
+    Raises:
+        InputError: ``plan_pools`` refuses the unit, a pool belongs to another unit or worker
+            type, or the unit's credentials block is missing.
+    """
+    pools = plan_pools(unit)
+    with get_client(sync_client=True) as client:
+        credentials_id = None
+        if not unit.is_local and unit.aws_credentials_block:
+            saved = _read_block(client, "aws-credentials", unit.aws_credentials_block)
+            if saved is None:
+                raise InputError(
+                    f"compute unit {unit.name!r} names aws_credentials_block="
+                    f"{unit.aws_credentials_block!r}, which is not saved; expected the block "
+                    "registration saved (re-run `python -m blocks save-unit`)"
+                )
+            credentials_id = saved.id
+        for pool in pools:
+            _check_pool(client, pool, unit.name, credentials_id, overwrite=True)
+        for pool in pools:
+            _create_pool(client, pool, credentials_id, unit.name)
+    return pools
 
 
 def _check_defaults(plan: PoolPlan) -> None:
@@ -227,8 +287,14 @@ def fargate_size(vcpus: float, memory_mib: int) -> tuple[int, int]:
     return cpu, max(low, min(high, memory_mib))
 
 
+def task_family(unit: str, size: SizeClass) -> str:
+    """The fixed ECS task definition family of unit ``unit``'s class ``size``."""
+    return f"sciflow-{unit}-{size}"
+
+
 def _ecs_template(unit: ComputeUnit, size: SizeClass) -> dict[str, Any]:
     fargate = unit.fargate
+    gpu = size == "gpu"
     needed = {
         "dask_image": fargate and fargate.image,
         "ecs_cluster_arn": fargate and fargate.cluster_arn,
@@ -237,29 +303,46 @@ def _ecs_template(unit: ComputeUnit, size: SizeClass) -> dict[str, Any]:
         "execution_role_arn": fargate and fargate.execution_role_arn,
         "task_role_arn": fargate and fargate.task_role_arn,
         "log_group": fargate and fargate.log_group,
+        "prefect_api_url_secret_arn": fargate and fargate.prefect_api_url_secret,
     }
+    if gpu:
+        needed["gpu_capacity_provider"] = fargate and fargate.gpu_capacity_provider
     missing = sorted(key for key, value in needed.items() if not value)
     if fargate is None or missing:
+        where = "EC2 GPU capacity" if gpu else "Fargate"
         raise InputError(
             f"terraform output lacks {missing}: work_pools.{size}={unit.work_pool(size)!r} is "
-            "an ECS Fargate pool and needs the unit's image, cluster, network, roles and logs"
+            f"an ECS pool on {where} and needs the unit's image, cluster, network, roles, "
+            "logs and Prefect API URL secret" + (" and its GPU capacity provider" if gpu else "")
         )
     limits = unit.size_limits(size)
-    cpu, memory = fargate_size(limits.vcpus, limits.memory_mib)
-    template = json.loads(ECS_TEMPLATE.read_text())
-    _defaults(
-        template,
-        unit=unit.name,
-        image=fargate.image,
-        cluster=fargate.cluster_arn,
-        subnets=fargate.subnets,
-        security_groups=fargate.security_groups,
-        execution_role_arn=fargate.execution_role_arn,
-        task_role_arn=fargate.task_role_arn,
-        log_group=fargate.log_group,
-        cpu=cpu,
-        memory=memory,
-    )
+    values: dict[str, Any] = {
+        "unit": unit.name,
+        "image": fargate.image,
+        "cluster": fargate.cluster_arn,
+        "subnets": fargate.subnets,
+        "security_groups": fargate.security_groups,
+        "execution_role_arn": fargate.execution_role_arn,
+        "task_role_arn": fargate.task_role_arn,
+        "log_group": fargate.log_group,
+        "family": task_family(unit.name, size),
+        "prefect_api_url_secret_arn": fargate.prefect_api_url_secret,
+    }
+    if fargate.prefect_api_key_secret:
+        values["prefect_api_key_secret_arn"] = fargate.prefect_api_key_secret
+    if unit.tags:
+        values["labels"] = unit.tags
+    if gpu:
+        template = json.loads(ECS_GPU_TEMPLATE.read_text())
+        values |= {
+            "capacity_provider": fargate.gpu_capacity_provider,
+            "cpu": int(limits.vcpus * 1024),
+            "memory": limits.memory_mib,
+        }
+    else:
+        template = json.loads(ECS_TEMPLATE.read_text())
+        values["cpu"], values["memory"] = fargate_size(limits.vcpus, limits.memory_mib)
+    _defaults(template, **values)
     return template
 
 
@@ -394,11 +477,20 @@ def _check_pool(
 ) -> None:
     """Refuse a pool ``pool.name`` of another unit or type, or with another template.
 
-    Another template is refused only without ``overwrite``.
+    Another template is refused only without ``overwrite``. A ``process`` pool names no unit
+    (local units share ``sciflow-local``): only its type is checked.
     """
     try:
         saved = client.read_work_pool(pool.name)
     except ObjectNotFound:
+        return
+    if pool.template is None:
+        if saved.type != pool.type:
+            raise InputError(
+                f"work pool {pool.name!r} exists with type {saved.type!r}; unit {unit!r} "
+                f"needs a {pool.type!r} pool there: rename it in work_pools or remove that "
+                "pool: nothing was changed"
+            )
         return
     owner = _pool_unit(saved.base_job_template)
     if saved.type != pool.type or owner != unit:
@@ -415,17 +507,55 @@ def _check_pool(
         )
 
 
-def _create_pool(client: Any, pool: PoolPlan, credentials_id: UUID) -> None:
-    from prefect.client.schemas.actions import WorkPoolCreate
+def _create_pool(client: Any, pool: PoolPlan, credentials_id: UUID | None, unit: str) -> None:
+    """Create or update pool ``pool.name``, its concurrency limit and its class queues."""
+    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
 
-    unit = _pool_unit(pool.template)
     description = f"sciflow unit {unit}: flow runs of size classes {', '.join(pool.classes)}"
-    client.create_work_pool(
-        WorkPoolCreate(
-            name=pool.name,
-            type=pool.type,
-            description=description,
-            base_job_template=_with_credentials(pool.template, credentials_id),
-        ),
-        overwrite=True,
-    )
+    if pool.template is None:  # a process pool: keep the template it has
+        try:
+            client.read_work_pool(pool.name)
+            client.update_work_pool(
+                pool.name, WorkPoolUpdate(concurrency_limit=pool.concurrency_limit)
+            )
+        except ObjectNotFound:
+            from prefect.workers.process import ProcessWorker
+
+            client.create_work_pool(
+                WorkPoolCreate(
+                    name=pool.name,
+                    type=pool.type,
+                    description=description,
+                    base_job_template=ProcessWorker.get_default_base_job_template(),
+                    concurrency_limit=pool.concurrency_limit,
+                )
+            )
+    else:
+        client.create_work_pool(
+            WorkPoolCreate(
+                name=pool.name,
+                type=pool.type,
+                description=description,
+                base_job_template=_with_credentials(pool.template, credentials_id),
+                concurrency_limit=pool.concurrency_limit,
+            ),
+            overwrite=True,
+        )
+    for size, limit in pool.limits.items():
+        _apply_queue(client, pool.name, size, limit)
+
+
+def _apply_queue(client: Any, pool: str, size: SizeClass, limit: int) -> None:
+    """Make pool ``pool``'s work queue ``size`` with concurrency limit ``limit``."""
+    try:
+        queue = client.read_work_queue_by_name(size, work_pool_name=pool)
+    except ObjectNotFound:
+        client.create_work_queue(
+            name=size,
+            work_pool_name=pool,
+            concurrency_limit=limit,
+            description=f"flow runs of size class {size}: at most {limit} at once",
+        )
+        return
+    if queue.concurrency_limit != limit:
+        client.update_work_queue(queue.id, concurrency_limit=limit)

@@ -129,6 +129,29 @@ def test_from_terraform_output_reads_every_field():
     assert unit.tags == {"project": "mr"}
 
 
+def test_from_terraform_output_wires_the_prefect_api_secrets_into_the_unit():
+    """Guards against a unit whose Dask tasks and pools cannot reach Prefect: the secrets the
+    prefect-worker module outputs become the unit's ECS ``secrets`` entries."""
+    arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:lab-aws/prefect-api"
+    unit = ComputeUnit.from_terraform_output(
+        terraform_output(
+            prefect_api_url_secret_arn=f"{arn}-url-AbC123",
+            prefect_api_key_secret_arn=f"{arn}-key-DeF456",
+        )
+    )
+    assert unit.fargate.prefect_api_secrets() == [
+        {"name": "PREFECT_API_URL", "valueFrom": f"{arn}-url-AbC123"},
+        {"name": "PREFECT_API_KEY", "valueFrom": f"{arn}-key-DeF456"},
+    ]
+    # A self-hosted server without auth: Terraform outputs a null key secret.
+    unit = ComputeUnit.from_terraform_output(
+        terraform_output(prefect_api_url_secret_arn=f"{arn}-url", prefect_api_key_secret_arn=None)
+    )
+    assert unit.fargate.prefect_api_secrets() == [
+        {"name": "PREFECT_API_URL", "valueFrom": f"{arn}-url"}
+    ]
+
+
 def test_from_terraform_output_names_missing_outputs():
     outputs = terraform_output()
     del outputs["region"], outputs["work_pools"]
@@ -322,4 +345,4 @@ def test_limits_render_as_a_form_with_described_fields():
     }
     assert all(f["description"].endswith(".") for f in fields.values())
     assert "MiB" in fields["memory_mib"]["description"]
-    assert "Not enforced yet" in fields["concurrent_runs"]["description"]
+    assert "concurrency limit of the class's work queue" in fields["concurrent_runs"]["description"]

@@ -28,6 +28,7 @@ ACCOUNT = "123456789012"
 
 def full_output(name: str, region: str = "eu-west-1", **overrides: object) -> dict:
     """``terraform output -json`` of a Mode 2 environment, every output of the contract."""
+    secrets = f"arn:aws:secretsmanager:{region}:{ACCOUNT}:secret"
     values = {
         "unit_name": name,
         "mode": "user",
@@ -37,7 +38,7 @@ def full_output(name: str, region: str = "eu-west-1", **overrides: object) -> di
             "small": f"{name}-small",
             "large": f"{name}-large",
             "multinode": f"{name}-batch",
-            "gpu": f"{name}-batch",
+            "gpu": f"{name}-gpu",
         },
         "role_arn": f"arn:aws:iam::{ACCOUNT}:role/sciflow-runner",
         "external_id": EXTERNAL_ID,
@@ -52,7 +53,9 @@ def full_output(name: str, region: str = "eu-west-1", **overrides: object) -> di
         "task_role_arn": f"arn:aws:iam::{ACCOUNT}:role/{name}-task",
         "execution_role_arn": f"arn:aws:iam::{ACCOUNT}:role/{name}-exec",
         "log_group": f"/sciflow/{name}",
-        "gpu_capacity_provider": f"{name}-gpu",
+        "gpu_capacity_provider": f"sciflow-{name}-gpu",
+        "prefect_api_url_secret_arn": f"{secrets}:{name}/prefect-api-url-AbC123",
+        "prefect_api_key_secret_arn": f"{secrets}:{name}/prefect-api-key-DeF456",
         "spending_cap_usd": 40.0,
         "budget_usd": 500.0,
         "fsx_file_system_id": "fs-0123456789abcdef0",
@@ -77,7 +80,7 @@ def fresh_name() -> str:
 def what_exists(name: str) -> list[str]:
     """Every block and pool ``register_unit`` would write for unit ``name``."""
     found = []
-    pools = {f"{name}-small", f"{name}-large", f"{name}-batch"}
+    pools = {f"{name}-small", f"{name}-large", f"{name}-batch", f"{name}-gpu"}
     with get_client(sync_client=True) as client:
         for slug, block in [
             ("sciflow-compute-unit", name),
@@ -103,6 +106,13 @@ def read_pool(name: str):
         return client.read_work_pool(name)
 
 
+def queue_limits(pool: str) -> dict[str, int | None]:
+    """Each work queue of ``pool`` and its concurrency limit."""
+    with get_client(sync_client=True) as client:
+        queues = client.read_work_queues(work_pool_name=pool)
+    return {queue.name: queue.concurrency_limit for queue in queues}
+
+
 def defaults(pool) -> dict:
     props = pool.base_job_template["variables"]["properties"]
     return {key: prop.get("default") for key, prop in props.items()}
@@ -126,7 +136,12 @@ def test_register_unit_saves_the_unit_its_blocks_and_its_pools(tmp_path):
     assert AwsCredentials.load(credentials_block_name(name)).region_name == "eu-west-1"
     bucket = S3Bucket.load(credentials_block_name(name))
     assert (bucket.bucket_name, bucket.bucket_folder) == (f"{name}-bucket", "runs")
-    assert sorted(saved.pools) == sorted([f"{name}-small", f"{name}-large", f"{name}-batch"])
+    assert sorted(saved.pools) == sorted(
+        [f"{name}-small", f"{name}-large", f"{name}-batch", f"{name}-gpu"]
+    )
+    secrets = f"arn:aws:secretsmanager:eu-west-1:{ACCOUNT}:secret:{name}"
+    assert unit.fargate.prefect_api_url_secret == f"{secrets}/prefect-api-url-AbC123"
+    assert unit.fargate.prefect_api_key_secret == f"{secrets}/prefect-api-key-DeF456"
 
     small, large = read_pool(f"{name}-small"), read_pool(f"{name}-large")
     assert small.type == large.type == "ecs"
@@ -138,6 +153,12 @@ def test_register_unit_saves_the_unit_its_blocks_and_its_pools(tmp_path):
     assert small_vars["execution_role_arn"].endswith(f"role/{name}-exec")
     assert small_vars["unit"] == name
     assert (small_vars["cpu"], small_vars["memory"]) == (4096, 16384)  # limits.small
+    assert small_vars["launch_type"] == "FARGATE"
+    assert small_vars["family"] == f"sciflow-{name}-small"
+    assert defaults(large)["family"] == f"sciflow-{name}-large"
+    assert small_vars["prefect_api_url_secret_arn"] == unit.fargate.prefect_api_url_secret
+    assert small_vars["prefect_api_key_secret_arn"] == unit.fargate.prefect_api_key_secret
+    assert small_vars["labels"] == {"project": "mr"}
     assert (defaults(large)["cpu"], defaults(large)["memory"]) == (16384, 122880)
     credentials_id = str(AwsCredentials.load(credentials_block_name(name))._block_document_id)
     assert small_vars["aws_credentials"] == {"$ref": {"block_document_id": credentials_id}}
@@ -149,6 +170,32 @@ def test_register_unit_saves_the_unit_its_blocks_and_its_pools(tmp_path):
     assert batch_vars["efs_file_system_id"] == "fs-0123abcd"
     assert batch_vars["unit"] == name
     assert batch_vars["aws_credentials"] == {"$ref": {"block_document_id": credentials_id}}
+    assert batch_vars["size_class"] == "multinode"
+
+    gpu = read_pool(f"{name}-gpu")
+    assert gpu.type == "ecs"
+    gpu_vars = defaults(gpu)
+    assert gpu_vars["capacity_provider"] == f"sciflow-{name}-gpu"
+    assert "launch_type" not in gpu_vars  # never Fargate
+    assert (gpu_vars["cpu"], gpu_vars["memory"]) == (48 * 1024, 196608)  # limits.gpu
+    assert gpu_vars["family"] == f"sciflow-{name}-gpu"
+    assert gpu_vars["prefect_api_url_secret_arn"] == unit.fargate.prefect_api_url_secret
+    assert gpu_vars["aws_credentials"] == {"$ref": {"block_document_id": credentials_id}}
+
+
+def test_each_pool_and_class_queue_is_limited_to_the_units_concurrent_runs():
+    """Guards against pools that start any number of runs: SizeLimits.concurrent_runs is the
+    limit of each class's queue, and a pool's limit is the sum over the classes it serves."""
+    name = fresh_name()
+    outputs = full_output(name)
+    outputs["work_pools"]["value"]["large"] = f"{name}-small"  # one pool, two classes
+    register_unit(outputs, name)
+
+    shared, batch = read_pool(f"{name}-small"), read_pool(f"{name}-batch")
+    assert shared.concurrency_limit == 16 + 4  # limits.small + limits.large
+    assert batch.concurrency_limit == 2
+    assert queue_limits(f"{name}-small") == {"default": None, "small": 16, "large": 4}
+    assert queue_limits(f"{name}-gpu") == {"default": None, "gpu": 2}
 
 
 def test_registering_the_same_outputs_again_gives_the_same_result():
@@ -202,6 +249,25 @@ REFUSALS = {
     "ECS pool without its log group": (
         lambda n: _drop(full_output(n), "log_group"),
         r"lacks \['log_group'\]: work_pools.small=",
+    ),
+    "ECS pool without the Prefect API URL secret": (
+        lambda n: _drop(full_output(n), "prefect_api_url_secret_arn"),
+        r"lacks \['prefect_api_url_secret_arn'\]: work_pools.small=",
+    ),
+    "GPU pool without GPU capacity": (
+        lambda n: _drop(full_output(n), "gpu_capacity_provider"),
+        r"lacks \['gpu_capacity_provider'\]: work_pools.gpu=.* EC2 GPU capacity",
+    ),
+    "GPU and Fargate classes in one pool": (
+        lambda n: full_output(n, work_pools={"small": f"{n}-ecs", "gpu": f"{n}-ecs"}),
+        r"maps 'small' and 'gpu' to 'reg-[0-9a-f]+-ecs': small runs on ECS Fargate, gpu on "
+        r"ECS on EC2 GPU hosts",
+    ),
+    "secret from another region": (
+        lambda n: full_output(
+            n, prefect_api_url_secret_arn=f"arn:aws:secretsmanager:us-east-1:{ACCOUNT}:secret:x"
+        ),
+        r"prefect_api_url_secret_arn=.* is in region 'us-east-1'",
     ),
 }
 
@@ -267,7 +333,7 @@ def test_unregister_removes_the_units_blocks_and_pools():
     name = fresh_name()
     register_unit(full_output(name), name)
     removed = unregister_unit(name)
-    assert len(removed) == 6
+    assert len(removed) == 7
     assert what_exists(name) == []
     assert unregister_unit(name) == []
 

@@ -1,12 +1,14 @@
-"""As an operator: an ECS pool from deployments/work-pools, prefect-aws's worker, moto's ECS.
+"""As an operator: a unit's ``small`` ECS pool, prefect-aws's worker, moto's ECS.
 
-``prefect worker start --type ecs`` (prefect-aws, unchanged) picks a deployment run from a pool
-made from ``deployments/work-pools/ecs-fargate.json``, registers the task definition and runs
-the task on moto; the stand-in runs the task's command (``prefect flow-run execute``) as a
-process in a namespace holding the task's private address. The task reaches the test's Prefect
-server through a relay on the bridge, whose URL it gets from Secrets Manager (the pool's
-``prefect_api_url_secret_arn``), and writes to moto's S3. prefect-aws's ECS observer reads the
-stand-in's task-state events from SQS.
+A unit is registered from a ``terraform output -json`` naming what the test made in moto
+(``blocks.registration.register_unit``): its ``small`` pool is made from
+``deployments/work-pools/ecs-fargate.json``. ``prefect worker start --type ecs``
+(prefect-aws, unchanged) picks a deployment run from that pool, registers the task definition
+in the class's fixed family and runs the task on moto; the stand-in runs the task's command
+(``prefect flow-run execute``) as a process in a namespace holding the task's private
+address. The task reaches the test's Prefect server through a relay on the bridge, whose URL
+it gets from Secrets Manager (the pool's ``prefect_api_url_secret_arn``), and writes to
+moto's S3. prefect-aws's ECS observer reads the stand-in's task-state events from SQS.
 """
 
 from __future__ import annotations
@@ -24,11 +26,10 @@ import httpx
 import numpy as np
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.client.schemas.objects import FlowRun
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from tests.compute.ecs_template import load_template, with_defaults
+from blocks.registration import register_unit
 from tests.conftest import FAKE_AWS_ENV
 from tests.e2e.conftest import (
     VENV_BIN,
@@ -46,7 +47,6 @@ pytestmark = pytest.mark.e2e
 REGION = "us-east-1"
 BUCKET = "sciflow-e2e"
 LOG_GROUP = "/sciflow/e2e"
-UNIT = "e2e"
 # The open-source server ignores it; set on the worker, it makes prefect-aws deliver the key
 # as a secret (the pool's prefect_api_key_secret_arn), as on Prefect Cloud.
 API_KEY = "pnu_e2e_not_a_real_key"
@@ -59,23 +59,23 @@ class EcsPool:
     """A pool made from the template, its worker, and what the test made in moto."""
 
     name: str
+    unit: str
     worker: Service
     cluster: str
     api_url_for_tasks: str
 
 
-def _make_pool(api_url: str, name: str, template: dict[str, Any]) -> None:
-    """Create the pool through the API: what ``prefect work-pool create`` sends, minus the
-    collections-registry lookup the CLI makes first (see deployments/README.md)."""
-
-    async def create() -> None:
-        with temporary_settings({PREFECT_API_URL: api_url}):
-            async with get_client() as client:
-                await client.create_work_pool(
-                    WorkPoolCreate(name=name, type="ecs", base_job_template=template)
-                )
-
-    anyio.run(create)
+def _terraform_output(unit: str, values: dict[str, Any]) -> dict[str, Any]:
+    """``terraform output -json`` of a Mode 1 environment whose unit has a ``small`` pool."""
+    values = {
+        "unit_name": unit,
+        "mode": "managed",
+        "region": REGION,
+        "storage_root": f"s3://{BUCKET}/runs",
+        "work_pools": {"small": f"{unit}-small"},
+        **values,
+    }
+    return {key: {"value": value, "type": "string"} for key, value in values.items()}
 
 
 @pytest.fixture
@@ -85,7 +85,7 @@ def ecs_pool(
     ecs_standin: EcsStandIn,
     aws: str,
 ) -> Iterator[EcsPool]:
-    """The unit's AWS side in moto, an ECS pool made from the template, and its worker."""
+    """The unit's AWS side in moto, the unit registered with its ``small`` pool, a worker."""
     port = int(prefect_server.api_url.rsplit(":", 1)[1].split("/", 1)[0])
     api_url_for_tasks = standin_network.relay(port).url("/api")
     made = standin_network.make_vpc(cluster="sciflow-e2e")
@@ -97,12 +97,12 @@ def ecs_pool(
         Name="sciflow/prefect-api-url", SecretString=api_url_for_tasks
     )
     key_secret = secrets.create_secret(Name="sciflow/prefect-api-key", SecretString=API_KEY)
-    template = with_defaults(
-        load_template(),
+    unit = f"e2e-{uuid.uuid4().hex[:8]}"
+    outputs = _terraform_output(
+        unit,
         {
-            "unit": UNIT,
-            "image": "sciflow:e2e",  # the stand-in's image is this checkout and its venv
-            "cluster": made["cluster"],
+            "dask_image": "sciflow:e2e",  # the stand-in's image is this checkout and its venv
+            "ecs_cluster_arn": made["cluster"],
             "subnets": made["subnets"],
             "security_groups": [made["group"]],
             "execution_role_arn": f"arn:aws:iam::{ACCOUNT}:role/sciflow-execution",
@@ -112,8 +112,9 @@ def ecs_pool(
             "prefect_api_key_secret_arn": key_secret["ARN"],
         },
     )
-    name = f"sciflow-ecs-{uuid.uuid4().hex[:8]}"
-    _make_pool(prefect_server.api_url, name, template)
+    # Through the API, as `python -m blocks save-unit` does: no collections-registry lookup.
+    with temporary_settings({PREFECT_API_URL: prefect_server.api_url}):
+        [name] = register_unit(outputs, unit).pools
     env = {
         **prefect_server.env,
         **FAKE_AWS_ENV,
@@ -129,7 +130,7 @@ def ecs_pool(
     )
     try:
         wait_for_worker(prefect_server.api_url, name, worker, WORKER_START_TIMEOUT_S)
-        yield EcsPool(name, worker, made["cluster"], api_url_for_tasks)
+        yield EcsPool(name, unit, worker, made["cluster"], api_url_for_tasks)
     finally:
         worker.stop()
 
@@ -258,7 +259,7 @@ def test_an_ecs_pool_run_completes_on_fargate_with_outputs_in_s3(
     assert task["containers"][0]["exitCode"] == 0
     assert task["launchType"] == "FARGATE"
     tags = {t["key"]: t["value"] for t in task["tags"]}
-    assert tags["sciflow:unit"] == UNIT
+    assert tags["sciflow:unit"] == ecs_pool.unit
     assert flow_run.infrastructure_pid == f"{ecs_pool.cluster}::{task['taskArn']}"
     [override] = task["overrides"]["containerOverrides"]
     environment = {e["name"]: e["value"] for e in override["environment"]}
@@ -268,6 +269,12 @@ def test_an_ecs_pool_run_completes_on_fargate_with_outputs_in_s3(
     assert API_KEY not in json.dumps(task, default=str)
     ecs = boto3.client("ecs", region_name=REGION)
     definition = ecs.describe_task_definition(taskDefinition=task["taskDefinitionArn"])
+    # The small class's fixed family and size (limits.small), not one per deployment.
+    assert definition["taskDefinition"]["family"] == f"sciflow-{ecs_pool.unit}-small"
+    assert (definition["taskDefinition"]["cpu"], definition["taskDefinition"]["memory"]) == (
+        "4096",
+        "16384",
+    )
     [container] = definition["taskDefinition"]["containerDefinitions"]
     assert {s["name"] for s in container["secrets"]} == {"PREFECT_API_URL", "PREFECT_API_KEY"}
     assert container["logConfiguration"]["options"]["awslogs-group"] == LOG_GROUP

@@ -125,7 +125,7 @@ def test_create_applies_the_environment_and_registers_the_unit(terraform, tmp_pa
     assert calls[2]["argv"] == ["output", "-json"]
     assert "terraform: stand-in terraform apply complete!" in caplog.text
     assert "sciflow-7f3c91-reg" not in caplog.text  # output -json is not logged: external id
-    assert created.work_pools == [f"{name}-small", f"{name}-large", f"{name}-batch"]
+    assert created.work_pools == [f"{name}-small", f"{name}-large", f"{name}-batch", f"{name}-gpu"]
     assert ComputeUnit.load(name).region == "eu-west-1"
     assert TerraformRecord.load(record_name(name)).environment == "mode2"
 
@@ -204,7 +204,7 @@ def test_delete_refuses_while_a_run_on_the_unit_is_active(terraform, aws):
         delete_compute_unit(name=name)
 
     assert terraform.commands() == before
-    assert len(what_exists(name)) == 6
+    assert len(what_exists(name)) == 7
 
 
 def test_delete_sweeps_destroys_and_removes_the_blocks(terraform, aws):
@@ -221,7 +221,7 @@ def test_delete_sweeps_destroys_and_removes_the_blocks(terraform, aws):
     assert destroy["argv"][:2] == ["destroy", "-auto-approve"]
     assert destroy["cwd"] == str(terraform.environments_dir / "mode2")
     assert terraform.commands()[-2] == "init -input=false"
-    assert len(deleted.removed) == 7
+    assert len(deleted.removed) == 8
     assert what_exists(name) == []
     with pytest.raises(ValueError, match="Unable to find block document"):
         TerraformRecord.load(record_name(name))

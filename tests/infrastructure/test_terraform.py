@@ -58,6 +58,8 @@ UNIT_OUTPUTS = {
     "execution_role_arn",
     "log_group",
     "gpu_capacity_provider",
+    "prefect_api_url_secret_arn",
+    "prefect_api_key_secret_arn",
     "spending_cap_usd",
     "tags",
     "fsx_file_system_id",
