@@ -156,7 +156,7 @@ def test_make_deploy_on_a_fresh_server_creates_the_pool_first(
             assert [(p.name, p.type) for p in c.read_work_pools()] == [("sciflow-local", "process")]
             names = {f"{c.read_flow(d.flow_id).name}/{d.name}" for d in c.read_deployments()}
             assert names == set(DEPLOYMENTS)
-            assert [a.name for a in c.read_automations()] == ["sciflow-cleanup-after-crash"]
+            assert "sciflow-cleanup-after-crash" in {a.name for a in c.read_automations()}
         # Running it again changes nothing and fails on nothing.
         again = subprocess.run(
             ["make", "-o", "install", "deploy", f"LOCAL_API={api_url}"],
