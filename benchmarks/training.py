@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._common import Metric, parse_args, write_results
-from tasks.training.config import TrainConfig
+from tasks.training.config import MAX_EPOCHS, TrainConfig
 from tasks.training.data import MANIFEST, write_synthetic_set
 from tasks.training.launch import TrainingFailed, run_processes, torchrun_argv
 
@@ -208,7 +208,7 @@ def train_once(
         model_options=work.model_options,
         strategy="ddp",
         procs_per_node=procs,
-        epochs=10**6,  # max_steps ends the run
+        epochs=MAX_EPOCHS,  # max_steps ends the run
         max_steps=work.steps,
         batch_size=work.per_process_batch * procs,
         checkpoint_every=10**9,  # only the final checkpoint, after the last interval

@@ -154,6 +154,48 @@ class UnitLimits(BaseModel):
         return DEFAULT_PRICE_USD_PER_HOUR[size] if price is None else price
 
 
+# The small class's routing thresholds: MR Optimum's Lambda path, as tasks/mr/estimate.py's
+# SMALL_MEMORY_BYTES and SMALL_SECONDS (3 GiB under its 4096 MB Lambda, its 900 s timeout).
+# 2**30 spin-samples: 64 times a 64x64 phantom (one spin per voxel) through 64x64 samples.
+ROUTE_SMALL_MEMORY_MIB = 3072
+ROUTE_SMALL_SECONDS = 900.0
+ROUTE_SMALL_SPIN_SAMPLES = 2**30
+
+
+class ClassRule(BaseModel):
+    """Most a job may need for the router to send it to one size class.
+
+    A threshold left unset is bound by the class's limits only; a threshold above its class's
+    limits counts as those limits.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_memory_mib: int | None = Field(
+        None,
+        ge=1,
+        description="Most estimated peak memory in MiB; limits.<class>.memory_mib if unset.",
+    )
+    max_seconds: float | None = Field(
+        None, gt=0, description="Most estimated seconds; limits.<class>.wall_time_s if unset."
+    )
+    max_spin_samples: int | None = Field(
+        None,
+        ge=1,
+        description="Most spins x ADC samples of a simulation; no bound if unset.",
+    )
+
+
+def _default_routing() -> dict[SizeClass, ClassRule]:
+    return {
+        "small": ClassRule(
+            max_memory_mib=ROUTE_SMALL_MEMORY_MIB,
+            max_seconds=ROUTE_SMALL_SECONDS,
+            max_spin_samples=ROUTE_SMALL_SPIN_SAMPLES,
+        )
+    }
+
+
 def _default_dask_workers() -> dict[SizeClass, DaskWorkers]:
     return {
         "small": DaskWorkers(n_workers=2, worker_cpu=1024, worker_mem=4096),
@@ -378,6 +420,14 @@ class ComputeUnit(Block):
         default_factory=UnitLimits,
         description=(
             "Per size class: most vCPUs and memory of one container, wall time, runs at once."
+        ),
+    )
+    routing: dict[SizeClass, ClassRule] = Field(
+        default_factory=_default_routing,
+        description=(
+            "The router's thresholds per size class (route-job sends a job to the smallest class "
+            f"it fits); default small: {ROUTE_SMALL_MEMORY_MIB} MiB, {ROUTE_SMALL_SECONDS:g} s, "
+            f"{ROUTE_SMALL_SPIN_SAMPLES} spin-samples, other classes their limits."
         ),
     )
     tags: dict[str, str] = Field(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 from typing import Literal
@@ -18,6 +19,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from tasks.errors import InputError, describe_validation
 
 ENV_PREFIX = "SCIFLOW_"
+# The run's channel token (tasks.compute.channel): a per-run secret handed to a run's own
+# processes, read fresh each time rather than kept with the cached settings.
+RUN_TOKEN_VARIABLE = f"{ENV_PREFIX}RUN_TOKEN"
 
 
 class Settings(BaseSettings):
@@ -94,6 +98,11 @@ def get_settings() -> Settings:
 
 def _variable(field: str) -> str:
     return f"{ENV_PREFIX}{field.upper().replace('.', '__')}"
+
+
+def run_token_value(env: Mapping[str, str] | None = None) -> str:
+    """``SCIFLOW_RUN_TOKEN`` from ``env`` (this process's environment if None), else ""."""
+    return (os.environ if env is None else env).get(RUN_TOKEN_VARIABLE, "")
 
 
 def disable_telemetry() -> None:

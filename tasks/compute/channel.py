@@ -9,8 +9,8 @@ token never crosses the wire and a recorded exchange cannot be replayed. A peer 
 the caller.
 
 The token is random per run (``new_token``), made by the flow and handed to the processes as
-the ``SCIFLOW_RUN_TOKEN`` variable: in the child's environment here, as an ECS/Batch
-``secrets`` entry (a Secrets Manager ARN) on AWS, never in clear in a job body.
+the ``SCIFLOW_RUN_TOKEN`` variable (read by ``tasks.settings``): set for the child here, as an
+ECS/Batch ``secrets`` entry (a Secrets Manager ARN) on AWS, never in clear in a job body.
 
 Messages after the handshake are bytes (``Connection.send_bytes``/``recv_bytes`` with a
 length bound); nothing received is unpickled.
@@ -22,7 +22,6 @@ import hashlib
 import hmac
 import ipaddress
 import logging
-import os
 import secrets
 import select
 import socket
@@ -32,10 +31,11 @@ from collections.abc import Mapping
 from multiprocessing.connection import Connection
 
 from tasks.errors import InputError
+from tasks.settings import RUN_TOKEN_VARIABLE, run_token_value
 
 logger = logging.getLogger(__name__)
 
-TOKEN_VARIABLE = "SCIFLOW_RUN_TOKEN"  # noqa: S105 - the variable's name, not a token
+TOKEN_VARIABLE = RUN_TOKEN_VARIABLE
 # A token shorter than this is refused: it would be guessable.
 MIN_TOKEN_CHARS = 32
 # Seconds a peer has to complete the handshake before it is dropped.
@@ -55,13 +55,13 @@ def new_token() -> str:
 
 
 def read_token(env: Mapping[str, str] | None = None) -> bytes:
-    """The run token from ``SCIFLOW_RUN_TOKEN`` in ``env`` (this process's environment).
+    """The run token from ``SCIFLOW_RUN_TOKEN`` in ``env``, else in this process (tasks.settings).
 
     Raises:
         InputError: The variable is unset or shorter than ``MIN_TOKEN_CHARS``; the value is
             never shown.
     """
-    value = (os.environ if env is None else env).get(TOKEN_VARIABLE, "")
+    value = run_token_value(env)
     if len(value) < MIN_TOKEN_CHARS:
         state = "is not set" if not value else f"holds {len(value)} characters (<redacted>)"
         raise InputError(

@@ -1,4 +1,5 @@
 import json
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -159,13 +160,20 @@ def _run_records(flow_run_id) -> tuple[dict, list[str], list[str]]:
         LogFilter,
         LogFilterFlowRunId,
     )
+    from prefect.logging.handlers import APILogWorker
 
+    # Logs reach the server in batches from a background worker: send what is queued, then
+    # read until the run's lines are there (a run always logs its start).
+    APILogWorker.drain_all(timeout=30)
+    deadline = time.monotonic() + 30
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(flow_run_id)
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
         )
-        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+        log_filter = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id]))
+        while not (logs := client.read_logs(log_filter=log_filter)) and time.monotonic() < deadline:
+            time.sleep(0.2)
     return (
         run.parameters,
         [json.dumps(a.data) + str(a.description) for a in artifacts],

@@ -37,7 +37,7 @@ from prefect import flow, get_run_logger
 from prefect.settings import PREFECT_API_KEY, temporary_settings
 
 from blocks.compute_unit import ComputeUnit
-from tests.compute.moto_batch import QUEUE, REGION, make_job_queue
+from tests.compute.moto_batch import QUEUE, REGION, describe_node_properties, make_job_queue
 from tests.compute.moto_batch import use_batch_without_docker as batch_without_docker
 
 CANARIES = {
@@ -252,14 +252,19 @@ def run_multinode_on_batch(monkeypatch: pytest.MonkeyPatch, aws: str) -> Callabl
 
     from flows import multinode_simulation as module
     from tasks.compute.batch import ContainerSpec, ensure_job_definition, job_definition_spec
+    from tasks.compute.channel import TOKEN_VARIABLE
     from tasks.simulation.mpi_simulate import PhantomSpec
 
     batch_without_docker(aws)
+    describe_node_properties(monkeypatch)
     make_job_queue(QUEUE)
     batch = boto3.client("batch", region_name=REGION)
-    definition, _ = ensure_job_definition(
-        batch, job_definition_spec(ContainerSpec(image="repo/sciflow:sim"), node_count=2)
-    )
+    # A multi-node job's nodes prove the run's token (tasks.compute.channel) from a secret.
+    token = boto3.client("secretsmanager", region_name=REGION).create_secret(
+        Name="sciflow/run-token/canary", SecretString="t" * 64
+    )["ARN"]
+    container = ContainerSpec(image="repo/sciflow:sim", secrets=((TOKEN_VARIABLE, token),))
+    definition, _ = ensure_job_definition(batch, job_definition_spec(container, node_count=2))
     AwsCredentials(
         aws_access_key_id="AKIACANARYUNITKEY000",
         aws_secret_access_key=CANARIES["AWS_SECRET_ACCESS_KEY"],
@@ -277,7 +282,7 @@ def run_multinode_on_batch(monkeypatch: pytest.MonkeyPatch, aws: str) -> Callabl
     ).save("canary-aws", overwrite=True)
     # What rank 0 would have written: moto's Batch runs no container.
     boto3.client("s3", region_name=REGION).put_object(
-        Bucket=BUCKET, Key="sim/simulation.h5", Body=b"mrd"
+        Bucket=BUCKET, Key="runs/sim/simulation.h5", Body=b"mrd"
     )
     monkeypatch.setattr(module, "BATCH_POLL_S", 0.2)
 
@@ -287,7 +292,7 @@ def run_multinode_on_batch(monkeypatch: pytest.MonkeyPatch, aws: str) -> Callabl
             coils=2,
             nodes=2,
             ranks_per_node=1,
-            output=f"s3://{BUCKET}/sim",
+            output=f"s3://{BUCKET}/runs/sim",
             unit="canary-aws",
             return_state=True,
         )
