@@ -198,6 +198,7 @@ def test_an_aws_unit_gets_every_flow_on_its_pools_pulling_the_image(api, deploye
         "preflight/team-small": "team-small",
         "secure-cleanup/team-small": "team-small",
         "cleanup-sweep/team-small": "team-small",
+        "route-job/team-small": "team-small",
     }
     with get_client(sync_client=True) as client:
         stored = {
