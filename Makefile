@@ -95,7 +95,26 @@ pools: install  ## Create or update the work pools (sciflow-local, every saved u
 	PREFECT_API_URL=$(LOCAL_API) $(BIN)/python -m blocks.pools
 	PREFECT_API_URL=$(LOCAL_API) $(BIN)/python -m tasks.cleanup.automation
 
-deploy: install  ## Register deployments/prefect.yaml and the cleanup automation with `make server`.
+# placeholder: replaced by the pools helper
+pools: install  ## Create the sciflow-local process work pool on `make server` (idempotent).
+	PREFECT_API_URL=$(LOCAL_API) $(BIN)/python -c "$$SCIFLOW_LOCAL_POOL"
+
+# The pool as `prefect worker start --type process` creates it (its default template), through
+# the API: `prefect work-pool create` would make the server fetch Prefect's worker list online.
+define SCIFLOW_LOCAL_POOL
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.exceptions import ObjectAlreadyExists
+from prefect.workers.process import ProcessWorker
+with get_client(sync_client=True) as client:
+    try:
+        client.create_work_pool(WorkPoolCreate(name="sciflow-local", type="process", base_job_template=ProcessWorker.get_default_base_job_template()))
+    except ObjectAlreadyExists:
+        pass
+endef
+export SCIFLOW_LOCAL_POOL
+
+deploy: install pools  ## Register deployments/prefect.yaml and the cleanup automation with `make server`.
 	PWD=$(CURDIR) PREFECT_API_URL=$(LOCAL_API) $(BIN)/prefect --no-prompt deploy --all --prefect-file deployments/prefect.yaml
 	PREFECT_API_URL=$(LOCAL_API) $(BIN)/python -m tasks.cleanup.automation
 

@@ -16,8 +16,12 @@ from pathlib import Path
 import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
-EXAMPLES = PYTHON_BLOCK.findall(README.read_text())
+PYTHON_BLOCK = re.compile(
+    r"^(<!-- e2e: [\w-]+ -->\n)?```python\n(.*?)^```", re.MULTILINE | re.DOTALL
+)
+# A block under an `<!-- e2e: NAME -->` marker needs a server, a worker and deployments:
+# tests/e2e/test_ways_in.py runs it.
+EXAMPLES = [code for marker, code in PYTHON_BLOCK.findall(README.read_text()) if not marker]
 
 
 def test_the_readme_has_python_examples():

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,20 +16,31 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from tests.e2e.conftest import REPO, PrefectServer, Service, flow_run_id_from
+from blocks.registration import register_unit
+from tests.blocks.test_registration import full_output
+from tests.e2e.conftest import (
+    REPO,
+    SERVER_START_TIMEOUT_S,
+    VENV_BIN,
+    PrefectServer,
+    Service,
+    flow_run_id_from,
+    free_port,
+    start_service,
+    subprocess_env,
+    wait_until_healthy,
+)
 
 pytestmark = pytest.mark.e2e
 
 PREFECT_FILE = "deployments/prefect.yaml"
-DEPLOYMENTS = (
-    "research-pipeline/local",
-    "mr-reconstruction/local",
-    "multinode-simulation/local",
-    "distributed-training/local",
-    "preflight/local",
-    "secure-cleanup/local",
-    "cleanup-sweep/local",
+# Every flow in flows/ (its @sciflow_flow name), each deployed as `<name>/local`.
+FLOW_NAMES = sorted(
+    name
+    for path in (REPO / "flows").glob("*.py")
+    for name in re.findall(r'^@sciflow_flow\(name="([\w-]+)"', path.read_text(), re.MULTILINE)
 )
+DEPLOYMENTS = tuple(f"{name}/local" for name in FLOW_NAMES)
 RUN_TIMEOUT_S = 120.0
 
 
@@ -81,6 +95,166 @@ def test_deploy_registers_every_flow_with_this_checkouts_path(api, deployed):
             assert deployment.pull_steps == [
                 {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}
             ]
+
+
+def test_deploy_registers_the_sweep_hourly_and_the_nightly_retrain_inactive(api, deployed):
+    with get_client(sync_client=True) as client:
+        sweep = client.read_deployment_by_name("cleanup-sweep/local")
+        training = client.read_deployment_by_name("distributed-training/local")
+        others = [client.read_deployment_by_name(n) for n in DEPLOYMENTS]
+    [hourly] = sweep.schedules
+    assert (hourly.schedule.cron, hourly.schedule.timezone, hourly.active) == (
+        "17 * * * *",
+        "UTC",
+        True,
+    )
+    [nightly] = training.schedules
+    assert (nightly.schedule.cron, nightly.active, nightly.slug) == (
+        "0 2 * * *",
+        False,
+        "nightly-retrain",
+    )
+    assert nightly.parameters["dataset"]  # a scheduled run needs one
+    assert sum(len(d.schedules) for d in others) == 2
+
+
+def test_make_deploy_on_a_fresh_server_creates_the_pool_first(
+    tmp_path, recording_proxy, prefect_server
+):
+    """`make server` then `make deploy`, no `make worker`: the pool did not exist before."""
+    home = tmp_path / "home"
+    home.mkdir()
+    port = free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    env = subprocess_env(
+        home, api_url, tmp_path / "runs", tmp_path / "scratch", recording_proxy.url
+    )
+    server = start_service(
+        "fresh prefect server",
+        [str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env,
+        tmp_path / "server.log",
+    )
+    try:
+        wait_until_healthy(f"{api_url}/health", server, SERVER_START_TIMEOUT_S)
+        with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as c:
+            assert c.read_work_pools() == []
+        # -o install: the test's environment is installed; a worktree's newer pyproject.toml
+        # must not make this reinstall it.
+        done = subprocess.run(
+            ["make", "-o", "install", "deploy", f"LOCAL_API={api_url}"],
+            cwd=REPO,
+            env={**env, "PWD": str(REPO)},
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as c:
+            assert [(p.name, p.type) for p in c.read_work_pools()] == [("sciflow-local", "process")]
+            names = {f"{c.read_flow(d.flow_id).name}/{d.name}" for d in c.read_deployments()}
+            assert names == set(DEPLOYMENTS)
+            assert "sciflow-cleanup-after-crash" in {a.name for a in c.read_automations()}
+        # Running it again changes nothing and fails on nothing.
+        again = subprocess.run(
+            ["make", "-o", "install", "deploy", f"LOCAL_API={api_url}"],
+            cwd=REPO,
+            env={**env, "PWD": str(REPO)},
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert again.returncode == 0, f"{again.stdout[-3000:]}\n{again.stderr[-3000:]}"
+    finally:
+        server.stop()
+
+
+def test_an_aws_unit_gets_every_flow_on_its_pools_pulling_the_image(api, deployed, tmp_path):
+    """deployments/deploy_unit.py against a unit saved on the server, as make pools saves it."""
+    outputs = full_output("team", region="us-east-1")
+    register_unit(outputs)
+    argv = [sys.executable, "-m", "deployments.deploy_unit", "team"]
+    done = subprocess.run(
+        argv, cwd=REPO, env=api.env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+
+    expected = {
+        "research-pipeline/team-small": "team-small",
+        "mr-reconstruction/team-small": "team-small",
+        "mr-reconstruction/team-large": "team-large",
+        "multinode-simulation/team-small": "team-small",
+        "multinode-simulation/team-large": "team-large",
+        "multinode-simulation/team-multinode": "team-batch",
+        "distributed-training/team-small": "team-small",
+        "distributed-training/team-large": "team-large",
+        "distributed-training/team-multinode": "team-batch",
+        "distributed-training/team-gpu": "team-batch",
+        "model-upload/team-small": "team-small",
+        "preflight/team-small": "team-small",
+        "secure-cleanup/team-small": "team-small",
+        "cleanup-sweep/team-small": "team-small",
+        "route-job/team-small": "team-small",
+    }
+    with get_client(sync_client=True) as client:
+        stored = {
+            f"{client.read_flow(d.flow_id).name}/{d.name}": d
+            for d in client.read_deployments()
+            if d.name.startswith("team-")
+        }
+        pool = client.read_work_pool("team-small")
+    # The compute-unit flows manage units from the server's side: local only.
+    assert {name: d.work_pool_name for name, d in stored.items()} == expected
+    for name, deployment in stored.items():
+        size = deployment.name.removeprefix("team-")
+        assert deployment.parameters == {"unit": "team"}, name
+        assert deployment.pull_steps == [], name  # the image holds the code
+        assert re.fullmatch(r"flows\.\w+:\w+", deployment.entrypoint), deployment.entrypoint
+        batch = size in ("multinode", "gpu")
+        assert deployment.job_variables == ({"size_class": size} if batch else {}), name
+        assert deployment.description
+        assert "sciflow" in deployment.tags
+    # The image and the rest come from the pool, filled from the unit's terraform output.
+    image = pool.base_job_template["variables"]["properties"]["image"]["default"]
+    assert image == outputs["dask_image"]["value"]
+    # One sweep per unit, hourly; the nightly retrain once, inactive.
+    schedules = {n: [(s.schedule.cron, s.active) for s in d.schedules] for n, d in stored.items()}
+    assert {n: s for n, s in schedules.items() if s} == {
+        "cleanup-sweep/team-small": [("17 * * * *", True)],
+        "distributed-training/team-small": [("0 2 * * *", False)],
+    }
+    # A module entrypoint loads without the checkout as working directory, as in the image.
+    load = "from prefect.flows import load_flow_from_entrypoint as f; print(f(%r).name)"
+    entry = stored["mr-reconstruction/team-large"].entrypoint
+    loaded = subprocess.run(
+        [sys.executable, "-c", load % entry],
+        cwd=tmp_path,
+        env=api.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert loaded.stdout.split()[-1] == "mr-reconstruction"
+
+
+def test_deploy_unit_refuses_the_local_unit_and_unknown_ones(api):
+    for unit, match in (("local", "deployed by prefect.yaml itself"), ("nope", "not found")):
+        done = subprocess.run(
+            [sys.executable, "-m", "deployments.deploy_unit", unit, "--print"],
+            cwd=REPO,
+            env=api.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 2, done.stderr
+        assert match in done.stderr
 
 
 def test_cli_deployment_run_completes_the_pipeline_and_writes_its_outputs(api, pipeline_run):
