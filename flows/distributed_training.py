@@ -18,6 +18,7 @@ from typing import Any
 
 from prefect import task
 from pydantic import BaseModel, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from blocks.compute_unit import SizeClass, load_unit
 from flows.model_upload import model_upload
@@ -334,10 +335,10 @@ def train_on_ecs(run: RunContext, cfg: TrainConfig, config_uri: str) -> None:
 def distributed_training(
     dataset: str,
     settings: TrainingSettings = DEFAULT_SETTINGS,
-    output: str | None = None,
+    output: str | SkipJsonSchema[None] = None,
     unit: str = "local",
-    publish_as: str | None = None,
-    timeout_s: float | None = None,
+    publish_as: str | SkipJsonSchema[None] = None,
+    timeout_s: float | SkipJsonSchema[None] = None,
 ) -> TrainingResult:
     """Train a model on a training set with DDP or a parameter server.
 
@@ -355,6 +356,7 @@ def distributed_training(
             stopped; the unit's size-class wall time if omitted, never more. An AWS job stops
             at its class's wall time, so leave it unset there.
     """
+    output, publish_as = output or None, publish_as or None  # "": an empty form field
     logger = run_logger()
     if publish_as is not None:
         check_model_name(publish_as)
@@ -444,5 +446,6 @@ def _publish(run: RunContext, cfg: TrainConfig) -> TrainingResult:
             f"data wait {100 * result.data_wait_fraction:.1f}% of step time.\n\n"
             f"Throughput:\n\n{throughput}"
         ),
+        images={"loss and validation curves": run.store.read_bytes(result.curves)},
     )
     return result

@@ -22,6 +22,7 @@ from typing import Any
 from prefect import task
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from blocks.compute_unit import load_unit
 from tasks.compute.hooks import sciflow_flow
@@ -208,10 +209,10 @@ def import_to_lustre(fsx: FsxLink, version_uri: str, tags: dict[str, str]) -> st
 def model_upload(
     source: str,
     model_name: str,
-    version: str | None = None,
-    stage: str | None = None,
-    metadata: dict[str, Any] | None = None,
-    registry: str | None = None,
+    version: str | SkipJsonSchema[None] = None,
+    stage: str | SkipJsonSchema[None] = None,
+    metadata: dict[str, Any] | SkipJsonSchema[None] = None,
+    registry: str | SkipJsonSchema[None] = None,
     unit: str = "local",
 ) -> UploadResult:
     """Publish a model's files as a version in the registry, verified, with a manifest.
@@ -226,6 +227,11 @@ def model_upload(
         registry: Registry root URI; the unit's `<storage root>/registry` if omitted.
         unit: Compute unit whose storage (and FSx file system) holds the registry.
     """
+    version, stage, registry = (
+        version or None,
+        stage or None,
+        registry or None,
+    )  # "": an empty form field
     check_model_name(model_name)
     if version is not None:
         Version.parse(version)

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from prefect import task
 from pydantic import BaseModel, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from blocks.compute_unit import load_unit
 from tasks.compute.batch_run import batch_size_class, job_seconds, run_batch_job
@@ -196,15 +197,15 @@ def simulate_on_batch(
 
 @sciflow_flow(name="multinode-simulation")
 def multinode_simulation(
-    phantom: PhantomSpec | None = None,
-    sequence: SequenceSpec | None = None,
+    phantom: PhantomSpec | SkipJsonSchema[None] = None,
+    sequence: SequenceSpec | SkipJsonSchema[None] = None,
     coils: int = 8,
     nodes: int = 1,
     ranks_per_node: int = 2,
     backend: Literal["numpy", "torch"] = "numpy",
-    output: str | None = None,
+    output: str | SkipJsonSchema[None] = None,
     unit: str = "local",
-    timeout_s: float | None = None,
+    timeout_s: float | SkipJsonSchema[None] = None,
 ) -> SimulationResult:
     """Simulate an MR acquisition of a phantom with spins split over MPI ranks.
 
@@ -221,6 +222,7 @@ def multinode_simulation(
             unit's size-class wall time (``limits.large``) if omitted, never more. An AWS job
             stops at its class's wall time, so leave it unset there.
     """
+    output = output or None  # "": an empty form field
     logger = run_logger()
     if not (1 <= nodes <= MAX_NODES and 1 <= ranks_per_node <= MAX_RANKS_PER_NODE):
         raise InputError(

@@ -455,7 +455,7 @@ def parse_job(
 
 JOB_BY_URI_FIX = (
     "the Prefect server keeps flow-run parameters for anyone who may read the run, so pass "
-    "the MR Optimum job by URI (options='s3://bucket/job.json' or a local .json path: its "
+    "the MR Optimum job by URI (job='s3://bucket/job.json' or a local .json path: its "
     "credentials are dropped when it is read) or paste it without its token and presigned URLs"
 )
 FILE_BY_URI_FIX = (
@@ -489,7 +489,7 @@ def refuse_pasted_credentials(parameters: Mapping[str, Any]) -> None:
     found = find_credentials(values)
     if not found:
         return
-    in_job = any(c.path.startswith("options") for c in found)
+    in_job = any(c.path.startswith(("options", "job")) for c in found)
     refuse_credentials(values, what="parameters", fix=JOB_BY_URI_FIX if in_job else FILE_BY_URI_FIX)
 
 
