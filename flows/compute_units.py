@@ -12,7 +12,7 @@ so delete destroys with the same variables and state.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
 from pydantic.json_schema import SkipJsonSchema
@@ -31,6 +31,7 @@ from tasks.compute.units import (
     work_dir_for,
 )
 from tasks.errors import InputError
+from tasks.forms import JSON_BOX
 from tasks.progress import publish_summary, run_logger
 
 
@@ -60,10 +61,10 @@ def record_name(unit: str) -> str:
 def create_compute_unit(
     name: str,
     environment: Environment,
-    variables: dict[str, Any] | SkipJsonSchema[None] = None,
-    backend: dict[str, str] | SkipJsonSchema[None] = None,
+    variables: Annotated[dict[str, Any] | None, JSON_BOX] = None,
+    backend: Annotated[dict[str, str] | None, JSON_BOX] = None,
     overwrite: bool = False,
-    work_dir: str | SkipJsonSchema[None] = None,
+    work_dir: str | SkipJsonSchema[None] = "",
 ) -> CreatedUnit:
     """Apply an environment's Terraform for unit ``name`` and register the unit it makes.
 

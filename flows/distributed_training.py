@@ -335,10 +335,10 @@ def train_on_ecs(run: RunContext, cfg: TrainConfig, config_uri: str) -> None:
 def distributed_training(
     dataset: str,
     settings: TrainingSettings = DEFAULT_SETTINGS,
-    output: str | SkipJsonSchema[None] = None,
+    output: str | SkipJsonSchema[None] = "",
     unit: str = "local",
-    publish_as: str | SkipJsonSchema[None] = None,
-    timeout_s: float | SkipJsonSchema[None] = None,
+    publish_as: str | SkipJsonSchema[None] = "",
+    timeout_s: float = 0,
 ) -> TrainingResult:
     """Train a model on a training set with DDP or a parameter server.
 
@@ -353,10 +353,11 @@ def distributed_training(
         publish_as: Model name to publish the trained model under in the unit's registry
             (its next version, through the model-upload flow); not published if omitted.
         timeout_s: Seconds training on this machine may run before its processes are
-            stopped; the unit's size-class wall time if omitted, never more. An AWS job stops
-            at its class's wall time, so leave it unset there.
+            stopped; the unit's size-class wall time if 0, never more. An AWS job stops
+            at its class's wall time, so leave it at 0 there.
     """
-    output, publish_as = output or None, publish_as or None  # "": an empty form field
+    # "", 0: an empty form field, not given.
+    output, publish_as, timeout_s = output or None, publish_as or None, timeout_s or None
     logger = run_logger()
     if publish_as is not None:
         check_model_name(publish_as)

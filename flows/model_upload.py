@@ -17,7 +17,7 @@ import re
 import threading
 from importlib import metadata as package_metadata
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from prefect import task
 from prefect.artifacts import create_table_artifact
@@ -29,6 +29,7 @@ from tasks.compute.hooks import sciflow_flow
 from tasks.compute.run_context import RunContext
 from tasks.compute.spending import check_spending
 from tasks.errors import InputError
+from tasks.forms import JSON_BOX
 from tasks.progress import Progress, artifact_key, run_logger
 from tasks.retry import transient_retries
 from tasks.storage.fsx import FsxLink
@@ -209,10 +210,10 @@ def import_to_lustre(fsx: FsxLink, version_uri: str, tags: dict[str, str]) -> st
 def model_upload(
     source: str,
     model_name: str,
-    version: str | SkipJsonSchema[None] = None,
-    stage: str | SkipJsonSchema[None] = None,
-    metadata: dict[str, Any] | SkipJsonSchema[None] = None,
-    registry: str | SkipJsonSchema[None] = None,
+    version: str | SkipJsonSchema[None] = "",
+    stage: str | SkipJsonSchema[None] = "",
+    metadata: Annotated[dict[str, Any] | None, JSON_BOX] = None,
+    registry: str | SkipJsonSchema[None] = "",
     unit: str = "local",
 ) -> UploadResult:
     """Publish a model's files as a version in the registry, verified, with a manifest.

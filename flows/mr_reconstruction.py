@@ -42,7 +42,7 @@ from typing import Annotated, Any
 
 import numpy as np
 from prefect import task
-from pydantic import BaseModel, Field, WithJsonSchema
+from pydantic import BaseModel, Field
 from pydantic.json_schema import SkipJsonSchema
 
 from blocks.compute_unit import SizeClass, load_unit
@@ -51,6 +51,7 @@ from tasks.compute.hooks import sciflow_flow
 from tasks.compute.run_context import RunContext
 from tasks.compute.spending import check_run_cost, check_spending
 from tasks.errors import AlreadyExists, InputError
+from tasks.forms import JSON_BOX
 from tasks.mr import export
 from tasks.mr.estimate import JobEstimate, estimate_job
 from tasks.mr.io import AcquisitionInfo, read_info, read_raw
@@ -77,6 +78,7 @@ SLICES_PER_TASK = 4
 INFO_NAME = "info.json"  # written last: a finished output's record
 # The size classes an SNR job runs in (``JobEstimate.size_class``).
 MR_SIZES: tuple[SizeClass, ...] = ("small", "large")
+DEFAULT_OPTIONS = MrOptions()
 
 
 class MrResult(BaseModel):
@@ -328,17 +330,17 @@ def check_reach(
         access.check_write(output, "output")
 
 
-# An MR Optimum job: a JSON object pasted unchanged, or the quoted URI of a job file. A schema
-# naming no type makes the UI offer one JSON box for either (a job's keys vary by version).
-PastedJob = Annotated[dict[str, Any] | str | None, WithJsonSchema({})]
+# An MR Optimum job: a JSON object pasted unchanged, or the quoted URI of a job file; one JSON
+# box takes either (a job's keys vary by version).
+PastedJob = Annotated[dict[str, Any] | str | None, JSON_BOX]
 
 
 @sciflow_flow(name="mr-reconstruction")
 def mr_reconstruction(
-    signal: str | SkipJsonSchema[None] = None,
-    noise: str | SkipJsonSchema[None] = None,
-    options: MrOptions | SkipJsonSchema[dict[str, Any] | str | None] = None,
-    output: str | SkipJsonSchema[None] = None,
+    signal: str | SkipJsonSchema[None] = "",
+    noise: str | SkipJsonSchema[None] = "",
+    options: MrOptions | SkipJsonSchema[dict[str, Any] | str | None] = DEFAULT_OPTIONS,
+    output: str | SkipJsonSchema[None] = "",
     unit: str = "local",
     job: PastedJob = None,
 ) -> MrResult:

@@ -55,6 +55,9 @@ BATCH_POLL_S = 10.0
 MAX_NODES = 256
 MAX_RANKS_PER_NODE = 256
 
+DEFAULT_PHANTOM = PhantomSpec()  # 64x64 Shepp-Logan, one spin per voxel
+DEFAULT_SEQUENCE = SequenceSpec()  # spoiled GRE
+
 
 class SimulationResult(BaseModel):
     """Where the simulated raw data is and how fast it was made."""
@@ -197,15 +200,15 @@ def simulate_on_batch(
 
 @sciflow_flow(name="multinode-simulation")
 def multinode_simulation(
-    phantom: PhantomSpec | SkipJsonSchema[None] = None,
-    sequence: SequenceSpec | SkipJsonSchema[None] = None,
+    phantom: PhantomSpec = DEFAULT_PHANTOM,
+    sequence: SequenceSpec = DEFAULT_SEQUENCE,
     coils: int = 8,
     nodes: int = 1,
     ranks_per_node: int = 2,
     backend: Literal["numpy", "torch"] = "numpy",
-    output: str | SkipJsonSchema[None] = None,
+    output: str | SkipJsonSchema[None] = "",
     unit: str = "local",
-    timeout_s: float | SkipJsonSchema[None] = None,
+    timeout_s: float = 0,
 ) -> SimulationResult:
     """Simulate an MR acquisition of a phantom with spins split over MPI ranks.
 
@@ -219,10 +222,10 @@ def multinode_simulation(
         output: Directory for simulation.h5; the run directory if omitted.
         unit: Compute unit to run on.
         timeout_s: Seconds a simulation on this machine may run before it is stopped; the
-            unit's size-class wall time (``limits.large``) if omitted, never more. An AWS job
-            stops at its class's wall time, so leave it unset there.
+            unit's size-class wall time (``limits.large``) if 0, never more. An AWS job
+            stops at its class's wall time, so leave it at 0 there.
     """
-    output = output or None  # "": an empty form field
+    output, timeout_s = output or None, timeout_s or None  # "", 0: an empty form field
     logger = run_logger()
     if not (1 <= nodes <= MAX_NODES and 1 <= ranks_per_node <= MAX_RANKS_PER_NODE):
         raise InputError(

@@ -62,7 +62,7 @@ def cleanup_trigger(target: FlowRun) -> str:
 @sciflow_flow(name="secure-cleanup")
 def secure_cleanup(
     run_id: str,
-    unit: str | SkipJsonSchema[None] = None,
+    unit: str | SkipJsonSchema[None] = "",
     scope: tuple[Scope, ...] = ("all",),
     dry_run: bool = False,
 ) -> CleanupResult:

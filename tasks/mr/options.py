@@ -32,10 +32,18 @@ from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tasks.credentials import find_credentials, refuse_credentials, without_credentials
 from tasks.errors import InputError, describe_validation
+from tasks.forms import plain_optional_fields
 from tasks.mr.arrays import device_problem
 
 if TYPE_CHECKING:
@@ -74,7 +82,12 @@ class MrOptions(BaseModel):
     Example: ``MrOptions(method="pmr", recon="sense", acceleration=(1, 2), decimate=True)``.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, title="SNR analysis options")
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        title="SNR analysis options",
+        json_schema_extra=plain_optional_fields,
+    )
 
     method: Method = Field(
         "ac",
@@ -244,6 +257,12 @@ class MrOptions(BaseModel):
             "statistics, other numbers)."
         ),
     )
+
+    @field_validator("flip_angle_map", mode="before")
+    @classmethod
+    def _empty_map_is_none(cls, value: Any) -> Any:
+        """An empty form field: no map."""
+        return value or None
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

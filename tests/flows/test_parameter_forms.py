@@ -24,6 +24,11 @@ JSON_BOXES_ALLOWED = {
     ("model-upload", "metadata"): "free-form notes stored in the manifest as given",
     ("create-compute-unit", "variables"): "Terraform variables differ per environment",
     ("create-compute-unit", "backend"): "Terraform backend settings differ per backend type",
+    # Fields of the option models the forms nest: (model title, field).
+    ("TrainingSettings", "model_options"): "keyword arguments of the chosen model; each model "
+    "takes its own",
+    ("SequenceSpec", "params"): "keyword arguments of the chosen sequence builder; each "
+    "builder takes its own",
 }
 
 
@@ -43,27 +48,39 @@ def every_flow() -> list[Flow[Any, Any]]:
 FLOWS = every_flow()
 
 
+def field_problems(owner: str, name: str, prop: dict[str, Any], definitions: dict) -> list[str]:
+    """What keeps one property from rendering as a plain, described field."""
+    where = f"{owner}.{name}"
+    problems = []
+    if not (prop.get("description") or "").strip():
+        problems.append(f"{where}: no description (add it to the docstring's Args)")
+    for picker in ("anyOf", "oneOf"):
+        if picker in prop:
+            kinds = [p.get("type", p.get("$ref", "?")) for p in prop[picker]]
+            problems.append(f"{where}: {picker} {kinds} renders as a type picker")
+    for item in [*prop.get("prefixItems", []), prop.get("items") or {}]:
+        if "anyOf" in item or "oneOf" in item:
+            problems.append(f"{where}: a list entry renders as a type picker")
+    ref = prop.get("$ref", "").rsplit("/", 1)[-1]
+    if ref and ref not in definitions:
+        problems.append(f"{where}: $ref {ref} has no definition")
+    untyped = not ref and not {"enum", "type", "anyOf", "oneOf", "allOf"} & prop.keys()
+    free_object = prop.get("type") == "object" and "properties" not in prop
+    if (untyped or free_object) and (owner, name) not in JSON_BOXES_ALLOWED:
+        problems.append(f"{where}: renders as a raw JSON box")
+    return problems
+
+
 def form_problems(flow: Flow[Any, Any]) -> list[str]:
-    """What keeps each parameter of ``flow`` from rendering as a plain, described field."""
+    """What keeps ``flow``'s parameters, and the fields of forms they nest, from rendering well."""
     schema = flow.parameters.model_dump()
     definitions = schema.get("definitions") or {}
     problems = []
     for name, prop in schema["properties"].items():
-        where = f"{flow.name}.{name}"
-        if not (prop.get("description") or "").strip():
-            problems.append(f"{where}: no description (add it to the docstring's Args)")
-        for picker in ("anyOf", "oneOf"):
-            if picker in prop:
-                kinds = [p.get("type", p.get("$ref", "?")) for p in prop[picker]]
-                problems.append(f"{where}: {picker} {kinds} renders as a type picker")
-        ref = prop.get("$ref", "").rsplit("/", 1)[-1]
-        if ref and ref not in definitions:
-            problems.append(f"{where}: $ref {ref} has no definition")
-        untyped = not ref and "enum" not in prop and "type" not in prop
-        free_object = prop.get("type") == "object" and "properties" not in prop
-        json_box = (untyped and "anyOf" not in prop and "oneOf" not in prop) or free_object
-        if json_box and (flow.name, name) not in JSON_BOXES_ALLOWED:
-            problems.append(f"{where}: renders as a raw JSON box")
+        problems += field_problems(flow.name, name, prop, definitions)
+    for model, definition in definitions.items():
+        for name, prop in definition.get("properties", {}).items():
+            problems += field_problems(model, name, prop, definitions)
     return problems
 
 
@@ -81,6 +98,9 @@ def test_every_parameter_renders_as_a_described_field(flow):
 def test_allowed_json_boxes_exist_and_are_json_boxes():
     """The allow-list names only real parameters, and only ones that still need a JSON box."""
     by_name = {f.name: f.parameters.model_dump()["properties"] for f in FLOWS}
+    for flow in FLOWS:
+        for model, definition in (flow.parameters.model_dump().get("definitions") or {}).items():
+            by_name[model] = definition["properties"]
     for flow_name, param in JSON_BOXES_ALLOWED:
         prop = by_name[flow_name][param]
         assert "$ref" not in prop, (flow_name, param)
