@@ -32,7 +32,15 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-install: $(STAMP) $(PREFECT_DB) $(TWIX_EXAMPLE) $(CHECKOV_STAMP)  ## Make .venv (sciflow editable, dev tools) and .venv-checkov (idempotent).
+install: $(STAMP) $(PREFECT_DB) $(TWIX_EXAMPLE) $(CHECKOV_STAMP) chromium  ## Make .venv (sciflow editable, dev tools) and .venv-checkov (idempotent).
+
+# Debian's Chromium for tests/e2e/test_ui.py (Playwright's own browser download is not
+# reachable here); only where it is missing and apt-get exists, else that test skips.
+.PHONY: chromium
+chromium:
+	if [ ! -x /usr/bin/chromium ] && command -v apt-get > /dev/null; then \
+	  apt-get install -y -q chromium || echo "chromium not installed: tests/e2e/test_ui.py will skip"; \
+	fi
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

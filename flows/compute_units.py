@@ -12,9 +12,10 @@ so delete destroys with the same variables and state.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from blocks.compute_unit import LOCAL_UNIT, UNIT_NAME_PATTERN, ComputeUnit, load_unit
 from blocks.registration import register_unit, unregister_unit
@@ -30,6 +31,7 @@ from tasks.compute.units import (
     work_dir_for,
 )
 from tasks.errors import InputError
+from tasks.forms import JSON_BOX
 from tasks.progress import publish_summary, run_logger
 
 
@@ -59,10 +61,10 @@ def record_name(unit: str) -> str:
 def create_compute_unit(
     name: str,
     environment: Environment,
-    variables: dict[str, Any] | None = None,
-    backend: dict[str, str] | None = None,
+    variables: Annotated[dict[str, Any] | None, JSON_BOX] = None,
+    backend: Annotated[dict[str, str] | None, JSON_BOX] = None,
     overwrite: bool = False,
-    work_dir: str | None = None,
+    work_dir: str | SkipJsonSchema[None] = "",
 ) -> CreatedUnit:
     """Apply an environment's Terraform for unit ``name`` and register the unit it makes.
 
@@ -83,6 +85,7 @@ def create_compute_unit(
             name is taken; the outputs do not make a unit (nothing is registered then).
         TerraformFailed: ``terraform init``, ``apply`` or ``output`` failed.
     """
+    work_dir = work_dir or None  # "": an empty form field
     logger = run_logger()
     variables = dict(variables or {})
     check_name(name)
@@ -152,7 +155,11 @@ def list_compute_units() -> list[UnitHealth]:
 
 @sciflow_flow(name="get-compute-unit")
 def get_compute_unit(name: str) -> UnitHealth:
-    """Unit ``name`` with its health: its credentials resolve, its storage root answers."""
+    """Unit ``name`` with its health: its credentials resolve, its storage root answers.
+
+    Args:
+        name: The saved compute unit's name (``local`` is this machine).
+    """
     return unit_health(load_unit(name))
 
 
@@ -163,6 +170,9 @@ def delete_compute_unit(name: str) -> DeletedUnit:
     Refused while a flow run on the unit is pending, running or cancelling. Then the
     cleanup sweep cleans every ended run that still holds something, ``terraform destroy``
     runs with the settings the unit was applied with, and the unit's blocks and pools go.
+
+    Args:
+        name: The unit to delete, as ``create_compute_unit`` named it.
 
     Raises:
         InputError: The unit is ``local`` or was not made by ``create_compute_unit``, runs

@@ -18,6 +18,7 @@ from typing import Any
 
 from prefect import task
 from pydantic import BaseModel, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from blocks.compute_unit import SizeClass, load_unit
 from flows.model_upload import model_upload
@@ -334,10 +335,10 @@ def train_on_ecs(run: RunContext, cfg: TrainConfig, config_uri: str) -> None:
 def distributed_training(
     dataset: str,
     settings: TrainingSettings = DEFAULT_SETTINGS,
-    output: str | None = None,
+    output: str | SkipJsonSchema[None] = "",
     unit: str = "local",
-    publish_as: str | None = None,
-    timeout_s: float | None = None,
+    publish_as: str | SkipJsonSchema[None] = "",
+    timeout_s: float = 0,
 ) -> TrainingResult:
     """Train a model on a training set with DDP or a parameter server.
 
@@ -352,9 +353,11 @@ def distributed_training(
         publish_as: Model name to publish the trained model under in the unit's registry
             (its next version, through the model-upload flow); not published if omitted.
         timeout_s: Seconds training on this machine may run before its processes are
-            stopped; the unit's size-class wall time if omitted, never more. An AWS job stops
-            at its class's wall time, so leave it unset there.
+            stopped; the unit's size-class wall time if 0, never more. An AWS job stops
+            at its class's wall time, so leave it at 0 there.
     """
+    # "", 0: an empty form field, not given.
+    output, publish_as, timeout_s = output or None, publish_as or None, timeout_s or None
     logger = run_logger()
     if publish_as is not None:
         check_model_name(publish_as)
@@ -444,5 +447,6 @@ def _publish(run: RunContext, cfg: TrainConfig) -> TrainingResult:
             f"data wait {100 * result.data_wait_fraction:.1f}% of step time.\n\n"
             f"Throughput:\n\n{throughput}"
         ),
+        images={"loss and validation curves": run.store.read_bytes(result.curves)},
     )
     return result

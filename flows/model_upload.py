@@ -17,17 +17,19 @@ import re
 import threading
 from importlib import metadata as package_metadata
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from prefect import task
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from blocks.compute_unit import load_unit
 from tasks.compute.hooks import sciflow_flow
 from tasks.compute.run_context import RunContext
 from tasks.compute.spending import check_spending
 from tasks.errors import InputError
+from tasks.forms import JSON_BOX
 from tasks.progress import Progress, artifact_key, run_logger
 from tasks.retry import transient_retries
 from tasks.storage.fsx import FsxLink
@@ -208,10 +210,10 @@ def import_to_lustre(fsx: FsxLink, version_uri: str, tags: dict[str, str]) -> st
 def model_upload(
     source: str,
     model_name: str,
-    version: str | None = None,
-    stage: str | None = None,
-    metadata: dict[str, Any] | None = None,
-    registry: str | None = None,
+    version: str | SkipJsonSchema[None] = "",
+    stage: str | SkipJsonSchema[None] = "",
+    metadata: Annotated[dict[str, Any] | None, JSON_BOX] = None,
+    registry: str | SkipJsonSchema[None] = "",
     unit: str = "local",
 ) -> UploadResult:
     """Publish a model's files as a version in the registry, verified, with a manifest.
@@ -226,6 +228,11 @@ def model_upload(
         registry: Registry root URI; the unit's `<storage root>/registry` if omitted.
         unit: Compute unit whose storage (and FSx file system) holds the registry.
     """
+    version, stage, registry = (
+        version or None,
+        stage or None,
+        registry or None,
+    )  # "": an empty form field
     check_model_name(model_name)
     if version is not None:
         Version.parse(version)

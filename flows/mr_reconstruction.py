@@ -26,7 +26,7 @@ that does not itself leak: a pydantic validator on the parameter runs slightly e
 Prefect's parameter validation, before the run turns Running), but a ``ValueError`` there makes
 Prefect log the validation errors with their inputs and the whole parameters dict, the token
 included; and the server's own schema check cannot express "no secret at any depth" (it
-refuses recursive schemas). A job passed by URI (``options="s3://bucket/job.json"``) is read by
+refuses recursive schemas). A job passed by URI (``job="s3://bucket/job.json"``) is read by
 the ``read_job`` task and has its credentials dropped before it is parsed, so ``info.json``,
 logs and artifacts never see them.
 """
@@ -38,11 +38,12 @@ import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from prefect import task
 from pydantic import BaseModel, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from blocks.compute_unit import SizeClass, load_unit
 from tasks.compute.dask import dask_task_runner
@@ -50,6 +51,7 @@ from tasks.compute.hooks import sciflow_flow
 from tasks.compute.run_context import RunContext
 from tasks.compute.spending import check_run_cost, check_spending
 from tasks.errors import AlreadyExists, InputError
+from tasks.forms import JSON_BOX
 from tasks.mr import export
 from tasks.mr.estimate import JobEstimate, estimate_job
 from tasks.mr.io import AcquisitionInfo, read_info, read_raw
@@ -76,6 +78,7 @@ SLICES_PER_TASK = 4
 INFO_NAME = "info.json"  # written last: a finished output's record
 # The size classes an SNR job runs in (``JobEstimate.size_class``).
 MR_SIZES: tuple[SizeClass, ...] = ("small", "large")
+DEFAULT_OPTIONS = MrOptions()
 
 
 class MrResult(BaseModel):
@@ -293,6 +296,22 @@ def write_outputs(
     )
 
 
+def job_or_options(options: MrOptions | dict[str, Any] | str | None, job: Any) -> Any:
+    """What the run parses: ``job`` when given, else ``options``.
+
+    A form submitted from the UI carries the options form too, so options equal to the
+    defaults do not count as given alongside a job.
+
+    Raises:
+        InputError: Both ``job`` and options other than the defaults are given.
+    """
+    if job in (None, "", {}):
+        return options
+    if options in (None, "", {}) or options == MrOptions():
+        return job
+    raise InputError("both job and options are given; expected one: a job brings its own options")
+
+
 def check_reach(
     access: Access, signal: str | None, noise: str | None, job: ParsedJob, output: str | None
 ) -> None:
@@ -311,33 +330,43 @@ def check_reach(
         access.check_write(output, "output")
 
 
+# An MR Optimum job: a JSON object pasted unchanged, or the quoted URI of a job file; one JSON
+# box takes either (a job's keys vary by version).
+PastedJob = Annotated[dict[str, Any] | str | None, JSON_BOX]
+
+
 @sciflow_flow(name="mr-reconstruction")
 def mr_reconstruction(
-    signal: str | None = None,
-    noise: str | None = None,
-    options: MrOptions | dict[str, Any] | str | None = None,
-    output: str | None = None,
+    signal: str | SkipJsonSchema[None] = "",
+    noise: str | SkipJsonSchema[None] = "",
+    options: MrOptions | SkipJsonSchema[dict[str, Any] | str | None] = DEFAULT_OPTIONS,
+    output: str | SkipJsonSchema[None] = "",
     unit: str = "local",
+    job: PastedJob = None,
 ) -> MrResult:
     """SNR maps (and g-factor, sensitivities, masks) from multi-coil MR raw data.
 
     Args:
         signal: URI of the raw data (path, file:// or s3://): ISMRMRD/MRD HDF5, Siemens
-            twix .dat, NumPy .npy/.npz or MATLAB .mat. Taken from an MR Optimum job in
-            ``options`` when not given.
+            twix .dat, NumPy .npy/.npz or MATLAB .mat. Taken from the MR Optimum job when
+            empty.
         noise: URI of a separate noise scan; MRD noise acquisitions or the twix
-            noise-adjust scan are used when omitted.
-        options: Analysis options, an MR Optimum job (or web GUI job) pasted unchanged, or
-            the URI of a job file (``s3://bucket/job.json`` or a local ``.json`` path). A
+            noise-adjust scan are used when empty.
+        options: Analysis options (the form). From Python, ``options`` also takes what
+            ``job`` takes.
+        output: Where to write; the run directory if empty.
+        unit: Compute unit to run on.
+        job: An MR Optimum job (or web GUI job) pasted unchanged, or the URI of a job file
+            (``s3://bucket/job.json`` or a local ``.json`` path), instead of ``options``. A
             pasted job that carries a credential (bearer token, presigned URL) is refused;
             a job file's credentials are dropped on reading.
-        output: Where to write; the run directory if omitted.
-        unit: Compute unit to run on.
     """
     # The earliest point sciflow's code sees the parameters (see the module docstring).
     refuse_pasted_credentials(
-        {"signal": signal, "noise": noise, "options": options, "output": output}
+        {"signal": signal, "noise": noise, "options": options, "job": job, "output": output}
     )
+    signal, noise, output = signal or None, noise or None, output or None  # "": not given
+    options = job_or_options(options, job)
     logger = run_logger()
     compute_unit = load_unit(unit)
     check_spending(compute_unit)
@@ -438,5 +467,6 @@ def mr_reconstruction(
             + f"\n\nNoise: {stats.describe()}"
             + f"\n\nOptions: `{json.dumps(opts.model_dump(mode='json'))}`"
         ),
+        images={name: run.store.read_bytes(uri) for name, uri in result.previews.items()},
     )
     return result

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from prefect import task
 from pydantic import BaseModel, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from blocks.compute_unit import load_unit
 from tasks.compute.batch_run import batch_size_class, job_seconds, run_batch_job
@@ -53,6 +54,9 @@ BATCH_POLL_S = 10.0
 # unit gives one run.
 MAX_NODES = 256
 MAX_RANKS_PER_NODE = 256
+
+DEFAULT_PHANTOM = PhantomSpec()  # 64x64 Shepp-Logan, one spin per voxel
+DEFAULT_SEQUENCE = SequenceSpec()  # spoiled GRE
 
 
 class SimulationResult(BaseModel):
@@ -196,15 +200,15 @@ def simulate_on_batch(
 
 @sciflow_flow(name="multinode-simulation")
 def multinode_simulation(
-    phantom: PhantomSpec | None = None,
-    sequence: SequenceSpec | None = None,
+    phantom: PhantomSpec = DEFAULT_PHANTOM,
+    sequence: SequenceSpec = DEFAULT_SEQUENCE,
     coils: int = 8,
     nodes: int = 1,
     ranks_per_node: int = 2,
     backend: Literal["numpy", "torch"] = "numpy",
-    output: str | None = None,
+    output: str | SkipJsonSchema[None] = "",
     unit: str = "local",
-    timeout_s: float | None = None,
+    timeout_s: float = 0,
 ) -> SimulationResult:
     """Simulate an MR acquisition of a phantom with spins split over MPI ranks.
 
@@ -218,9 +222,10 @@ def multinode_simulation(
         output: Directory for simulation.h5; the run directory if omitted.
         unit: Compute unit to run on.
         timeout_s: Seconds a simulation on this machine may run before it is stopped; the
-            unit's size-class wall time (``limits.large``) if omitted, never more. An AWS job
-            stops at its class's wall time, so leave it unset there.
+            unit's size-class wall time (``limits.large``) if 0, never more. An AWS job
+            stops at its class's wall time, so leave it at 0 there.
     """
+    output, timeout_s = output or None, timeout_s or None  # "", 0: an empty form field
     logger = run_logger()
     if not (1 <= nodes <= MAX_NODES and 1 <= ranks_per_node <= MAX_RANKS_PER_NODE):
         raise InputError(

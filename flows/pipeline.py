@@ -13,6 +13,7 @@ import json
 
 from prefect import task
 from pydantic import BaseModel, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from blocks.compute_unit import load_unit
 from flows.distributed_training import distributed_training
@@ -82,8 +83,8 @@ def research_pipeline(
     sequence: SequenceSpec = DEMO_SEQUENCE,
     coils: int = 8,
     ranks: int = 2,
-    signal: str | None = None,
-    noise: str | None = None,
+    signal: str | SkipJsonSchema[None] = "",
+    noise: str | SkipJsonSchema[None] = "",
     reconstruction: MrOptions = DEMO_RECONSTRUCTION,
     training: TrainingSettings = DEMO_TRAINING,
     model_name: str = DEMO_MODEL_NAME,
@@ -103,6 +104,7 @@ def research_pipeline(
         training: What to train on the reconstructed and simulated images (DDP).
         model_name: Registry name the trained model is published under (its next version).
     """
+    signal, noise = signal or None, noise or None  # "": an empty form field
     compute_unit = load_unit(unit)
     # Every path the stages would reach is checked before the first stage starts.
     check_model_name(model_name)

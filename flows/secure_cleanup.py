@@ -6,6 +6,7 @@ from prefect import task
 from prefect.client.schemas.objects import FlowRun
 from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from blocks.compute_unit import load_unit
 from tasks.cleanup.audit import Check
@@ -61,7 +62,7 @@ def cleanup_trigger(target: FlowRun) -> str:
 @sciflow_flow(name="secure-cleanup")
 def secure_cleanup(
     run_id: str,
-    unit: str | None = None,
+    unit: str | SkipJsonSchema[None] = "",
     scope: tuple[Scope, ...] = ("all",),
     dry_run: bool = False,
 ) -> CleanupResult:
@@ -82,6 +83,7 @@ def secure_cleanup(
             nothing or an unknown part; nothing is touched.
         CleanupFailed: A check failed (after all ran and the record was written).
     """
+    unit = unit or None  # "": an empty form field
     parts = resolve_scope(scope)
     target = read_run(run_id)
     compute_unit = load_unit(unit or unit_name(target))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import re
 import time
@@ -9,6 +10,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tasks.settings import get_settings
+
+# Largest PNG shown inline in a summary (a data: URL in the artifact, stored by the Prefect
+# server): the 640x512 previews and loss curves are tens of kB.
+INLINE_IMAGE_LIMIT = 512 * 1024  # bytes
 
 
 def run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
@@ -124,8 +129,35 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def inline_images(images: Mapping[str, bytes]) -> str:
+    """Markdown showing each PNG inline, as a ``data:`` URL any browser loads from the page.
+
+    The run page cannot show a file path or a private ``s3://`` URI, and a presigned URL
+    would put a credential in the artifact; the image itself can go. One larger than
+    ``INLINE_IMAGE_LIMIT`` is named, not shown.
+
+    Args:
+        images: Caption (e.g. ``"SNR"``) to PNG bytes.
+    """
+    parts = []
+    for caption, png in images.items():
+        alt = re.sub(r"[\[\]\n]", " ", caption)
+        if not png.startswith(b"\x89PNG"):
+            raise ValueError(f"image {caption!r} is not a PNG; expected PNG bytes")
+        if len(png) > INLINE_IMAGE_LIMIT:
+            parts.append(f"_{alt}: {len(png) / 1024:.0f} KiB, too large to show here_")
+            continue
+        data = base64.b64encode(png).decode("ascii")
+        parts.append(f"**{alt}**\n\n![{alt}](data:image/png;base64,{data})")
+    return "\n\n".join(parts)
+
+
 def publish_summary(
-    title: str, outputs: Sequence[Mapping[str, Any]], key: str, notes: str = ""
+    title: str,
+    outputs: Sequence[Mapping[str, Any]],
+    key: str,
+    notes: str = "",
+    images: Mapping[str, bytes] | None = None,
 ) -> str:
     """Publish a markdown artifact summarising a run's outputs; returns its text.
 
@@ -136,10 +168,13 @@ def publish_summary(
         outputs: One row per output (name, URI, key numbers).
         key: Artifact key; the UI keeps its history across runs.
         notes: Markdown after the table.
+        images: Caption to PNG bytes, shown inline after the notes (``inline_images``).
     """
     text = f"# {title}\n\n{markdown_table(outputs)}\n"
     if notes:
         text += f"\n{notes}\n"
+    if images:
+        text += f"\n{inline_images(images)}\n"
     if in_run():
         from prefect.artifacts import create_markdown_artifact
 

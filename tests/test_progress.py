@@ -76,3 +76,20 @@ def test_sciflow_log_level_setting_filters_progress_outside_runs(monkeypatch, ca
         bar.advance(2)
     assert not [r for r in caplog.records if r.name == "sciflow"]
     logging.getLogger("sciflow").setLevel(logging.NOTSET)
+
+
+def test_summary_images_are_inline_pngs_a_browser_can_load():
+    import base64
+    import re
+
+    from tasks.progress import INLINE_IMAGE_LIMIT, inline_images
+
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+    text = publish_summary("T", [{"a": 1}], key="t", images={"SNR": png})
+    found = re.search(r"!\[SNR\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", text)
+    assert found, text
+    assert base64.b64decode(found.group(1)) == png
+    big = b"\x89PNG" + b"\x00" * INLINE_IMAGE_LIMIT
+    assert inline_images({"mask": big}) == "_mask: 512 KiB, too large to show here_"
+    with pytest.raises(ValueError, match="image 'G' is not a PNG; expected PNG bytes"):
+        inline_images({"G": b"GIF89a"})

@@ -32,10 +32,18 @@ from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tasks.credentials import find_credentials, refuse_credentials, without_credentials
 from tasks.errors import InputError, describe_validation
+from tasks.forms import plain_optional_fields
 from tasks.mr.arrays import device_problem
 
 if TYPE_CHECKING:
@@ -74,7 +82,12 @@ class MrOptions(BaseModel):
     Example: ``MrOptions(method="pmr", recon="sense", acceleration=(1, 2), decimate=True)``.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, title="SNR analysis options")
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        title="SNR analysis options",
+        json_schema_extra=plain_optional_fields,
+    )
 
     method: Method = Field(
         "ac",
@@ -244,6 +257,12 @@ class MrOptions(BaseModel):
             "statistics, other numbers)."
         ),
     )
+
+    @field_validator("flip_angle_map", mode="before")
+    @classmethod
+    def _empty_map_is_none(cls, value: Any) -> Any:
+        """An empty form field: no map."""
+        return value or None
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -455,7 +474,7 @@ def parse_job(
 
 JOB_BY_URI_FIX = (
     "the Prefect server keeps flow-run parameters for anyone who may read the run, so pass "
-    "the MR Optimum job by URI (options='s3://bucket/job.json' or a local .json path: its "
+    "the MR Optimum job by URI (job='s3://bucket/job.json' or a local .json path: its "
     "credentials are dropped when it is read) or paste it without its token and presigned URLs"
 )
 FILE_BY_URI_FIX = (
@@ -489,7 +508,7 @@ def refuse_pasted_credentials(parameters: Mapping[str, Any]) -> None:
     found = find_credentials(values)
     if not found:
         return
-    in_job = any(c.path.startswith("options") for c in found)
+    in_job = any(c.path.startswith(("options", "job")) for c in found)
     refuse_credentials(values, what="parameters", fix=JOB_BY_URI_FIX if in_job else FILE_BY_URI_FIX)
 
 

@@ -38,6 +38,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tasks.errors import InputError, describe_validation
+from tasks.forms import plain_optional_fields
 from tasks.mr.phantom import correlated_covariance
 from tasks.simulation import sequence as builders
 from tasks.simulation.bloch import (
@@ -80,7 +81,7 @@ Side = Annotated[int, Field(ge=2, le=MAX_MATRIX)]
 class PhantomSpec(BaseModel):
     """Which numerical phantom to simulate, and how many spins each voxel gets."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=plain_optional_fields)
 
     kind: Literal["shepp_logan", "nifti"] = Field(
         "shepp_logan",
@@ -119,7 +120,7 @@ class PhantomSpec(BaseModel):
 class SequenceSpec(BaseModel):
     """Which pulse sequence to play: a built-in builder and its parameters, or a .seq file."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=plain_optional_fields)
 
     builder: str | None = Field(
         "gre",

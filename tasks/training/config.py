@@ -14,6 +14,7 @@ from typing import Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tasks.errors import InputError, describe_validation
+from tasks.forms import plain_optional_fields
 from tasks.storage.objects import join_uri
 
 Strategy = Literal["ddp", "parameter_server"]
@@ -39,7 +40,7 @@ class TrainingSettings(BaseModel):
     from them (``TrainConfig.from_settings``).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=plain_optional_fields)
 
     model: str = Field(
         "unet", description="Model name from tasks.training.models: unet, convnet or linear."

@@ -97,6 +97,8 @@ def test_an_mroptimum_job_runs_unchanged(tmp_path, phantom):
         },
     }
     from_job = mr_reconstruction(options=job, output=str(tmp_path / "job"))
+    # The UI's JSON box: the same job in its own parameter gives the same maps.
+    from_job_box = mr_reconstruction(job=job, output=str(tmp_path / "job-box"))
     physical = mr_reconstruction(
         signal=str(tmp_path / "signal.npy"),
         noise=str(tmp_path / "noise.npy"),
@@ -105,6 +107,9 @@ def test_an_mroptimum_job_runs_unchanged(tmp_path, phantom):
     )
     info = json.loads(Path(from_job.info).read_text())
     assert info["sciflow"]["noise"]["convention"] == "mroptimum"
+    np.testing.assert_array_equal(
+        nib.load(from_job_box.snr).get_fdata(), nib.load(from_job.snr).get_fdata()
+    )
     assert info["headers"]["options"]["name"] == "AC"  # the job as pasted
     inside = phantom.support
     job_snr = nib.load(from_job.snr).get_fdata()[..., 0][inside]
