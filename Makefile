@@ -21,18 +21,20 @@ TWIX_EXAMPLE := .cache/twixtools/$(TWIX_SDIST)/example_data/gre.dat
 # The sdist's SHA-256, pinned: a different file is refused before it is unpacked.
 TWIX_SHA256 := d9ee05cc9cdf5287d6e331e5aa693b8bd15c33bdb4d4e73e4f2f259aeaedfdaa
 LOCAL_API := http://127.0.0.1:4200/api
+# A Debian root filesystem and wheelhouse for real image builds without an image registry.
+DOCKER_BASE := .cache/docker-base/wheels/.complete
 
 # Offline, embedded default: no telemetry from the client (the server's is off in pyproject.toml).
 export DO_NOT_TRACK := 1
 # The venv's bin (mpiexec, prefect) first, so subprocesses find the pinned tools.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help install demo test lint format bench server worker deploy clean checkov checkov-venv
+.PHONY: help install demo test lint format bench server worker deploy clean checkov checkov-venv docker-base
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-install: $(STAMP) $(PREFECT_DB) $(TWIX_EXAMPLE) $(CHECKOV_STAMP)  ## Make .venv (sciflow editable, dev tools) and .venv-checkov (idempotent).
+install: $(STAMP) $(PREFECT_DB) $(TWIX_EXAMPLE) $(CHECKOV_STAMP) $(DOCKER_BASE)  ## Make .venv (sciflow editable, dev tools) and .venv-checkov (idempotent).
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -80,6 +82,13 @@ $(CHECKOV_STAMP):
 	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
 	$(CHECKOV_VENV)/bin/python -m pip install --quiet $(CHECKOV_PINS)
 	touch $@
+
+docker-base: $(DOCKER_BASE)  ## Install Debian's docker.io and buildx; make a debootstrap base and wheelhouse.
+
+# Best effort: without it tests/images skips the one real build and says why.
+$(DOCKER_BASE): pyproject.toml | $(STAMP)
+	rm -rf .cache/docker-base/wheels
+	bash images/local_base.sh || echo "docker-base: failed; tests/images will skip the real build"
 
 $(BENCH_STAMP): pyproject.toml | $(STAMP)
 	$(BIN)/python -m pip install --quiet --editable '.[dev,bench]'
