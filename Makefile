@@ -21,18 +21,20 @@ TWIX_EXAMPLE := .cache/twixtools/$(TWIX_SDIST)/example_data/gre.dat
 # The sdist's SHA-256, pinned: a different file is refused before it is unpacked.
 TWIX_SHA256 := d9ee05cc9cdf5287d6e331e5aa693b8bd15c33bdb4d4e73e4f2f259aeaedfdaa
 LOCAL_API := http://127.0.0.1:4200/api
+# A Debian root filesystem and wheelhouse for real image builds without an image registry.
+DOCKER_BASE := .cache/docker-base/wheels/.complete
 
 # Offline, embedded default: no telemetry from the client (the server's is off in pyproject.toml).
 export DO_NOT_TRACK := 1
 # The venv's bin (mpiexec, prefect) first, so subprocesses find the pinned tools.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help install demo test lint format bench server worker pools deploy clean checkov checkov-venv
+.PHONY: help install demo test lint format bench server worker pools deploy clean checkov checkov-venv docker-base
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-install: $(STAMP) $(PREFECT_DB) $(TWIX_EXAMPLE) $(CHECKOV_STAMP) chromium  ## Make .venv (sciflow editable, dev tools) and .venv-checkov (idempotent).
+install: $(STAMP) $(PREFECT_DB) $(TWIX_EXAMPLE) $(CHECKOV_STAMP) chromium $(DOCKER_BASE)  ## Make .venv (sciflow editable, dev tools) and .venv-checkov (idempotent).
 
 # Debian's Chromium for tests/e2e/test_ui.py (Playwright's own browser download is not
 # reachable here); only where it is missing and apt-get exists, else that test skips.
@@ -89,6 +91,13 @@ $(CHECKOV_STAMP):
 	$(CHECKOV_VENV)/bin/python -m pip install --quiet $(CHECKOV_PINS)
 	touch $@
 
+docker-base: $(DOCKER_BASE)  ## Install Debian's docker.io and buildx; make a debootstrap base and wheelhouse.
+
+# Best effort: without it tests/images skips the one real build and says why.
+$(DOCKER_BASE): pyproject.toml | $(STAMP)
+	rm -rf .cache/docker-base/wheels
+	bash images/local_base.sh || echo "docker-base: failed; tests/images will skip the real build"
+
 $(BENCH_STAMP): pyproject.toml | $(STAMP)
 	$(BIN)/python -m pip install --quiet --editable '.[dev,bench]'
 	touch $@
@@ -103,28 +112,8 @@ pools: install  ## Create or update the work pools (sciflow-local, every saved u
 	PREFECT_API_URL=$(LOCAL_API) $(BIN)/python -m blocks.pools
 	PREFECT_API_URL=$(LOCAL_API) $(BIN)/python -m tasks.cleanup.automation
 
-# placeholder: replaced by the pools helper
-pools: install  ## Create the sciflow-local process work pool on `make server` (idempotent).
-	PREFECT_API_URL=$(LOCAL_API) $(BIN)/python -c "$$SCIFLOW_LOCAL_POOL"
-
-# The pool as `prefect worker start --type process` creates it (its default template), through
-# the API: `prefect work-pool create` would make the server fetch Prefect's worker list online.
-define SCIFLOW_LOCAL_POOL
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import WorkPoolCreate
-from prefect.exceptions import ObjectAlreadyExists
-from prefect.workers.process import ProcessWorker
-with get_client(sync_client=True) as client:
-    try:
-        client.create_work_pool(WorkPoolCreate(name="sciflow-local", type="process", base_job_template=ProcessWorker.get_default_base_job_template()))
-    except ObjectAlreadyExists:
-        pass
-endef
-export SCIFLOW_LOCAL_POOL
-
-deploy: install pools  ## Register deployments/prefect.yaml and the cleanup automation with `make server`.
+deploy: install pools  ## Register deployments/prefect.yaml with `make server` (after `make pools`).
 	PWD=$(CURDIR) PREFECT_API_URL=$(LOCAL_API) $(BIN)/prefect --no-prompt deploy --all --prefect-file deployments/prefect.yaml
-	PREFECT_API_URL=$(LOCAL_API) $(BIN)/python -m tasks.cleanup.automation
 
 clean:  ## Remove local outputs and the local Prefect database (keeps .venv).
 	rm -rf .sciflow .prefect

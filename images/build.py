@@ -21,7 +21,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -46,7 +46,12 @@ def commit(repo: Path = REPO) -> str:
 
 
 def build_command(
-    image: str, ref: str, metadata: Path, push: bool, base: str | None = None
+    image: str,
+    ref: str,
+    metadata: Path,
+    push: bool,
+    build_args: Mapping[str, str] | None = None,
+    network: str | None = None,
 ) -> list[str]:
     """The ``docker buildx build`` argv for ``image`` tagged ``ref``."""
     argv = [
@@ -58,8 +63,10 @@ def build_command(
         "--metadata-file", str(metadata),
         "--push" if push else "--load",
     ]  # fmt: skip
-    if base:
-        argv += ["--build-arg", f"FLOWS_IMAGE={base}"]
+    for name, value in (build_args or {}).items():
+        argv += ["--build-arg", f"{name}={value}"]
+    if network:
+        argv += ["--network", network]
     return [*argv, str(REPO)]
 
 
@@ -76,12 +83,19 @@ def login(repository: str, ecr_client) -> None:
 
 
 def build(
-    images: Sequence[str], repositories: dict[str, str] | None, tag: str, ecr_client=None
+    images: Sequence[str],
+    repositories: dict[str, str] | None,
+    tag: str,
+    ecr_client=None,
+    *,
+    build_args: Mapping[str, str] | None = None,
+    network: str | None = None,
 ) -> dict[str, str]:
     """Build ``images`` (pushing when ``repositories`` is given); each image's reference.
 
     The reference is ``repository@digest`` when pushed, the local ``sciflow-<image>:<tag>``
-    otherwise.
+    otherwise. ``build_args`` go to every build (e.g. ``PYTHON_IMAGE``, the base image, and
+    ``PIP_NO_INDEX``/``PIP_FIND_LINKS`` for a wheelhouse); ``network`` is the builds' RUN network.
     """
     push = repositories is not None
     if push:
@@ -96,10 +110,12 @@ def build(
     refs: dict[str, str] = {}
     for image in _in_build_order(images):
         repository = repositories[image] if push else f"sciflow-{image}"
-        base = refs.get(BUILT_ON.get(image, ""))
+        args = {"FLOWS_IMAGE": refs[BUILT_ON[image]]} if image in BUILT_ON else {}
+        args.update(build_args or {})
         with tempfile.TemporaryDirectory() as scratch:
             metadata = Path(scratch) / "metadata.json"
-            _run(build_command(image, f"{repository}:{tag}", metadata, push, base))
+            argv = build_command(image, f"{repository}:{tag}", metadata, push, args, network)
+            _run(argv)
             digest = json.loads(metadata.read_text())["containerimage.digest"]
         refs[image] = f"{repository}@{digest}" if push else f"{repository}:{tag}"
     return refs

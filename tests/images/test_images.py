@@ -1,18 +1,25 @@
 """The runtime images: Dockerfiles linted and policed, and what images/build.py runs.
 
-No Docker engine runs on this kind of machine (`docker` is only the client), so the builds run
-against a recording stand-in `docker` on PATH that logs each argv and its stdin and writes the
-metadata file buildx would; the one real build is skipped, with that reason, without a daemon.
+The commands build.py runs are checked against a recording stand-in `docker` on PATH that logs
+each argv and its stdin and writes the metadata file buildx would. One build is real: Debian's
+dockerd (started here when none answers) builds images/flows on a Debian base image made with
+debootstrap and a local wheelhouse (`make docker-base`), since no image registry is reachable;
+it is skipped, with the reason, where any of those cannot be had.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
+import http.server
 import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
@@ -204,6 +211,16 @@ def test_mpi_is_built_on_the_flows_image_it_just_built(docker_log: Path) -> None
     assert runs[1][runs[1].index("--build-arg") + 1] == "FLOWS_IMAGE=sciflow-flows:abc123"
 
 
+def test_build_args_and_network_reach_every_build(docker_log: Path) -> None:
+    """A base image, pip settings and the RUN network are passed to each build, mpi's too."""
+    args = {"PYTHON_IMAGE": "sciflow-base:bookworm", "PIP_NO_INDEX": "1"}
+    build.build(["mpi"], None, "abc123", build_args=args, network="host")
+    for argv in (run["argv"] for run in calls(docker_log)):
+        passed = [argv[i + 1] for i, arg in enumerate(argv) if arg == "--build-arg"]
+        assert {"PYTHON_IMAGE=sciflow-base:bookworm", "PIP_NO_INDEX=1"} <= set(passed)
+        assert argv[argv.index("--network") + 1] == "host"
+
+
 def test_push_logs_in_through_stdin_and_prints_digests(docker_log: Path, aws: str) -> None:
     """A push logs in with ECR's token on stdin (never argv) and returns repository@digest."""
     ecr = boto3.client("ecr")
@@ -271,24 +288,109 @@ def test_docker_missing_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_pa
         build.build(["flows"], None, "abc")
 
 
-def docker_engine_reason() -> str | None:
-    """Why the images cannot really be built here, or None when a Docker engine answers."""
-    if shutil.which("docker") is None:
-        return "no `docker` client on PATH"
-    info = subprocess.run(["docker", "info"], capture_output=True, text=True)
-    if info.returncode != 0:
-        return "no Docker engine answers `docker info` on this machine (only the client)"
-    return None
+# What `make docker-base` (images/local_base.sh) makes: a Debian root filesystem and a wheelhouse.
+DOCKER_BASE = REPO / ".cache" / "docker-base"
+BASE_IMAGE = "sciflow-base:bookworm"
+ENGINE_DEADLINE_S = 60
 
 
-def test_flows_image_builds_for_real() -> None:
-    """Where a Docker engine runs, the flows image builds and its user is not root."""
-    reason = docker_engine_reason()
-    if reason:
-        pytest.skip(reason)
-    refs = build.build(["flows"], None, "test")
-    user = subprocess.run(
-        ["docker", "run", "--rm", refs["flows"], "id", "-u"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
-    assert user == "10001"
+def _docker(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, check=check)
+
+
+def _engine_answers() -> bool:
+    return _docker("info", check=False).returncode == 0
+
+
+def _start_engine(log: Path) -> subprocess.Popen[bytes] | str:
+    """Start Debian's dockerd without iptables or a bridge; it, or why it did not answer."""
+    with log.open("wb") as out:
+        daemon = subprocess.Popen(
+            ["dockerd", "--iptables=false", "--ip6tables=false", "--bridge=none",
+             "--pidfile", str(log.with_suffix(".pid"))],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    deadline = time.monotonic() + ENGINE_DEADLINE_S
+    while time.monotonic() < deadline and daemon.poll() is None:
+        if _engine_answers():
+            return daemon
+        time.sleep(0.2)
+    if daemon.poll() is None:
+        daemon.terminate()
+        daemon.wait(timeout=30)
+    tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+    return f"dockerd did not answer within {ENGINE_DEADLINE_S}s: {' | '.join(tail)}"
+
+
+@pytest.fixture(scope="session")
+def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A Docker engine for this session, with the local base image imported.
+
+    Skips, saying why, where a piece is missing: Debian's docker.io and buildx, or the root
+    filesystem and wheelhouse that `make docker-base` makes (no image registry is reachable).
+    A dockerd started here is stopped at the end of the session.
+    """
+    if shutil.which("dockerd") is None:
+        pytest.skip("no dockerd: Debian's docker.io is not installed (`make docker-base` does it)")
+    if _docker("buildx", "version", check=False).returncode != 0:
+        pytest.skip("no docker buildx plugin (`make docker-base` installs Debian's)")
+    rootfs = DOCKER_BASE / "rootfs.tar.zst"
+    if not rootfs.is_file() or not (DOCKER_BASE / "wheels" / ".complete").is_file():
+        pytest.skip(f"no base root filesystem and wheelhouse in {DOCKER_BASE}: `make docker-base`")
+    daemon = None
+    if not _engine_answers():
+        started = _start_engine(tmp_path_factory.mktemp("dockerd") / "dockerd.log")
+        if isinstance(started, str):
+            pytest.skip(started)
+        daemon = started
+    try:
+        if _docker("image", "inspect", BASE_IMAGE, check=False).returncode != 0:
+            unpacked = subprocess.Popen(["zstd", "-dc", str(rootfs)], stdout=subprocess.PIPE)
+            subprocess.run(
+                ["docker", "import", "-", BASE_IMAGE], stdin=unpacked.stdout, check=True,
+                capture_output=True,
+            )  # fmt: skip
+            assert unpacked.wait() == 0
+        yield
+    finally:
+        if daemon is not None:
+            daemon.terminate()
+            daemon.wait(timeout=60)
+
+
+@pytest.fixture
+def wheelhouse() -> Iterator[str]:
+    """The wheelhouse served on 127.0.0.1 (a build's pip reaches it over the host network)."""
+    handler = functools.partial(Quiet, directory=str(DOCKER_BASE / "wheels"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+class Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_flows_image_builds_for_real(docker_engine: None, wheelhouse: str) -> None:
+    """images/build.py builds the flows image on the local base; the package and Dask run in it."""
+    refs = build.build(
+        ["flows"],
+        None,
+        "test",
+        build_args={"PYTHON_IMAGE": BASE_IMAGE, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": wheelhouse},
+        network="host",
+    )
+    image = refs["flows"]
+    try:
+        run = ["run", "--rm", "--network", "none", image]
+        assert _docker(*run, "id", "-u").stdout.strip() == "10001"
+        imported = _docker(*run, "python", "-c", "import flows, tasks; print(flows.__file__)")
+        assert imported.stdout.startswith("/opt/sciflow/")
+        version = _docker(*run, "dask-scheduler", "--version")
+        assert version.stdout.split() == ["dask,", "version", "2026.8.0"]
+    finally:
+        _docker("image", "rm", image, check=False)
