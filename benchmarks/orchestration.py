@@ -62,6 +62,7 @@ OPTIONS = {"method": "pmr", "recon": "b1", "replicas": 100}
 GOAL_RATIO = 1.10
 POLL_S = 0.2
 RUN_TIMEOUT_S = 900.0
+LOG_TIMEOUT_S = 30.0
 # Loggers of the worker itself; every other log of a flow run comes from the flow's process.
 WORKER_LOGGERS = ("prefect.flow_runs.worker", "prefect.workers")
 
@@ -265,20 +266,33 @@ def deployment_run(stack: Stack, path: Path, record: list[dict[str, Any]]) -> fl
     return elapsed
 
 
-def first_log_seconds(flow_run_id: str, started: float) -> dict[str, float]:
-    """Seconds from ``started`` (epoch) to the first worker and the first flow log lines."""
+def first_log_seconds(flow_run_id: str, started: float) -> dict[str, Any]:
+    """Seconds from ``started`` (epoch) to the first worker and the first flow log lines.
+
+    Waits for the run to complete, then for its process's first line to reach the API (logs
+    are sent in batches, so a short run can be final before its first batch is stored).
+    """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import LogSort
 
     wait_final(flow_run_id)
+    deadline = time.monotonic() + LOG_TIMEOUT_S
+    by_run = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
     with get_client(sync_client=True) as client:
-        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
-    logs.sort(key=lambda log: log.timestamp)
-    flow = [log for log in logs if not log.name.startswith(WORKER_LOGGERS)]
+        while True:
+            logs = client.read_logs(by_run, sort=LogSort.TIMESTAMP_ASC)
+            flow = [log for log in logs if not log.name.startswith(WORKER_LOGGERS)]
+            if flow:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"flow run {flow_run_id} has no log line of its own: {logs}")
+            time.sleep(POLL_S)
     worker = [log for log in logs if log.name.startswith(WORKER_LOGGERS)]
-    if not flow:
-        raise RuntimeError(f"flow run {flow_run_id} has no log line of its own: {logs}")
-    times = {"flow_s": flow[0].timestamp.timestamp() - started, "first_flow_log": flow[0].message}
+    times: dict[str, Any] = {
+        "flow_s": flow[0].timestamp.timestamp() - started,
+        "first_flow_log": flow[0].message,
+    }
     if worker:
         times["worker_s"] = worker[0].timestamp.timestamp() - started
     return times
