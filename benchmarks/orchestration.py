@@ -343,6 +343,8 @@ def direct_first_log(stack: Stack, path: Path) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from prefect.settings.models.worker import WorkerSettings
+
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     args = parse_args(__doc__.splitlines()[0], argv)
@@ -427,6 +429,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         jobs={job.name: job.label() for job in jobs},
         repeats=repeats,
         runs_s=runs,
+        # The worker polls for scheduled runs this often: Prefect's default, as `make worker`
+        # (its environment carries no PREFECT_ variable but the home, API and server ones).
+        worker_query_s=WorkerSettings.model_fields["query_seconds"].default,
         machine_load_1m=os.getloadavg()[0],
         wall_s=time.perf_counter() - started,
     )
