@@ -22,6 +22,7 @@ JSON_BOXES_ALLOWED = {
     ("mr-reconstruction", "job"): "an MR Optimum job is pasted unchanged; its keys vary by "
     "version (job or web GUI wrapper), and a job file's URI goes in the same box",
     ("model-upload", "metadata"): "free-form notes stored in the manifest as given",
+    ("route-job", "parameters"): "the chosen flow's own parameters, whichever flow `flow` names",
     ("create-compute-unit", "variables"): "Terraform variables differ per environment",
     ("create-compute-unit", "backend"): "Terraform backend settings differ per backend type",
     # Fields of the option models the forms nest: (model title, field).
