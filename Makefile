@@ -108,12 +108,13 @@ server: install  ## Start a Prefect server with its UI on http://127.0.0.1:4200.
 worker: install  ## Start a process worker for the sciflow-local work pool (needs `make server`).
 	PREFECT_API_URL=$(LOCAL_API) PREFECT_WORKER_ENABLE_CANCELLATION=true $(BIN)/prefect worker start --pool sciflow-local --type process
 
-pools: install  ## Create or update the work pools (sciflow-local, every saved unit's) with their limits, and the cleanup automation, on `make server`.
+pools: install  ## Create or update the work pools (sciflow-local, every saved unit's) with their limits, on `make server`.
 	PREFECT_API_URL=$(LOCAL_API) $(BIN)/python -m blocks.pools
-	PREFECT_API_URL=$(LOCAL_API) $(BIN)/python -m tasks.cleanup.automation
 
-deploy: install pools  ## Register deployments/prefect.yaml with `make server` (after `make pools`).
+deploy: install pools  ## Register deployments/prefect.yaml and the cleanup automation with `make server`.
 	PWD=$(CURDIR) PREFECT_API_URL=$(LOCAL_API) $(BIN)/prefect --no-prompt deploy --all --prefect-file deployments/prefect.yaml
+	# The automation runs the secure-cleanup deployment, so it comes after the deploy.
+	PREFECT_API_URL=$(LOCAL_API) $(BIN)/python -m tasks.cleanup.automation
 
 clean:  ## Remove local outputs and the local Prefect database (keeps .venv).
 	rm -rf .sciflow .prefect

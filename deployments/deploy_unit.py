@@ -48,7 +48,7 @@ CLASSES: dict[str, tuple[SizeClass, ...]] = {
 LOCAL_ONLY = "flows.compute_units:"
 # Classes whose pool is an aws-batch pool (blocks.registration.POOL_TYPES): a pool may serve
 # both, so the deployment says which it is.
-BATCH_CLASSES: tuple[SizeClass, ...] = ("multinode", "gpu")
+BATCH_CLASSES: tuple[SizeClass, ...] = ("multinode",)  # gpu runs on ECS (EC2 GPU capacity)
 
 
 def module_entrypoint(entrypoint: str) -> str:

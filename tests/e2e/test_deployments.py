@@ -193,7 +193,7 @@ def test_an_aws_unit_gets_every_flow_on_its_pools_pulling_the_image(api, deploye
         "distributed-training/team-small": "team-small",
         "distributed-training/team-large": "team-large",
         "distributed-training/team-multinode": "team-batch",
-        "distributed-training/team-gpu": "team-batch",
+        "distributed-training/team-gpu": "team-gpu",  # ECS on EC2 GPU capacity
         "model-upload/team-small": "team-small",
         "preflight/team-small": "team-small",
         "secure-cleanup/team-small": "team-small",
@@ -214,7 +214,7 @@ def test_an_aws_unit_gets_every_flow_on_its_pools_pulling_the_image(api, deploye
         assert deployment.parameters == {"unit": "team"}, name
         assert deployment.pull_steps == [], name  # the image holds the code
         assert re.fullmatch(r"flows\.\w+:\w+", deployment.entrypoint), deployment.entrypoint
-        batch = size in ("multinode", "gpu")
+        batch = size == "multinode"
         assert deployment.job_variables == ({"size_class": size} if batch else {}), name
         assert deployment.description
         assert "sciflow" in deployment.tags
