@@ -33,7 +33,7 @@ from uuid import UUID
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 
-from blocks.compute_unit import SIZE_CLASSES, ComputeUnit, SizeClass
+from blocks.compute_unit import LOCAL_WORK_POOL, SIZE_CLASSES, ComputeUnit, SizeClass
 from tasks.errors import InputError
 
 if TYPE_CHECKING:
@@ -191,7 +191,10 @@ def unregister_unit(name: str) -> list[str]:
 def plan_pools(unit: ComputeUnit) -> list[PoolPlan]:
     """The work pools ``unit`` names, each with its filled base job template and limits.
 
-    A local unit's pools are ``process`` pools (templates kept as they are).
+    A local unit's pools are ``process`` pools (templates kept as they are). A class an AWS
+    unit leaves on ``sciflow-local`` (the default) runs its flow on this machine's process
+    worker and sends only its compute to AWS; that pool and its limits are the local unit's, so
+    the AWS unit plans no pool for it.
 
     Raises:
         InputError: One pool name serves classes of different kinds (ECS Fargate, ECS GPU,
@@ -201,7 +204,7 @@ def plan_pools(unit: ComputeUnit) -> list[PoolPlan]:
     by_name: dict[str, PoolPlan] = {}
     for size in SIZE_CLASSES:
         pool_name = unit.work_pools.get(size)
-        if pool_name is None:
+        if pool_name is None or (pool_name == LOCAL_WORK_POOL and not unit.is_local):
             continue
         kind = (PROCESS_WORKER_TYPE, "process") if unit.is_local else POOL_KINDS[size]
         plan = by_name.setdefault(pool_name, PoolPlan(pool_name, kind[0], None, kind=kind[1]))

@@ -66,7 +66,7 @@ def test_a_gpu_run_is_an_ec2_task_on_the_units_gpu_capacity_provider():
     assert definition["family"] == f"sciflow-{name}-gpu"
     [container] = definition["containerDefinitions"]
     assert container["resourceRequirements"] == [{"type": "GPU", "value": "1"}]
-    assert (container["cpu"], container["memory"]) == (48 * 1024, 196608)  # limits.gpu
+    assert (container["cpu"], container["memory"]) == (8 * 1024, 28672)  # limits.gpu
     secrets = {s["name"]: s["valueFrom"] for s in container["secrets"]}
     assert secrets["PREFECT_API_URL"] == unit.fargate.prefect_api_url_secret
     assert secrets["PREFECT_API_KEY"] == unit.fargate.prefect_api_key_secret
@@ -157,3 +157,23 @@ def test_make_pools_names_the_unit_whose_pools_are_refused(capsys):
     err = capsys.readouterr().err
     assert f"compute unit {name!r}: work pool '{owner}-small' exists with type 'ecs'" in err
     assert read_pool(f"{owner}-small").type == "ecs"
+
+
+def test_make_pools_leaves_the_local_pool_to_the_local_unit_when_an_aws_unit_uses_it(capsys):
+    """Guards against an AWS unit that keeps a class on sciflow-local (the default, as a
+    unit whose flows run here and send their compute to AWS) failing `make pools`, or
+    turning the local process pool into an ECS pool with its own limits."""
+    name = fresh_name()
+    work_pools = full_output(name)["work_pools"]["value"] | {"small": LOCAL_WORK_POOL}
+    register_unit(full_output(name, work_pools=work_pools), name)
+    try:
+        assert pools.main() == 0
+    finally:
+        unregister_unit(name)
+
+    out = capsys.readouterr().out
+    assert f"unit {name!r}: ecs pool '{name}-large'" in out
+    assert f"unit {name!r}: ecs pool '{LOCAL_WORK_POOL}'" not in out
+    assert read_pool(LOCAL_WORK_POOL).type == "process"
+    expected = {size: DEFAULT_LIMITS[size].concurrent_runs for size in SIZE_CLASSES}
+    assert queue_limits(LOCAL_WORK_POOL) == {"default": None, **expected}

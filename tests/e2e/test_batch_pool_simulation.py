@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from blocks.compute_unit import ComputeUnit
+from blocks.registration import unregister_unit
 from tasks.compute.batch import JOB_STATES
 from tasks.compute.channel import TOKEN_VARIABLE, new_token
 from tasks.mr.io import read_raw
@@ -44,7 +46,7 @@ RUN_TIMEOUT_S = 420.0
 
 
 @pytest.fixture
-def simulation_unit(prefect_server: PrefectServer, batch_standin: Any, aws: str) -> str:
+def simulation_unit(prefect_server: PrefectServer, batch_standin: Any, aws: str) -> Iterator[str]:
     """The unit's Batch job definition for the simulation image, its bucket, its block."""
     boto3.client("s3", region_name=REGION).create_bucket(Bucket=BUCKET)
     # The nodes' control channel admits only nodes that prove the token (scoped to the job).
@@ -81,7 +83,10 @@ def simulation_unit(prefect_server: PrefectServer, batch_standin: Any, aws: str)
     )
     with temporary_settings({PREFECT_API_URL: prefect_server.api_url}):
         unit.save(UNIT, overwrite=True)
-    return UNIT
+    yield UNIT
+    # The session's server outlives this test: `make pools` in later tests reads every unit.
+    with temporary_settings({PREFECT_API_URL: prefect_server.api_url}):
+        unregister_unit(UNIT)
 
 
 async def _deploy(api_url: str, container_api_url: str) -> str:
