@@ -98,25 +98,27 @@ class SizeLimits(BaseModel):
 
 
 # Sized to hold what the flows start today: Batch's default node (1 vCPU, 2 GiB), the
-# parameter server's Fargate tasks (1 vCPU, 4 GiB) and every default Dask worker.
+# parameter server's Fargate tasks (1 vCPU, 4 GiB) and every default Dask worker. An ECS GPU
+# run's task reserves exactly limits.gpu, so it fits what Terraform's default GPU host
+# (g5.2xlarge: 8 vCPU, 32 GiB, 1 GPU) registers with ECS, below its physical memory.
 DEFAULT_LIMITS: dict[SizeClass, SizeLimits] = {
     "small": SizeLimits(vcpus=4, memory_mib=16384, wall_time_s=3600, concurrent_runs=16),
     "large": SizeLimits(vcpus=16, memory_mib=122880, wall_time_s=6 * 3600, concurrent_runs=4),
     "multinode": SizeLimits(vcpus=96, memory_mib=393216, wall_time_s=12 * 3600, concurrent_runs=2),
-    "gpu": SizeLimits(vcpus=48, memory_mib=196608, wall_time_s=12 * 3600, concurrent_runs=2),
+    "gpu": SizeLimits(vcpus=8, memory_mib=28672, wall_time_s=12 * 3600, concurrent_runs=2),
 }
 
 
 # Estimated on-demand prices (us-east-1, 2026) of a container at each class's default limits:
 # Fargate at $0.04048 per vCPU-hour and $0.004445 per GB-hour for small (4 vCPU, 16 GiB)
 # and large (16 vCPU, 120 GiB); per node for multinode (an m5.24xlarge, 96 vCPU, 384 GiB) and
-# gpu (a g5.12xlarge, 48 vCPU, 192 GiB, 4 GPUs). Other regions and Spot differ: a unit whose
+# gpu (a g5.2xlarge, 8 vCPU, 32 GiB, 1 GPU). Other regions and Spot differ: a unit whose
 # prices differ sets limits.<class>.price_usd_per_hour.
 DEFAULT_PRICE_USD_PER_HOUR: dict[SizeClass, float] = {
     "small": 0.25,
     "large": 1.20,
     "multinode": 4.61,
-    "gpu": 5.67,
+    "gpu": 1.212,
 }
 
 
@@ -139,7 +141,7 @@ class UnitLimits(BaseModel):
     )
     gpu: SizeLimits = Field(
         default_factory=lambda: DEFAULT_LIMITS["gpu"].model_copy(),
-        description="Limits of GPU jobs (default 48 vCPU, 192 GiB, 12 h, 2 at once).",
+        description="Limits of GPU jobs (default 8 vCPU, 28 GiB, 12 h, 2 at once).",
     )
 
     def of(self, size: SizeClass) -> SizeLimits:

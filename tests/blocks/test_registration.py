@@ -177,7 +177,7 @@ def test_register_unit_saves_the_unit_its_blocks_and_its_pools(tmp_path):
     gpu_vars = defaults(gpu)
     assert gpu_vars["capacity_provider"] == f"sciflow-{name}-gpu"
     assert "launch_type" not in gpu_vars  # never Fargate
-    assert (gpu_vars["cpu"], gpu_vars["memory"]) == (48 * 1024, 196608)  # limits.gpu
+    assert (gpu_vars["cpu"], gpu_vars["memory"]) == (8 * 1024, 28672)  # limits.gpu
     assert gpu_vars["family"] == f"sciflow-{name}-gpu"
     assert gpu_vars["prefect_api_url_secret_arn"] == unit.fargate.prefect_api_url_secret
     assert gpu_vars["aws_credentials"] == {"$ref": {"block_document_id": credentials_id}}

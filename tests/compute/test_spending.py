@@ -70,7 +70,7 @@ def test_local_units_and_units_without_a_cap_are_not_refused():
     """Guards against refusing runs that cost nothing (local) or have no cap."""
     local = ComputeUnit(name="spend-local", spending_cap_usd=0.0)
     assert check_run_cost(local, "gpu", 3600) == 0.0
-    assert check_run_cost(aws_unit(), "gpu", 3600) == pytest.approx(5.67)
+    assert check_run_cost(aws_unit(), "gpu", 3600) == pytest.approx(1.212)
 
 
 def test_an_exhausted_budget_refuses_new_work(aws):

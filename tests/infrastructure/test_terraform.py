@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from blocks.compute_unit import DEFAULT_LIMITS
 from tests.infrastructure.walk import (
     ENVIRONMENTS,
     MODULES,
@@ -370,3 +371,28 @@ def test_work_pools_cover_every_size_class_and_jobs_both_runtimes(name):
     batch = blocks(parse(MODULES / "batch" / "main.tf"), "resource")["aws_batch_job_definition"]
     definitions = blocks({"x": [batch]}, "x")["this"]["for_each"]
     assert {"simulation", "training"} <= set(definitions)
+
+
+# vCPUs and memory (MiB) of the GPU hosts the ECS module accepts, as AWS lists them.
+GPU_HOSTS = {
+    "g4dn.xlarge": (4, 16384),
+    "g4dn.2xlarge": (8, 32768),
+    "g5.xlarge": (4, 16384),
+    "g5.2xlarge": (8, 32768),
+    "g5.4xlarge": (16, 65536),
+    "g5.12xlarge": (48, 196608),
+    "g6.xlarge": (4, 16384),
+    "g6.2xlarge": (8, 32768),
+}
+
+
+def test_the_default_gpu_limits_fit_the_default_ecs_gpu_host():
+    """Guards against an ECS GPU run that no default GPU host can place: its task reserves
+    exactly limits.gpu, and ECS registers less memory than the host has (the agent and the
+    OS keep some; 90% is a safe bound)."""
+    variables = blocks(parse(MODULES / "ecs" / "variables.tf"), "variable")
+    host = unquote(variables["gpu_instance_type"]["default"])
+    vcpus, memory_mib = GPU_HOSTS[host]
+    limits = DEFAULT_LIMITS["gpu"]
+    assert limits.vcpus <= vcpus, host
+    assert limits.memory_mib <= 0.9 * memory_mib, host
