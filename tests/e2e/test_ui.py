@@ -35,6 +35,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 DEPLOYMENT = "mr-reconstruction/local"
+TRAINING_DEPLOYMENT = "distributed-training/local"
 RUN_TIMEOUT_S = 180.0
 UI_TIMEOUT_MS = 60_000
 # Where a screenshot is copied for CI to keep, besides the test's tmp dir (if set).
@@ -76,14 +77,38 @@ def browser_page(prefect_server: PrefectServer, tmp_path_factory: pytest.TempPat
             context.close()
 
 
-@pytest.fixture(scope="module")
-def mr_deployed(prefect_server: PrefectServer, process_worker: Service) -> dict[str, Any]:
-    """``prefect deploy --name mr-reconstruction/local``; the deployment as the API returns it."""
-    prefect_server.cli("deploy", "--name", DEPLOYMENT, "--prefect-file", "deployments/prefect.yaml")
+def deploy(server: PrefectServer, name: str) -> dict[str, Any]:
+    """``prefect deploy --name <name>``; the deployment as the API returns it."""
+    server.cli("deploy", "--name", name, "--prefect-file", "deployments/prefect.yaml")
     with httpx.Client(trust_env=False, timeout=10) as client:
-        response = client.get(f"{prefect_server.api_url}/deployments/name/{DEPLOYMENT}")
+        response = client.get(f"{server.api_url}/deployments/name/{name}")
     response.raise_for_status()
     return response.json()
+
+
+@pytest.fixture(scope="module")
+def mr_deployed(prefect_server: PrefectServer, process_worker: Service) -> dict[str, Any]:
+    return deploy(prefect_server, DEPLOYMENT)
+
+
+@pytest.fixture(scope="module")
+def training_deployed(prefect_server: PrefectServer, process_worker: Service) -> dict[str, Any]:
+    return deploy(prefect_server, TRAINING_DEPLOYMENT)
+
+
+def start_run(server: PrefectServer, deployment: dict[str, Any], parameters: dict) -> str:
+    """A flow run of ``deployment`` created through the API (the worker picks it up); its id.
+
+    Plain HTTP: Playwright's sync API holds an event loop here, which turns Prefect's
+    ``run_deployment`` into an un-awaited coroutine.
+    """
+    with httpx.Client(trust_env=False, timeout=10) as client:
+        response = client.post(
+            f"{server.api_url}/deployments/{deployment['id']}/create_flow_run",
+            json={"parameters": parameters},
+        )
+    response.raise_for_status()
+    return response.json()["id"]
 
 
 def ui_url(server: PrefectServer, path: str) -> str:
@@ -157,17 +182,99 @@ def test_a_custom_run_from_the_form_completes_and_shows_its_snr_map(
     run_dir = prefect_server.storage_root / "local" / flow_run_id
     assert (run_dir / "SNR.png").read_bytes().startswith(b"\x89PNG")
 
-    # The run's page -> Artifacts -> the summary: the maps as images the browser has loaded.
-    page.goto(ui_url(prefect_server, f"/runs/flow-run/{flow_run_id}"))
+    show_images(
+        page,
+        prefect_server,
+        flow_run_id,
+        "mr-snr-local",
+        ("SNR", "noise_covariance"),
+        tmp_path / "ui-mr-reconstruction-run.png",
+    )
+
+
+def test_the_mask_g_factor_and_loss_curve_render_on_their_runs_pages(
+    prefect_server, mr_deployed, training_deployed, browser_page, tmp_path
+):
+    """A SENSE run's mask and g-factor and a training run's loss curve, as images in Chromium.
+
+    The runs start through the API (the form is the test above); the pictures are what the
+    scientist opens: the run's page -> Artifacts -> the summary.
+    """
+    from tasks.mr.phantom import make_phantom, phantom_acquisition
+    from tasks.training.data import write_synthetic_set
+
+    signal, noise = phantom_acquisition(make_phantom(32, 32, 2), noise_samples=4096)
+    np.save(tmp_path / "signal.npy", signal[..., 0, 0])
+    np.save(tmp_path / "noise.npy", noise)
+    write_synthetic_set(str(tmp_path / "set"), train=16, validation=8, size=16)
+    sense = start_run(
+        prefect_server,
+        mr_deployed,
+        {
+            "signal": str(tmp_path / "signal.npy"),
+            "noise": str(tmp_path / "noise.npy"),
+            "options": {
+                "method": "ac",
+                "recon": "sense",
+                "acceleration": [1, 2],
+                "decimate": True,
+                "gfactor": True,
+                "mask": "reference",
+            },
+        },
+    )
+    training = start_run(
+        prefect_server,
+        training_deployed,
+        {
+            "dataset": str(tmp_path / "set"),
+            "settings": {"model_options": {"width": 8}, "epochs": 1, "checkpoint_every": 2},
+        },
+    )
+    for flow_run_id in (sense, training):
+        run = wait_for_final(prefect_server, flow_run_id)
+        assert run["state"]["type"] == "COMPLETED", run["state"]
+
+    show_images(
+        browser_page,
+        prefect_server,
+        sense,
+        "mr-snr-local",
+        ("SNR", "G", "mask"),
+        tmp_path / "ui-mr-sense-run.png",
+    )
+    show_images(
+        browser_page,
+        prefect_server,
+        training,
+        "training-local",
+        ("loss and validation curves",),
+        tmp_path / "ui-distributed-training-run.png",
+    )
+
+
+def show_images(
+    page: Any,
+    server: PrefectServer,
+    flow_run_id: str,
+    artifact: str,
+    names: tuple[str, ...],
+    shot: Path,
+) -> None:
+    """The run's page -> Artifacts -> ``artifact``: each of ``names`` an image Chromium loaded.
+
+    The summary inlines each preview as a data: URL under its name as the alt text; a broken
+    or missing picture never completes with a width. The page is kept as a screenshot.
+    """
+    page.goto(ui_url(server, f"/runs/flow-run/{flow_run_id}"))
     page.get_by_text("Completed", exact=True).first.wait_for()
     page.get_by_text("Artifacts", exact=True).first.click()
-    page.get_by_text("mr-snr-local").first.click()
-    for name in ("SNR", "noise_covariance"):
+    page.get_by_text(artifact).first.click()
+    for name in names:
         image = page.locator(f"img[alt='{name}']")
         image.wait_for()
         page.wait_for_function(
             "img => img.complete && img.naturalWidth > 0", arg=image.element_handle()
         )
         assert image.evaluate("img => img.naturalWidth") > 100, name
-    shot = keep_screenshot(page, tmp_path / "ui-mr-reconstruction-run.png")
-    assert shot.stat().st_size > 0
+    assert keep_screenshot(page, shot).stat().st_size > 0
