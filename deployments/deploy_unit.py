@@ -11,6 +11,9 @@ Every deployment ``local`` of ``deployments/prefect.yaml`` becomes one deploymen
 the names ``flows/router.py`` starts. Each one:
 
 - has the unit as its ``unit`` parameter (the flows' default is ``local``);
+- sends its runs to the pool's work queue named after the class (``make pools`` gives it
+  ``limits.<class>.concurrent_runs``), so runs started from the UI, the CLI or a schedule
+  wait for the class's limit as routed ones do;
 - pulls nothing: the flows image installs sciflow, so entrypoints are given as modules
   (``flows.mr_reconstruction:mr_reconstruction``), found from any working directory;
 - leaves image, cluster, network and roles to the pool's defaults, which ``register_unit``
@@ -86,6 +89,7 @@ def unit_deployments(unit_name: str, prefect_file: Path = PREFECT_FILE) -> dict[
                 "parameters": {"unit": unit.name},
                 "work_pool": {
                     "name": unit.work_pool(size),
+                    "work_queue_name": size,
                     "job_variables": {"size_class": size} if size in BATCH_CLASSES else {},
                 },
                 "pull": [],

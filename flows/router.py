@@ -3,8 +3,8 @@
 MR Optimum's job chooser made general (``tasks.compute.routing``): parameters of a flow →
 refuse pasted credentials → unit, budget, reach → the job's size (header-only for MR, spins x
 ADC samples for a simulation, the model's memory for training) → the smallest size class of
-the unit whose thresholds hold it → ``run_deployment`` of ``<flow>/<deployment>`` → its flow
-run.
+the unit whose thresholds hold it → ``run_deployment`` of ``<flow>/<deployment>`` on the
+class's work queue → its flow run.
 """
 
 from __future__ import annotations
@@ -165,7 +165,9 @@ def route_job(
 
     The class is the first of small, large (multinode for several nodes) whose thresholds on
     the unit (``ComputeUnit.routing`` within ``limits``) hold the estimate; the deployment is
-    ``<flow>/local`` on a local unit's ``sciflow-local`` pool, else ``<flow>/<unit>-<class>``.
+    ``<flow>/local`` on a local unit's ``sciflow-local`` pool, else ``<flow>/<unit>-<class>``,
+    and the run goes to the pool's work queue named after the class, which holds it while the
+    class is at ``limits.<class>.concurrent_runs``.
 
     Args:
         flow: Which flow runs the job.
@@ -204,6 +206,10 @@ def route_job(
         name=chosen.deployment,
         parameters={**parameters, "unit": unit},
         timeout=None if wait else 0,
+        # The class's queue (make pools gives it limits.<class>.concurrent_runs), named here
+        # for every unit: a local unit's `<flow>/local` serves all its classes from the
+        # `default` queue of sciflow-local; deploy_unit's `<unit>-<class>` sits in it already.
+        work_queue_name=chosen.size,
         # A retried router run finds the run it started rather than starting another.
         idempotency_key=f"route-job-{current_run.get_id()}",
     )

@@ -89,6 +89,8 @@ def test_deploy_registers_every_flow_with_this_checkouts_path(api, deployed):
         for name in DEPLOYMENTS:
             deployment = client.read_deployment_by_name(name)
             assert deployment.work_pool_name == "sciflow-local"
+            # One deployment serves every class: route-job names the class's queue itself.
+            assert deployment.work_queue_name == "default"
             assert "sciflow" in deployment.tags
             assert deployment.description
             assert deployment.parameters == {}
@@ -176,7 +178,7 @@ def test_make_deploy_on_a_fresh_server_creates_the_pool_first(
 def test_an_aws_unit_gets_every_flow_on_its_pools_pulling_the_image(api, deployed, tmp_path):
     """deployments/deploy_unit.py against a unit saved on the server, as make pools saves it."""
     outputs = full_output("team", region="us-east-1")
-    register_unit(outputs)
+    limits = register_unit(outputs).unit.limits
     argv = [sys.executable, "-m", "deployments.deploy_unit", "team"]
     done = subprocess.run(
         argv, cwd=REPO, env=api.env, capture_output=True, text=True, timeout=300, check=False
@@ -207,11 +209,15 @@ def test_an_aws_unit_gets_every_flow_on_its_pools_pulling_the_image(api, deploye
             if d.name.startswith("team-")
         }
         pool = client.read_work_pool("team-small")
+        queues = {name: client.read_work_queue(d.work_queue_id) for name, d in stored.items()}
     # The compute-unit flows manage units from the server's side: local only.
     assert {name: d.work_pool_name for name, d in stored.items()} == expected
     for name, deployment in stored.items():
         size = deployment.name.removeprefix("team-")
         assert deployment.parameters == {"unit": "team"}, name
+        # Its class's queue, limited by register_unit: UI, CLI and scheduled runs wait for it.
+        assert deployment.work_queue_name == queues[name].name == size, name
+        assert queues[name].concurrency_limit == limits.of(size).concurrent_runs, name
         assert deployment.pull_steps == [], name  # the image holds the code
         assert re.fullmatch(r"flows\.\w+:\w+", deployment.entrypoint), deployment.entrypoint
         batch = size == "multinode"

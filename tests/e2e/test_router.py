@@ -1,9 +1,10 @@
 """As a user: route-job sends a small and a large MR job to two pools, each run by its worker.
 
 A real ``prefect server start`` (tests/e2e/conftest.py), two ``process`` workers (one pool per
-size class of a local unit), the MR flow deployed once per class with
-``flow.from_source(...).deploy``; route-job called from Python starts each job on the
-deployment its size picks, and each run completes through its own pool's worker.
+size class of a local unit, their class queues and limits applied as ``make pools`` does), the
+MR flow deployed once per class with ``flow.from_source(...).deploy`` (in the pool's
+``default`` queue); route-job called from Python starts each job on the deployment its size
+picks, in its class's queue, and each run completes through its own pool's worker.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from blocks.compute_unit import SIZE_CLASSES, ClassRule, ComputeUnit, DaskWorkers
+from blocks.registration import apply_pools
 from tasks.mr.estimate import estimate_job
 from tasks.mr.options import MrOptions
 from tests.e2e.conftest import (
@@ -81,6 +83,7 @@ def routed_unit(api: PrefectServer, pool_workers: list[Service]) -> str:
         routing={"small": ClassRule(max_memory_mib=math.ceil(small / 2**20))},
     )
     unit.save(UNIT, overwrite=True)
+    apply_pools(unit)  # the class queues and their limits, as make pools
     source = mr_reconstruction.from_source(
         source=str(REPO), entrypoint="flows/mr_reconstruction.py:mr_reconstruction"
     )
@@ -118,11 +121,16 @@ def test_router_sends_a_small_and_a_large_job_to_different_pools(
     }
 
     assert {size: run.work_pool_name for size, run in started.items()} == POOLS
+    limits = ComputeUnit.load(routed_unit).limits
     for (size, run), worker in zip(started.items(), pool_workers, strict=True):
         done = wait_for_terminal(str(run.id))
         assert done.state_name == "Completed", (size, done.state)
         with get_client(sync_client=True) as client:
             assert client.read_deployment(done.deployment_id).name == f"{UNIT}-{size}"
+            # In its class's queue, which make pools limits, not the deployment's default one.
+            queue = client.read_work_queue(done.work_queue_id)
+        assert done.work_queue_name == queue.name == size
+        assert queue.concurrency_limit == limits.of(size).concurrent_runs
         # Its own pool's worker ran it; the other pool's did not.
         others = [w for w in pool_workers if w is not worker]
         assert str(run.id) in worker.log(), worker.log()

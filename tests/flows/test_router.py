@@ -1,4 +1,8 @@
-"""route-job on the test harness: real deployments and pools, runs created where the rules say."""
+"""route-job on the test harness: real deployments and pools, runs created where the rules say.
+
+The deployments here sit in their pool's ``default`` queue, as ``<flow>/local`` does on
+sciflow-local: a run found in its class's queue was put there by the router.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,11 @@ import numpy as np
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.objects import FlowRun
 from prefect.exceptions import ObjectAlreadyExists
 
 from blocks.compute_unit import LOCAL_WORK_POOL, ClassRule, ComputeUnit
+from blocks.registration import apply_pools
 from flows.router import route_job
 from tasks.errors import InputError
 from tasks.mr.estimate import estimate_job
@@ -62,6 +68,11 @@ def deploy(flow_name: str, deployment: str, pool: str) -> None:
         )
 
 
+def queues_of(*runs: FlowRun) -> list[tuple[str, str | None]]:
+    """Each run's pool and work queue."""
+    return [(run.work_pool_name, run.work_queue_name) for run in runs]
+
+
 def runs_of(deployment: str) -> int:
     """Flow runs of ``<flow>/<deployment>`` on the harness server."""
     with get_client(sync_client=True) as client:
@@ -74,6 +85,7 @@ def unit_block() -> str:
     two_pool_unit("router-lab").save("router-lab", overwrite=True)
     deploy("mr-reconstruction", "local", LOCAL_WORK_POOL)
     deploy("mr-reconstruction", "router-lab-large", LARGE_POOL)
+    apply_pools(two_pool_unit("router-lab"))  # the class queues and limits, as make pools
     return "router-lab"
 
 
@@ -84,8 +96,18 @@ def test_a_small_and_a_large_mr_job_go_to_different_pools(unit_block, tmp_path):
     small_run = route_job("mr-reconstruction", {**small, "options": OPTIONS}, unit=unit_block)
     large_run = route_job("mr-reconstruction", {**large, "options": OPTIONS}, unit=unit_block)
 
-    assert (small_run.work_pool_name, large_run.work_pool_name) == (LOCAL_WORK_POOL, LARGE_POOL)
+    assert queues_of(small_run, large_run) == [(LOCAL_WORK_POOL, "small"), (LARGE_POOL, "large")]
     assert small_run.state_name == large_run.state_name == "Scheduled"
+    # The queues make pools limits, not ones the server made up for the name.
+    limits = two_pool_unit(unit_block).limits
+    with get_client(sync_client=True) as client:
+        for run in (small_run, large_run):
+            queue = client.read_work_queue(run.work_queue_id)
+            assert (queue.name, queue.work_pool_id) == (
+                run.work_queue_name,
+                client.read_work_pool(run.work_pool_name).id,
+            )
+            assert queue.concurrency_limit == limits.of(run.work_queue_name).concurrent_runs
     assert large_run.parameters == {**large, "options": OPTIONS, "unit": unit_block}
     with get_client(sync_client=True) as client:
         deployments = {client.read_deployment(r.deployment_id).name for r in (small_run, large_run)}
@@ -108,7 +130,7 @@ def test_an_mr_optimum_job_names_its_own_signal(unit_block, tmp_path):
         "options": {"reconstructor": {"type": "recon", "id": 0, "name": "RSS", "options": recon}},
     }
     started = route_job("mr-reconstruction", {"options": job}, unit=unit_block)
-    assert started.work_pool_name == LOCAL_WORK_POOL
+    assert queues_of(started) == [(LOCAL_WORK_POOL, "small")]
 
 
 def test_a_job_past_every_class_is_refused_and_nothing_started(tmp_path):
@@ -134,14 +156,17 @@ def test_simulations_go_by_spins_times_samples():
     pools = dict.fromkeys(("small", "multinode", "gpu"), LOCAL_WORK_POOL) | {"large": LARGE_POOL}
     # A 16x16 Shepp-Logan has 133 spins; the default GRE reads 16 x 16 = 256 samples.
     spin_samples = 133 * 256
-    for limit, pool in ((spin_samples, LOCAL_WORK_POOL), (spin_samples - 1, LARGE_POOL)):
+    for limit, where in (
+        (spin_samples, (LOCAL_WORK_POOL, "small")),
+        (spin_samples - 1, (LARGE_POOL, "large")),
+    ):
         unit = ComputeUnit(
             name="router-sim", work_pools=pools, routing={"small": {"max_spin_samples": limit}}
         )
         unit.save("router-sim", overwrite=True)
         params = {"phantom": {"matrix": [16, 16]}}
         started = route_job("multinode-simulation", params, unit="router-sim")
-        assert started.work_pool_name == pool, limit
+        assert queues_of(started) == [where], limit
 
 
 def test_training_goes_by_its_memory_per_node(tmp_path):
@@ -154,13 +179,13 @@ def test_training_goes_by_its_memory_per_node(tmp_path):
     params = {"dataset": str(tmp_path / "set"), "settings": {"device": "cpu"}}
     # Two processes (each 512 MiB of torch and 256 MiB per loader worker, plus the model)
     # fit in 3 GiB, not in 512 MiB.
-    for memory_mib, pool in ((3072, LOCAL_WORK_POOL), (512, LARGE_POOL)):
+    for memory_mib, where in ((3072, (LOCAL_WORK_POOL, "small")), (512, (LARGE_POOL, "large"))):
         routing = {"small": {"max_memory_mib": memory_mib}}
         ComputeUnit(name="router-train", work_pools=pools, routing=routing).save(
             "router-train", overwrite=True
         )
         started = route_job("distributed-training", params, unit="router-train")
-        assert started.work_pool_name == pool, memory_mib
+        assert queues_of(started) == [where], memory_mib
         assert started.parameters == {**params, "unit": "router-train"}
 
 
@@ -203,7 +228,7 @@ def team(aws: str, tmp_path: Path) -> dict[str, str]:
 def test_an_aws_unit_gets_the_deployment_of_its_unit_and_class(team):
     deploy("mr-reconstruction", "team-small", "team-small")
     started = route_job("mr-reconstruction", {**team, "options": OPTIONS}, unit="team")
-    assert started.work_pool_name == "team-small"
+    assert queues_of(started) == [("team-small", "small")]
     with get_client(sync_client=True) as client:
         assert client.read_deployment(started.deployment_id).name == "team-small"
 
