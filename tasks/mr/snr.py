@@ -366,7 +366,11 @@ def snr_map(
         inverse_g=inverse_g,
         sensitivities=sensitivities,
         mask=pipe.mask,
-        info={**_info(recon, snr, data, dtype, pipe, g_method, timings), **arrays.info()},
+        info={
+            **_info(recon, snr, data, dtype, pipe, g_method, timings),
+            "reference": "given" if ref is not None else "from kspace",
+            **arrays.info(),
+        },
     )
 
 

@@ -6,8 +6,12 @@ samples (``benchmarks/mrd_read.py`` times both); the tests cross-check against t
 - noise = acquisitions with ``ACQ_IS_NOISE_MEASUREMENT`` (flag 19) when no noise file is
   given; imaging acquisitions are placed by ``kspace_encode_step_1`` (y), ``slice`` and
   ``repetition`` (replicas); averages are averaged; contrast/phase/set other than 0,
-  calibration-only (flag 20), navigator, phase-correction, feedback, dummy and
-  phase-stabilisation readouts are left out and counted in ``summary``;
+  navigator, phase-correction, feedback, dummy and phase-stabilisation readouts are left out
+  and counted in ``summary``;
+- calibration-only readouts (``ACQ_IS_PARALLEL_CALIBRATION``, flag 20, without flag 21: a
+  separately acquired reference scan) are placed on the same grid, averaged over repetitions,
+  and returned as ``RawData.reference``: the reference for the coil maps and the GRAPPA
+  calibration, not part of the signal;
 - readout oversampling (encoded x = 2 x recon x) is removed from the signal by default, as on
   the Siemens path (``oversampling_removed=True``); the noise keeps it;
 - dwell = ``sample_time_us``; geometry from ``position``/``read_dir``/``phase_dir``/
@@ -16,8 +20,7 @@ samples (``benchmarks/mrd_read.py`` times both); the tests cross-check against t
   the file 3-D; partitions are placed by ``kspace_encode_step_2`` and returned in hybrid space
   (``tasks.mr.io.geometry``), the header's ``accelerationFactor`` steps 1 and 2 give
   ``(R_y, R_z)`` and the calibration readouts' distinct step-1/step-2 counters the ACS block.
-  Multi-slab 3-D, non-Cartesian trajectories and separate calibration-only readouts are not
-  read (the last are counted in ``summary``).
+  Multi-slab 3-D and non-Cartesian trajectories are not read.
 """
 
 from __future__ import annotations
@@ -128,17 +131,15 @@ def _blocks(indices: np.ndarray) -> Iterator[np.ndarray]:
             start = i
 
 
-def _mrd_selection(heads: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
-    """Indices of imaging and noise readouts, and counts of what was left out."""
+def _mrd_selection(heads: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
+    """Indices of imaging, noise and calibration-only readouts, and counts of what was left out.
+
+    Calibration-only readouts (flag 20 without 21) pass the same filters as imaging ones.
+    """
     noise = flags_set(heads, ACQ_IS_NOISE_MEASUREMENT)
     skipped: dict[str, int] = {}
     keep = ~noise
-    calibration_only = flags_set(heads, ACQ_IS_PARALLEL_CALIBRATION) & ~flags_set(
-        heads, ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING
-    )
-    for name, mask in [("calibration_only", calibration_only)] + [
-        (label, flags_set(heads, bit)) for bit, label in NOT_IMAGE_FLAGS.items()
-    ]:
+    for name, mask in [(label, flags_set(heads, bit)) for bit, label in NOT_IMAGE_FLAGS.items()]:
         hit = keep & mask
         if hit.any():
             skipped[name] = int(hit.sum())
@@ -153,11 +154,25 @@ def _mrd_selection(heads: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str,
     if hit.any():
         skipped["encoding_space_ref>0"] = int(hit.sum())
     keep &= heads["encoding_space_ref"] == 0
-    return np.flatnonzero(keep), np.flatnonzero(noise), skipped
+    calibration_only = flags_set(heads, ACQ_IS_PARALLEL_CALIBRATION) & ~flags_set(
+        heads, ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING
+    )
+    return (
+        np.flatnonzero(keep & ~calibration_only),
+        np.flatnonzero(noise),
+        np.flatnonzero(keep & calibration_only),
+        skipped,
+    )
 
 
 def mrd_signal(
-    path: Path, key: str | None, remove_os: bool, *, load: bool, batch: np.ndarray | None = None
+    path: Path,
+    key: str | None,
+    remove_os: bool,
+    *,
+    load: bool,
+    batch: np.ndarray | None = None,
+    signal: bool = True,
 ) -> SignalPart:
     """The imaging readouts of an MRD file (its headers only unless ``load``).
 
@@ -168,12 +183,14 @@ def mrd_signal(
         load: Read the samples (else the headers only).
         batch: 2-D only: load only these slices (sorted, unique), in this order on the
             slice axis; the embedded noise is then not loaded.
+        signal: With ``load``, read the imaging readouts too (else only the calibration
+            reference).
     """
     what = "signal file"
     with _mrd_group(path, key, what) as grp:
         root = parse_header(grp, path, what)
         heads = _mrd_heads(grp, path, what)
-        images, noise_idx, skipped = _mrd_selection(heads)
+        images, noise_idx, calib_idx, skipped = _mrd_selection(heads)
         if len(images) == 0:
             raise InputError(
                 f"{what} {path} has no imaging acquisitions; expected Cartesian k-space readouts"
@@ -183,23 +200,28 @@ def mrd_signal(
             raise InputError(f"{what} {path}: trajectory {trajectory!r}; expected cartesian")
         h = heads[images]
         idx = h["idx"]
+        # Calibration-only readouts share the imaging grid: they size it too.
+        every = heads[np.concatenate([images, calib_idx])]
         enc = [xml_value(root, f"encoding/encodedSpace/matrixSize/{a}", int) for a in "xyz"]
         rec = [xml_value(root, f"encoding/reconSpace/matrixSize/{a}", int) for a in "xyz"]
         fov = [xml_value(root, f"encoding/encodedSpace/fieldOfView_mm/{a}") for a in "xyz"]
-        volume = int(idx["kspace_encode_step_2"].max()) > 0 or (enc[2] or 1) > 1
-        coils = np.unique(h["active_channels"])
+        volume = int(every["idx"]["kspace_encode_step_2"].max()) > 0 or (enc[2] or 1) > 1
+        coils = np.unique(every["active_channels"])
         if len(coils) != 1:
             raise InputError(
-                f"{what} {path}: imaging readouts have {coils.tolist()} channels; expected one"
+                f"{what} {path}: imaging and calibration readouts have {coils.tolist()} "
+                "channels; expected one"
             )
-        nx = int(h["number_of_samples"].max())
-        ny = max(int(idx["kspace_encode_step_1"].max()) + 1, enc[1] or 0)
+        nx = int(every["number_of_samples"].max())
+        ny = max(int(every["idx"]["kspace_encode_step_1"].max()) + 1, enc[1] or 0)
         slices = max(
-            int(idx["slice"].max()) + 1,
+            int(every["idx"]["slice"].max()) + 1,
             (xml_value(root, "encoding/encodingLimits/slice/maximum", int) or 0) + 1,
         )
         replicas = int(idx["repetition"].max()) + 1
-        nz = max(int(idx["kspace_encode_step_2"].max()) + 1, enc[2] or 1) if volume else 1
+        nz = 1
+        if volume:
+            nz = max(int(every["idx"]["kspace_encode_step_2"].max()) + 1, enc[2] or 1)
         if volume and slices > 1:
             raise InputError(
                 f"{what} {path} is 3-D with {slices} slabs; expected one 3-D slab (or 2-D slices)"
@@ -214,25 +236,35 @@ def mrd_signal(
         part = SignalPart(header=Header(), shape=shape)
         if load:
             counter = "kspace_encode_step_2" if volume else "slice"
-            placed, slot, planes = images, None, nz if volume else slices
+            slot, planes = None, nz if volume else slices
             if batch is not None and not volume:  # only the batch's readouts are read
                 slot = np.full(slices, -1)
                 slot[batch] = np.arange(len(batch))
-                placed, planes = images[slot[idx["slice"]] >= 0], len(batch)
-            part.signal = _mrd_assemble(
-                grp,
-                placed,
-                heads,
-                (nx, ny, int(coils[0]), planes, replicas),
-                path,
-                what,
-                counter,
-                slot,
-            )
-            if crop:
-                part.signal = remove_readout_oversampling(part.signal, axis=0)
-            if volume:
-                part.signal = volume_as_slices(part.signal.transpose(0, 1, 3, 2, 4))
+                planes = len(batch)
+
+            def assemble(readouts: np.ndarray, repetitions: int) -> np.ndarray:
+                if slot is not None:
+                    readouts = readouts[slot[heads["idx"]["slice"][readouts]] >= 0]
+                kspace = _mrd_assemble(
+                    grp,
+                    readouts,
+                    heads,
+                    (nx, ny, int(coils[0]), planes, repetitions),
+                    path,
+                    what,
+                    counter,
+                    slot,
+                )
+                if crop:
+                    kspace = remove_readout_oversampling(kspace, axis=0)
+                if volume:
+                    kspace = volume_as_slices(kspace.transpose(0, 1, 3, 2, 4))
+                return kspace
+
+            if signal:
+                part.signal = assemble(images, replicas)
+            if len(calib_idx):  # one reference; repeated calibration readouts averaged
+                part.reference = assemble(calib_idx, 1)[..., 0]
         if len(noise_idx):
             noise_heads = heads[noise_idx]
             part.noise_shape = (
@@ -241,7 +273,7 @@ def mrd_signal(
             )
             part.noise_readouts = len(noise_idx)
             part.noise_dwell_s = float(noise_heads["sample_time_us"][0]) * 1e-6 or None
-            if load and batch is None:
+            if load and batch is None and signal:
                 part.noise = _mrd_noise(grp, noise_idx, heads, path, what)
 
         dx = (fov[0] / enc[0]) if fov[0] and enc[0] else None
@@ -288,6 +320,7 @@ def mrd_signal(
             acs_block=((acs, acs_z) if volume else (None, acs)) if acs else None,
             kind="3d" if volume else "2d",
             volume_matrix=(out_x, ny, nz) if volume else None,
+            reference=len(calib_idx) > 0,
         )
         part.summary = {
             "dtype": "complex64",
@@ -295,6 +328,7 @@ def mrd_signal(
             "acquisitions": len(heads),
             "imaging_acquisitions": len(images),
             "noise_acquisitions": len(noise_idx),
+            "calibration_acquisitions": len(calib_idx),
             "skipped_acquisitions": skipped,
             "averages_averaged": averages,
             "encoded_matrix": enc,
@@ -341,6 +375,8 @@ def _mrd_assemble(
 ) -> np.ndarray:
     """Readouts placed into ``shape`` (x, y, coils, S, replicas); repeats (averages) averaged.
 
+    With one replica in ``shape`` every repetition lands on it (averaged).
+
     S is indexed by ``counter``: ``slice``, or ``kspace_encode_step_2`` for 3-D; through
     ``slot[counter]`` when a batch of slices is placed.
     """
@@ -351,6 +387,7 @@ def _mrd_assemble(
         head = heads[i]
         y, s, r = (int(head["idx"][c]) for c in ("kspace_encode_step_1", counter, "repetition"))
         s = s if slot is None else int(slot[s])
+        r = r if shape[4] > 1 else 0  # one plane for every repetition: repeats averaged
         n = samples.shape[1]
         offset = 0 if n == nx else max(0, min(nx - n, nx // 2 - int(head["center_sample"])))
         signal[offset : offset + n, y, :, s, r] += samples.T
@@ -379,7 +416,7 @@ def mrd_noise_file(path: Path, key: str | None) -> NoisePart:
     what = "noise file"
     with _mrd_group(path, key, what) as grp:
         heads = _mrd_heads(grp, path, what)
-        images, noise_idx, _ = _mrd_selection(heads)
+        images, noise_idx, _, _ = _mrd_selection(heads)
         source = "noise acquisitions"
         if len(noise_idx) == 0:  # an RF-off run: every imaging readout is noise
             noise_idx, source = images, "imaging acquisitions of an RF-off run"

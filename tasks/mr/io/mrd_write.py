@@ -21,6 +21,7 @@ from tasks.mr.io.mrd_spec import (
     ACQ_FIRST_IN_REPETITION,
     ACQ_FIRST_IN_SLICE,
     ACQ_IS_NOISE_MEASUREMENT,
+    ACQ_IS_PARALLEL_CALIBRATION,
     ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING,
     ACQ_LAST_IN_ENCODE_STEP1,
     ACQ_LAST_IN_MEASUREMENT,
@@ -51,12 +52,14 @@ def write_mrd(
     volume: bool = False,
     acceleration: tuple[int, int] = (1, 1),
     acs: tuple[int, int] | None = None,
+    reference: np.ndarray | None = None,
 ) -> Path:
     """Write an ISMRMRD 1.x HDF5 file: XML header plus one acquisition per readout.
 
     Written under a temporary name and renamed, so a reader never sees half a file.
 
     Noise readouts (flag ``ACQ_IS_NOISE_MEASUREMENT``) come first, one per ``x`` samples, then
+    the calibration-only readouts of a ``reference`` (slice by slice, line by line), then
     the imaging readouts repetition by repetition, slice by slice, line by line, with the
     first/last-in-line/slice/repetition and last-in-measurement flags set. Samples are stored
     as complex64.
@@ -84,7 +87,11 @@ def write_mrd(
             are written (R_step2 > 1 needs ``volume``).
         acs: Calibration block ``(lines along y, partitions along z)``, centred from
             ``N//2 - n//2`` as ``coils.acl_region``; its readouts carry
-            ``ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING``.
+            ``ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING`` (without ``reference``).
+        reference: A separately acquired calibration scan, complex, ``signal``'s shape
+            without replicas: its ``acs`` block is written as calibration-only readouts
+            (``ACQ_IS_PARALLEL_CALIBRATION``), and the imaging readouts are then the
+            acquired grid only. Needs ``acs``.
 
     Returns:
         ``path``.
@@ -139,8 +146,28 @@ def write_mrd(
         y0, z0 = ny // 2 - int(acs[0]) // 2, slices // 2 - int(acs[1]) // 2
         in_acs = (y >= y0) & (y < y0 + int(acs[0]))
         in_acs &= (s >= z0) & (s < z0 + int(acs[1])) if volume else True
+    calib_lines = np.zeros((0, coils, nx), dtype=np.complex64)
+    calib_s = calib_y = np.zeros(0, dtype=np.int64)
+    if reference is not None:
+        reference = np.asarray(reference)
+        expected = (nx, ny, slices, coils) if volume else (nx, ny, coils, slices)
+        if acs is None or reference.shape != expected:
+            raise InputError(
+                f"write_mrd reference has shape {reference.shape} (acs={acs}); expected "
+                f"{expected}, the signal's without replicas, and acs given"
+            )
+        if volume:  # (x, y, z, c) -> (x, y, c, z), as the signal
+            reference = reference.transpose(0, 1, 3, 2)
+        calib_s, calib_y = np.unravel_index(np.arange(ny * slices), (slices, ny))
+        block = (calib_y >= y0) & (calib_y < y0 + int(acs[0]))
+        block &= (calib_s >= z0) & (calib_s < z0 + int(acs[1])) if volume else True
+        calib_s, calib_y = calib_s[block], calib_y[block]
+        calib_lines = reference[:, calib_y, :, calib_s].transpose(0, 2, 1)  # (readouts, c, x)
+        in_acs[:] = False  # the imaging readouts are the grid alone
     keep = acquired | in_acs
     r, s, y, in_acs = r[keep], s[keep], y[keep], in_acs[keep]
+    n_calib = len(calib_y)
+    first += n_calib
     total = first + len(y)
     acquisitions = np.zeros(total, dtype=ACQUISITION)
     head = acquisitions["head"]
@@ -156,6 +183,15 @@ def write_mrd(
         head["number_of_samples"][i] = len(chunk)
         head["sample_time_us"][i] = (noise_dwell_s or dwell_s) * 1e6
         acquisitions["data"][i] = interleave(chunk.T)
+    calib = head[first - n_calib : first]
+    calib["flags"] = bit(ACQ_IS_PARALLEL_CALIBRATION)
+    calib["number_of_samples"], calib["center_sample"] = nx, nx // 2
+    calib["sample_time_us"] = dwell_s * 1e6
+    calib["position"] = positions_mm[0 if volume else calib_s]
+    calib["idx"]["kspace_encode_step_1"] = calib_y
+    calib["idx"]["kspace_encode_step_2" if volume else "slice"] = calib_s
+    for i, line in enumerate(calib_lines, start=first - n_calib):
+        acquisitions["data"][i] = interleave(line)
     image = head[first:]
     image["number_of_samples"], image["center_sample"] = nx, nx // 2
     image["sample_time_us"] = dwell_s * 1e6

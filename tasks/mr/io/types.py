@@ -43,6 +43,7 @@ class Header:
         kind: ``"2d"`` (slices) or ``"3d"`` (hybrid space).
         volume_matrix: ``(x, y, z)`` of a 3-D volume, else None.
         acs_block: Calibration block of the returned slices (3-D: ``(y, z)``), or None.
+        reference: The file holds calibration-only readouts, returned as the reference.
     """
 
     vendor: str | None = None
@@ -56,6 +57,7 @@ class Header:
     kind: Kind = "2d"
     volume_matrix: tuple[int, int, int] | None = None
     acs_block: tuple[int | None, int | None] | None = None
+    reference: bool = False
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -82,6 +84,8 @@ class AcquisitionInfo:
         volume_matrix: ``(x, y, z)`` of a 3-D volume, else None.
         acs_block: Calibration block ``(along axis 0, along axis 1)`` of the returned slices
             from the header (3-D: ``(y, z)``), or None.
+        reference: Calibration-only readouts (a separate reference scan) come with the signal
+            as ``RawData.reference``.
     """
 
     format: Format
@@ -101,6 +105,7 @@ class AcquisitionInfo:
     kind: Kind = "2d"
     volume_matrix: tuple[int, int, int] | None = None
     acs_block: tuple[int | None, int | None] | None = None
+    reference: bool = False
 
 
 @dataclass(slots=True)
@@ -112,11 +117,16 @@ class RawData:
             (``info.kind == "3d"``) hybrid space ``(y, z, coils, x, replicas)``.
         noise: Complex noise samples, shape ``(samples, coils)``, or None.
         info: The header.
+        reference: Calibration-only readouts (a separately acquired reference scan) on the
+            signal's grid, zero elsewhere, shape ``signal.shape[:4]`` (same layout, no
+            replicas), or None. The reference for coil maps and the GRAPPA calibration
+            (``tasks.mr.snr.snr_map``'s ``reference``).
     """
 
     signal: np.ndarray
     noise: np.ndarray | None
     info: AcquisitionInfo
+    reference: np.ndarray | None = None
 
     def noise_by_readout(self) -> np.ndarray | None:
         """The noise as ``(readout, readouts, coils)`` where the readout length is known.
@@ -143,6 +153,7 @@ class SignalPart:
         shape: The signal shape ``read_raw`` returns (package layout).
         signal: The signal, when loaded.
         noise: Noise readouts embedded in the file ``(samples, coils)``, when loaded.
+        reference: Calibration-only readouts ``shape[:4]``, when loaded and present.
         noise_shape: ``(samples, coils)`` of the embedded noise, when there is any.
         noise_readouts: Embedded noise readouts.
         noise_dwell_s: ADC dwell per embedded noise sample.
@@ -153,6 +164,7 @@ class SignalPart:
     shape: tuple[int, ...]
     signal: np.ndarray | None = None
     noise: np.ndarray | None = None
+    reference: np.ndarray | None = None
     noise_shape: tuple[int, int] | None = None
     noise_readouts: int | None = None
     noise_dwell_s: float | None = None

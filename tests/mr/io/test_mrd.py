@@ -275,3 +275,102 @@ def test_an_open_hdf5_file_holds_the_process_lock(tmp_path):
         assert not other.submit(_HDF5_LOCK.acquire, blocking=False).result()
     assert _HDF5_LOCK.acquire(blocking=False)
     _HDF5_LOCK.release()
+
+
+# --- calibration-only readouts ---------------------------------------------------------------
+
+
+def test_calibration_only_readouts_the_ismrmrd_package_writes_are_the_reference(rng, tmp_path):
+    # A separately acquired reference scan, as siemens_to_ismrmrd writes a PATREFSCAN: its
+    # readouts carry ACQ_IS_PARALLEL_CALIBRATION (flag 20) alone and are not image data.
+    ismrmrd = pytest.importorskip("ismrmrd")
+    assert ismrmrd.ACQ_IS_PARALLEL_CALIBRATION == 20
+    nx, ny, coils = 8, 12, 3
+    xml_path = write_mrd(
+        tmp_path / "hdr.h5",
+        random_complex(rng, (nx, ny, coils, 1, 1)),
+        fov_mm=(1, 1, 1),
+        dwell_s=1e-6,
+        acceleration=(2, 1),
+    )
+    with h5py.File(xml_path) as f:
+        xml = f["dataset/xml"][0].decode()
+    image = random_complex(rng, (ny, coils, nx))  # (y, coils, x)
+    calibration = random_complex(rng, (ny, coils, nx))
+    with ismrmrd.Dataset(str(tmp_path / "theirs.h5"), "dataset", create_if_needed=True) as dset:
+        dset.write_xml_header(xml)
+        for y in range(4, 8):  # the reference scan first, as the scanner acquires it
+            acq = ismrmrd.Acquisition.from_array(calibration[y])
+            acq.idx.kspace_encode_step_1 = y
+            acq.set_flag(ismrmrd.ACQ_IS_PARALLEL_CALIBRATION)
+            dset.append_acquisition(acq)
+        for y in range(0, ny, 2):
+            acq = ismrmrd.Acquisition.from_array(image[y])
+            acq.idx.kspace_encode_step_1 = y
+            dset.append_acquisition(acq)
+    raw = read_raw(tmp_path / "theirs.h5")
+    expected = np.zeros((nx, ny, coils, 1, 1), dtype=np.complex64)
+    expected[:, ::2, :, 0, 0] = image[::2].transpose(2, 0, 1)
+    np.testing.assert_array_equal(raw.signal, expected)  # the reference is not in the signal
+    reference = np.zeros((nx, ny, coils, 1), dtype=np.complex64)
+    reference[:, 4:8, :, 0] = calibration[4:8].transpose(2, 0, 1)
+    np.testing.assert_array_equal(raw.reference, reference)
+    info = raw.info
+    assert info.reference
+    assert (info.acceleration, info.acs_block) == ((1, 2), (None, 4))
+    assert info.summary["calibration_acquisitions"] == 4
+    assert "calibration_only" not in info.summary["skipped_acquisitions"]
+
+
+def test_the_ismrmrd_package_reads_our_calibration_only_readouts(rng, tmp_path):
+    ismrmrd = pytest.importorskip("ismrmrd")
+    kspace = random_complex(rng, (8, 12, 2, 2, 2))  # two slices, two repetitions
+    reference = random_complex(rng, (8, 12, 2, 2))
+    path = write_mrd(
+        tmp_path / "ours.h5",
+        kspace,
+        fov_mm=(1, 1, 1),
+        dwell_s=1e-6,
+        acceleration=(3, 1),
+        acs=(4, 1),
+        reference=reference,
+    )
+    found = {}
+    with ismrmrd.Dataset(str(path), "dataset", create_if_needed=False) as dset:
+        for i in range(dset.number_of_acquisitions()):
+            acq = dset.read_acquisition(i)
+            if acq.is_flag_set(ismrmrd.ACQ_IS_PARALLEL_CALIBRATION):
+                assert not acq.is_flag_set(ismrmrd.ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING)
+                found[acq.idx.slice, acq.idx.kspace_encode_step_1] = acq.data
+    assert sorted(found) == [(s, y) for s in range(2) for y in range(4, 8)]
+    for (s, y), data in found.items():
+        np.testing.assert_array_equal(data, reference[:, y, :, s].T)
+    raw = read_raw(path)
+    lines = np.flatnonzero(np.any(raw.signal != 0, axis=(0, 2, 3, 4)))
+    assert lines.tolist() == [0, 3, 6, 9]  # the grid alone
+    np.testing.assert_array_equal(raw.reference[:, 4:8], reference[:, 4:8])
+    assert not np.any(raw.reference[:, :4])
+    assert not np.any(raw.reference[:, 8:])
+
+
+def test_a_3d_reference_scan_is_returned_in_hybrid_space(rng, tmp_path):
+    volume = random_complex(rng, (8, 12, 10, 3, 1))
+    reference = random_complex(rng, (8, 12, 10, 3))
+    path = write_mrd(
+        tmp_path / "v.h5",
+        volume,
+        fov_mm=(1, 1, 1),
+        dwell_s=1e-6,
+        oversampling=2,
+        volume=True,
+        acceleration=(2, 2),
+        acs=(6, 4),
+        reference=reference,
+    )
+    raw = read_raw(path)
+    block = np.zeros_like(reference)
+    block[:, 3:9, 3:7] = reference[:, 3:9, 3:7]
+    expected = readers.volume_as_slices(remove_readout_oversampling(block, axis=0))[..., 0]
+    assert raw.reference.shape == raw.signal.shape[:4] == (12, 10, 3, 4)
+    np.testing.assert_allclose(raw.reference, expected, atol=1e-5)
+    assert raw.info.acs_block == (6, 4)
