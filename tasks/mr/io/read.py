@@ -264,4 +264,5 @@ def _finish_info(
         volume_matrix=header.volume_matrix,
         acs_block=header.acs_block,
         reference=header.reference,
+        slabs=header.slabs,
     )

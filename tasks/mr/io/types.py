@@ -44,6 +44,7 @@ class Header:
         volume_matrix: ``(x, y, z)`` of a 3-D volume, else None.
         acs_block: Calibration block of the returned slices (3-D: ``(y, z)``), or None.
         reference: The file holds calibration-only readouts, returned as the reference.
+        slabs: 3-D slabs stacked along z (their x positions one slab after another).
     """
 
     vendor: str | None = None
@@ -58,6 +59,7 @@ class Header:
     volume_matrix: tuple[int, int, int] | None = None
     acs_block: tuple[int | None, int | None] | None = None
     reference: bool = False
+    slabs: int = 1
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -86,6 +88,9 @@ class AcquisitionInfo:
             from the header (3-D: ``(y, z)``), or None.
         reference: Calibration-only readouts (a separate reference scan) come with the signal
             as ``RawData.reference``.
+        slabs: 3-D slabs (multi-slab MRD): slab ``b``'s x positions are slices
+            ``b * x ... (b + 1) * x - 1`` and its partitions ``b * z ...`` of
+            ``volume_matrix`` (``tasks.mr.io.geometry.maps_as_volume``).
     """
 
     format: Format
@@ -106,6 +111,7 @@ class AcquisitionInfo:
     volume_matrix: tuple[int, int, int] | None = None
     acs_block: tuple[int | None, int | None] | None = None
     reference: bool = False
+    slabs: int = 1
 
 
 @dataclass(slots=True)

@@ -241,19 +241,121 @@ def test_mrd_2d_acceleration_header_and_acs_lines(rng, tmp_path):
     assert lines.tolist() == [0, 3, 4, 5, 6, 7, 9]
 
 
-def test_multi_slab_3d_mrd_is_refused(rng, tmp_path):
-    path = write_mrd(
-        tmp_path / "slab.h5",
-        random_complex(rng, (4, 4, 4, 2, 1)),
-        fov_mm=(1, 1, 1),
-        dwell_s=1e-6,
-        volume=True,
+# --- multi-slab 3-D ---------------------------------------------------------------------------
+
+
+def _two_slabs(rng, tmp_path, **kwargs):
+    """Two contiguous 6-partition slabs (x, y, 2 * 6, coils, replicas), 3 mm partitions."""
+    volume = random_complex(rng, (8, 6, 12, 3, 2))
+    noise = random_complex(rng, (64, 3))
+    angle = np.deg2rad(20)
+    directions = np.array(
+        [[np.cos(angle), np.sin(angle), 0.0], [-np.sin(angle), np.cos(angle), 0.0], [0, 0, 1.0]]
     )
+    options = {
+        "fov_mm": (160.0, 120.0, 18.0),  # z: one slab, 6 partitions of 3 mm
+        "dwell_s": 4e-6,
+        "volume": True,
+        "slabs": 2,
+        "directions": directions,
+        "positions_mm": np.array([[5.0, -10.0, 20.0], [5.0, -10.0, 38.0]]),
+        **kwargs,
+    }
+    return volume, noise, write_mrd(tmp_path / "slabs.h5", volume, noise, **options)
+
+
+def test_multi_slab_3d_round_trips_slab_by_slab_with_one_affine(rng, tmp_path):
+    volume, noise, path = _two_slabs(rng, tmp_path)
+    raw = read_raw(path)
+    info = raw.info
+    expected = np.concatenate(
+        [readers.volume_as_slices(volume[:, :, 6 * b : 6 * (b + 1)]) for b in range(2)], axis=3
+    )
+    assert raw.signal.shape == (6, 6, 3, 16, 2)  # (y, z, coils, slabs * x, replicas)
+    np.testing.assert_allclose(raw.signal, expected, atol=1e-5)
+    np.testing.assert_array_equal(raw.noise, noise)
+    assert (info.kind, info.slabs, info.volume_matrix) == ("3d", 2, (8, 6, 12))
+    assert info.summary["slabs"] == 2
+    assert read_info(path)[1] == raw.signal.shape
+    # Voxel k of the stacked volume: slab k // 6, partition k % 6 around that slab's centre.
+    read, phase, normal = np.array(
+        [
+            [np.cos(np.deg2rad(20)), np.sin(np.deg2rad(20)), 0],
+            [-np.sin(np.deg2rad(20)), np.cos(np.deg2rad(20)), 0],
+            [0, 0, 1],
+        ]
+    )
+    centres = np.array([[5.0, -10.0, 20.0], [5.0, -10.0, 38.0]])
+    for i, j, k in [(0, 0, 0), (4, 3, 3), (7, 5, 9), (2, 1, 11)]:
+        lps = centres[k // 6] + (i - 4) * 20.0 * read + (j - 3) * 20.0 * phase
+        lps += (k % 6 - 3) * 3.0 * normal
+        np.testing.assert_allclose(info.affine @ [i, j, k, 1], [*(lps * [-1, -1, 1]), 1], atol=1e-4)
+    # Per-slice maps (y, z, slabs * x) go back to the stacked (x, y, slabs * z) volume.
+    maps = rng.standard_normal((6, 6, 16))
+    stacked = readers.maps_as_volume(maps, slabs=2)
+    assert stacked.shape == (8, 6, 12)
+    np.testing.assert_array_equal(stacked[3, :, 6:], maps[:, :, 8 + 3])
+    np.testing.assert_array_equal(readers.volume_as_maps(stacked, slabs=2), maps)
+
+
+def test_the_ismrmrd_package_reads_our_slabs_as_slices_and_partitions(rng, tmp_path):
+    ismrmrd = pytest.importorskip("ismrmrd")
+    volume, _, path = _two_slabs(rng, tmp_path, acceleration=(1, 2))
+    with ismrmrd.Dataset(str(path), "dataset", create_if_needed=False) as dset:
+        header = ismrmrd.xsd.CreateFromDocument(dset.read_xml_header())
+        assert header.encoding[0].encodingLimits.slice.maximum == 1
+        assert header.encoding[0].encodedSpace.matrixSize.z == 6
+        for i in range(dset.number_of_acquisitions()):
+            acq = dset.read_acquisition(i)
+            if acq.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT):
+                continue
+            slab, partition = acq.idx.slice, acq.idx.kspace_encode_step_2
+            assert partition % 2 == 0  # R_z = 2 within each slab
+            assert acq.position[2] == pytest.approx(20.0 + 18.0 * slab)
+            y, r = acq.idx.kspace_encode_step_1, acq.idx.repetition
+            np.testing.assert_array_equal(acq.data, volume[:, y, 6 * slab + partition, :, r].T)
+
+
+def test_slabs_encoded_differently_are_refused_naming_what_differs(rng, tmp_path):
+    _, _, path = _two_slabs(rng, tmp_path)
     with h5py.File(path, "r+") as f:
         data = f["dataset/data"][...]
-        data["head"]["idx"]["slice"][-4:] = 1
+        image = np.flatnonzero(data["head"]["idx"]["slice"] == 1)
+        data["head"]["idx"]["slice"][image[:5]] = 0  # slab 1's first readouts filed in slab 0
         f["dataset/data"][...] = data
-    with pytest.raises(InputError, match="3-D with 2 slabs; expected one 3-D slab"):
+    with pytest.raises(
+        InputError, match=r"slabs.h5: slab 1 has \d+ readouts .* expected every slab encoded alike"
+    ):
+        read_raw(path)
+
+
+def test_overlapping_slabs_are_refused_naming_their_spacing(rng, tmp_path):
+    centres = np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 15.0]])  # 15 mm apart, 18 mm thick
+    _, _, path = _two_slabs(rng, tmp_path, positions_mm=centres)
+    with pytest.raises(InputError, match=r"slabs.h5: slab centres step \[15.0\] mm .* 18 mm apart"):
+        read_raw(path)
+    with pytest.raises(InputError, match="slab centres step"):
+        read_info(path)
+
+
+def test_slabs_in_other_orientations_or_missing_are_refused(rng, tmp_path):
+    _, _, path = _two_slabs(rng, tmp_path)
+    with h5py.File(path, "r+") as f:
+        data = f["dataset/data"][...]
+        slab1 = data["head"]["idx"]["slice"] == 1
+        data["head"]["slice_dir"][slab1] = [0.0, 0.6, 0.8]
+        f["dataset/data"][...] = data
+    with pytest.raises(
+        InputError, match=r"slab 1 has slice_dir \[0.0, 0.6, 0.8\].*expected parallel"
+    ):
+        read_raw(path)
+    (tmp_path / "gap").mkdir()
+    _, _, path = _two_slabs(rng, tmp_path / "gap")
+    with h5py.File(path, "r+") as f:
+        data = f["dataset/data"][...]
+        data["head"]["idx"]["slice"][data["head"]["idx"]["slice"] == 1] = 2
+        f["dataset/data"][...] = data
+    with pytest.raises(InputError, match=r"3-D with 3 slabs but slabs \[1\] have no readouts"):
         read_raw(path)
 
 
