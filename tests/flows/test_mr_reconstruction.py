@@ -502,6 +502,24 @@ def test_3d_grappa_fills_both_phase_encoding_axes_as_pseudo_replicas_agree(phant
     assert np.median(snr * g * 2 / truth[support]) == pytest.approx(1.0, abs=0.05)
 
 
+def test_3d_twix_b1_matches_the_closed_form(phantom_3d, tmp_path):
+    from tests.mr.io.helpers import write_twix
+
+    signal, noise, truth, support = phantom_3d
+    # The noise scan as AdjCoilSens readouts of 16 samples (coils, samples) each.
+    readouts = noise[: 16 * 1000].reshape(1000, 16, -1).transpose(0, 2, 1)
+    path = write_twix(tmp_path / "volume.dat", signal, readouts, volume=True, oversampling=1.0)
+    result = mr_reconstruction(
+        signal=str(path), options={"method": "ac", "recon": "b1"}, output=str(tmp_path / "b1")
+    )
+    snr = nib.load(result.snr).get_fdata()
+    assert snr.shape == VOLUME
+    assert np.median(snr[support] / truth[support]) == pytest.approx(1.0, abs=0.03)
+    info = json.loads(Path(result.info).read_text())
+    assert info["sciflow"]["header"]["format"] == "twix"
+    assert info["sciflow"]["header"]["partitions"] == VOLUME[2]
+
+
 def test_two_contiguous_slabs_stack_into_one_volume_that_matches_the_closed_form(tmp_path):
     from tasks.mr.phantom import complex_noise
 
