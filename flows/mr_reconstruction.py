@@ -10,12 +10,14 @@ it is (``.npy``, 2-D MRD) is read from where it is (``s3://``); anything else is
 and the staged copy put in the run directory. A worker fetches the file into its own scratch
 once, then reads only its batch.
 
-3-D Cartesian data (MRD partitions, NumPy/MATLAB ``layout="volume"``) arrive from
+3-D Cartesian data (MRD and twix partitions, NumPy/MATLAB ``layout="volume"``) arrive from
 ``tasks.mr.io.read_raw`` in hybrid space, ``(y, z, coils, x, replicas)``: the "slices" are the x
 positions, each an in-plane (y, z) problem with the header's acceleration ``(R_y, R_z)`` and
-calibration block. ``options.slices`` then counts x positions; the maps are stacked as
-``(y, z, x)`` and written as ``(x, y, z)`` (``tasks.mr.io.maps_as_volume``), previews show the
-central z plane.
+calibration block. ``options.slices`` then counts x positions (of every slab, one slab after
+another, for multi-slab MRD); the maps are stacked as ``(y, z, x)`` and written as
+``(x, y, z)``, slabs stacked along z (``tasks.mr.io.maps_as_volume``), previews show the
+central z plane. Calibration-only MRD readouts (a separate reference scan) are read by slice
+too and are each slice's reference for the coil maps and the GRAPPA calibration.
 
 Credentials: the Prefect server stores a run's parameters when the run is created (by the UI,
 ``run_deployment``, the CLI, or the engine for a direct call), before any code of ours runs,

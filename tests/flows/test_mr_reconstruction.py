@@ -725,6 +725,37 @@ def test_on_aws_a_staged_copy_goes_to_the_run_directory_not_only_this_disk(aws, 
     np.testing.assert_array_equal(read_slices(local_slices(shared, run), [1]), signal[:, :, :, [1]])
 
 
+def test_on_aws_a_staged_reference_scan_reaches_the_workers_too(aws, tmp_path):
+    from flows.mr_reconstruction import local_slices, stage_slices
+    from tasks.mr.io import read_raw
+    from tasks.mr.io.slices import read_reference, read_slices
+
+    rng = np.random.default_rng(15)
+    shape = (8, 12, 6, 2, 1)  # a 3-D volume is staged, and so is its reference scan
+    volume = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(np.complex64)
+    path = write_mrd(
+        tmp_path / "volume.h5",
+        volume,
+        fov_mm=FOV_MM,
+        dwell_s=DWELL_S,
+        volume=True,
+        acceleration=(2, 1),
+        acs=(4, 6),
+        reference=volume[..., 0],
+    )
+    run = _aws_run(tmp_path)
+    shared = stage_slices.fn(str(path), str(path), None, "slices", run)
+    assert shared.reference_uri is not None
+    assert shared.reference_uri.startswith("s3://lab/runs/lab/r1/staged/")
+    assert run.store.exists(shared.reference_uri)
+    for staged in (shared.source.path, shared.source.reference):
+        staged.unlink()  # the flow host's copies: a worker must not need them
+    raw = read_raw(path)
+    on_worker = local_slices(shared, run)
+    np.testing.assert_array_equal(read_slices(on_worker, [3]), raw.signal[:, :, :, [3]])
+    np.testing.assert_array_equal(read_reference(on_worker, [3]), raw.reference[:, :, :, [3]])
+
+
 def test_signal_and_noise_sharing_a_basename_in_two_prefixes_stay_two_files(aws, tmp_path, phantom):
     import boto3
 

@@ -1,6 +1,6 @@
 """Geometry of raw data: affines, readout oversampling and the 3-D hybrid space.
 
-3-D data (MRD partitions, NumPy/MATLAB ``layout="volume"``): a volume k-space
+3-D data (MRD and twix partitions, NumPy/MATLAB ``layout="volume"``): a volume k-space
 ``(x, y, z, coils[, replicas])`` with the readout x fully sampled is always returned in
 *hybrid space* (``volume_as_slices``): a centred orthonormal inverse FFT along x only, then
 the axes ``(y, z, coils, x, replicas)``. Every x position is then a (ky, kz) plane carrying
