@@ -10,12 +10,14 @@ it is (``.npy``, 2-D MRD) is read from where it is (``s3://``); anything else is
 and the staged copy put in the run directory. A worker fetches the file into its own scratch
 once, then reads only its batch.
 
-3-D Cartesian data (MRD partitions, NumPy/MATLAB ``layout="volume"``) arrive from
+3-D Cartesian data (MRD and twix partitions, NumPy/MATLAB ``layout="volume"``) arrive from
 ``tasks.mr.io.read_raw`` in hybrid space, ``(y, z, coils, x, replicas)``: the "slices" are the x
 positions, each an in-plane (y, z) problem with the header's acceleration ``(R_y, R_z)`` and
-calibration block. ``options.slices`` then counts x positions; the maps are stacked as
-``(y, z, x)`` and written as ``(x, y, z)`` (``tasks.mr.io.maps_as_volume``), previews show the
-central z plane.
+calibration block. ``options.slices`` then counts x positions (of every slab, one slab after
+another, for multi-slab MRD); the maps are stacked as ``(y, z, x)`` and written as
+``(x, y, z)``, slabs stacked along z (``tasks.mr.io.maps_as_volume``), previews show the
+central z plane. Calibration-only MRD readouts (a separate reference scan) are read by slice
+too and are each slice's reference for the coil maps and the GRAPPA calibration.
 
 Credentials: the Prefect server stores a run's parameters when the run is created (by the UI,
 ``run_deployment``, the CLI, or the engine for a direct call), before any code of ours runs,
@@ -55,7 +57,7 @@ from tasks.forms import JSON_BOX
 from tasks.mr import export
 from tasks.mr.estimate import JobEstimate, estimate_job
 from tasks.mr.io import AcquisitionInfo, read_info, read_raw
-from tasks.mr.io.slices import SliceSource, read_slices, slice_source
+from tasks.mr.io.slices import SliceSource, read_reference, read_slices, slice_source
 from tasks.mr.noise import Convention, NoiseStatistics
 from tasks.mr.noise import noise_statistics as referred_noise
 from tasks.mr.options import (
@@ -155,10 +157,13 @@ class SharedSlices:
             run directory.
         source: How to read it (reader, shape, MRD group); its ``path`` is the flow host's
             copy and means nothing on a worker.
+        reference_uri: The staged calibration reference (``SliceSource.reference``) as the
+            workers reach it, when it is a file of its own; None otherwise.
     """
 
     uri: str
     source: SliceSource
+    reference_uri: str | None = None
 
 
 @task(**transient_retries())
@@ -172,14 +177,22 @@ def stage_slices(
     S3 goes to the run directory, so nothing the workers read lives only on this machine.
     """
     source = slice_source(Path(signal_path), run.scratch / "staged", key=key, layout=layout)
+    own_reference = source.reference is not None and source.reference != source.path
     if run.unit.is_local:
-        return SharedSlices(str(source.path), source)
+        return SharedSlices(
+            str(source.path), source, str(source.reference) if own_reference else None
+        )
+    reference_uri = None
+    if own_reference and source.reference is not None:
+        reference_uri = run.uri("staged", source.reference.name)
+        if not run.store.exists(reference_uri):
+            run.store.upload_file(source.reference, reference_uri, tags=run.tags)
     if source.path == Path(signal_path) and Location.parse(signal).is_s3:
-        return SharedSlices(signal, source)
+        return SharedSlices(signal, source, reference_uri)
     uri = run.uri("staged", source.path.name)
     if not run.store.exists(uri):
         run.store.upload_file(source.path, uri, tags=run.tags)
-    return SharedSlices(uri, source)
+    return SharedSlices(uri, source, reference_uri)
 
 
 def local_slices(shared: SharedSlices, run: RunContext) -> SliceSource:
@@ -189,13 +202,23 @@ def local_slices(shared: SharedSlices, run: RunContext) -> SliceSource:
     next batch reads it again rather than fetching it again. It is not the flow host's staged
     input: sharing that file with the workers' threads crashed h5py in the local run.
     """
-    loc = Location.parse(shared.uri)
-    if not loc.is_s3:
-        return replace(shared.source, path=loc.path)
-    local = run.scratch / "slices" / staged_name(shared.uri)
-    if not local.exists():
-        run.store.download_file(shared.uri, local)
-    return replace(shared.source, path=local)
+
+    def fetched(uri: str) -> Path:
+        loc = Location.parse(uri)
+        if not loc.is_s3:
+            return loc.path
+        local = run.scratch / "slices" / staged_name(uri)
+        if not local.exists():
+            run.store.download_file(uri, local)
+        return local
+
+    path = fetched(shared.uri)
+    reference = shared.source.reference
+    if shared.reference_uri:  # a staged file of its own
+        reference = fetched(shared.reference_uri)
+    elif reference is not None and shared.source.reader == "mrd":  # the MRD file itself
+        reference = path
+    return replace(shared.source, path=path, reference=reference)
 
 
 @task(persist_result=False, **transient_retries())
@@ -207,8 +230,14 @@ def snr_for_slices(
     header: AcquisitionInfo,
     run: RunContext,
 ) -> list[SnrMaps]:
-    """SNR maps for a batch of slices, reading only those (replicas vectorised per slice)."""
-    signal = read_slices(local_slices(shared, run), slices)
+    """SNR maps for a batch of slices, reading only those (replicas vectorised per slice).
+
+    A calibration reference in the file (separately acquired calibration readouts) is the
+    reference for the coil maps and the GRAPPA calibration.
+    """
+    source = local_slices(shared, run)
+    signal = read_slices(source, slices)
+    reference = read_reference(source, slices)
     header_acl = header.acs_block or ((None, header.acs_lines) if header.acs_lines else None)
     recon_spec = options.recon_spec(header_acceleration=header.acceleration, header_acl=header_acl)
     snr_spec = options.snr_spec()
@@ -216,7 +245,8 @@ def snr_for_slices(
     for index in range(len(slices)):
         kspace = signal[:, :, :, index, :]
         kspace = kspace if snr_spec.method == "mr" else kspace[..., 0]
-        maps.append(snr_map(kspace, noise_cov, recon_spec, snr_spec))
+        ref = None if reference is None else reference[:, :, :, index]
+        maps.append(snr_map(kspace, noise_cov, recon_spec, snr_spec, reference=ref))
     return maps
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from tasks import provenance
 from tasks.credentials import without_credentials
 from tasks.errors import InputError
-from tasks.mr.io import AcquisitionInfo, maps_as_volume
+from tasks.mr.io import AcquisitionInfo, maps_as_volume, volume_as_maps
 from tasks.mr.noise import NoiseStatistics, noise_coefficient
 from tasks.mr.options import MrOptions
 from tasks.mr.snr import SnrMaps, flip_angle_corrected
@@ -595,25 +595,42 @@ def write_snr_outputs(
             correction, ``(x, y[, slices])``; 3-D ``(x, y, z)``.
     """
     volume_3d = info.kind == "3d"
+    slabs = info.slabs
+
+    def as_volume(data: np.ndarray) -> np.ndarray:
+        """Per-slice maps (.., slices) as written: 3-D (y, z, x) -> (x, y, z).
+
+        Several slabs stack along z; slices left out of a run stay 0 there.
+        """
+        if not volume_3d:
+            return data
+        if slabs > 1 and len(slices) != info.matrix[2]:
+            full = np.zeros((*data.shape[:2], info.matrix[2], *data.shape[3:]), data.dtype)
+            full[:, :, list(slices)] = data
+            data = full
+        return maps_as_volume(data, slabs)
 
     def stacked(arrays: list[np.ndarray | None]) -> np.ndarray | None:
-        """Per-slice maps stacked on the last axis; 3-D: (y, z, x) -> (x, y, z)."""
+        """Per-slice maps stacked on the last axis, as written (``as_volume``)."""
         data = _stack_optional(arrays)
-        return maps_as_volume(data) if volume_3d and data is not None else data
+        return as_volume(data) if data is not None else data
 
     snr = np.stack([m.snr for m in maps], axis=-1)
-    snr = maps_as_volume(snr) if volume_3d else snr
     if flip_angle_path is not None:
         import nibabel as nib
 
         flip_angle = np.asarray(nib.load(flip_angle_path).get_fdata())
-        if volume_3d:  # (x, y, z) map, x positions selected
-            flip_angle = flip_angle[list(slices)]
+        if volume_3d:  # an (x, y, z) map, as per-slice maps
+            flip_angle = volume_as_maps(flip_angle, slabs)[:, :, list(slices)]
         else:
             flip_angle = flip_angle.reshape(*flip_angle.shape[:2], -1)[..., list(slices)]
         snr = flip_angle_corrected(snr, flip_angle)
+    snr = as_volume(snr)
     mask = stacked([m.mask for m in maps])
-    inside = mask.astype(bool) if mask is not None else np.ones(snr.shape, dtype=bool)
+    if mask is not None:
+        inside = mask.astype(bool)
+    else:  # every computed pixel (not the slices a multi-slab run left out)
+        inside = as_volume(np.ones((*maps[0].snr.shape, len(maps)), dtype=bool))
     outputs: list[dict[str, Any]] = []
     previews: dict[str, str] = {}
 
@@ -635,8 +652,7 @@ def write_snr_outputs(
         volume("mask", mask.astype(np.float32), "mask", "Mask", "inside")
     sens = [m.sensitivities for m in maps]
     if options.coil_sensitivity_output and all(s is not None for s in sens):
-        data = np.stack(sens, axis=2)  # (x, y, slices, coils); 3-D: (y, z, x, coils)
-        data = maps_as_volume(data) if volume_3d else data
+        data = as_volume(np.stack(sens, axis=2))  # (x, y, slices, coils); 3-D: (x, y, z, coils)
         put("sensitivity.nii.gz", sensitivity_nifti_bytes(data, info.affine))
         outputs.append({"name": "sensitivity", "filename": "sensitivity.nii.gz"})
 

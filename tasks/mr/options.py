@@ -137,8 +137,9 @@ class MrOptions(BaseModel):
         None,
         title="Acceleration (R_freq, R_phase)",
         description=(
-            "Undersampling factors (readout, phase) for sense and grappa; empty = read from the "
-            "raw data header."
+            "Undersampling factors (readout, phase) for sense and grappa; for 3D data the "
+            "(y, z) factors of each readout position's plane; empty = read from the raw data "
+            "header."
         ),
         examples=[[1, 2]],
     )
@@ -333,11 +334,6 @@ def _problems(o: MrOptions) -> list[str]:
         problems.append(
             f"acceleration=(1, 1) leaves recon={o.recon!r} nothing to unfold; set acceleration > 1 "
             "(e.g. (1, 2)), decimate=True, or leave acceleration empty to read it from the header"
-        )
-    if o.recon == "grappa" and o.acceleration is not None and o.acceleration[0] != 1:
-        problems.append(
-            f"acceleration={o.acceleration}: grappa skips phase-encoding lines only; "
-            "R_freq must be 1"
         )
     if not accelerated:
         if o.acceleration not in (None, (1, 1)):

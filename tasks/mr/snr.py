@@ -99,7 +99,8 @@ class ReconSpec:
     mask_value: float | None = None
     """Threshold, percent or fraction for the masks that need one."""
     acceleration: tuple[int, int] = (1, 1)
-    """(R_freq, R_phase); > 1 only for SENSE and GRAPPA (GRAPPA: R_freq = 1)."""
+    """(R_freq, R_phase) of the in-plane axes (3-D hybrid space: (R_y, R_z)); > 1 only for
+    SENSE and GRAPPA."""
     acl: tuple[int | None, int | None] = (None, 24)
     """Calibration block (x, y) in samples, centred as MR Optimum's ``getACLGrids``; None = all."""
     decimate: bool = False
@@ -366,7 +367,11 @@ def snr_map(
         inverse_g=inverse_g,
         sensitivities=sensitivities,
         mask=pipe.mask,
-        info={**_info(recon, snr, data, dtype, pipe, g_method, timings), **arrays.info()},
+        info={
+            **_info(recon, snr, data, dtype, pipe, g_method, timings),
+            "reference": "given" if ref is not None else "from kspace",
+            **arrays.info(),
+        },
     )
 
 
@@ -585,22 +590,17 @@ def _grappa_pipeline(spec: ReconSpec, base_pw: np.ndarray, ref_pw: np.ndarray | 
     except ImportError as exc:
         raise InputError("recon 'grappa' is not available yet") from exc
     rx, ry = spec.acceleration
-    if rx > 1:
-        raise InputError(
-            f"acceleration={spec.acceleration} with recon 'grappa'; expected R_freq = 1 "
-            "(GRAPPA along x is unsupported yet)"
-        )
     nx, ny, nc = base_pw.shape
     source = base_pw if ref_pw is None else ref_pw
     region = acl_region((nx, ny), spec.acl)
     if not spec.decimate:
-        _check_sampled(NUMPY, source, region, "GRAPPA ACS")
-    kernel = grappa_weights(source[region], ry, spec.grappa_kernel)
+        _check_sampled(NUMPY, source, region, "GRAPPA ACS", along_x=rx > 1)
+    kernel = grappa_weights(source[region], (rx, ry), spec.grappa_kernel)
     weights = grappa_image_weights(kernel, (nx, ny)).astype(base_pw.dtype)
-    to_domain = _sampler(NUMPY, (1, ry))
+    to_domain = _sampler(NUMPY, (rx, ry))
 
     def filled(aliased: np.ndarray) -> np.ndarray:
-        zero_filled = zero_filled_images(aliased, (1, ry))
+        zero_filled = zero_filled_images(aliased, (rx, ry))
         return np.einsum("xyoc,...xyc->...xyo", weights, zero_filled)
 
     domain = to_domain(base_pw)
@@ -609,28 +609,34 @@ def _grappa_pipeline(spec: ReconSpec, base_pw: np.ndarray, ref_pw: np.ndarray | 
     combine_weights = np.where(
         norm[..., None] > 0, images / np.where(norm > 0, norm, 1)[..., None], 0
     )
-    g = grappa_gfactor(weights, np.eye(nc), combine_weights, ry)
+    g = grappa_gfactor(weights, np.eye(nc), combine_weights, (rx, ry))
     return _Pipeline(
         to_domain=to_domain,
         combine=lambda aliased: rss(filled(aliased)),
         domain=domain,
-        noise_std=g * np.sqrt(ry),
+        noise_std=g * np.sqrt(rx * ry),
         g=g,
         full_domain=images,
         full_combine=rss,
     )
 
 
-def _check_sampled(arrays: Arrays, kspace: Any, region: tuple[slice, slice], what: str) -> None:
-    """Raise unless every line of the calibration block carries data."""
+def _check_sampled(
+    arrays: Arrays, kspace: Any, region: tuple[slice, slice], what: str, *, along_x: bool = False
+) -> None:
+    """Raise unless every line of the calibration block carries data.
+
+    With ``along_x`` every sample along x must too (an acceleration along x skips those).
+    """
     block = arrays.to_numpy(kspace[region])
-    empty = np.flatnonzero(~np.any(block != 0, axis=(0, 2)))
-    if empty.size:
-        lines = (np.arange(kspace.shape[1])[region[1]])[empty]
-        raise InputError(
-            f"kspace has no data on {what} lines {lines.tolist()[:8]}; expected the central "
-            "acl lines sampled (or pass reference=, or set decimate=True)"
-        )
+    for axis, other, name in ((1, 0, "lines"), (0, 1, "samples along x"))[: 1 + along_x]:
+        empty = np.flatnonzero(~np.any(block != 0, axis=(other, 2)))
+        if empty.size:
+            where = (np.arange(kspace.shape[axis])[region[axis]])[empty]
+            raise InputError(
+                f"kspace has no data on {what} {name} {where.tolist()[:8]}; expected the "
+                "central acl block sampled (or pass reference=, or set decimate=True)"
+            )
 
 
 def _reference_kspace(arrays: Arrays, spec: ReconSpec, base_pw: Any, ref_pw: Any) -> Any:

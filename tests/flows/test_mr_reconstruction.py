@@ -334,16 +334,13 @@ VOLUME = (8, 32, 32)  # (x, y, z)
 VOLUME_FOV_MM = (160.0, 200.0, 100.0)
 
 
-@pytest.fixture(scope="module")
-def phantom_3d():
+def _volume_phantom():
     """An ellipsoid in 8 coils on a ring around the (y, z) plane, with correlated noise.
 
-    Returns the noisy k-space (x, y, z, coils, 1), a noise scan, and the closed-form SNR
-    ``|m| sqrt(2 s^H Psi^-1 s)`` with the object's support, both (x, y, z).
+    Returns the coil images (x, y, z, coils), the noise covariance, the closed-form SNR
+    ``|m| sqrt(2 s^H Psi^-1 s)`` and the object's support, both (x, y, z).
     """
-    import scipy.fft
-
-    from tasks.mr.phantom import coil_sensitivities, complex_noise, correlated_covariance
+    from tasks.mr.phantom import coil_sensitivities, correlated_covariance
 
     nx, ny, nz = VOLUME
     coils = 8
@@ -355,17 +352,34 @@ def phantom_3d():
     image = np.where(support, 60.0 * np.exp(0.3j), 0)
     sens = coil_sensitivities(ny, nz, coils)[None] * (1 + 0.2 * x)[..., None]
     cov = correlated_covariance(coils, 0.3, rng)
-    axes = (0, 1, 2)
-    kspace = scipy.fft.fftshift(
-        scipy.fft.fftn(
-            scipy.fft.ifftshift(image[..., None] * sens, axes=axes), axes=axes, norm="ortho"
-        ),
-        axes=axes,
-    )
-    signal = kspace + complex_noise((*VOLUME, coils), cov, rng)
-    noise = complex_noise((ny * 600, coils), cov, rng)
     quad = np.einsum("xyzi,ij,xyzj->xyz", sens.conj(), np.linalg.inv(cov), sens).real
     truth = np.abs(image) * np.sqrt(2 * quad)
+    return image[..., None] * sens, cov, truth, support
+
+
+def _kspace(images: np.ndarray) -> np.ndarray:
+    """Centred orthonormal 3-D FFT of coil images (x, y, z, coils)."""
+    import scipy.fft
+
+    axes = (0, 1, 2)
+    return scipy.fft.fftshift(
+        scipy.fft.fftn(scipy.fft.ifftshift(images, axes=axes), axes=axes, norm="ortho"), axes=axes
+    )
+
+
+@pytest.fixture(scope="module")
+def phantom_3d():
+    """The volume phantom acquired as one slab.
+
+    Returns the noisy k-space (x, y, z, coils, 1), a noise scan, and the closed-form SNR with
+    the object's support, both (x, y, z).
+    """
+    from tasks.mr.phantom import complex_noise
+
+    images, cov, truth, support = _volume_phantom()
+    rng = np.random.default_rng(12)
+    signal = _kspace(images) + complex_noise(images.shape, cov, rng)
+    noise = complex_noise((VOLUME[1] * 600, images.shape[-1]), cov, rng)
     return signal[..., None], noise, truth, support
 
 
@@ -448,6 +462,180 @@ def test_3d_undersampled_file_takes_r_and_the_calibration_block_from_its_header(
     g = nib.load(str(Path(result.snr).with_name("G.nii.gz"))).get_fdata()
     assert g[support].min() >= 1 - 1e-5
     assert np.median(snr[support] * g[support] * 2 / truth[support]) == pytest.approx(1.0, abs=0.05)
+
+
+def test_3d_grappa_fills_both_phase_encoding_axes_as_pseudo_replicas_agree(phantom_3d, tmp_path):
+    signal, noise, truth, support = phantom_3d
+    path = write_mrd(
+        tmp_path / "accelerated.h5",
+        signal,
+        noise,
+        fov_mm=VOLUME_FOV_MM,
+        dwell_s=DWELL_S,
+        volume=True,
+        acceleration=(2, 2),
+        acs=(16, 16),
+    )
+    common = {"recon": "grappa", "gfactor": True}
+    runs = {
+        method: mr_reconstruction(
+            signal=str(path), options={**common, **options}, output=str(tmp_path / method)
+        )
+        for method, options in (
+            ("ac", {"method": "ac"}),
+            ("pmr", {"method": "pmr", "replicas": 200}),
+        )
+    }
+    maps = {}
+    for method, result in runs.items():
+        snr = nib.load(result.snr).get_fdata()
+        g = nib.load(str(Path(result.snr).with_name("G.nii.gz"))).get_fdata()
+        maps[method] = (snr[support], g[support])
+    info = json.loads(Path(runs["ac"].info).read_text())
+    assert info["sciflow"]["acceleration"] == [2, 2]
+    snr, g = maps["ac"]
+    assert np.median(g) > 1.05  # 4-fold in 8 coils, along y and z
+    # Primer section 5 at N = 200: ROI means within 2% (SNR, and pseudo-replica vs analytic g).
+    for k in (0, 1):
+        assert np.mean(maps["pmr"][k]) == pytest.approx(np.mean(maps["ac"][k]), rel=0.02)
+    # GRAPPA + RSS at high SNR: SNR g sqrt(R) is the unaccelerated optimum.
+    assert np.median(snr * g * 2 / truth[support]) == pytest.approx(1.0, abs=0.05)
+
+
+def test_3d_twix_b1_matches_the_closed_form(phantom_3d, tmp_path):
+    from tests.mr.io.helpers import write_twix
+
+    signal, noise, truth, support = phantom_3d
+    # The noise scan as AdjCoilSens readouts of 16 samples (coils, samples) each.
+    readouts = noise[: 16 * 1000].reshape(1000, 16, -1).transpose(0, 2, 1)
+    path = write_twix(tmp_path / "volume.dat", signal, readouts, volume=True, oversampling=1.0)
+    result = mr_reconstruction(
+        signal=str(path), options={"method": "ac", "recon": "b1"}, output=str(tmp_path / "b1")
+    )
+    snr = nib.load(result.snr).get_fdata()
+    assert snr.shape == VOLUME
+    assert np.median(snr[support] / truth[support]) == pytest.approx(1.0, abs=0.03)
+    info = json.loads(Path(result.info).read_text())
+    assert info["sciflow"]["header"]["format"] == "twix"
+    assert info["sciflow"]["header"]["partitions"] == VOLUME[2]
+
+
+def test_two_contiguous_slabs_stack_into_one_volume_that_matches_the_closed_form(tmp_path):
+    from tasks.mr.phantom import complex_noise
+
+    images, cov, truth, support = _volume_phantom()
+    rng = np.random.default_rng(14)
+    half = VOLUME[2] // 2  # each slab is its own 3-D encoding of half the partitions
+    kspace = np.concatenate([_kspace(images[:, :, :half]), _kspace(images[:, :, half:])], axis=2)
+    signal = kspace + complex_noise(kspace.shape, cov, rng)
+    noise = complex_noise((VOLUME[1] * 600, images.shape[-1]), cov, rng)
+    fov = (VOLUME_FOV_MM[0], VOLUME_FOV_MM[1], VOLUME_FOV_MM[2] / 2)
+    path = write_mrd(
+        tmp_path / "slabs.h5",
+        signal[..., None],
+        noise,
+        fov_mm=fov,
+        dwell_s=DWELL_S,
+        volume=True,
+        slabs=2,
+        positions_mm=np.array([[0.0, 0.0, -fov[2] / 2], [0.0, 0.0, fov[2] / 2]]),
+    )
+    result = mr_reconstruction(
+        signal=str(path), options={"method": "ac", "recon": "b1"}, output=str(tmp_path / "b1")
+    )
+    image = nib.load(result.snr)
+    snr = image.get_fdata()
+    assert snr.shape == VOLUME
+    for slab in (slice(0, half), slice(half, None)):
+        ratio = np.median(
+            snr[:, :, slab][support[:, :, slab]] / truth[:, :, slab][support[:, :, slab]]
+        )
+        assert ratio == pytest.approx(1.0, abs=0.03)
+    np.testing.assert_allclose(np.diag(image.affine)[:3], [-20.0, -6.25, 100.0 / 32], rtol=1e-5)
+    # The first partition of slab 0 sits half a slab below its centre.
+    np.testing.assert_allclose(image.affine[2, 3], -fov[2] / 2 - (half // 2) * 100.0 / 32)
+    info = json.loads(Path(result.info).read_text())
+    assert info["sciflow"]["header"]["slabs"] == 2
+
+
+# --- a separately acquired reference scan (MRD calibration-only readouts) -----------------
+
+
+@pytest.fixture(scope="module")
+def mrd_with_reference_scan(tmp_path_factory, phantom) -> Path:
+    """R = 2 along y, the 24 central lines acquired again as calibration-only readouts.
+
+    The reference scan carries its own noise: it is another acquisition of the same object.
+    """
+    signal, noise = phantom_acquisition(phantom, noise_samples=48 * 400, seed=12)
+    reference, _ = phantom_acquisition(phantom, noise_samples=1, seed=13)
+    path = tmp_path_factory.mktemp("refscan") / "refscan.h5"
+    return write_mrd(
+        path,
+        signal,
+        noise,
+        fov_mm=FOV_MM,
+        dwell_s=DWELL_S,
+        acceleration=(2, 1),
+        acs=(24, 1),
+        reference=reference[..., 0],
+    )
+
+
+def test_a_reference_scan_gives_sense_its_maps_and_the_closed_form_g(
+    mrd_with_reference_scan, phantom, tmp_path
+):
+    from tasks.mr.noise import prewhitening_matrix
+    from tasks.mr.recon import sense_unmixing
+
+    result = mr_reconstruction(
+        signal=str(mrd_with_reference_scan),
+        options={"method": "ac", "recon": "sense", "gfactor": True},
+        output=str(tmp_path / "sense"),
+    )
+    info = json.loads(Path(result.info).read_text())
+    assert info["sciflow"]["acceleration"] == [1, 2]
+    assert info["sciflow"]["acl"] == [None, 24]
+    assert info["sciflow"]["extra"]["reference"] == "given"
+    snr = nib.load(result.snr).get_fdata()[..., 0]
+    g = nib.load(str(Path(result.snr).with_name("G.nii.gz"))).get_fdata()[..., 0]
+    # Closed form: SENSE g of the true, prewhitened sensitivities (Pruessmann 1999).
+    whitened = phantom.sensitivities @ prewhitening_matrix(phantom.noise_cov).T
+    _, g_true, _ = sense_unmixing(whitened, (1, 2))
+    inside = phantom.support
+    assert np.median(g[inside] / g_true[inside]) == pytest.approx(1.0, abs=0.03)
+    truth = phantom.snr_optimal()
+    ratio = np.median(snr[inside] * g[inside] * np.sqrt(2) / truth[inside])
+    assert ratio == pytest.approx(1.0, abs=0.05)
+
+
+def test_a_reference_scan_calibrates_grappa_as_pseudo_replicas_agree(
+    mrd_with_reference_scan, phantom, tmp_path
+):
+    # The signal holds only every other line: GRAPPA can only calibrate on the reference scan.
+    common = {"recon": "grappa", "gfactor": True}
+    ac = mr_reconstruction(
+        signal=str(mrd_with_reference_scan),
+        options={"method": "ac", **common},
+        output=str(tmp_path / "ac"),
+    )
+    pmr = mr_reconstruction(
+        signal=str(mrd_with_reference_scan),
+        options={"method": "pmr", "replicas": 200, **common},
+        output=str(tmp_path / "pmr"),
+    )
+    inside = phantom.support
+    maps = {}
+    for name, result in (("ac", ac), ("pmr", pmr)):
+        snr = nib.load(result.snr).get_fdata()[..., 0]
+        g = nib.load(str(Path(result.snr).with_name("G.nii.gz"))).get_fdata()[..., 0]
+        maps[name] = (snr, g)
+    # Primer section 5 at N = 200: ROI means within 2% (SNR, and pseudo-replica vs analytic g).
+    for k in (0, 1):
+        assert np.mean(maps["pmr"][k][inside]) == pytest.approx(
+            np.mean(maps["ac"][k][inside]), rel=0.02
+        )
+    assert np.median(maps["ac"][1][inside]) > 1.0
 
 
 def test_numpy_replicas_layout_feeds_multiple_replicas(tmp_path, phantom):
@@ -535,6 +723,37 @@ def test_on_aws_a_staged_copy_goes_to_the_run_directory_not_only_this_disk(aws, 
     assert run.store.exists(shared.uri)
     shared.source.path.unlink()  # the flow host's copy: a worker must not need it
     np.testing.assert_array_equal(read_slices(local_slices(shared, run), [1]), signal[:, :, :, [1]])
+
+
+def test_on_aws_a_staged_reference_scan_reaches_the_workers_too(aws, tmp_path):
+    from flows.mr_reconstruction import local_slices, stage_slices
+    from tasks.mr.io import read_raw
+    from tasks.mr.io.slices import read_reference, read_slices
+
+    rng = np.random.default_rng(15)
+    shape = (8, 12, 6, 2, 1)  # a 3-D volume is staged, and so is its reference scan
+    volume = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(np.complex64)
+    path = write_mrd(
+        tmp_path / "volume.h5",
+        volume,
+        fov_mm=FOV_MM,
+        dwell_s=DWELL_S,
+        volume=True,
+        acceleration=(2, 1),
+        acs=(4, 6),
+        reference=volume[..., 0],
+    )
+    run = _aws_run(tmp_path)
+    shared = stage_slices.fn(str(path), str(path), None, "slices", run)
+    assert shared.reference_uri is not None
+    assert shared.reference_uri.startswith("s3://lab/runs/lab/r1/staged/")
+    assert run.store.exists(shared.reference_uri)
+    for staged in (shared.source.path, shared.source.reference):
+        staged.unlink()  # the flow host's copies: a worker must not need them
+    raw = read_raw(path)
+    on_worker = local_slices(shared, run)
+    np.testing.assert_array_equal(read_slices(on_worker, [3]), raw.signal[:, :, :, [3]])
+    np.testing.assert_array_equal(read_reference(on_worker, [3]), raw.reference[:, :, :, [3]])
 
 
 def test_signal_and_noise_sharing_a_basename_in_two_prefixes_stay_two_files(aws, tmp_path, phantom):

@@ -332,3 +332,61 @@ def test_info_json_records_where_the_noise_came_from():
         )
     )
     assert document["sciflow"]["noise"] == {**noise, "convention": "physical", "nbw": None}
+
+
+def test_a_multi_slab_run_over_some_slices_is_written_as_the_whole_stacked_volume(tmp_path, rng):
+    # Two slabs of (x, y, z) = (4, 3, 2): slices are x positions, slab 1's after slab 0's.
+    from tasks.mr.export import write_snr_outputs
+    from tasks.mr.io import AcquisitionInfo, maps_as_volume
+    from tasks.mr.noise import NoiseStatistics
+    from tasks.mr.snr import SnrMaps
+
+    info = AcquisitionInfo(
+        format="mrd",
+        vendor=None,
+        matrix=(3, 2, 8),  # (y, z, slabs * x)
+        coils=2,
+        replicas=1,
+        signal_dwell_s=None,
+        noise_dwell_s=None,
+        oversampling_removed=False,
+        fov_mm=None,
+        affine=None,
+        flip_angle_deg=None,
+        acceleration=(1, 1),
+        acs_lines=None,
+        summary={},
+        kind="3d",
+        volume_matrix=(4, 3, 4),
+        slabs=2,
+    )
+    slices = [1, 6]  # x = 1 of slab 0, x = 2 of slab 1
+    snr = [rng.uniform(1, 2, size=(3, 2)) for _ in slices]
+    flip = np.full((4, 3, 4), 30.0)  # sin = 1/2
+    nib.save(nib.Nifti1Image(flip, np.eye(4)), tmp_path / "fa.nii.gz")
+    files: dict[str, bytes] = {}
+
+    def put(name: str, data: bytes) -> str:
+        files[name] = data
+        return name
+
+    stats = NoiseStatistics(np.eye(2), None, None, 0)
+    written = write_snr_outputs(
+        put,
+        [SnrMaps(snr=s) for s in snr],
+        stats,
+        info,
+        MrOptions(),
+        {},
+        {},
+        slices,
+        "run",
+        str(tmp_path / "fa.nii.gz"),
+    )
+    volume = load_nifti(files["SNR.nii.gz"]).get_fdata()
+    assert volume.shape == (4, 3, 4)
+    expected = np.zeros((3, 2, 8))
+    expected[:, :, slices] = 2 * np.stack(snr, axis=-1)
+    np.testing.assert_allclose(volume, maps_as_volume(expected, slabs=2), rtol=1e-6)
+    np.testing.assert_allclose(volume[2, :, 2:], 2 * snr[1], rtol=1e-6)  # slab 1: z 2..3
+    assert written.median_snr == pytest.approx(np.median(2 * np.stack(snr)), rel=1e-6)

@@ -304,7 +304,6 @@ def test_malformed_json_text_is_one_line():
     [
         ({"recon": "sense", "acceleration": (1, 1)}, r"acceleration=\(1, 1\) leaves recon='sense'"),
         ({"recon": "rss", "decimate": True}, r"decimate=True applies to recon 'sense' or 'grappa'"),
-        ({"recon": "grappa", "acceleration": (2, 2)}, r"R_freq must be 1"),
         ({"method": "pmr", "box_size": 4}, r"box_size=4 applies to method 'cr' only"),
         ({"method": "ac", "replicas": 50}, r"replicas=50 applies to method 'pmr' or 'cr'"),
         ({"gfactor": True}, r"gfactor=True needs recon 'sense' or 'grappa', not 'rss'"),

@@ -272,9 +272,13 @@ def test_same_seed_gives_the_same_pseudo_replica_map(phantom):
     np.testing.assert_array_equal(snr_map(phantom.kspace, phantom.noise_cov, B1, spec).snr, first)
 
 
-def test_grappa_pseudo_replicas_match_its_analytic_snr_and_g(phantom):
+@pytest.mark.parametrize(
+    ("acceleration", "acl"), [((1, 2), (None, 16)), ((2, 2), (16, 16))], ids=["y", "x-and-y"]
+)
+def test_grappa_pseudo_replicas_match_its_analytic_snr_and_g(phantom, acceleration, acl):
+    # (2, 2): the (y, z) planes of 3-D data accelerated along both axes.
     pytest.importorskip("tasks.mr.grappa")
-    recon = ReconSpec(recon="grappa", acceleration=(1, 2), decimate=True, acl=(None, 16))
+    recon = ReconSpec(recon="grappa", acceleration=acceleration, decimate=True, acl=acl)
     analytic = snr_map(phantom.kspace, phantom.noise_cov, recon, SnrSpec(gfactor=True))
     spec = SnrSpec(method="pmr", replicas=400, gfactor=True, batch=100)
     pmr = snr_map(phantom.kspace, phantom.noise_cov, recon, spec)

@@ -13,6 +13,7 @@ from tasks.mr.io.geometry import (
     maps_as_volume,
     remove_readout_oversampling,
     slices_as_volume,
+    volume_as_maps,
     volume_as_slices,
 )
 from tasks.mr.io.mrd_write import write_mrd
@@ -31,6 +32,7 @@ __all__ = [
     "read_raw",
     "remove_readout_oversampling",
     "slices_as_volume",
+    "volume_as_maps",
     "volume_as_slices",
     "write_mrd",
 ]

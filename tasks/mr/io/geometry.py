@@ -1,6 +1,6 @@
 """Geometry of raw data: affines, readout oversampling and the 3-D hybrid space.
 
-3-D data (MRD partitions, NumPy/MATLAB ``layout="volume"``): a volume k-space
+3-D data (MRD and twix partitions, NumPy/MATLAB ``layout="volume"``): a volume k-space
 ``(x, y, z, coils[, replicas])`` with the readout x fully sampled is always returned in
 *hybrid space* (``volume_as_slices``): a centred orthonormal inverse FFT along x only, then
 the axes ``(y, z, coils, x, replicas)``. Every x position is then a (ky, kz) plane carrying
@@ -13,6 +13,11 @@ axes), ``volume_matrix`` ``(x, y, z)``, ``acceleration`` ``(R_y, R_z)``, ``acs_b
 calibration block ``(y, z)``, and ``fov_mm``/``affine`` describe the ``(x, y, z)`` volume.
 Maps computed per slice, stacked as ``(y, z, x)``, go back to ``(x, y, z)`` with
 ``maps_as_volume`` before they are written. ``slices_as_volume`` inverts the transform.
+
+Multi-slab 3-D data (``AcquisitionInfo.slabs`` > 1) are contiguous slabs of equal size: each is
+transformed on its own, and slab ``b``'s x positions are the slices ``b * x ... (b + 1) * x - 1``;
+``maps_as_volume`` stacks the slabs along z into one ``(x, y, slabs * z)`` volume, which the
+affine of slab 0 describes.
 """
 
 from __future__ import annotations
@@ -132,9 +137,32 @@ def slices_as_volume(hybrid: np.ndarray) -> np.ndarray:
     )
 
 
-def maps_as_volume(maps: np.ndarray) -> np.ndarray:
-    """Per-slice maps of 3-D data stacked as ``(y, z, x[, ...])`` -> ``(x, y, z[, ...])``."""
+def maps_as_volume(maps: np.ndarray, slabs: int = 1) -> np.ndarray:
+    """Per-slice maps of 3-D data, ``(y, z, slabs * x[, ...])``, as ``(x, y, slabs * z[, ...])``.
+
+    Slab ``b``'s x positions (slices ``b * x ...``) become its partitions ``b * z ...``.
+    """
     maps = np.asarray(maps)
-    if maps.ndim < 3:
-        raise InputError(f"maps have shape {maps.shape}; expected (y, z, x[, ...])")
-    return np.moveaxis(maps, 2, 0)
+    if maps.ndim < 3 or slabs < 1 or maps.shape[2] % slabs:
+        raise InputError(
+            f"maps have shape {maps.shape} for {slabs} slabs; expected (y, z, slabs * x[, ...])"
+        )
+    volume = np.moveaxis(maps, 2, 0)  # (slabs * x, y, z, ...)
+    if slabs == 1:
+        return volume
+    nx, (ny, nz, *rest) = maps.shape[2] // slabs, volume.shape[1:]
+    volume = np.moveaxis(volume.reshape(slabs, nx, ny, nz, *rest), 0, 2)
+    return volume.reshape(nx, ny, slabs * nz, *rest)
+
+
+def volume_as_maps(volume: np.ndarray, slabs: int = 1) -> np.ndarray:
+    """The inverse of ``maps_as_volume``: ``(x, y, slabs * z[, ...])`` as per-slice maps."""
+    volume = np.asarray(volume)
+    if volume.ndim < 3 or slabs < 1 or volume.shape[2] % slabs:
+        raise InputError(
+            f"volume has shape {volume.shape} for {slabs} slabs; expected (x, y, slabs * z[, ...])"
+        )
+    nx, ny, planes, *rest = volume.shape
+    nz = planes // slabs
+    stacked = np.moveaxis(volume.reshape(nx, ny, slabs, nz, *rest), 2, 0)
+    return np.moveaxis(stacked.reshape(slabs * nx, ny, nz, *rest), 0, 2)

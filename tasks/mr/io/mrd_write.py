@@ -21,6 +21,7 @@ from tasks.mr.io.mrd_spec import (
     ACQ_FIRST_IN_REPETITION,
     ACQ_FIRST_IN_SLICE,
     ACQ_IS_NOISE_MEASUREMENT,
+    ACQ_IS_PARALLEL_CALIBRATION,
     ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING,
     ACQ_LAST_IN_ENCODE_STEP1,
     ACQ_LAST_IN_MEASUREMENT,
@@ -51,12 +52,15 @@ def write_mrd(
     volume: bool = False,
     acceleration: tuple[int, int] = (1, 1),
     acs: tuple[int, int] | None = None,
+    reference: np.ndarray | None = None,
+    slabs: int = 1,
 ) -> Path:
     """Write an ISMRMRD 1.x HDF5 file: XML header plus one acquisition per readout.
 
     Written under a temporary name and renamed, so a reader never sees half a file.
 
     Noise readouts (flag ``ACQ_IS_NOISE_MEASUREMENT``) come first, one per ``x`` samples, then
+    the calibration-only readouts of a ``reference`` (slice by slice, line by line), then
     the imaging readouts repetition by repetition, slice by slice, line by line, with the
     first/last-in-line/slice/repetition and last-in-measurement flags set. Samples are stored
     as complex64.
@@ -84,7 +88,16 @@ def write_mrd(
             are written (R_step2 > 1 needs ``volume``).
         acs: Calibration block ``(lines along y, partitions along z)``, centred from
             ``N//2 - n//2`` as ``coils.acl_region``; its readouts carry
-            ``ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING``.
+            ``ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING`` (without ``reference``).
+        reference: A separately acquired calibration scan, complex, ``signal``'s shape
+            without replicas: its ``acs`` block is written as calibration-only readouts
+            (``ACQ_IS_PARALLEL_CALIBRATION``), and the imaging readouts are then the
+            acquired grid only. Needs ``acs``.
+        slabs: With ``volume``, the partition axis z holds this many slabs one after another
+            (each ``z / slabs`` partitions of its own k-space), written with ``slice`` = slab
+            and ``kspace_encode_step_2`` = partition; ``fov_mm[2]`` is one slab's thickness,
+            and the default slab centres are one thickness apart along z. Acceleration and
+            ``acs`` along z apply within each slab.
 
     Returns:
         ``path``.
@@ -99,11 +112,17 @@ def write_mrd(
     if volume:  # (x, y, z, c, r) -> (x, y, c, z, r): partitions take the slice loop
         signal = signal.transpose(0, 1, 3, 2, 4)
     nx, ny, coils, slices, replicas = signal.shape
+    if slabs < 1 or slices % slabs or (slabs > 1 and not volume):
+        raise InputError(
+            f"write_mrd slabs={slabs}; expected an integer >= 1 dividing the {slices} "
+            "partitions, and 1 unless volume=True"
+        )
+    nz = slices // slabs if volume else 1  # partitions per slab
     r_y, r_z = (int(r) for r in acceleration)
-    if r_y < 1 or r_z < 1 or ny % r_y or slices % r_z or (r_z > 1 and not volume):
+    if r_y < 1 or r_z < 1 or ny % r_y or nz % r_z or (r_z > 1 and not volume):
         raise InputError(
             f"write_mrd acceleration={acceleration}; expected integers >= 1 dividing "
-            f"({ny}, {slices}), R_step2 = 1 unless volume=True"
+            f"({ny}, {nz}), R_step2 = 1 unless volume=True"
         )
     if noise is not None:
         noise = np.asarray(noise)
@@ -114,7 +133,7 @@ def write_mrd(
     if oversampling not in (1, 2) or (oversampling == 2 and nx % 2):
         raise InputError(f"write_mrd oversampling={oversampling}; expected 1, or 2 with even x")
     directions = np.eye(3) if directions is None else np.asarray(directions, dtype=np.float64)
-    n_positions = 1 if volume else slices
+    n_positions = slabs if volume else slices
     if positions_mm is None:
         positions_mm = np.zeros((n_positions, 3))
         positions_mm[:, 2] = np.arange(n_positions) * fov_mm[2]
@@ -128,19 +147,40 @@ def write_mrd(
         vendor,
         volume=volume,
         acceleration=(r_y, r_z),
+        slabs=slabs,
     )
     noise_chunks = [] if noise is None else [noise[i : i + nx] for i in range(0, len(noise), nx)]
     first = len(noise_chunks)
     # Imaging readouts in (replica, slice or partition, line) order; the acquired ones only.
     r, s, y = np.unravel_index(np.arange(ny * slices * replicas), (replicas, slices, ny))
-    acquired = (y % r_y == 0) & (s % r_z == 0)
+    acquired = (y % r_y == 0) & (s % nz % r_z == 0)
     in_acs = np.zeros(len(y), dtype=bool)
     if acs is not None:
-        y0, z0 = ny // 2 - int(acs[0]) // 2, slices // 2 - int(acs[1]) // 2
+        y0, z0 = ny // 2 - int(acs[0]) // 2, nz // 2 - int(acs[1]) // 2
         in_acs = (y >= y0) & (y < y0 + int(acs[0]))
-        in_acs &= (s >= z0) & (s < z0 + int(acs[1])) if volume else True
+        in_acs &= (s % nz >= z0) & (s % nz < z0 + int(acs[1])) if volume else True
+    calib_lines = np.zeros((0, coils, nx), dtype=np.complex64)
+    calib_s = calib_y = np.zeros(0, dtype=np.int64)
+    if reference is not None:
+        reference = np.asarray(reference)
+        expected = (nx, ny, slices, coils) if volume else (nx, ny, coils, slices)
+        if acs is None or reference.shape != expected:
+            raise InputError(
+                f"write_mrd reference has shape {reference.shape} (acs={acs}); expected "
+                f"{expected}, the signal's without replicas, and acs given"
+            )
+        if volume:  # (x, y, z, c) -> (x, y, c, z), as the signal
+            reference = reference.transpose(0, 1, 3, 2)
+        calib_s, calib_y = np.unravel_index(np.arange(ny * slices), (slices, ny))
+        block = (calib_y >= y0) & (calib_y < y0 + int(acs[0]))
+        block &= (calib_s % nz >= z0) & (calib_s % nz < z0 + int(acs[1])) if volume else True
+        calib_s, calib_y = calib_s[block], calib_y[block]
+        calib_lines = reference[:, calib_y, :, calib_s].transpose(0, 2, 1)  # (readouts, c, x)
+        in_acs[:] = False  # the imaging readouts are the grid alone
     keep = acquired | in_acs
     r, s, y, in_acs = r[keep], s[keep], y[keep], in_acs[keep]
+    n_calib = len(calib_y)
+    first += n_calib
     total = first + len(y)
     acquisitions = np.zeros(total, dtype=ACQUISITION)
     head = acquisitions["head"]
@@ -156,14 +196,23 @@ def write_mrd(
         head["number_of_samples"][i] = len(chunk)
         head["sample_time_us"][i] = (noise_dwell_s or dwell_s) * 1e6
         acquisitions["data"][i] = interleave(chunk.T)
+    calib = head[first - n_calib : first]
+    calib["flags"] = bit(ACQ_IS_PARALLEL_CALIBRATION)
+    calib["number_of_samples"], calib["center_sample"] = nx, nx // 2
+    calib["sample_time_us"] = dwell_s * 1e6
+    calib["position"] = positions_mm[calib_s // nz]
+    calib["idx"]["kspace_encode_step_1"] = calib_y
+    calib["idx"]["kspace_encode_step_2"], calib["idx"]["slice"] = calib_s % nz, calib_s // nz
+    for i, line in enumerate(calib_lines, start=first - n_calib):
+        acquisitions["data"][i] = interleave(line)
     image = head[first:]
     image["number_of_samples"], image["center_sample"] = nx, nx // 2
     image["sample_time_us"] = dwell_s * 1e6
-    image["position"] = positions_mm[0 if volume else s]
+    image["position"] = positions_mm[s // nz]
     image["idx"]["kspace_encode_step_1"], image["idx"]["repetition"] = y, r
-    image["idx"]["kspace_encode_step_2" if volume else "slice"] = s
+    image["idx"]["kspace_encode_step_2"], image["idx"]["slice"] = s % nz, s // nz
     # First/last acquired readout of each slab/slice and repetition.
-    block = r * slices + (0 if volume else s)
+    block = r * slices + s // nz
     starts = np.r_[True, block[1:] != block[:-1]] if len(y) else np.zeros(0, dtype=bool)
     ends = np.r_[block[1:] != block[:-1], True] if len(y) else np.zeros(0, dtype=bool)
     rep_starts = np.r_[True, r[1:] != r[:-1]] if len(y) else starts
@@ -207,10 +256,11 @@ def _mrd_header_xml(
     *,
     volume: bool = False,
     acceleration: tuple[int, int] = (1, 1),
+    slabs: int = 1,
 ) -> str:
     nx, ny, slices, replicas, coils = sizes
-    nz = slices if volume else 1
-    slices = 1 if volume else slices
+    nz = slices // slabs if volume else 1
+    slices = slabs if volume else slices
 
     def sub(parent: ET.Element, tag: str, text: Any = None) -> ET.Element:
         node = ET.SubElement(parent, f"{{{ISMRMRD_NAMESPACE}}}{tag}")

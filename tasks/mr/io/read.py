@@ -116,7 +116,8 @@ def read_raw(
 
     Returns:
         Signal ``(x, y, coils, slices, replicas)`` (3-D: hybrid space ``(y, z, coils, x,
-        replicas)``, ``tasks.mr.io.geometry``), noise ``(samples, coils)`` and header.
+        replicas)``, ``tasks.mr.io.geometry``), noise ``(samples, coils)``, header, and the
+        calibration-only readouts as ``reference`` (MRD) when the file has them.
 
     Raises:
         InputError: Unreadable, truncated or wrong-format files, unsupported shapes, coil
@@ -127,6 +128,8 @@ def read_raw(
     if part.signal is None:  # every reader fills it when load=True
         raise RuntimeError(f"reader returned no signal for {signal}")
     check_finite(part.signal, f"signal file {signal}")
+    if part.reference is not None:
+        check_finite(part.reference, f"calibration readouts of signal file {signal}")
     noise_array, noise_dwell = part.noise, part.noise_dwell_s
     noise_summary: dict[str, Any] = {}
     where = f"noise readouts in signal file {signal}"
@@ -152,7 +155,7 @@ def read_raw(
             )
         noise_summary["samples"] = int(noise_array.shape[0])
     info = _finish_info(part, fmt, noise_dwell, noise_summary)
-    return RawData(signal=part.signal, noise=noise_array, info=info)
+    return RawData(signal=part.signal, noise=noise_array, info=info, reference=part.reference)
 
 
 def read_info(
@@ -260,4 +263,6 @@ def _finish_info(
         kind=header.kind,
         volume_matrix=header.volume_matrix,
         acs_block=header.acs_block,
+        reference=header.reference,
+        slabs=header.slabs,
     )

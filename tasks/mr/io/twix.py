@@ -12,9 +12,16 @@
   ``floor(76800/N)/10`` us on VD/VE, N samples per noise readout). MR Optimum itself uses
   5000 ns for multi-RAID noise. An RF-off noise file has its own ``alDwellTime``.
 
-Not read: 3-D twix (partition-encoded) is refused; a separately acquired autocalibration scan
-(``refscan``/``PATREFSCAN``) is not part of the signal (counted in ``summary``); EPI lines are
-reflected (twixtools) but not phase-corrected or regridded.
+3-D twix (partition-encoded, ``sKSpace.ucDimension`` 4): one Cartesian slab, partitions
+placed by ``Counter.Par`` and returned in hybrid space (``tasks.mr.io.geometry``) like 3-D
+MRD; ``sPat.lAccelFactPE``/``lAccelFact3D`` give ``(R_y, R_z)`` and ``lRefLinesPE``/
+``lRefLines3D`` the calibration block; the partition thickness is the slab thickness over
+``sKSpace.lImagesPerSlab``. Several slabs, a non-Cartesian ``sKSpace.ucTrajectory`` and
+partition counters beyond ``sKSpace.lPartitions`` are refused, naming what was found.
+
+Not read: a separately acquired autocalibration scan (``refscan``/``PATREFSCAN``) is not part
+of the signal (counted in ``summary``); EPI lines are reflected (twixtools) but not
+phase-corrected or regridded.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from tasks.errors import InputError
-from tasks.mr.io.geometry import affine_from_geometry
+from tasks.mr.io.geometry import affine_from_geometry, volume_as_slices
 from tasks.mr.io.types import Header, NoisePart, SignalPart
 
 
@@ -180,14 +187,14 @@ def twix_signal(path: Path, remove_os: bool, *, load: bool) -> SignalPart:
     )
     crop = remove_os and os_factor >= 2 and int(base["Col"]) % 2 == 0
     image.flags["remove_os"] = crop
-    if int(base["Par"]) > 1:
-        raise InputError(
-            f"{what} {path} is 3-D encoded ({int(base['Par'])} partitions); expected 2-D slices"
-        )
     size = image.size
     pe_lines = int(_number(_yaps(hdr, "sKSpace", "lPhaseEncodingLines")) or 0)
     ny = max(int(size["Lin"]), pe_lines)
     shape = (int(size["Col"]), ny, int(size["Cha"]), int(size["Sli"]), int(size["Rep"]))
+    partitions = _twix_partitions(hdr, base, path, what)  # 0 for 2-D
+    volume = partitions > 0
+    if volume:  # hybrid space (y, z, coils, x, replicas)
+        shape = (ny, partitions, int(size["Cha"]), int(size["Col"]), int(size["Rep"]))
     ignored = {
         d: int(base[d])
         for d in ("Ide", "Idd", "Idc", "Idb", "Ida", "Set", "Phs", "Eco")
@@ -196,14 +203,19 @@ def twix_signal(path: Path, remove_os: bool, *, load: bool) -> SignalPart:
 
     part = SignalPart(header=Header(), shape=shape)
     if load:
-        index = tuple(
-            slice(None) if d in ("Rep", "Sli", "Lin", "Cha", "Col") else 0 for d in image.dims
-        )
+        kept = ("Rep", "Par", "Sli", "Lin", "Cha", "Col")
+        index = tuple(slice(None) if d in kept else 0 for d in image.dims)
         with contextlib.redirect_stdout(io.StringIO()):
-            data = image[index]  # (Rep, Sli, Lin, Cha, Col)
-        signal = np.zeros(shape, dtype=np.complex64)
-        signal[:, : data.shape[2]] = data.transpose(4, 2, 3, 1, 0)
-        part.signal = signal
+            data = image[index]  # (Rep, Par, Sli, Lin, Cha, Col)
+        if volume:  # (x, y, z, coils, replicas), one slab
+            kspace = np.zeros((shape[3], ny, partitions, shape[2], shape[4]), np.complex64)
+            lines, planes = data.shape[3], data.shape[1]
+            kspace[:, :lines, :planes] = data[:, :, 0].transpose(4, 2, 1, 3, 0)
+            part.signal = volume_as_slices(kspace)
+        else:
+            signal = np.zeros(shape, dtype=np.complex64)
+            signal[:, : data.shape[3]] = data[:, 0].transpose(4, 2, 3, 1, 0)
+            part.signal = signal
 
     noise_mdbs, part.noise_dwell_s, dwell_rule = _noise_adjust(scans, is_vb, path, what)
     if noise_mdbs:
@@ -220,7 +232,11 @@ def twix_signal(path: Path, remove_os: bool, *, load: bool) -> SignalPart:
     # Pixel size is FOV/BaseResolution with or without oversampling (both double).
     dx = ro_fov / base_res if ro_fov and base_res else None
     dy = pe_fov / pe_lines if pe_fov and pe_lines else None
-    fov_mm = (dx * shape[0], dy * ny, thickness) if dx and dy else None
+    nx = shape[3] if volume else shape[0]
+    fov_mm = (dx * nx, dy * ny, thickness) if dx and dy else None
+    # 3-D: partitions of the slab thickness (slice oversampling adds partitions, not images).
+    images_per_slab = int(_number(_yaps(hdr, "sKSpace", "lImagesPerSlab")) or partitions or 1)
+    dz = thickness / images_per_slab if volume else thickness
     affine, affine_note = None, None
     first: dict[int, Any] = {}
     for m in image.mdb_list:
@@ -231,11 +247,19 @@ def twix_signal(path: Path, remove_os: bool, *, load: bool) -> SignalPart:
         positions = np.array([[g.SlicePos.Sag, g.SlicePos.Cor, g.SlicePos.Tra] for g in geometry])
         if np.linalg.norm(normal) > 0.5:
             affine, affine_note = affine_from_geometry(
-                positions, read, phase, normal, (dx, dy), (shape[0], ny), thickness
+                positions, read, phase, normal, (dx, dy), (nx, ny), dz
             )
+            if volume:  # the slab centre is the centred FFT's centre partition
+                affine[:3, 3] -= (partitions // 2) * affine[:3, 2]
     flip = _number(_yaps(hdr, "adFlipAngleDegree", 0))
     accel = int(_number(_yaps(hdr, "sPat", "lAccelFactPE")) or 1)
     acs = _number(_yaps(hdr, "sPat", "lRefLinesPE"))
+    accel_3d = int(_number(_yaps(hdr, "sPat", "lAccelFact3D")) or 1) if volume else 1
+    acs_3d = _number(_yaps(hdr, "sPat", "lRefLines3D")) if accel_3d > 1 else None
+    acs_y = int(acs) if acs and accel > 1 else None
+    acs_block = (None, acs_y) if acs_y else None
+    if volume and (acs_y or acs_3d):
+        acs_block = (acs_y, int(acs_3d) if acs_3d else None)
     part.header = Header(
         vendor=hdr.get("Dicom", {}).get("Manufacturer") or "Siemens",
         signal_dwell_s=_twix_dwell_s(hdr),
@@ -243,9 +267,11 @@ def twix_signal(path: Path, remove_os: bool, *, load: bool) -> SignalPart:
         fov_mm=fov_mm,
         affine=affine,
         flip_angle_deg=flip,
-        acceleration=(1, accel),
-        acs_lines=int(acs) if acs and accel > 1 else None,
-        acs_block=(None, int(acs)) if acs and accel > 1 else None,
+        acceleration=(accel, accel_3d) if volume else (1, accel),
+        acs_lines=acs_y,
+        acs_block=acs_block,
+        kind="3d" if volume else "2d",
+        volume_matrix=(nx, ny, partitions) if volume else None,
     )
     categories = {k: len(v.mdb_list) for k, v in mapped.items() if hasattr(v, "mdb_list")}
     part.summary = {
@@ -275,11 +301,52 @@ def twix_signal(path: Path, remove_os: bool, *, load: bool) -> SignalPart:
         if affine is not None
         else None,
     }
+    if volume:
+        part.summary["hybrid_space"] = "inverse FFT along x; axes (y, z, coils, x, replicas)"
+        part.summary["partitions"] = partitions
+        part.summary["images_per_slab"] = images_per_slab
     if affine_note:
         part.summary["affine_note"] = affine_note
     if messages:
         part.summary["twixtools_messages"] = messages.splitlines()[:20]
     return part
+
+
+#: ``sKSpace.ucTrajectory`` values (Siemens ``SEQ::Trajectory``); only Cartesian is read.
+_TRAJECTORIES = {1: "Cartesian", 2: "radial", 4: "spiral", 8: "PROPELLER"}
+
+
+def _twix_partitions(hdr: dict[str, Any], base: Any, path: Path, what: str) -> int:
+    """Partitions of a 3-D (partition-encoded) measurement, 0 for 2-D.
+
+    Raises:
+        InputError: A 3-D layout not read: several slabs, a non-Cartesian trajectory, or
+            partition counters beyond the protocol's ``lPartitions``.
+    """
+    dimension = _number(_yaps(hdr, "sKSpace", "ucDimension"))
+    protocol = int(_number(_yaps(hdr, "sKSpace", "lPartitions")) or 0)
+    found = int(base["Par"])
+    if found <= 1 and not (dimension == 4 and protocol > 1):
+        return 0
+    slabs = int(base["Sli"])
+    if slabs > 1:
+        raise InputError(
+            f"{what} {path} is 3-D with {slabs} slabs of {found} partitions; expected one slab "
+            "(multi-slab twix is not read: convert it to MRD with siemens_to_ismrmrd)"
+        )
+    trajectory = _number(_yaps(hdr, "sKSpace", "ucTrajectory"))
+    if trajectory is not None and int(trajectory) != 1:
+        name = _TRAJECTORIES.get(int(trajectory), f"code {int(trajectory)}")
+        raise InputError(
+            f"{what} {path} is 3-D with a {name} trajectory (sKSpace.ucTrajectory="
+            f"{int(trajectory)}); expected Cartesian (1)"
+        )
+    if protocol and found > protocol:
+        raise InputError(
+            f"{what} {path}: partition counters reach {found - 1} but the protocol has "
+            f"sKSpace.lPartitions={protocol}; expected partitions 0 to {protocol - 1}"
+        )
+    return max(found, protocol)
 
 
 def twix_noise_file(path: Path) -> NoisePart:

@@ -43,6 +43,8 @@ class Header:
         kind: ``"2d"`` (slices) or ``"3d"`` (hybrid space).
         volume_matrix: ``(x, y, z)`` of a 3-D volume, else None.
         acs_block: Calibration block of the returned slices (3-D: ``(y, z)``), or None.
+        reference: The file holds calibration-only readouts, returned as the reference.
+        slabs: 3-D slabs stacked along z (their x positions one slab after another).
     """
 
     vendor: str | None = None
@@ -56,6 +58,8 @@ class Header:
     kind: Kind = "2d"
     volume_matrix: tuple[int, int, int] | None = None
     acs_block: tuple[int | None, int | None] | None = None
+    reference: bool = False
+    slabs: int = 1
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -82,6 +86,11 @@ class AcquisitionInfo:
         volume_matrix: ``(x, y, z)`` of a 3-D volume, else None.
         acs_block: Calibration block ``(along axis 0, along axis 1)`` of the returned slices
             from the header (3-D: ``(y, z)``), or None.
+        reference: Calibration-only readouts (a separate reference scan) come with the signal
+            as ``RawData.reference``.
+        slabs: 3-D slabs (multi-slab MRD): slab ``b``'s x positions are slices
+            ``b * x ... (b + 1) * x - 1`` and its partitions ``b * z ...`` of
+            ``volume_matrix`` (``tasks.mr.io.geometry.maps_as_volume``).
     """
 
     format: Format
@@ -101,6 +110,8 @@ class AcquisitionInfo:
     kind: Kind = "2d"
     volume_matrix: tuple[int, int, int] | None = None
     acs_block: tuple[int | None, int | None] | None = None
+    reference: bool = False
+    slabs: int = 1
 
 
 @dataclass(slots=True)
@@ -112,11 +123,16 @@ class RawData:
             (``info.kind == "3d"``) hybrid space ``(y, z, coils, x, replicas)``.
         noise: Complex noise samples, shape ``(samples, coils)``, or None.
         info: The header.
+        reference: Calibration-only readouts (a separately acquired reference scan) on the
+            signal's grid, zero elsewhere, shape ``signal.shape[:4]`` (same layout, no
+            replicas), or None. The reference for coil maps and the GRAPPA calibration
+            (``tasks.mr.snr.snr_map``'s ``reference``).
     """
 
     signal: np.ndarray
     noise: np.ndarray | None
     info: AcquisitionInfo
+    reference: np.ndarray | None = None
 
     def noise_by_readout(self) -> np.ndarray | None:
         """The noise as ``(readout, readouts, coils)`` where the readout length is known.
@@ -143,6 +159,7 @@ class SignalPart:
         shape: The signal shape ``read_raw`` returns (package layout).
         signal: The signal, when loaded.
         noise: Noise readouts embedded in the file ``(samples, coils)``, when loaded.
+        reference: Calibration-only readouts ``shape[:4]``, when loaded and present.
         noise_shape: ``(samples, coils)`` of the embedded noise, when there is any.
         noise_readouts: Embedded noise readouts.
         noise_dwell_s: ADC dwell per embedded noise sample.
@@ -153,6 +170,7 @@ class SignalPart:
     shape: tuple[int, ...]
     signal: np.ndarray | None = None
     noise: np.ndarray | None = None
+    reference: np.ndarray | None = None
     noise_shape: tuple[int, int] | None = None
     noise_readouts: int | None = None
     noise_dwell_s: float | None = None

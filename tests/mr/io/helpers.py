@@ -1,4 +1,4 @@
-"""Builders the reader tests share: random complex arrays, MATLAB v7.3 files, peak memory."""
+"""Builders the reader tests share: random complex arrays, MATLAB v7.3 and twix files, memory."""
 
 from __future__ import annotations
 
@@ -44,3 +44,105 @@ def peak_bytes(fn) -> int:
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
+
+
+def twix_header(yaps: dict[str, object], meas: str = "", dicom: str = "") -> np.ndarray:
+    """A twix measurement header: buffers of ASCCONV (MeasYaps) and XProtocol text."""
+    ascconv = "".join(f"{key} = {value}\n" for key, value in yaps.items())
+    buffers = {
+        "Config": "",
+        "Dicom": dicom,
+        "Meas": meas,
+        "MeasYaps": f"### ASCCONV BEGIN ###\n{ascconv}### ASCCONV END ###\n",
+        "Phoenix": "",
+    }
+    body = b""
+    for name, text in buffers.items():
+        content = text.encode("latin1") + b"\x00"
+        body += name.encode() + b"\x00" + struct.pack("<I", len(content)) + content
+    length = 8 + len(body)
+    length += -length % 32
+    raw = (struct.pack("<II", length, len(buffers)) + body).ljust(length, b"\x00")
+    return np.frombuffer(raw, dtype="S1").copy()
+
+
+def write_twix(
+    path: Path,
+    kspace_os: np.ndarray,
+    noise_readouts: np.ndarray,
+    *,
+    volume: bool = False,
+    slabs: int = 1,
+    yaps: dict[str, object] | None = None,
+    oversampling: float = 2.0,
+) -> Path:
+    """A VE multi-RAID file: RAID 0 the AdjCoilSens noise scan, RAID 1 the image data.
+
+    Args:
+        kspace_os: (2*x, y, coils, slices, replicas), readout oversampled; with ``volume``
+            one 3-D slab (2*x, y, partitions, coils, replicas), written with ``Counter.Par``
+            and ``sKSpace.ucDimension`` 4. Readouts that are all zero are not written (an
+            undersampled acquisition).
+        noise_readouts: (readouts, coils, samples).
+        slabs: With ``volume``, the partitions split into this many slabs (``Counter.Sli``).
+        yaps: Protocol entries added to (or replacing) the defaults.
+        oversampling: ``flReadoutOSFactor``: 2 (the readout is oversampled) or 1.
+    """
+    import twixtools
+    from twixtools.mdb import Mdb_local
+
+    def acqend() -> Mdb_local:
+        mdb = Mdb_local()
+        mdb.add_flag("ACQEND")
+        return mdb
+
+    noise = []
+    for readout in noise_readouts:
+        mdb = Mdb_local(readout)
+        mdb.add_flag("NOISEADJSCAN")
+        noise.append(mdb)
+    if volume:  # partitions take the slice loop: (x, y, coils, z, replicas)
+        kspace_os = kspace_os.transpose(0, 1, 3, 2, 4)
+    nx, ny, _, slices, replicas = kspace_os.shape
+    image = []
+    for r in range(replicas):
+        for s in range(slices):
+            for y in range(ny):
+                line = np.ascontiguousarray(kspace_os[:, y, :, s, r].T)
+                if not line.any():
+                    continue
+                mdb = Mdb_local(line)
+                mdb.mdh.Counter.Lin, mdb.mdh.Counter.Rep = y, r
+                if volume:
+                    per_slab = slices // slabs
+                    mdb.mdh.Counter.Par, mdb.mdh.Counter.Sli = s % per_slab, s // per_slab
+                else:
+                    mdb.mdh.Counter.Sli = s
+                    mdb.mdh.SliceData.SlicePos.Tra = 5.0 * s
+                mdb.mdh.SliceData.Quaternion[:] = (1.0, 0.0, 0.0, 0.0)
+                image.append(mdb)
+    protocol = {
+        "tProtocolName": '"synthetic"',
+        "sRXSPEC.alDwellTime[0]": 5000,
+        "sKSpace.lBaseResolution": nx // 2,
+        "sKSpace.lPhaseEncodingLines": ny,
+        "sSliceArray.asSlice[0].dReadoutFOV": 200.0,
+        "sSliceArray.asSlice[0].dPhaseFOV": 150.0,
+        "sSliceArray.asSlice[0].dThickness": 5.0,
+        "adFlipAngleDegree[0]": 15.0,
+    }
+    if volume:
+        protocol |= {
+            "sKSpace.ucDimension": 4,
+            "sKSpace.lPartitions": slices // slabs,
+            "sKSpace.lImagesPerSlab": slices // slabs,
+        }
+    protocol |= yaps or {}
+    meas = f'<ParamDouble."flReadoutOSFactor">  {{ <Precision> 6  {oversampling:.6f}  }}\n'
+    dicom = '<ParamString."Manufacturer">  { "SIEMENS"  }\n'
+    scans = [
+        {"hdr_str": twix_header({"tProtocolName": '"AdjCoilSens"'}), "mdb": [*noise, acqend()]},
+        {"hdr_str": twix_header(protocol, meas, dicom), "mdb": [*image, acqend()]},
+    ]
+    twixtools.write_twix(scans, str(path))
+    return path

@@ -241,19 +241,121 @@ def test_mrd_2d_acceleration_header_and_acs_lines(rng, tmp_path):
     assert lines.tolist() == [0, 3, 4, 5, 6, 7, 9]
 
 
-def test_multi_slab_3d_mrd_is_refused(rng, tmp_path):
-    path = write_mrd(
-        tmp_path / "slab.h5",
-        random_complex(rng, (4, 4, 4, 2, 1)),
-        fov_mm=(1, 1, 1),
-        dwell_s=1e-6,
-        volume=True,
+# --- multi-slab 3-D ---------------------------------------------------------------------------
+
+
+def _two_slabs(rng, tmp_path, **kwargs):
+    """Two contiguous 6-partition slabs (x, y, 2 * 6, coils, replicas), 3 mm partitions."""
+    volume = random_complex(rng, (8, 6, 12, 3, 2))
+    noise = random_complex(rng, (64, 3))
+    angle = np.deg2rad(20)
+    directions = np.array(
+        [[np.cos(angle), np.sin(angle), 0.0], [-np.sin(angle), np.cos(angle), 0.0], [0, 0, 1.0]]
     )
+    options = {
+        "fov_mm": (160.0, 120.0, 18.0),  # z: one slab, 6 partitions of 3 mm
+        "dwell_s": 4e-6,
+        "volume": True,
+        "slabs": 2,
+        "directions": directions,
+        "positions_mm": np.array([[5.0, -10.0, 20.0], [5.0, -10.0, 38.0]]),
+        **kwargs,
+    }
+    return volume, noise, write_mrd(tmp_path / "slabs.h5", volume, noise, **options)
+
+
+def test_multi_slab_3d_round_trips_slab_by_slab_with_one_affine(rng, tmp_path):
+    volume, noise, path = _two_slabs(rng, tmp_path)
+    raw = read_raw(path)
+    info = raw.info
+    expected = np.concatenate(
+        [readers.volume_as_slices(volume[:, :, 6 * b : 6 * (b + 1)]) for b in range(2)], axis=3
+    )
+    assert raw.signal.shape == (6, 6, 3, 16, 2)  # (y, z, coils, slabs * x, replicas)
+    np.testing.assert_allclose(raw.signal, expected, atol=1e-5)
+    np.testing.assert_array_equal(raw.noise, noise)
+    assert (info.kind, info.slabs, info.volume_matrix) == ("3d", 2, (8, 6, 12))
+    assert info.summary["slabs"] == 2
+    assert read_info(path)[1] == raw.signal.shape
+    # Voxel k of the stacked volume: slab k // 6, partition k % 6 around that slab's centre.
+    read, phase, normal = np.array(
+        [
+            [np.cos(np.deg2rad(20)), np.sin(np.deg2rad(20)), 0],
+            [-np.sin(np.deg2rad(20)), np.cos(np.deg2rad(20)), 0],
+            [0, 0, 1],
+        ]
+    )
+    centres = np.array([[5.0, -10.0, 20.0], [5.0, -10.0, 38.0]])
+    for i, j, k in [(0, 0, 0), (4, 3, 3), (7, 5, 9), (2, 1, 11)]:
+        lps = centres[k // 6] + (i - 4) * 20.0 * read + (j - 3) * 20.0 * phase
+        lps += (k % 6 - 3) * 3.0 * normal
+        np.testing.assert_allclose(info.affine @ [i, j, k, 1], [*(lps * [-1, -1, 1]), 1], atol=1e-4)
+    # Per-slice maps (y, z, slabs * x) go back to the stacked (x, y, slabs * z) volume.
+    maps = rng.standard_normal((6, 6, 16))
+    stacked = readers.maps_as_volume(maps, slabs=2)
+    assert stacked.shape == (8, 6, 12)
+    np.testing.assert_array_equal(stacked[3, :, 6:], maps[:, :, 8 + 3])
+    np.testing.assert_array_equal(readers.volume_as_maps(stacked, slabs=2), maps)
+
+
+def test_the_ismrmrd_package_reads_our_slabs_as_slices_and_partitions(rng, tmp_path):
+    ismrmrd = pytest.importorskip("ismrmrd")
+    volume, _, path = _two_slabs(rng, tmp_path, acceleration=(1, 2))
+    with ismrmrd.Dataset(str(path), "dataset", create_if_needed=False) as dset:
+        header = ismrmrd.xsd.CreateFromDocument(dset.read_xml_header())
+        assert header.encoding[0].encodingLimits.slice.maximum == 1
+        assert header.encoding[0].encodedSpace.matrixSize.z == 6
+        for i in range(dset.number_of_acquisitions()):
+            acq = dset.read_acquisition(i)
+            if acq.is_flag_set(ismrmrd.ACQ_IS_NOISE_MEASUREMENT):
+                continue
+            slab, partition = acq.idx.slice, acq.idx.kspace_encode_step_2
+            assert partition % 2 == 0  # R_z = 2 within each slab
+            assert acq.position[2] == pytest.approx(20.0 + 18.0 * slab)
+            y, r = acq.idx.kspace_encode_step_1, acq.idx.repetition
+            np.testing.assert_array_equal(acq.data, volume[:, y, 6 * slab + partition, :, r].T)
+
+
+def test_slabs_encoded_differently_are_refused_naming_what_differs(rng, tmp_path):
+    _, _, path = _two_slabs(rng, tmp_path)
     with h5py.File(path, "r+") as f:
         data = f["dataset/data"][...]
-        data["head"]["idx"]["slice"][-4:] = 1
+        image = np.flatnonzero(data["head"]["idx"]["slice"] == 1)
+        data["head"]["idx"]["slice"][image[:5]] = 0  # slab 1's first readouts filed in slab 0
         f["dataset/data"][...] = data
-    with pytest.raises(InputError, match="3-D with 2 slabs; expected one 3-D slab"):
+    with pytest.raises(
+        InputError, match=r"slabs.h5: slab 1 has \d+ readouts .* expected every slab encoded alike"
+    ):
+        read_raw(path)
+
+
+def test_overlapping_slabs_are_refused_naming_their_spacing(rng, tmp_path):
+    centres = np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 15.0]])  # 15 mm apart, 18 mm thick
+    _, _, path = _two_slabs(rng, tmp_path, positions_mm=centres)
+    with pytest.raises(InputError, match=r"slabs.h5: slab centres step \[15.0\] mm .* 18 mm apart"):
+        read_raw(path)
+    with pytest.raises(InputError, match="slab centres step"):
+        read_info(path)
+
+
+def test_slabs_in_other_orientations_or_missing_are_refused(rng, tmp_path):
+    _, _, path = _two_slabs(rng, tmp_path)
+    with h5py.File(path, "r+") as f:
+        data = f["dataset/data"][...]
+        slab1 = data["head"]["idx"]["slice"] == 1
+        data["head"]["slice_dir"][slab1] = [0.0, 0.6, 0.8]
+        f["dataset/data"][...] = data
+    with pytest.raises(
+        InputError, match=r"slab 1 has slice_dir \[0.0, 0.6, 0.8\].*expected parallel"
+    ):
+        read_raw(path)
+    (tmp_path / "gap").mkdir()
+    _, _, path = _two_slabs(rng, tmp_path / "gap")
+    with h5py.File(path, "r+") as f:
+        data = f["dataset/data"][...]
+        data["head"]["idx"]["slice"][data["head"]["idx"]["slice"] == 1] = 2
+        f["dataset/data"][...] = data
+    with pytest.raises(InputError, match=r"3-D with 3 slabs but slabs \[1\] have no readouts"):
         read_raw(path)
 
 
@@ -275,3 +377,102 @@ def test_an_open_hdf5_file_holds_the_process_lock(tmp_path):
         assert not other.submit(_HDF5_LOCK.acquire, blocking=False).result()
     assert _HDF5_LOCK.acquire(blocking=False)
     _HDF5_LOCK.release()
+
+
+# --- calibration-only readouts ---------------------------------------------------------------
+
+
+def test_calibration_only_readouts_the_ismrmrd_package_writes_are_the_reference(rng, tmp_path):
+    # A separately acquired reference scan, as siemens_to_ismrmrd writes a PATREFSCAN: its
+    # readouts carry ACQ_IS_PARALLEL_CALIBRATION (flag 20) alone and are not image data.
+    ismrmrd = pytest.importorskip("ismrmrd")
+    assert ismrmrd.ACQ_IS_PARALLEL_CALIBRATION == 20
+    nx, ny, coils = 8, 12, 3
+    xml_path = write_mrd(
+        tmp_path / "hdr.h5",
+        random_complex(rng, (nx, ny, coils, 1, 1)),
+        fov_mm=(1, 1, 1),
+        dwell_s=1e-6,
+        acceleration=(2, 1),
+    )
+    with h5py.File(xml_path) as f:
+        xml = f["dataset/xml"][0].decode()
+    image = random_complex(rng, (ny, coils, nx))  # (y, coils, x)
+    calibration = random_complex(rng, (ny, coils, nx))
+    with ismrmrd.Dataset(str(tmp_path / "theirs.h5"), "dataset", create_if_needed=True) as dset:
+        dset.write_xml_header(xml)
+        for y in range(4, 8):  # the reference scan first, as the scanner acquires it
+            acq = ismrmrd.Acquisition.from_array(calibration[y])
+            acq.idx.kspace_encode_step_1 = y
+            acq.set_flag(ismrmrd.ACQ_IS_PARALLEL_CALIBRATION)
+            dset.append_acquisition(acq)
+        for y in range(0, ny, 2):
+            acq = ismrmrd.Acquisition.from_array(image[y])
+            acq.idx.kspace_encode_step_1 = y
+            dset.append_acquisition(acq)
+    raw = read_raw(tmp_path / "theirs.h5")
+    expected = np.zeros((nx, ny, coils, 1, 1), dtype=np.complex64)
+    expected[:, ::2, :, 0, 0] = image[::2].transpose(2, 0, 1)
+    np.testing.assert_array_equal(raw.signal, expected)  # the reference is not in the signal
+    reference = np.zeros((nx, ny, coils, 1), dtype=np.complex64)
+    reference[:, 4:8, :, 0] = calibration[4:8].transpose(2, 0, 1)
+    np.testing.assert_array_equal(raw.reference, reference)
+    info = raw.info
+    assert info.reference
+    assert (info.acceleration, info.acs_block) == ((1, 2), (None, 4))
+    assert info.summary["calibration_acquisitions"] == 4
+    assert "calibration_only" not in info.summary["skipped_acquisitions"]
+
+
+def test_the_ismrmrd_package_reads_our_calibration_only_readouts(rng, tmp_path):
+    ismrmrd = pytest.importorskip("ismrmrd")
+    kspace = random_complex(rng, (8, 12, 2, 2, 2))  # two slices, two repetitions
+    reference = random_complex(rng, (8, 12, 2, 2))
+    path = write_mrd(
+        tmp_path / "ours.h5",
+        kspace,
+        fov_mm=(1, 1, 1),
+        dwell_s=1e-6,
+        acceleration=(3, 1),
+        acs=(4, 1),
+        reference=reference,
+    )
+    found = {}
+    with ismrmrd.Dataset(str(path), "dataset", create_if_needed=False) as dset:
+        for i in range(dset.number_of_acquisitions()):
+            acq = dset.read_acquisition(i)
+            if acq.is_flag_set(ismrmrd.ACQ_IS_PARALLEL_CALIBRATION):
+                assert not acq.is_flag_set(ismrmrd.ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING)
+                found[acq.idx.slice, acq.idx.kspace_encode_step_1] = acq.data
+    assert sorted(found) == [(s, y) for s in range(2) for y in range(4, 8)]
+    for (s, y), data in found.items():
+        np.testing.assert_array_equal(data, reference[:, y, :, s].T)
+    raw = read_raw(path)
+    lines = np.flatnonzero(np.any(raw.signal != 0, axis=(0, 2, 3, 4)))
+    assert lines.tolist() == [0, 3, 6, 9]  # the grid alone
+    np.testing.assert_array_equal(raw.reference[:, 4:8], reference[:, 4:8])
+    assert not np.any(raw.reference[:, :4])
+    assert not np.any(raw.reference[:, 8:])
+
+
+def test_a_3d_reference_scan_is_returned_in_hybrid_space(rng, tmp_path):
+    volume = random_complex(rng, (8, 12, 10, 3, 1))
+    reference = random_complex(rng, (8, 12, 10, 3))
+    path = write_mrd(
+        tmp_path / "v.h5",
+        volume,
+        fov_mm=(1, 1, 1),
+        dwell_s=1e-6,
+        oversampling=2,
+        volume=True,
+        acceleration=(2, 2),
+        acs=(6, 4),
+        reference=reference,
+    )
+    raw = read_raw(path)
+    block = np.zeros_like(reference)
+    block[:, 3:9, 3:7] = reference[:, 3:9, 3:7]
+    expected = readers.volume_as_slices(remove_readout_oversampling(block, axis=0))[..., 0]
+    assert raw.reference.shape == raw.signal.shape[:4] == (12, 10, 3, 4)
+    np.testing.assert_allclose(raw.reference, expected, atol=1e-5)
+    assert raw.info.acs_block == (6, 4)

@@ -10,7 +10,7 @@ import scipy.io
 
 from tasks.errors import InputError
 from tasks.mr.io import read_raw, write_mrd
-from tasks.mr.io.slices import read_slices, slice_source
+from tasks.mr.io.slices import read_reference, read_slices, slice_source
 from tests.mr.io.helpers import peak_bytes, random_complex
 
 
@@ -64,6 +64,36 @@ def test_a_volume_is_staged_in_hybrid_space(rng, tmp_path):
     assert source.path.parent == tmp_path / "staged"
     whole = read_raw(tmp_path / "v.npy", layout="volume").signal
     np.testing.assert_array_equal(read_slices(source, [1, 5]), whole[:, :, :, [1, 5]])
+
+
+@pytest.mark.parametrize("volume", [False, True], ids=["2d-mrd", "3d-staged"])
+def test_a_batchs_reference_is_what_read_raw_returns_for_those_slices(rng, tmp_path, volume):
+    kspace = random_complex(rng, (16, 8, 3, 6, 1))  # 3-D: (x, y, z, coils, replicas)
+    reference = random_complex(rng, kspace.shape[:4])
+    if volume:
+        kspace, reference = kspace.transpose(0, 1, 3, 2, 4), reference.transpose(0, 1, 3, 2)
+    path = write_mrd(
+        tmp_path / "s.h5",
+        kspace,
+        fov_mm=(1, 1, 1),
+        dwell_s=1e-6,
+        oversampling=2,
+        volume=volume,
+        acceleration=(2, 1),
+        acs=(4, 2),
+        reference=reference,
+    )
+    source = slice_source(path, tmp_path / "staged")
+    assert source.reader == ("npy" if volume else "mrd")
+    assert source.reference == (
+        source.path.with_name(f"{source.path.stem}-reference.npy") if volume else path
+    )
+    whole = read_raw(path).reference
+    for batch in ([4, 1], [0], [5, 5, 2]):
+        np.testing.assert_array_equal(read_reference(source, batch), whole[:, :, :, batch])
+    plain = slice_source(_write("mrd", tmp_path / "plain", kspace), tmp_path / "staged")
+    assert plain.reference is None
+    assert read_reference(plain, [0]) is None
 
 
 def test_slices_outside_the_file_are_refused(rng, tmp_path):

@@ -3,93 +3,21 @@
 from __future__ import annotations
 
 import json
-import struct
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tasks.errors import InputError
-from tasks.mr.io import read_info, read_raw, remove_readout_oversampling
-from tests.mr.io.helpers import random_complex
+from tasks.mr.io import read_info, read_raw, remove_readout_oversampling, volume_as_slices
+from tests.mr.io.helpers import random_complex, write_twix
 
 # --- Siemens twix ------------------------------------------------------------------------
-
-
-def _hdr_str(yaps: dict[str, object], meas: str = "", dicom: str = "") -> np.ndarray:
-    """A twix measurement header: buffers of ASCCONV (MeasYaps) and XProtocol text."""
-    ascconv = "".join(f"{key} = {value}\n" for key, value in yaps.items())
-    buffers = {
-        "Config": "",
-        "Dicom": dicom,
-        "Meas": meas,
-        "MeasYaps": f"### ASCCONV BEGIN ###\n{ascconv}### ASCCONV END ###\n",
-        "Phoenix": "",
-    }
-    body = b""
-    for name, text in buffers.items():
-        content = text.encode("latin1") + b"\x00"
-        body += name.encode() + b"\x00" + struct.pack("<I", len(content)) + content
-    length = 8 + len(body)
-    length += -length % 32
-    raw = (struct.pack("<II", length, len(buffers)) + body).ljust(length, b"\x00")
-    return np.frombuffer(raw, dtype="S1").copy()
-
-
-def _write_twix(path: Path, kspace_os: np.ndarray, noise_readouts: np.ndarray) -> Path:
-    """A VE multi-RAID file: RAID 0 the AdjCoilSens noise scan, RAID 1 the image data.
-
-    Args:
-        kspace_os: (2*x, y, coils, slices, replicas), readout oversampled.
-        noise_readouts: (readouts, coils, samples).
-    """
-    twixtools = pytest.importorskip("twixtools")
-    from twixtools.mdb import Mdb_local
-
-    def acqend() -> Mdb_local:
-        mdb = Mdb_local()
-        mdb.add_flag("ACQEND")
-        return mdb
-
-    noise = []
-    for readout in noise_readouts:
-        mdb = Mdb_local(readout)
-        mdb.add_flag("NOISEADJSCAN")
-        noise.append(mdb)
-    nx, ny, _, slices, replicas = kspace_os.shape
-    image = []
-    for r in range(replicas):
-        for s in range(slices):
-            for y in range(ny):
-                mdb = Mdb_local(np.ascontiguousarray(kspace_os[:, y, :, s, r].T))
-                mdb.mdh.Counter.Lin, mdb.mdh.Counter.Sli, mdb.mdh.Counter.Rep = y, s, r
-                mdb.mdh.SliceData.SlicePos.Tra = 5.0 * s
-                mdb.mdh.SliceData.Quaternion[:] = (1.0, 0.0, 0.0, 0.0)
-                image.append(mdb)
-    yaps = {
-        "tProtocolName": '"synthetic"',
-        "sRXSPEC.alDwellTime[0]": 5000,
-        "sKSpace.lBaseResolution": nx // 2,
-        "sKSpace.lPhaseEncodingLines": ny,
-        "sSliceArray.asSlice[0].dReadoutFOV": 200.0,
-        "sSliceArray.asSlice[0].dPhaseFOV": 150.0,
-        "sSliceArray.asSlice[0].dThickness": 5.0,
-        "adFlipAngleDegree[0]": 15.0,
-    }
-    meas = '<ParamDouble."flReadoutOSFactor">  { <Precision> 6  2.000000  }\n'
-    dicom = '<ParamString."Manufacturer">  { "SIEMENS"  }\n'
-    scans = [
-        {"hdr_str": _hdr_str({"tProtocolName": '"AdjCoilSens"'}), "mdb": [*noise, acqend()]},
-        {"hdr_str": _hdr_str(yaps, meas, dicom), "mdb": [*image, acqend()]},
-    ]
-    twixtools.write_twix(scans, str(path))
-    return path
 
 
 def test_twix_multiraid_signal_oversampling_and_noise_adjust(rng, tmp_path):
     kspace = random_complex(rng, (16, 12, 3, 2, 2))
     noise = random_complex(rng, (4, 3, 32))
-    path = _write_twix(tmp_path / "meas.dat", kspace, noise)
+    path = write_twix(tmp_path / "meas.dat", kspace, noise)
     raw = read_raw(path)
     np.testing.assert_allclose(raw.signal, remove_readout_oversampling(kspace), atol=1e-5)
     np.testing.assert_array_equal(raw.noise, noise.transpose(0, 2, 1).reshape(-1, 3))
@@ -111,13 +39,13 @@ def test_twix_multiraid_signal_oversampling_and_noise_adjust(rng, tmp_path):
 
 
 def test_twix_rf_off_noise_file_keeps_its_oversampling_and_dwell(rng, tmp_path):
-    signal = _write_twix(
+    signal = write_twix(
         tmp_path / "signal.dat",
         random_complex(rng, (16, 12, 3, 1, 1)),
         random_complex(rng, (2, 3, 32)),
     )
     rf_off = random_complex(rng, (16, 4, 3, 1, 1))
-    noise = _write_twix(tmp_path / "noise.dat", rf_off, random_complex(rng, (1, 3, 32)))
+    noise = write_twix(tmp_path / "noise.dat", rf_off, random_complex(rng, (1, 3, 32)))
     raw = read_raw(signal, noise)
     np.testing.assert_array_equal(
         raw.noise, rf_off[:, :, :, 0, 0].transpose(1, 0, 2).reshape(-1, 3)
@@ -128,7 +56,7 @@ def test_twix_rf_off_noise_file_keeps_its_oversampling_and_dwell(rng, tmp_path):
 
 
 def test_truncated_twix_is_refused(rng, tmp_path):
-    path = _write_twix(
+    path = write_twix(
         tmp_path / "meas.dat",
         random_complex(rng, (16, 12, 3, 1, 1)),
         random_complex(rng, (2, 3, 32)),
@@ -146,3 +74,66 @@ def test_twixtools_example_gre_end_to_end(twix_example):
     assert raw.info.fov_mm == pytest.approx((200.0, 200.0, 4.0))
     assert raw.noise is None
     np.testing.assert_allclose(raw.info.affine[:3, 2] / 4.0, [0.0, -0.0384, 0.9993], atol=1e-3)
+
+
+# --- 3-D twix ------------------------------------------------------------------------------
+
+
+def test_3d_twix_round_trips_in_hybrid_space_with_its_slab_geometry(rng, tmp_path):
+    volume = random_complex(rng, (16, 12, 10, 3, 2))  # (2*x, y, z, coils, replicas)
+    noise = random_complex(rng, (4, 3, 32))
+    path = write_twix(
+        tmp_path / "vol.dat", volume, noise, volume=True, yaps={"sKSpace.lImagesPerSlab": 8}
+    )
+    raw = read_raw(path)
+    expected = volume_as_slices(remove_readout_oversampling(volume, axis=0))
+    assert raw.signal.shape == (12, 10, 3, 8, 2)
+    np.testing.assert_allclose(raw.signal, expected, atol=1e-5)
+    np.testing.assert_array_equal(raw.noise, noise.transpose(0, 2, 1).reshape(-1, 3))
+    info = raw.info
+    assert (info.kind, info.volume_matrix, info.matrix) == ("3d", (8, 12, 10), (12, 10, 8))
+    assert info.fov_mm == pytest.approx((200.0, 150.0, 5.0))  # the slab thickness
+    # Partitions of 5 mm / 8 images per slab; the slab centre (origin) at partition 10 // 2.
+    np.testing.assert_allclose(np.linalg.norm(info.affine[:3, :3], axis=0), [25.0, 12.5, 0.625])
+    np.testing.assert_allclose(info.affine @ [4, 6, 5, 1], [0, 0, 0, 1], atol=1e-9)
+    assert info.summary["partitions"] == 10
+    assert read_info(path)[1] == raw.signal.shape
+
+
+def test_3d_twix_acceleration_and_calibration_block_from_the_protocol(rng, tmp_path):
+    volume = random_complex(rng, (8, 16, 12, 2, 1))
+    kept = np.zeros(volume.shape[1:3], dtype=bool)
+    kept[::2, ::3] = True
+    kept[8 - 3 : 8 + 3, 6 - 2 : 6 + 2] = True  # the centred ACS block, as coils.acl_region
+    sampled = volume * kept[None, :, :, None, None]
+    protocol = {
+        "sPat.lAccelFactPE": 2,
+        "sPat.lAccelFact3D": 3,
+        "sPat.lRefLinesPE": 6,
+        "sPat.lRefLines3D": 4,
+    }
+    path = write_twix(
+        tmp_path / "acc.dat", sampled, random_complex(rng, (1, 2, 16)), volume=True, yaps=protocol
+    )
+    raw = read_raw(path)
+    assert (raw.info.acceleration, raw.info.acs_block, raw.info.acs_lines) == ((2, 3), (6, 4), 6)
+    expected = volume_as_slices(remove_readout_oversampling(sampled, axis=0))
+    np.testing.assert_allclose(raw.signal, expected, atol=1e-5)
+
+
+def test_3d_twix_layouts_not_read_are_refused_naming_what_was_found(rng, tmp_path):
+    volume = random_complex(rng, (8, 4, 6, 2, 1))
+    noise = random_complex(rng, (1, 2, 16))
+    radial = write_twix(
+        tmp_path / "radial.dat", volume, noise, volume=True, yaps={"sKSpace.ucTrajectory": 2}
+    )
+    with pytest.raises(InputError, match=r"radial\.dat is 3-D with a radial trajectory"):
+        read_raw(radial)
+    short = write_twix(
+        tmp_path / "short.dat", volume, noise, volume=True, yaps={"sKSpace.lPartitions": 4}
+    )
+    with pytest.raises(InputError, match=r"short\.dat: partition counters reach 5 .*lPartitions=4"):
+        read_info(short)
+    write_twix(tmp_path / "slabs.dat", volume, noise, volume=True, slabs=2)
+    with pytest.raises(InputError, match=r"slabs\.dat is 3-D with 2 slabs of 3 partitions"):
+        read_raw(tmp_path / "slabs.dat")
