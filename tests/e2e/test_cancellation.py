@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import boto3
 import psutil
 import pytest
@@ -33,7 +34,10 @@ from tests.e2e.conftest import (
     Service,
 )
 from tests.e2e.crash_victim import PID_FILE
+from tests.e2e.test_ecs_pool import REGION as ECS_REGION
+from tests.e2e.test_ecs_pool import EcsPool, _deploy_and_run, _stopped_task, ecs_pool  # noqa: F401
 from tests.standin.containers import wait_for
+from tests.standin.ecs import EcsStandIn
 
 pytestmark = pytest.mark.e2e
 
@@ -169,6 +173,51 @@ def test_a_run_cancelled_while_its_batch_job_is_runnable_leaves_no_job_behind(
     # The worker follows the job to its end; the run stays Cancelled (not reported Crashed).
     wait_for(lambda: f"Batch job {job_id} is FAILED" in batch_worker.log(), 30, "the job's end")
     assert _read(run_id).state_name == "Cancelled"
+    with get_client(sync_client=True) as client:
+        history = [state.name for state in client.read_flow_run_states(run_id)]
+    assert "Running" not in history, history  # the flow never began
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the ECS worker logs no cancellation and never stops the PROVISIONING task: "
+    "the run stays Cancelling (cause not yet found; the stand-in's StopTask works)",
+)
+def test_a_run_cancelled_while_its_ecs_task_is_provisioning_leaves_no_task_behind(
+    api: PrefectServer,
+    ecs_pool: EcsPool,  # noqa: F811 (the fixture, imported)
+    ecs_standin: EcsStandIn,
+):
+    ecs = boto3.client("ecs", region_name=ECS_REGION)
+    with ecs_standin.held_provisioning():
+        run_id = anyio.run(_deploy_and_run, api.api_url, ecs_pool.name, "mr-reconstruction", {}, {})
+        task_arn = wait_for(
+            lambda: (pid := _read(run_id).infrastructure_pid) and pid.split("::")[-1],
+            DEADLINE_S,
+            "the run's ECS task",
+        )
+
+        def status() -> str:
+            [task] = ecs.describe_tasks(cluster=ecs_pool.cluster, tasks=[task_arn])["tasks"]
+            return task["lastStatus"]
+
+        assert status() == "PROVISIONING"
+        pending = _read(run_id)
+        assert pending.state_type == StateType.PENDING, pending.state
+        assert pending.start_time is None
+
+        api.cli("flow-run", "cancel", run_id)
+
+        cancelled = _final(run_id, ecs_pool.worker)
+        assert cancelled.state_name == "Cancelled", (cancelled.state, ecs_pool.worker.log())
+        task = _stopped_task(ecs_pool.cluster, run_id)
+        assert task["stopCode"] == "UserInitiated", task
+
+    # Capacity comes back: the stopped task does not start.
+    wait_for(lambda: not any(t.is_alive() for t in ecs_standin._starters), 30, "stand-in idle")
+    assert task_arn not in ecs_standin.exits  # its process never ran
+    assert ecs_standin.containers == {}
+    assert status() == "STOPPED"
     with get_client(sync_client=True) as client:
         history = [state.name for state in client.read_flow_run_states(run_id)]
     assert "Running" not in history, history  # the flow never began

@@ -12,8 +12,10 @@ Installed on the moto backends of this process (``ThreadedMotoServer`` serves th
 - Output goes to the task definition's ``awslogs`` group, stream
   ``<prefix>/<container>/<task id>``, as the awslogs driver writes it; a missing group fails
   the task the way ECS does, unless ``awslogs-create-group`` is ``true``.
+- A task stays PROVISIONING while ``held_provisioning()`` is entered (as with no free
+  capacity), then goes on.
 - StopTask stops the process (SIGTERM, then SIGKILL) and the task ends STOPPED with the
-  caller's reason.
+  caller's reason; a task stopped before its process started ends STOPPED without starting it.
 - Each state change is posted, as EventBridge would, to the SQS queue ``events_queue`` when
   that queue exists (prefect-aws's ECS observer reads it).
 - Cloud Map instances registered in moto resolve, as ``<service>.<namespace>``, in every
@@ -63,6 +65,9 @@ class EcsStandIn:
         self._lock = threading.Lock()
         self._starters: list[threading.Thread] = []
         self._next_address = threading.local()
+        self._provisioning = threading.Event()  # cleared: tasks wait in PROVISIONING
+        self._provisioning.set()
+        self._stop_requested: set[str] = set()  # task ARNs stopped before their process began
 
     # ---- moto backends -------------------------------------------------------------------------
 
@@ -110,6 +115,15 @@ class EcsStandIn:
                 setattr(owner, name, value)
             state_manager.unset_transition("ecs::task")
             self.close()
+
+    @contextmanager
+    def held_provisioning(self) -> Iterator[None]:
+        """Tasks stay PROVISIONING while this is entered (no free capacity), then go on."""
+        self._provisioning.clear()
+        try:
+            yield
+        finally:
+            self._provisioning.set()
 
     def close(self) -> None:
         """Stop every container still running and delete the tasks' namespaces."""
@@ -185,6 +199,11 @@ class EcsStandIn:
 
     def _start(self, task: Any) -> None:
         try:
+            while not self._provisioning.wait(0.05):
+                if task.task_arn in self._stop_requested:
+                    break
+            if self._stopped_before_start(task):
+                return
             address = self._address(task)
             host = self.network.add_host(address, f"ip-{address.replace('.', '-')}.ec2.internal")
             self.hosts[task.task_arn] = host
@@ -195,6 +214,9 @@ class EcsStandIn:
             log_path = self.logs_dir / f"ecs-{task.id}.log"
             # Held until RUNNING is set: a container that exits at once ends after it started.
             with self._lock:
+                if task.task_arn in self._stop_requested:
+                    self._finish(task, None, "UserInitiated", task.stopped_reason)
+                    return
                 self.containers[task.task_arn] = Container(
                     host,
                     argv,
@@ -209,6 +231,13 @@ class EcsStandIn:
             self._finish(task, None, "TaskFailedToStart", str(exc))
         except Exception as exc:  # the stand-in's own failure: the task fails, loudly
             self._finish(task, None, "TaskFailedToStart", f"stand-in: {exc!r}")
+
+    def _stopped_before_start(self, task: Any) -> bool:
+        with self._lock:
+            if task.task_arn not in self._stop_requested:
+                return False
+        self._finish(task, None, "UserInitiated", task.stopped_reason)
+        return True
 
     def _address(self, task: Any) -> str:
         for attachment in task.attachments:
@@ -303,9 +332,11 @@ class EcsStandIn:
 
     def _stop(self, task: Any, reason: str) -> None:
         with self._lock:
+            task.stopped_reason = reason
+            task.stop_code = "UserInitiated"
             container = self.containers.get(task.task_arn)
-        task.stopped_reason = reason
-        task.stop_code = "UserInitiated"
+            if container is None:  # not started yet: _start ends it without starting it
+                self._stop_requested.add(task.task_arn)
         if container is not None:
             container.stop()
 

@@ -135,6 +135,21 @@ def test_stop_task_stops_the_process_with_the_reason(cluster, ecs_standin):
     assert ecs_standin.exits[arn] == -15
 
 
+def test_a_task_stopped_while_provisioning_never_starts(cluster, ecs_standin):
+    with ecs_standin.held_provisioning():
+        task = _run(cluster, [PYTHON, "-c", "print('STARTED', flush=True)"])
+        arn = task["taskArn"]
+        assert _describe(cluster, arn)["lastStatus"] == "PROVISIONING"
+        cluster["ecs"].stop_task(cluster=cluster["arn"], task=arn, reason="cancelled early")
+        done = _stopped(cluster, arn)
+    # Capacity comes back: the stopped task does not start.
+    wait_for(lambda: not any(t.is_alive() for t in ecs_standin._starters), 30, "stand-in idle")
+    assert (done["stopCode"], done["stoppedReason"]) == ("UserInitiated", "cancelled early")
+    assert _describe(cluster, arn)["lastStatus"] == "STOPPED"
+    assert arn not in ecs_standin.exits  # its process never ran
+    assert arn not in ecs_standin.containers
+
+
 def test_secrets_come_from_secrets_manager_and_ssm(cluster):
     secret = boto3.client("secretsmanager", region_name=REGION).create_secret(
         Name="api", SecretString=json.dumps({"url": "http://x/api"})
