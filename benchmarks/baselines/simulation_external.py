@@ -178,10 +178,16 @@ def mrzero_pdg_signal(
     return signal.detach().numpy().astype(np.complex128).ravel(), elapsed
 
 
+def _single(spin_set: SpinSet) -> None:
+    if spin_set.replicas is not None:
+        raise ValueError("these spins stand for replicas, which the baselines cannot take")
+
+
 def blochsimulator_at_positions(
     seq_path: Path, spin_set: SpinSet, threads: int = 1
 ) -> tuple[np.ndarray, float]:
-    """Blochsimulator on exactly the isochromats of ``spin_set``: signal and seconds."""
+    """The isochromats of ``spin_set`` (no replicas) in blochsimulator: signal and seconds."""
+    _single(spin_set)
     import blochsimulator as bs
     from blochsimulator.phantom import Phantom as BsPhantom
 
@@ -209,7 +215,8 @@ def blochsimulator_at_positions(
 def mrzero_isochromat_at_positions(
     seq_path: Path, spin_set: SpinSet, threads: int = 1
 ) -> tuple[np.ndarray, float]:
-    """MRzero's ``isochromat_sim`` on exactly the isochromats of ``spin_set``."""
+    """MRzero's ``isochromat_sim`` on exactly the isochromats of ``spin_set`` (no replicas)."""
+    _single(spin_set)
     import MRzeroCore as mr0
     import torch
     from MRzeroCore.phantom.sim_data import SimData

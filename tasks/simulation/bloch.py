@@ -779,10 +779,15 @@ def simulate(
     group = int(min(max(_GROUP_ELEMENTS // max(min(tile, n), 1), 1), 512))
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
-        cuts = [start, *range(head + -(-(start - head) // tile) * tile, stop, tile), stop]
+        cuts = [start, stop]
+        if patterns:  # whole runs of patterns in tiles of their own, the rest apart
+            first_run = head + -(-(start - head) // patterns) * patterns
+            last_run = stop - (stop - head) % patterns if stop >= head else first_run
+            cuts += [*range(first_run, last_run, tile), max(first_run, last_run)]
+        else:
+            cuts += range(start, stop, tile)
+        cuts = sorted(c for c in set(cuts) if start <= c <= stop)
         for first, last in itertools.pairwise(cuts):
-            if last <= first:
-                continue
             part = None if coils is None else coils[:, first:last]
             aligned = bool(patterns) and (first - head) % patterns == 0
             aligned &= (last - first) % patterns == 0 if patterns else False
