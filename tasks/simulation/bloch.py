@@ -46,7 +46,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -83,6 +83,10 @@ class Replicas:
     spin's own (zero) first."""
     box: np.ndarray
     """Half-widths (m) of the uniform spread along each axis, shape (3,); 0 for none."""
+    kinds: np.ndarray = field(init=False)
+    """Which distinct offset set each pattern has, int, shape (patterns,)."""
+    distinct: tuple[np.ndarray, ...] = field(init=False)
+    """The distinct offset sets (a 1D fold has two: ``n`` and ``n + 1`` replicas)."""
 
     def __post_init__(self) -> None:
         index = np.asarray(self.index, dtype=np.int64)
@@ -95,11 +99,20 @@ class Replicas:
         object.__setattr__(self, "index", index)
         object.__setattr__(self, "offsets", offsets)
         object.__setattr__(self, "box", box)
+        seen: dict[bytes, int] = {}
+        kinds = [seen.setdefault(o.tobytes(), len(seen)) for o in offsets]
+        firsts = {kind: o for o, kind in zip(offsets, kinds, strict=True)}
+        object.__setattr__(self, "kinds", np.array(kinds, dtype=np.int64))
+        object.__setattr__(self, "distinct", tuple(firsts[k] for k in range(len(seen))))
 
     def weights(self, k: np.ndarray) -> np.ndarray:
-        """Signal weight of each pattern at moments ``k`` (rad/m, shape (n, 3)): (n, patterns)."""
+        """Signal weight of each distinct offset set at moments ``k`` (rad/m, shape (n, 3)).
+
+        Shape (n, len(distinct)); pattern ``p`` has column ``kinds[p]``.
+        """
         smear = np.prod(np.sinc(k * self.box / np.pi), axis=1)
-        return np.stack([np.exp(-1j * (k @ o.T)).sum(1) for o in self.offsets], 1) * smear[:, None]
+        sums = [np.exp(-1j * (k @ o.T)).sum(1) for o in self.distinct]
+        return np.stack(sums, axis=1) * smear[:, None]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True, eq=False)
@@ -403,7 +416,7 @@ def _check_replicas(replicas: Replicas, compiler: _Compiler) -> None:
     """Raise unless every replica offset is a dephasing period of the compiled sequence."""
     moments = np.array(compiler.intervals).reshape(-1, 3)
     offsets = np.concatenate(replicas.offsets)
-    turns = offsets @ moments.T / (2 * math.pi)
+    turns = np.concatenate([offsets @ moments.T / (2 * math.pi), np.zeros((len(offsets), 1))], 1)
     smear = np.abs(moments) * replicas.box / (2 * math.pi)
     spread = (np.abs(offsets).max(0) > 0) | (replicas.box > 0)
     if (
@@ -434,8 +447,7 @@ class _ReadoutPlan:
     step_t: float
     step_k: Any  # (3,) rad/m
     step_key: tuple[float, ...]
-    weights: Any  # (n, patterns) complex signal weights of spin replicas, or None
-    cache: dict[Any, Any]  # per-run sample factors (``_Chunk._run_samples``)
+    weights: Any  # (n, distinct offset sets) complex weights of spin replicas, or None
 
 
 @dataclass(slots=True)
@@ -472,7 +484,6 @@ def _on_backend(ops: list[_Op], bk: Any, replicas: Replicas | None = None) -> li
                     weights=None
                     if replicas is None
                     else bk.asarray(replicas.weights(op.since_pulse), complex_=True),
-                    cache={},
                 )
             )
         elif isinstance(op, _Shaped):
@@ -514,10 +525,11 @@ class _Chunk:
         self.aligned = aligned
         self.pattern: Any = None
         self.coils_folded: Any = None
-        if self.patterns and not aligned:
-            index = spins.replicas.index  # type: ignore[union-attr]
+        if self.patterns:
+            replicas = spins.replicas
+            kinds = replicas.kinds if aligned else replicas.kinds[replicas.index]  # type: ignore[union-attr]
             self.pattern = (
-                bk.torch.as_tensor(index, device=bk.device) if bk.name == "torch" else index
+                bk.torch.as_tensor(kinds, device=bk.device) if bk.name == "torch" else kinds
             )
         if self.patterns and aligned and self.coils_t is not None:
             folded = self.coils_t.reshape(-1, self.patterns, self.coils_t.shape[1])
@@ -552,7 +564,6 @@ class _Chunk:
             bk.asarray(1.0 / spins.t2[::count]),
             bk.asarray(spins.dw[::count]),
             coils,
-            np.round(rel[0], 15).tobytes(),
         )
 
     def _permute(self, array: Any, axes: tuple[int, ...]) -> Any:
@@ -560,6 +571,8 @@ class _Chunk:
 
     def receive(self, z: Any, weights: Any) -> Any:
         """Samples ``z`` (group, spins) summed over spins (and their replicas): (coils, group)."""
+        if weights is not None:
+            weights = weights[:, self.pattern]  # per pattern (aligned) or per spin
         if weights is not None and self.aligned:
             folded = z.reshape(z.shape[0], -1, self.patterns)
             if self.coils_t is None:
@@ -567,7 +580,7 @@ class _Chunk:
             per_pattern = self._permute(folded, (2, 0, 1)) @ self.coils_folded
             return (per_pattern * self._permute(weights, (1, 0))[:, :, None]).sum(0).T
         if weights is not None:
-            z = z * weights[:, self.pattern]
+            z = z * weights
         return z.sum(1)[None, :] if self.coils_t is None else (z @ self.coils_t).T
 
     def log_decay(self, dt: float) -> Any:
@@ -676,23 +689,20 @@ class _Chunk:
         Spin ``(v, j)`` at ``ref_v + rel_j`` starts at ``a_vj`` and steps by ``V_v U_j`` per
         sample, with ``V_v`` its voxel's decay, off-resonance and phase at ``ref_v`` and
         ``U_j = exp(-i rel_j . dk)``: ``sum_vj a_vj (V_v U_j)^k w_j(k) = sum_v V_v^k [a B]_vk``
-        with ``B_jk = U_j^k w_j(k)`` (``w``: the replica weights), the same for every tile.
+        with ``B_jk = U_j^k w_j(k)`` (``w``: the replica weights).
         The product is one small matrix product per voxel: multithreaded BLAS is far slower
         than that on a machine whose cores are busy, and NumPy does not thread those.
         """
         xp, bk = self.xp, self.bk
-        voxels, rel, ref, r2, dw, coils, rel_key = self.runs  # type: ignore[misc]
+        voxels, rel, ref, r2, dw, coils = self.runs  # type: ignore[misc]
         count, samples = self.patterns, k1 - k0
         t0, dt = float(op.offsets[k0]), op.step_t
         voxel_start = xp.exp(-t0 * r2 - 1j * (t0 * dw + ref @ op.moments[k0]))
         a = self.m.reshape(voxels, count) * voxel_start[:, None]
         a = a * xp.exp(-1j * (rel @ op.moments[k0]))[None, :]
-        key = (k0, k1, rel_key)
-        if key not in op.cache:
-            steps = bk.asarray(np.arange(samples, dtype=np.float64))
-            b = xp.exp(-1j * ((rel @ op.step_k)[:, None] * steps[None, :]))
-            op.cache[key] = b * self._permute(op.weights[k0:k1], (1, 0))
-        b = op.cache[key]
+        steps = bk.asarray(np.arange(samples, dtype=np.float64))
+        b = xp.exp(-1j * ((rel @ op.step_k)[:, None] * steps[None, :]))
+        b = b * self._permute(op.weights[k0:k1][:, self.pattern], (1, 0))
         step = xp.exp(-dt * r2 - 1j * (dt * dw + ref @ op.step_k))
         powers = bk.empty((samples, voxels))
         powers[0] = 1.0
@@ -808,8 +818,10 @@ def _pattern_runs(spins: SpinSet) -> tuple[int, int]:
     if replicas is None or len(spins) == 0:
         return 0, 0
     count, index = len(replicas.offsets), replicas.index
-    if not np.array_equal(index, (index[0] + np.arange(index.size)) % count):
-        return 0, 0
+    for start in range(0, index.size, _CPU_TILE):  # in pieces: memory stays O(tile)
+        piece = index[start : start + _CPU_TILE]
+        if not np.array_equal(piece, (index[0] + start + np.arange(piece.size)) % count):
+            return 0, 0
     return count, int((-index[0]) % count)
 
 

@@ -373,7 +373,8 @@ def _lattice(count: int, dims: int) -> np.ndarray:
     while math.gcd(g, count) != 1:
         g += 1
     j = np.arange(count)
-    return np.stack([((j * g**d) % count + 0.5) / count for d in range(dims)], axis=1)
+    columns = [((j * g**d) % count + 0.5) / count for d in range(dims)]
+    return np.stack(columns, axis=1) if columns else np.zeros((count, 0))
 
 
 def coil_maps(phantom: Phantom, spin_set: SpinSet, coils: int) -> np.ndarray:

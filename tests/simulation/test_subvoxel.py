@@ -128,6 +128,17 @@ def test_torch_backend_matches_numpy_for_folded_spins_with_coils():
     np.testing.assert_allclose(b, a, rtol=0, atol=1e-9 * np.abs(a).max())
 
 
+def test_a_single_pulse_lets_one_spin_stand_for_its_whole_voxel():
+    fid = Sequence(
+        blocks=[Block(rf=RF.hard(0.5, 0.0, 1e-4)), Block(adc=ADC(samples=4, dwell=1e-4))]
+    )
+    assert np.all(np.isinf(dephasing_periods(fid)))
+    phantom = shepp_logan(MATRIX, FOV, spins_per_voxel=4)
+    folded = spins(phantom, sequence=fid)
+    centre = spins(shepp_logan(MATRIX, FOV, spins_per_voxel=4, sampling="centre"))
+    np.testing.assert_allclose(simulate(folded, fid), simulate(centre, fid), rtol=1e-12)
+
+
 def test_spins_folded_for_one_sequence_are_refused_by_another():
     phantom = shepp_logan(MATRIX, FOV, spins_per_voxel=4)
     spin_set = spins(phantom, sequence=small_gre(spoiler_cycles=4))
