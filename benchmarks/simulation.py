@@ -2,9 +2,9 @@
 
 Workload (issue 6, "Speed"): ``sequence.gre()`` (64x64, RF spoiling, 4,096 ADC samples)
 written with ``write_seq`` and read back with ``read_seq``; a Shepp-Logan phantom with
-``spins_per_voxel`` jittered spins in each of its 2,039 tissue voxels. Throughput is
-spin-samples per second: spins x ADC samples / wall seconds of the simulation (median of the
-repeats; phantom and file set-up untimed).
+``spins_per_voxel`` spins (the folded sub-voxel grid) in each of its 2,039 tissue voxels.
+Throughput is spin-samples per second: spins x ADC samples / wall seconds of the simulation
+(median of the repeats; phantom and file set-up untimed).
 
 - ``ours_1rank``: ``simulate`` in this process, against ``blochsimulator`` (C/OpenMP) on one
   thread; ``ours_2ranks``: two MPI ranks (our own rank program
@@ -29,9 +29,22 @@ repeats; phantom and file set-up untimed).
   simulators normalise signal differently). The baseline is MRzero's isochromat image at the
   throughput spins per voxel, against the same reference.
 - ``cuda``: ``backend="torch", device="cuda"`` at 64 spins per voxel; skipped without CUDA.
+- ``convergence`` (JSON, and ``results/simulation_convergence.png``): image error against the
+  same reference by spins per voxel (4, 16, 64, 256; to 64 with ``--quick``) for ours on the
+  folded sub-voxel grid and on random positions, blochsimulator and MRzero's isochromat
+  simulator, each placing spins its own way, with the seconds of each run.
+
+Our spins are on the sub-voxel grid folded along the sequence's dephasing periods
+(``tasks.simulation.phantoms``), the default.
 
 Signals of every baseline are compared with ours on the same phantom (relative L2 after a
-fitted complex scale, and the magnitude-image error), under ``signal_comparison`` in the JSON.
+fitted complex scale, and the magnitude-image error), under ``signal_comparison`` in the JSON:
+``same_isochromats`` gives blochsimulator and MRzero's isochromat simulator our grid's points
+(not folded: each stands for itself), spin for spin, and compares with ours on the same
+(they agree to about 1e-4: ``tests/simulation/test_conventions.py``); ``own_sampling``
+lets each place its own spins in the voxels, so those figures are mostly sampling error.
+blochsimulator reads RF and ADC phases with the opposite sign (``tasks.simulation.bloch``'s
+docstring), so it is always given the ``.seq`` file with its phases negated.
 Baselines are optional: ``pip install blochsimulator==2.9.5 mrzerocore==1.2.0`` (with the
 project's CPU torch); a missing one is skipped with its reason, printed and in the JSON.
 
@@ -57,6 +70,7 @@ import numpy as np
 
 from benchmarks._common import (
     REPO_ROOT,
+    RESULTS_DIR,
     Metric,
     median_of,
     parse_args,
@@ -81,6 +95,8 @@ EFFICIENCY_QUICK, EFFICIENCY_FULL = 100_000, 1_000_000
 STRETCH_SPV = 64
 REFERENCE_SPV_QUICK, REFERENCE_SPV_FULL = 128, 256
 MEMORY_CHUNK = 16384
+# Spins per voxel of the convergence curve (squares: blochsimulator samples s x s a voxel).
+CONVERGENCE_QUICK, CONVERGENCE_FULL = (4, 16, 64), (4, 16, 64, 256)
 GOAL_SPEEDUP = 3.0
 GOAL_EFFICIENCY = 85.0
 GOAL_IMAGE_ERROR = 5.0
@@ -248,6 +264,99 @@ def _speedup(name: str, ours: float, base: float, baseline: str) -> Metric:
     )
 
 
+def _convergence(
+    seq_path: Path,
+    sequence: SimSequence,
+    image_error: Callable[[np.ndarray], float],
+    counts: Sequence[int],
+    bs_seq: Path | None,
+    mrzero: bool,
+) -> dict[str, Any]:
+    """Image error (%) against the reference by spins per voxel, each simulator its own way.
+
+    Ours on the folded grid (``sampling="grid"``, the default) and on random positions (the
+    former default); blochsimulator with its stratified ``s x s`` spins (given the file with
+    its phases negated) and MRzero's ``isochromat_sim`` with random ones, each on 2 threads.
+    One run per point; ``seconds`` are the simulation's alone.
+    """
+    from benchmarks.baselines.simulation_external import (
+        blochsimulator_signal,
+        mrzero_isochromat_signal,
+    )
+
+    curves: dict[str, dict[str, list[float]]] = {}
+
+    def point(name: str, run: Callable[[], tuple[np.ndarray, float]]) -> None:
+        signal, seconds = run()
+        curve = curves.setdefault(name, {"error_pct": [], "seconds": []})
+        curve["error_pct"].append(image_error(signal))
+        curve["seconds"].append(seconds)
+
+    def ours(spv: int, sampling: str) -> tuple[np.ndarray, float]:
+        phantom = shepp_logan(spins_per_voxel=spv, sampling=sampling)  # type: ignore[arg-type]
+        spin_set = spins(phantom, sequence=sequence)
+        started = time.perf_counter()
+        signal = simulate(spin_set, sequence)[0]
+        return signal, time.perf_counter() - started
+
+    maps = shepp_logan()
+    for spv in counts:
+        point("ours_grid", lambda spv=spv: ours(spv, "grid"))
+        point("ours_random", lambda spv=spv: ours(spv, "random"))
+        if bs_seq is not None:
+            point("blochsimulator", lambda spv=spv: blochsimulator_signal(bs_seq, maps, spv, 2))
+        if mrzero:
+            point(
+                "mrzero_isochromat",
+                lambda spv=spv: mrzero_isochromat_signal(seq_path, maps, spv, 2),
+            )
+        print(
+            f"convergence at {spv} spins/voxel: "
+            + ", ".join(f"{name} {c['error_pct'][-1]:.1f}%" for name, c in curves.items()),
+            flush=True,
+        )
+    return {"spins_per_voxel": list(counts), "curves": curves}
+
+
+def _plot_convergence(convergence: dict[str, Any], target: Path) -> Path:
+    """The convergence curve as a PNG (log-log, the goal as a dashed line)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    labels = {
+        "ours_grid": "sciflow, folded sub-voxel grid",
+        "ours_random": "sciflow, random positions",
+        "blochsimulator": "blochsimulator 2.9.5 (stratified)",
+        "mrzero_isochromat": "MRzero isochromat_sim (random)",
+    }
+    figure, axes = plt.subplots(figsize=(6.4, 4.4))
+    counts = convergence["spins_per_voxel"]
+    for name, curve in convergence["curves"].items():
+        axes.loglog(counts, curve["error_pct"], marker="o", label=labels.get(name, name))
+    axes.axhline(
+        GOAL_IMAGE_ERROR, color="grey", linestyle="--", label=f"goal {GOAL_IMAGE_ERROR:g}%"
+    )
+    axes.set_xlabel("spins per voxel")
+    axes.set_ylabel(f"image error vs {convergence['reference']} (%)")
+    axes.set_title("RF-spoiled GRE 64x64, Shepp-Logan")
+    axes.set_xticks(counts, [str(c) for c in counts])
+    axes.xaxis.set_minor_formatter(NullFormatter())
+    low, high = axes.get_ylim()
+    axes.set_yticks([t for t in (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100) if low <= t <= high])
+    axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axes.yaxis.set_minor_formatter(NullFormatter())
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(target, dpi=120)
+    plt.close(figure)
+    print(f"convergence plot: {target}")
+    return target
+
+
 def _cuda(sequence: SimSequence, repeats: int, skipped: dict[str, str]) -> dict[str, Any]:
     """Our torch backend on CUDA at 64 spins per voxel, or the reason it was skipped."""
     try:
@@ -260,7 +369,7 @@ def _cuda(sequence: SimSequence, repeats: int, skipped: dict[str, str]) -> dict[
     if "cuda" in skipped:
         print(f"skipped cuda: {skipped['cuda']}")
         return {"status": "skipped", "reason": skipped["cuda"]}
-    spin_set = spins(shepp_logan(spins_per_voxel=STRETCH_SPV))
+    spin_set = spins(shepp_logan(spins_per_voxel=STRETCH_SPV), sequence=sequence)
 
     def run() -> None:
         simulate(spin_set, sequence, backend="torch", device="cuda", chunk=1 << 20)
@@ -293,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sequence = read_seq(seq_path)
         samples = sequence.adc_samples
         phantom = shepp_logan(spins_per_voxel=spv)
-        spin_set = spins(phantom)
+        spin_set = spins(phantom, sequence=sequence)
         print(
             f"workload: {seq_path.name} ({samples} ADC samples), {phantom.n_spins} spins "
             f"({spv}/voxel)",
@@ -343,7 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # --- memory: peak of simulate at a fixed chunk on two phantom sizes ---------------
         peaks = {}
         for size_spv in (spv, 4 * spv):
-            mem_spins = spins(shepp_logan(spins_per_voxel=size_spv))
+            mem_spins = spins(shepp_logan(spins_per_voxel=size_spv), sequence=sequence)
             peaks[len(mem_spins)] = _peak_bytes(
                 lambda s=mem_spins: simulate(s, sequence, chunk=MEMORY_CHUNK)
             )
@@ -366,21 +475,34 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         # --- baselines --------------------------------------------------------------------
         comparisons: dict[str, dict[str, float]] = {}
+        same: dict[str, dict[str, float]] = {}  # on our isochromats, spin for spin
+        plain = spins(phantom)  # the grid's points, each standing for itself alone
+        plain_signal = simulate(plain, sequence)[0]
+        bs_seq = seq_path
         bs_rates: dict[int, float] = {}
         if _optional("blochsimulator", skipped):
-            from benchmarks.baselines.simulation_external import blochsimulator_signal
+            from benchmarks.baselines.simulation_external import (
+                blochsimulator_at_positions,
+                blochsimulator_signal,
+                negated_phases,
+            )
 
+            # blochsimulator negates RF and ADC phases: its own file plays our experiment.
+            bs_seq = negated_phases(seq_path, Path(tmp) / "gre_blochsimulator.seq")
             for threads in (1, 2):
                 last: list[np.ndarray] = []
 
                 def run_bs(threads: int = threads, last: list[np.ndarray] = last) -> float:
-                    signal, seconds = blochsimulator_signal(seq_path, phantom, spv, threads)
+                    signal, seconds = blochsimulator_signal(bs_seq, phantom, spv, threads)
                     last[:] = [signal]
                     return seconds
 
                 seconds, _ = median_of(run_bs, repeats)
                 bs_rates[threads] = spin_samples_per_second(len(spin_set), samples, seconds)
             comparisons["blochsimulator"] = _compare(ours_signal, last[0], sequence)
+            same["blochsimulator"] = _compare(
+                plain_signal, blochsimulator_at_positions(bs_seq, plain, 2)[0], sequence
+            )
             metrics.append(
                 _speedup("ours_1rank", ours1, bs_rates[1], f"blochsimulator 1 thread, {spv} spv")
             )
@@ -417,6 +539,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pdg = None
         if _optional("MRzeroCore", skipped):
             from benchmarks.baselines.simulation_external import (
+                mrzero_isochromat_at_positions,
                 mrzero_isochromat_signal,
                 mrzero_pdg_signal,
             )
@@ -430,6 +553,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 len(spin_set), samples, statistics.median(iso_runs[1:])
             )
             comparisons["mrzero_isochromat"] = _compare(ours_signal, iso_signal, sequence)
+            same["mrzero_isochromat"] = _compare(
+                plain_signal, mrzero_isochromat_at_positions(seq_path, plain, 2)[0], sequence
+            )
             notes["mrzero_isochromat_rate_1thread"] = iso_rate
             metrics.append(
                 Metric(
@@ -449,7 +575,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             reference_name = "MRzero PDG"
 
         if pdg is None:
-            ref_phantom = spins(shepp_logan(spins_per_voxel=ref_spv))
+            ref_phantom = spins(shepp_logan(spins_per_voxel=ref_spv), sequence=sequence)
             reference = _image(simulate(ref_phantom, sequence)[0], sequence)
         else:
             reference = _image(pdg, sequence)
@@ -466,6 +592,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         if "mrzero_isochromat" in comparisons:
             notes["image_error_pct"][f"mrzero_isochromat_{spv}spv"] = image_error(iso_signal)
+        convergence = _convergence(
+            seq_path,
+            sequence,
+            image_error,
+            CONVERGENCE_QUICK if args.quick else CONVERGENCE_FULL,
+            bs_seq if "blochsimulator" in comparisons else None,
+            mrzero="mrzero_isochromat" in comparisons,
+        )
+        convergence["reference"] = reference_name
+        plot = _plot_convergence(convergence, RESULTS_DIR / f"{NAME}_convergence.png")
         metrics.append(
             Metric(
                 "image_error",
@@ -534,9 +670,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal_comparison={
             "against": f"ours, {spv} spins/voxel, one process",
             "method": "signal: relative L2 after a fitted complex scale; image: as image_error",
-            **comparisons,
+            "same_isochromats": same,
+            "own_sampling": comparisons,
         },
         peak_memory_bytes=peaks,
+        convergence={**convergence, "plot": str(plot)},
         cuda=cuda,
         skipped=skipped,
         notes={**notes, "load_average_at_end": os.getloadavg()},

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     for spv in args.spv:
         phantom = shepp_logan(spins_per_voxel=spv)
         start, stop = spin_range(phantom.n_spins, comm.rank, comm.size)
-        mine = spins(phantom, start, stop)
+        mine = spins(phantom, start, stop, sequence)
         total = np.zeros((1, sequence.adc_samples), dtype=np.complex128)
         seconds = []
         for run in range(args.warmup + args.repeats):

@@ -106,7 +106,15 @@ class PhantomSpec(BaseModel):
         le=MAX_SPINS_PER_VOXEL,
         description=f"Isochromats in each voxel with PD > 0, 1 to {MAX_SPINS_PER_VOXEL}.",
     )
-    seed: int = Field(0, ge=0, description="Seeds the spins' positions within their voxels.")
+    sampling: Literal["grid", "random", "centre"] = Field(
+        "grid",
+        description=(
+            "Where spins sit in their voxel: `grid` (a sub-voxel grid folded along the "
+            "sequence's dephasing periods; converges fastest), `random` (uniform, seeded) or "
+            "`centre`."
+        ),
+    )
+    seed: int = Field(0, ge=0, description="Seeds the spins' positions with `sampling=random`.")
 
     @model_validator(mode="after")
     def _maps_for_nifti(self) -> PhantomSpec:
@@ -213,6 +221,7 @@ def build_phantom(spec: PhantomSpec, workdir: Path, store: ObjectStore | None = 
             spec.fov_m,
             spins_per_voxel=spec.spins_per_voxel,
             seed=spec.seed,
+            sampling=spec.sampling,
             thickness=spec.thickness_m,
         )
     maps = {
@@ -220,7 +229,9 @@ def build_phantom(spec: PhantomSpec, workdir: Path, store: ObjectStore | None = 
         for name in ("pd", "t1", "t2", "df")
         if (uri := getattr(spec, name))
     }
-    return from_nifti(**maps, spins_per_voxel=spec.spins_per_voxel, seed=spec.seed)
+    return from_nifti(
+        **maps, spins_per_voxel=spec.spins_per_voxel, seed=spec.seed, sampling=spec.sampling
+    )
 
 
 def build_sequence(
@@ -329,7 +340,7 @@ def simulate_rank(
     total = phantom.n_spins
     start, stop = spin_range(total, rank, size)
     share = stop - start
-    mine = spins(phantom, start, stop)
+    mine = spins(phantom, start, stop, sequence)
     samples = sequence.adc_samples
     began = last = time.perf_counter()
 

@@ -1,11 +1,31 @@
 """Numerical phantoms for the Bloch simulator: Shepp-Logan and NIfTI maps, as spins.
 
 A phantom is a voxel grid of PD, T1, T2 and off-resonance maps. Its spins are a global list:
-every voxel with PD > 0, in C order, contributes ``spins_per_voxel`` spins, each carrying
-``PD / spins_per_voxel`` so image scale does not depend on the count. Spin ``j``'s position is
-its voxel centre plus a jitter drawn from a counter-based hash of ``(seed, j)``, so
-``spins(phantom, start, stop)`` is the same slice whatever process computes it: splitting the
-list across MPI ranks gives the same phantom as one rank.
+every voxel with PD > 0, in C order, contributes ``spins_per_voxel`` spins whose PD sums to the
+voxel's, so image scale does not depend on the count. Where spin ``j`` sits in its voxel
+depends only on ``j`` (and the seed, or the sequence), so ``spins(phantom, start, stop)`` is
+the same slice whatever process computes it: splitting the list across MPI ranks gives the
+same phantom as one rank. ``Phantom.sampling`` says where:
+
+- ``"grid"`` (default): a regular sub-voxel grid. Given the sequence, along each axis whose
+  moments between RF pulses repeat with a period ``P`` shorter than the voxel
+  (``bloch.dephasing_periods``: a spoiler, the readout's net moment) the spins span one
+  period, ``spins_per_voxel`` per period, and each stands for its replicas ``P`` apart across
+  the voxel (``bloch.Replicas``); along axes with no moment between pulses (rewound phase
+  encoding, the slice) one spin stands for the whole voxel width. Other axes get the points
+  over the voxel. The points form a rank-1 lattice (Fibonacci-like), so each axis alone sees
+  them all at distinct, evenly spaced positions. Without the sequence: that lattice over the
+  voxel along the axes with more than one voxel, the centre along the others.
+- ``"random"``: uniform within the voxel, from a counter-based hash of ``(seed, j)``; along the
+  axes with more than one voxel only.
+- ``"centre"``: every spin at its voxel centre.
+
+Why a grid: an RF-spoiled GRE leaves coherences dephased by whole multiples of its per-TR
+moment, which random positions integrate with an error of ``1/sqrt(spins)`` and a plain grid
+aliases once a coherence winds as many turns across the voxel as the grid has points;
+folding along the period lets ``spins_per_voxel`` points per period resolve a voxel that
+holds several periods (``benchmarks/simulation.py`` measures the image error of each against
+MRzero's phase-distribution graph).
 
 Voxel ``(i, j, k)`` of an ``(nx, ny, nz)`` grid is centred at ``((i - nx/2) dx, (j - ny/2) dy,
 (k - nz/2) dz)``, the positions ``tasks.mr.fft.ifft2c`` puts pixel ``(i, j)`` at.
@@ -17,14 +37,17 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from scipy.interpolate import RegularGridInterpolator
 
 from tasks.errors import InputError
 from tasks.mr.phantom import coil_sensitivities
-from tasks.simulation.bloch import SpinSet
-from tasks.simulation.sequence import MAX_MATRIX
+from tasks.simulation.bloch import Replicas, SpinSet, dephasing_periods
+from tasks.simulation.sequence import MAX_MATRIX, Sequence
+
+Sampling = Literal["grid", "random", "centre"]
 
 MAX_VOXELS = MAX_MATRIX**2
 """Most voxels a NIfTI phantom may have (16.8 million: 4096 x 4096, or 512 x 512 x 64)."""
@@ -86,9 +109,10 @@ class Phantom:
     spins_per_voxel: int = 1
     """Spins in each voxel with PD > 0."""
     seed: int = 0
-    """Seeds the position jitter."""
-    jitter: bool = True
-    """Spread spins uniformly within their voxel (else all at its centre)."""
+    """Seeds the positions of ``sampling="random"``."""
+    sampling: Sampling = "grid"
+    """Where spins sit in their voxel: ``"grid"``, ``"random"`` or ``"centre"`` (module
+    docstring)."""
     labels: np.ndarray | None = None
     """Tissue index per voxel (Shepp-Logan), shape (nx, ny, nz), or None."""
 
@@ -110,6 +134,8 @@ class Phantom:
                 raise InputError(f"phantom {name} is 0 where pd > 0; expected > 0 s there")
         if self.spins_per_voxel < 1:
             raise InputError(f"spins_per_voxel={self.spins_per_voxel}; expected >= 1")
+        if self.sampling not in ("grid", "random", "centre"):
+            raise InputError(f"sampling={self.sampling!r}; expected 'grid', 'random' or 'centre'")
         if len(self.fov) != 3 or min(self.fov) <= 0:
             raise InputError(f"phantom fov={self.fov}; expected (x, y, z) in m, all > 0")
 
@@ -135,6 +161,7 @@ def shepp_logan(
     *,
     spins_per_voxel: int = 1,
     seed: int = 0,
+    sampling: Sampling = "grid",
     tissues: Mapping[str, Tissue] | None = None,
     thickness: float = 5e-3,
 ) -> Phantom:
@@ -144,7 +171,8 @@ def shepp_logan(
         matrix: ``(nx, ny)`` voxels.
         fov: ``(x, y)`` extent, m; the head spans about 92% of ``y``.
         spins_per_voxel: Spins per tissue voxel.
-        seed: Jitter seed.
+        seed: Seeds ``sampling="random"``.
+        sampling: Where spins sit in their voxel (module docstring).
         tissues: Overrides for ``SHEPP_LOGAN_TISSUES`` by name.
         thickness: Slice thickness (the grid's z extent), m.
     """
@@ -176,6 +204,7 @@ def shepp_logan(
         fov=(float(fov[0]), float(fov[1]), float(thickness)),
         spins_per_voxel=spins_per_voxel,
         seed=seed,
+        sampling=sampling,
         labels=labels[..., None],
     )
 
@@ -188,6 +217,7 @@ def from_nifti(
     *,
     spins_per_voxel: int = 1,
     seed: int = 0,
+    sampling: Sampling = "grid",
 ) -> Phantom:
     """A phantom from NIfTI maps: PD, T1 and T2 (s), and optionally off-resonance (Hz).
 
@@ -235,6 +265,7 @@ def from_nifti(
         fov=fov,  # type: ignore[arg-type]
         spins_per_voxel=spins_per_voxel,
         seed=seed,
+        sampling=sampling,
     )
 
 
@@ -249,31 +280,101 @@ def spin_range(total: int, rank: int, size: int) -> tuple[int, int]:
     return start, start + base + (1 if rank < extra else 0)
 
 
-def spins(phantom: Phantom, start: int = 0, stop: int | None = None) -> SpinSet:
-    """Spins ``[start, stop)`` of the phantom's global spin list."""
+def spins(
+    phantom: Phantom, start: int = 0, stop: int | None = None, sequence: Sequence | None = None
+) -> SpinSet:
+    """Spins ``[start, stop)`` of the phantom's global spin list.
+
+    Args:
+        phantom: The phantom.
+        start: First spin.
+        stop: One past the last spin; None for all.
+        sequence: What they will be simulated with: ``sampling="grid"`` folds its points along
+            the sequence's dephasing periods (module docstring). Simulate the spins with this
+            sequence only (``bloch.simulate`` refuses others where the folding would be
+            wrong).
+    """
     total = phantom.n_spins
     stop = total if stop is None else stop
     if not 0 <= start <= stop <= total:
         raise InputError(f"spin range [{start}, {stop}); expected 0 <= start <= stop <= {total}")
     index = np.arange(start, stop, dtype=np.int64)
-    voxel = phantom.voxels[index // phantom.spins_per_voxel]
+    per_voxel = phantom.spins_per_voxel
+    voxel = phantom.voxels[index // per_voxel]
     ijk = np.stack(np.unravel_index(voxel, phantom.shape), axis=1).astype(np.float64)
     shape = np.array(phantom.shape, dtype=np.float64)
     size = np.array(phantom.fov) / shape
-    offset = np.zeros_like(ijk)
-    if phantom.jitter:
+    positions = (ijk - shape // 2) * size
+    replicas = None
+    stands_for = per_voxel
+    if phantom.sampling == "random":
         for axis in range(3):
             if phantom.shape[axis] > 1:
-                offset[:, axis] = _uniform(phantom.seed, index, axis) - 0.5
-    positions = (ijk - shape // 2 + offset) * size
+                positions[:, axis] += (_uniform(phantom.seed, index, axis) - 0.5) * size[axis]
+    elif phantom.sampling == "grid":
+        base, offsets, box = _grid(phantom, sequence)
+        pattern = index % per_voxel
+        positions += base[pattern]
+        if sequence is not None:
+            replicas = Replicas(index=pattern, offsets=offsets, box=box)
+            stands_for = sum(len(o) for o in offsets)
     flat = {name: getattr(phantom, name).ravel()[voxel] for name in ("pd", "t1", "t2", "df")}
     return SpinSet(
         positions=positions,
-        m0=flat["pd"] / phantom.spins_per_voxel,
+        m0=flat["pd"] / stands_for,
         t1=flat["t1"],
         t2=flat["t2"],
         dw=2 * np.pi * flat["df"],
+        replicas=replicas,
     )
+
+
+def _grid(
+    phantom: Phantom, sequence: Sequence | None
+) -> tuple[np.ndarray, tuple[np.ndarray, ...], np.ndarray]:
+    """The sub-voxel grid, in m: points, each point's replica offsets and the box half-widths.
+
+    Points are offsets from the voxel centre, shape (spins_per_voxel, 3); replicas and box as
+    in ``bloch.Replicas``.
+    """
+    size = np.array(phantom.fov) / np.array(phantom.shape)
+    if sequence is None:
+        periods = np.where(np.array(phantom.shape) > 1, math.nan, 0.0)
+    else:
+        periods = dephasing_periods(sequence)
+    box = np.where(np.isinf(periods), size / 2, 0.0)
+    periodic = np.isfinite(periods) & (periods > 0) & (periods < size * (1 - 1e-9))
+    sampled = [a for a in range(3) if periodic[a] or np.isnan(periods[a])]
+    count = phantom.spins_per_voxel
+    cell = np.where(periodic, periods, size)
+    base = np.zeros((count, 3))
+    for axis, column in zip(sampled, _lattice(count, len(sampled)).T, strict=True):
+        base[:, axis] = -size[axis] / 2 + column * cell[axis]
+    offsets = []
+    for point in base:
+        along = [
+            np.arange(math.ceil((size[a] / 2 - point[a]) / periods[a])) * periods[a]
+            if periodic[a]
+            else np.zeros(1)
+            for a in range(3)
+        ]
+        grid = np.meshgrid(*along, indexing="ij")
+        offsets.append(np.stack([g.ravel() for g in grid], axis=1))
+    return base, tuple(offsets), box
+
+
+def _lattice(count: int, dims: int) -> np.ndarray:
+    """``count`` midpoints of a rank-1 lattice in ``[0, 1)^dims``, shape (count, dims).
+
+    Generator ``(1, g, g^2)`` with ``g`` the integer nearest ``count / golden ratio`` that is
+    prime to ``count``: every column is the ``count``-point midpoint grid, in another order.
+    """
+    g = max(1, round(count / ((1 + math.sqrt(5)) / 2)))
+    while math.gcd(g, count) != 1:
+        g += 1
+    j = np.arange(count)
+    columns = [((j * g**d) % count + 0.5) / count for d in range(dims)]
+    return np.stack(columns, axis=1) if columns else np.zeros((count, 0))
 
 
 def coil_maps(phantom: Phantom, spin_set: SpinSet, coils: int) -> np.ndarray:

@@ -46,13 +46,13 @@ def test_spins_sit_in_their_voxels_and_carry_pd_over_spins_per_voxel():
 
 
 def test_any_slice_of_the_global_spin_list_is_the_same_whoever_computes_it():
-    phantom = shepp_logan((16, 16), spins_per_voxel=5, seed=11)
+    phantom = shepp_logan((16, 16), spins_per_voxel=5, seed=11, sampling="random")
     whole = spins(phantom)
     for start, stop in ((0, 7), (13, 200), (phantom.n_spins - 3, phantom.n_spins)):
         part = spins(phantom, start, stop)
         np.testing.assert_array_equal(part.positions, whole.positions[start:stop])
         np.testing.assert_array_equal(part.t2, whole.t2[start:stop])
-    other = spins(shepp_logan((16, 16), spins_per_voxel=5, seed=12))
+    other = spins(shepp_logan((16, 16), spins_per_voxel=5, seed=12, sampling="random"))
     assert not np.array_equal(other.positions, whole.positions)
 
 
@@ -71,7 +71,7 @@ def test_coil_maps_at_voxel_centres_are_the_coil_sensitivities():
         t2=np.ones((8, 6, 1)) * 0.1,
         df=np.zeros((8, 6, 1)),
         fov=(0.08, 0.06, 0.005),
-        jitter=False,
+        sampling="centre",
     )
     spin_set = spins(phantom)
     maps = coil_maps(phantom, spin_set, 3)
