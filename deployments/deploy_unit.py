@@ -11,7 +11,8 @@ Every deployment ``local`` of ``deployments/prefect.yaml`` becomes one deploymen
 the names ``flows/router.py`` starts. Each one:
 
 - has the unit as its ``unit`` parameter (the flows' default is ``local``);
-- sends its runs to the pool's work queue named after the class (``make pools`` gives it
+- sends its runs (``route-job``'s excepted: they stay in ``default``) to the pool's work
+  queue named after the class (``make pools`` gives it
   ``limits.<class>.concurrent_runs``), so runs started from the UI, the CLI or a schedule
   wait for the class's limit as routed ones do;
 - pulls nothing: the flows image installs sciflow, so entrypoints are given as modules
@@ -49,6 +50,9 @@ CLASSES: dict[str, tuple[SizeClass, ...]] = {
     "flows.distributed_training:distributed_training": ("small", "large", "multinode", "gpu"),
 }
 LOCAL_ONLY = "flows.compute_units:"
+# A routing run that waits holds its queue's slot while the run it started needs one: in the
+# class's queue, a class limit of 1 would never let that run start.
+ROUTER = "flows.router:route_job"
 # Classes whose pool is an aws-batch pool (blocks.registration.POOL_TYPES): a pool may serve
 # both, so the deployment says which it is.
 BATCH_CLASSES: tuple[SizeClass, ...] = ("multinode",)  # gpu runs on ECS (EC2 GPU capacity)
@@ -89,7 +93,7 @@ def unit_deployments(unit_name: str, prefect_file: Path = PREFECT_FILE) -> dict[
                 "parameters": {"unit": unit.name},
                 "work_pool": {
                     "name": unit.work_pool(size),
-                    "work_queue_name": size,
+                    "work_queue_name": "default" if entrypoint == ROUTER else size,
                     "job_variables": {"size_class": size} if size in BATCH_CLASSES else {},
                 },
                 "pull": [],
