@@ -14,11 +14,12 @@ goes to the flow run's log, and so do the containers' CloudWatch lines.
 Cancelling: a Prefect 3.8 worker started with ``PREFECT_WORKER_ENABLE_CANCELLATION=true`` calls
 ``kill_infrastructure`` (TerminateJob) for a run cancelled while it is still submitting it, but
 stops watching once the job is submitted. A job can then wait RUNNABLE for long (a queue with no
-free capacity), so ``run`` itself watches the flow run while it follows the job: cancelled
-before its flow began (``start_time`` unset), the job is terminated and the run marked
-Cancelled; nothing of it runs. A running flow is cancelled inside its container by ``prefect
-flow-run execute``, which runs its hooks, records Cancelled and exits; that ends the job, and
-Batch stops a multi-node job's other nodes once its main node (the flow's) exits.
+free capacity), so ``run`` itself watches the flow run while it follows the job
+(``tasks.compute.worker_cancel``): cancelled before its flow began (``start_time`` unset), the
+job is terminated and the run marked Cancelled; nothing of it runs. A running flow is cancelled
+inside its container by ``prefect flow-run execute``, which runs its hooks, records Cancelled
+and exits; that ends the job, and Batch stops a multi-node job's other nodes once its main
+node (the flow's) exits.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from __future__ import annotations
 import json
 import shlex
 from functools import partial
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 import anyio.abc
@@ -62,6 +63,7 @@ from tasks.compute.batch import (
     submit_job,
 )
 from tasks.compute.secrets import refuse_clear_credentials
+from tasks.compute.worker_cancel import Progress, cancel_if_not_begun
 from tasks.errors import InputError
 
 if TYPE_CHECKING:
@@ -526,43 +528,17 @@ class AwsBatchWorker(BaseWorker[AwsBatchJobConfiguration, AwsBatchVariables, Aws
         follower = JobFollower(
             job, run_logger, logs if configuration.stream_output else None, configuration.log_group
         )
-        flow = "waiting"  # until the flow begins; then its own engine handles cancelling
+        flow: Progress = "waiting"  # until the flow begins; then its engine handles cancelling
         while not await anyio.to_thread.run_sync(follower.poll):
             if flow == "waiting":
-                flow = await self._cancel_if_not_begun(flow_run, batch, job.job_id)
+                flow = await cancel_if_not_begun(
+                    self, flow_run, job.job_id, configuration, f"Batch job {job.job_id}"
+                )
             await anyio.sleep(configuration.poll_interval_s)
         if flow == "cancelled":  # the run is Cancelled; the job's failure is not a crash
             return AwsBatchWorkerResult(identifier=job.job_id, status_code=0)
         code = await anyio.to_thread.run_sync(exit_status, job)
         return AwsBatchWorkerResult(identifier=job.job_id, status_code=code)
-
-    async def _cancel_if_not_begun(
-        self, flow_run: FlowRun, batch: Any, job_id: str
-    ) -> Literal["waiting", "begun", "cancelled"]:
-        """Terminate the run's job if the run was cancelled before its flow began.
-
-        Returns:
-            ``begun`` once the flow has begun, ``cancelled`` when the run was cancelled (its
-            job is terminated and the run marked Cancelled), else ``waiting``.
-        """
-        current = await self.client.read_flow_run(flow_run.id)
-        if current.start_time is not None:
-            return "begun"
-        if current.state is None or not current.state.is_cancelling():
-            return "waiting"
-        reason = TERMINATE_REASON.format(flow_run=flow_run.id)
-        try:
-            await anyio.to_thread.run_sync(partial(terminate, batch, job_id, reason))
-        except InfrastructureNotFound:
-            pass  # it ended on its own meanwhile
-        await self._mark_flow_run_as_cancelled(
-            current,
-            state_updates={"message": f"Cancelled before it began; Batch job {job_id} terminated."},
-        )
-        self.get_flow_run_logger(flow_run).info(
-            "Flow run cancelled before it began: terminated Batch job %s", job_id
-        )
-        return "cancelled"
 
     async def kill_infrastructure(
         self,
