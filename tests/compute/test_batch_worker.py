@@ -18,10 +18,12 @@ from prefect.client.orchestration import get_client
 from prefect.exceptions import InfrastructureNotFound
 from prefect.states import Cancelling
 from prefect.workers.base import BaseWorker
+from prefect_aws.workers.ecs_worker import ECSWorker
 from pydantic import ValidationError
 
 from blocks.compute_unit import DEFAULT_LIMITS
 from tasks.aws.clients import client as aws_client
+from tasks.compute import ecs_worker
 from tasks.compute.batch import job_definition_name, job_definition_spec
 from tasks.compute.batch_worker import (
     BATCH_DEFAULT_MEMORY_MIB,
@@ -34,6 +36,7 @@ from tasks.compute.batch_worker import (
     default_base_job_template,
     launch,
 )
+from tasks.compute.ecs_worker import SciflowEcsWorker
 from tasks.compute.hooks import stop_launches
 from tasks.errors import InputError
 from tests.compute.moto_batch import QUEUE, REGION, operations, record_calls, set_job_status
@@ -57,10 +60,12 @@ def configuration(**values: Any) -> AwsBatchJobConfiguration:
 # --- the work pool type ----------------------------------------------------------------------
 
 
-def test_prefect_finds_the_worker_type_through_the_collections_entry_point():
+def test_prefect_finds_the_worker_types_through_the_collections_entry_point():
     points = importlib.metadata.entry_points(group="prefect.collections")
-    assert {p.name: p.value for p in points}["sciflow"] == "tasks.compute.batch_worker"
+    assert {p.name: p.value for p in points}["sciflow"] == "tasks.compute.workers"
     assert BaseWorker.get_worker_class_from_type(WORKER_TYPE) is AwsBatchWorker
+    assert BaseWorker.get_worker_class_from_type(ecs_worker.WORKER_TYPE) is SciflowEcsWorker
+    assert BaseWorker.get_worker_class_from_type("ecs") is ECSWorker  # prefect-aws's, untouched
 
 
 def test_every_template_variable_has_a_title_and_a_description():

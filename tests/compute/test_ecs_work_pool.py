@@ -1,7 +1,8 @@
-"""The ECS work pool's base job template, built by prefect-aws's own ECS worker.
+"""The ECS work pool's base job template, built by prefect-aws's ECS worker code.
 
 What the worker would send for a flow run is built from the template with the worker's
-configuration classes (``ECSJobConfiguration``, ``ECSWorker``), without AWS; the e2e test
+configuration classes (``ECSJobConfiguration``, ``ECSWorker``, which sciflow's ``sciflow-ecs``
+worker inherits), without AWS; the e2e test
 (tests/e2e/test_ecs_pool.py) runs it on the stand-in.
 """
 
@@ -18,6 +19,7 @@ from prefect.settings import PREFECT_API_KEY, PREFECT_API_URL, temporary_setting
 from prefect.utilities.schema_tools import validate
 from prefect_aws.workers.ecs_worker import ECSJobConfiguration, ECSWorker
 
+from tasks.compute.ecs_worker import WORKER_TYPE, SciflowEcsWorker
 from tests.compute.ecs_template import load_template, with_defaults
 
 REGION = "us-east-1"
@@ -65,7 +67,11 @@ def _container_environment(request: dict[str, Any]) -> dict[str, str]:
 
 def test_the_template_is_a_valid_work_pool_template_for_the_ecs_worker():
     template = load_template()
-    WorkPoolCreate(name="sciflow-ecs", type="ecs", base_job_template=template)  # server's check
+    WorkPoolCreate(name="sciflow-ecs", type=WORKER_TYPE, base_job_template=template)  # server's
+    # sciflow's worker takes prefect-aws's templates as they are.
+    assert SciflowEcsWorker.job_configuration is ECSJobConfiguration
+    default = SciflowEcsWorker.get_default_base_job_template()
+    assert default == ECSWorker.get_default_base_job_template()
     fields = set(ECSJobConfiguration.model_fields)
     assert set(template["job_configuration"]) <= fields
     for name, variable in template["variables"]["properties"].items():
