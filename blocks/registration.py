@@ -1,8 +1,8 @@
 """Save a compute unit from ``terraform output -json``: its blocks and its work pools, or none.
 
 ``register_unit`` makes the ``ComputeUnit`` block, an ``AwsCredentials`` block and an
-``S3Bucket`` block (both named ``sciflow-<unit>``), and the work pools the unit names: ``ecs``
-pools (prefect-aws) for the ``small`` and ``large`` classes from
+``S3Bucket`` block (both named ``sciflow-<unit>``), and the work pools the unit names:
+``sciflow-ecs`` pools (prefect-aws's ECS templates) for the ``small`` and ``large`` classes from
 ``deployments/work-pools/ecs-fargate.json`` and for ``gpu`` from ``ecs-gpu.json`` (EC2 GPU
 hosts through the unit's capacity provider: Fargate has no GPUs), filled with the unit's
 cluster, subnets, security groups, roles, log group, Prefect API secrets, tags, a fixed task
@@ -43,8 +43,9 @@ REPO = Path(__file__).resolve().parents[1]
 WORK_POOL_DIR = REPO / "deployments" / "work-pools"
 ECS_TEMPLATE = WORK_POOL_DIR / "ecs-fargate.json"
 ECS_GPU_TEMPLATE = WORK_POOL_DIR / "ecs-gpu.json"
-ECS_WORKER_TYPE = "ecs"
-# tasks.compute.batch_worker.WORKER_TYPE; Prefect finds that worker by its entry point.
+# tasks.compute.ecs_worker.WORKER_TYPE and tasks.compute.batch_worker.WORKER_TYPE; Prefect
+# finds those workers by their entry point.
+ECS_WORKER_TYPE = "sciflow-ecs"
 BATCH_WORKER_TYPE = "aws-batch"
 PROCESS_WORKER_TYPE = "process"
 # Which worker runs an AWS unit's flow runs of a class, and how: ECS on Fargate, ECS on the

@@ -19,7 +19,7 @@ from prefect_aws.workers.ecs_worker import ECSJobConfiguration, ECSWorker
 
 from blocks import pools
 from blocks.compute_unit import DEFAULT_LIMITS, LOCAL_WORK_POOL, SIZE_CLASSES, ComputeUnit
-from blocks.registration import plan_pools, register_unit, unregister_unit
+from blocks.registration import ECS_WORKER_TYPE, plan_pools, register_unit, unregister_unit
 from tests.blocks.test_registration import (
     defaults,
     fresh_name,
@@ -123,7 +123,10 @@ def test_make_pools_restores_every_units_pools_and_limits_without_saving_blocks(
     assert pools.main() == 0
 
     out = capsys.readouterr().out
-    assert f"unit {name!r}: ecs pool '{name}-small', at most 16 runs (queues: small 16)" in out
+    assert (
+        f"unit {name!r}: {ECS_WORKER_TYPE} pool '{name}-small', at most 16 runs (queues: small 16)"
+        in out
+    )
     assert read_pool(f"{name}-small").concurrency_limit == 16
     assert queue_limits(f"{name}-small") == {"default": None, "small": 16}
     assert queue_limits(f"{name}-gpu") == {"default": None, "gpu": 2}
@@ -155,8 +158,9 @@ def test_make_pools_names_the_unit_whose_pools_are_refused(capsys):
         unregister_unit(name)
 
     err = capsys.readouterr().err
-    assert f"compute unit {name!r}: work pool '{owner}-small' exists with type 'ecs'" in err
-    assert read_pool(f"{owner}-small").type == "ecs"
+    refused = f"work pool '{owner}-small' exists with type {ECS_WORKER_TYPE!r}"
+    assert f"compute unit {name!r}: {refused}" in err
+    assert read_pool(f"{owner}-small").type == ECS_WORKER_TYPE
 
 
 def test_make_pools_leaves_the_local_pool_to_the_local_unit_when_an_aws_unit_uses_it(capsys):
@@ -172,8 +176,8 @@ def test_make_pools_leaves_the_local_pool_to_the_local_unit_when_an_aws_unit_use
         unregister_unit(name)
 
     out = capsys.readouterr().out
-    assert f"unit {name!r}: ecs pool '{name}-large'" in out
-    assert f"unit {name!r}: ecs pool '{LOCAL_WORK_POOL}'" not in out
+    assert f"unit {name!r}: {ECS_WORKER_TYPE} pool '{name}-large'" in out
+    assert f"unit {name!r}: {ECS_WORKER_TYPE} pool '{LOCAL_WORK_POOL}'" not in out
     assert read_pool(LOCAL_WORK_POOL).type == "process"
     expected = {size: DEFAULT_LIMITS[size].concurrent_runs for size in SIZE_CLASSES}
     assert queue_limits(LOCAL_WORK_POOL) == {"default": None, **expected}

@@ -14,12 +14,13 @@ from prefect_aws.s3 import S3Bucket
 from blocks.compute_unit import ComputeUnit
 from blocks.registration import (
     BATCH_WORKER_TYPE,
+    ECS_WORKER_TYPE,
     credentials_block_name,
     fargate_size,
     register_unit,
     unregister_unit,
 )
-from tasks.compute.batch_worker import WORKER_TYPE
+from tasks.compute import batch_worker, ecs_worker
 from tasks.errors import InputError
 
 EXTERNAL_ID = "sciflow-7f3c91-reg"
@@ -144,7 +145,7 @@ def test_register_unit_saves_the_unit_its_blocks_and_its_pools(tmp_path):
     assert unit.fargate.prefect_api_key_secret == f"{secrets}/prefect-api-key-DeF456"
 
     small, large = read_pool(f"{name}-small"), read_pool(f"{name}-large")
-    assert small.type == large.type == "ecs"
+    assert small.type == large.type == ECS_WORKER_TYPE == ecs_worker.WORKER_TYPE
     small_vars = defaults(small)
     assert small_vars["cluster"] == f"arn:aws:ecs:eu-west-1:{ACCOUNT}:cluster/{name}"
     assert small_vars["subnets"] == ["subnet-a", "subnet-b"]
@@ -164,7 +165,7 @@ def test_register_unit_saves_the_unit_its_blocks_and_its_pools(tmp_path):
     assert small_vars["aws_credentials"] == {"$ref": {"block_document_id": credentials_id}}
 
     batch = read_pool(f"{name}-batch")
-    assert batch.type == BATCH_WORKER_TYPE == WORKER_TYPE
+    assert batch.type == BATCH_WORKER_TYPE == batch_worker.WORKER_TYPE
     batch_vars = defaults(batch)
     assert batch_vars["job_queue"].endswith(f"job-queue/{name}-mnp")
     assert batch_vars["efs_file_system_id"] == "fs-0123abcd"
@@ -173,7 +174,7 @@ def test_register_unit_saves_the_unit_its_blocks_and_its_pools(tmp_path):
     assert batch_vars["size_class"] == "multinode"
 
     gpu = read_pool(f"{name}-gpu")
-    assert gpu.type == "ecs"
+    assert gpu.type == ECS_WORKER_TYPE
     gpu_vars = defaults(gpu)
     assert gpu_vars["capacity_provider"] == f"sciflow-{name}-gpu"
     assert "launch_type" not in gpu_vars  # never Fargate

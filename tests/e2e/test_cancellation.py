@@ -3,8 +3,9 @@
 A real server and workers started as sciflow starts them (``PREFECT_WORKER_ENABLE_CANCELLATION``
 set, tests/e2e/conftest.py). A running run on the process pool is cancelled inside its own
 process: its hooks stop what it launched and seal the cleanup record. A run whose Batch job is
-still RUNNABLE (the stand-in holds it there, as a queue with no free capacity) has not started:
-the aws-batch worker terminates the job, and nothing of it ever runs.
+still RUNNABLE, or whose ECS task is still PROVISIONING (the stand-ins hold them there, as with
+no free capacity), has not started: the aws-batch worker terminates the job, the sciflow-ecs
+worker stops the task, and nothing of it ever runs.
 """
 
 from __future__ import annotations
@@ -178,11 +179,6 @@ def test_a_run_cancelled_while_its_batch_job_is_runnable_leaves_no_job_behind(
     assert "Running" not in history, history  # the flow never began
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the ECS worker logs no cancellation and never stops the PROVISIONING task: "
-    "the run stays Cancelling (cause not yet found; the stand-in's StopTask works)",
-)
 def test_a_run_cancelled_while_its_ecs_task_is_provisioning_leaves_no_task_behind(
     api: PrefectServer,
     ecs_pool: EcsPool,  # noqa: F811 (the fixture, imported)

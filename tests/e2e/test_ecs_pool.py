@@ -1,9 +1,10 @@
-"""As an operator: a unit's ``small`` ECS pool, prefect-aws's worker, moto's ECS.
+"""As an operator: a unit's ``small`` ECS pool, sciflow's ECS worker, moto's ECS.
 
 A unit is registered from a ``terraform output -json`` naming what the test made in moto
 (``blocks.registration.register_unit``): its ``small`` pool is made from
-``deployments/work-pools/ecs-fargate.json``. ``prefect worker start --type ecs``
-(prefect-aws, unchanged) picks a deployment run from that pool, registers the task definition
+``deployments/work-pools/ecs-fargate.json``. ``prefect worker start --type sciflow-ecs``
+(prefect-aws's ECS worker, which ``tasks.compute.ecs_worker`` extends only to cancel runs whose
+flow has not begun) picks a deployment run from that pool, registers the task definition
 in the class's fixed family and runs the task on moto; the stand-in runs the task's command
 (``prefect flow-run execute``) as a process in a namespace holding the task's private
 address. The task reaches the test's Prefect server through a relay on the bridge, whose URL
@@ -29,7 +30,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from blocks.registration import register_unit
+from blocks.registration import ECS_WORKER_TYPE, register_unit
 from tests.conftest import FAKE_AWS_ENV
 from tests.e2e.conftest import (
     VENV_BIN,
@@ -124,7 +125,7 @@ def ecs_pool(
     }
     worker = start_service(
         "ecs worker",
-        [str(VENV_BIN / "prefect"), "worker", "start", "--pool", name, "--type", "ecs"],
+        [str(VENV_BIN / "prefect"), "worker", "start", "--pool", name, "--type", ECS_WORKER_TYPE],
         env,
         prefect_server.service.log_path.with_name(f"{name}.log"),
     )

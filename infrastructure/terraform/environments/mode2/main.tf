@@ -12,10 +12,10 @@ locals {
     gpu       = "${var.unit_name}-gpu"
   }
   worker_types = {
-    small     = "ecs"
-    large     = "ecs"
+    small     = "sciflow-ecs"
+    large     = "sciflow-ecs"
     multinode = "aws-batch"
-    gpu       = "ecs"
+    gpu       = "sciflow-ecs"
   }
   images = { for k, url in module.ecr.repository_urls : k => "${url}:${var.image_tag}" }
 }

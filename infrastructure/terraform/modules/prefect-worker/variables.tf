@@ -9,12 +9,12 @@ variable "name" {
 }
 
 variable "work_pools" {
-  description = "Work pool name -> worker type (ecs or aws-batch); one ECS service runs one worker per pool."
+  description = "Work pool name -> worker type (sciflow-ecs or aws-batch, both sciflow's); one ECS service runs one worker per pool."
   type        = map(string)
 
   validation {
-    condition     = length(var.work_pools) > 0 && alltrue([for t in values(var.work_pools) : contains(["ecs", "aws-batch"], t)])
-    error_message = "work_pools must map at least one pool name to ecs or aws-batch."
+    condition     = length(var.work_pools) > 0 && alltrue([for t in values(var.work_pools) : contains(["sciflow-ecs", "aws-batch"], t)])
+    error_message = "work_pools must map at least one pool name to sciflow-ecs or aws-batch."
   }
 }
 

@@ -12,7 +12,7 @@ module "prefect_worker" {
 
   name = "example"
   work_pools = {
-    example-small     = "ecs"
+    example-small     = "sciflow-ecs"
     example-multinode = "aws-batch"
   }
   image               = "111122223333.dkr.ecr.eu-central-1.amazonaws.com/sciflow/example/flows:0123abc"
