@@ -65,7 +65,7 @@ class Settings(BaseSettings):
         16, ge=5, le=5120, description="S3 multipart part size and threshold, in MiB."
     )
     transfer_concurrency: int = Field(
-        10, ge=1, le=64, description="Parallel S3 part transfers per file."
+        8, ge=1, le=64, description="Parallel S3 part transfers per file."
     )
     aws_retry_mode: Literal["standard", "adaptive"] = Field(
         "adaptive",
