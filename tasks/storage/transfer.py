@@ -7,9 +7,9 @@ manifests) and ``put_if_match`` (compare-and-swap) are the conditional writes.
 
 S3 uploads use our own multipart loop rather than boto3's TransferManager, fresh or
 resumed: one code path, which ``benchmarks/upload.py`` measures against plain
-``upload_file`` (1 GiB to moto, 16 MiB parts, 2 cores: 0.96x and 1.03x its time in two runs;
-the TransferManager with a SHA-256 thread: 0.97x and 0.96x ours), while the TransferManager
-cannot resume.
+``upload_file`` (1 GiB to moto, 16 MiB parts, 8 threads, 2 cores shared with a CI run:
+0.84x-1.07x its time over six runs, five at or under 1.0x, with 4-6% less CPU in all; see
+the benchmark's docstring), while the TransferManager cannot resume.
 
 - A file up to the store's part size goes up in one PUT with its SHA-256 as
   ``ChecksumSHA256``; a larger one as a multipart upload with ``ChecksumAlgorithm=CRC32``,
