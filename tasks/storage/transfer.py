@@ -7,15 +7,18 @@ manifests) and ``put_if_match`` (compare-and-swap) are the conditional writes.
 
 S3 uploads use our own multipart loop rather than boto3's TransferManager, fresh or
 resumed: one code path, which ``benchmarks/upload.py`` measures against plain
-``upload_file`` (1 GiB to moto, 16 MiB parts, 2 cores: 0.96x and 1.03x its time in two runs;
-the TransferManager with a SHA-256 thread: 0.97x and 0.96x ours), while the TransferManager
-cannot resume.
+``upload_file`` (1 GiB to moto, 16 MiB parts, 8 threads, 2 cores shared with a CI run:
+0.84x-1.07x its time over six runs, five at or under 1.0x, with 4-6% less CPU in all; see
+the benchmark's docstring), while the TransferManager cannot resume.
 
 - A file up to the store's part size goes up in one PUT with its SHA-256 as
   ``ChecksumSHA256``; a larger one as a multipart upload with ``ChecksumAlgorithm=CRC32``,
-  whose parts are read once, in order, into memory: one thread feeds them to the whole-file
-  SHA-256 (hashlib releases the GIL) while ``concurrency`` threads send them, each with its
-  CRC32, which S3 checks. About ``concurrency`` parts are in memory at once.
+  whose parts are read once, in order, with ``readinto`` into ``concurrency`` reused
+  buffers: one thread feeds them to the whole-file SHA-256 (hashlib releases the GIL) while
+  ``concurrency`` threads send them, each with its CRC32, which S3 checks; a buffer is
+  reused once its part is both sent and hashed. A ``bytearray`` body goes out in one
+  ``sendall`` (botocore streams a ``bytes`` body from a BytesIO in 16 KiB writes, after a
+  ``100-continue`` round trip).
 - CRC32 rather than SHA-256 per part: the cryptographic digest is the file's SHA-256 (the
   manifest's, checked on every load); a second SHA-256 pass per part cost the client CPU
   and made S3 (moto, serially at completion) hash the object with SHA-256 again, 1.1-1.3x
@@ -546,60 +549,65 @@ class _MultipartUpload:
     ) -> tuple[str, dict[int, tuple[str, str]]]:
         """Read each part once; one thread hashes the whole file while others send the parts.
 
+        Parts are read with ``readinto`` into ``concurrency`` reused buffers, each free again
+        once its part is both sent and hashed.
+
         Returns:
             The file's SHA-256 (hex), and each part's ETag and base64 CRC32 by number.
         """
         whole = hashlib.sha256()
         sent: dict[int, tuple[str, str]] = {}
-        pending: set[Future[tuple[_Part, str, str, bool]]] = set()
-        hashing: deque[Future[None]] = deque()
+        pending: set[Future[tuple[_Part, str, str, bool, bytearray]]] = set()
+        free: list[bytearray] = []
         limit = self.store.concurrency
 
-        def collect(finished: set[Future[tuple[_Part, str, str, bool]]]) -> None:
+        def send(part: _Part, buffer: bytearray, hashed: Future[None]) -> Any:
+            result = self._send_part(upload_id, part, buffer, stored.get(part.number))
+            hashed.result()  # the buffer is reused only once the hash is done with it too
+            return (*result, buffer)
+
+        def collect(finished: set[Future[tuple[_Part, str, str, bool, bytearray]]]) -> None:
             for future in finished:
-                part, etag, checksum, uploaded = future.result()
+                part, etag, checksum, uploaded, buffer = future.result()
                 sent[part.number] = (etag, checksum)
                 self.sent_parts += uploaded
+                free.append(buffer)
                 if self.on_progress is not None:
                     self.on_progress(part.size)
 
         with (
             ThreadPoolExecutor(limit, thread_name_prefix="sciflow-upload") as pool,
             ThreadPoolExecutor(1, thread_name_prefix="sciflow-sha256") as hasher,
+            self.source.open("rb", buffering=0) as src,
         ):
             try:
-                with self.source.open("rb") as src:
-                    for part in parts:
-                        # Bounds the parts held in memory: about `limit` being sent or hashed.
-                        while len(pending) >= limit:
-                            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                            collect(finished)
-                        while len(hashing) >= limit:
-                            hashing.popleft().result()
-                        data = src.read(part.size)
-                        if len(data) != part.size:
-                            raise InputError(
-                                f"cannot upload {self.source}: it shrank while it was read"
-                            )
-                        # One thread, so in file order; hashlib releases the GIL meanwhile.
-                        hashing.append(hasher.submit(whole.update, data))
-                        pending.add(
-                            pool.submit(
-                                self._send_part, upload_id, part, data, stored.get(part.number)
-                            )
+                for part in parts:
+                    # Bounds the parts held in memory: `limit` buffers, each sent and hashed.
+                    while len(pending) >= limit:
+                        finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                        collect(finished)
+                    if part.size == parts[0].size and free:
+                        buffer = free.pop()
+                    else:  # the first `limit` parts, and a shorter last one
+                        buffer = bytearray(part.size)
+                    if _read_into(src, buffer) != part.size:
+                        raise InputError(
+                            f"cannot upload {self.source}: it shrank while it was read"
                         )
+                    # One thread, so in file order; hashlib releases the GIL meanwhile.
+                    hashed = hasher.submit(whole.update, buffer)
+                    pending.add(pool.submit(send, part, buffer, hashed))
                 finished, pending = wait(pending)
                 collect(finished)
-                while hashing:
-                    hashing.popleft().result()
             except BaseException:
-                for future in (*pending, *hashing):
+                for future in pending:
                     future.cancel()
+                hasher.shutdown(cancel_futures=True)
                 raise
         return whole.hexdigest(), sent
 
     def _send_part(
-        self, upload_id: str, part: _Part, data: bytes, stored: _Stored | None
+        self, upload_id: str, part: _Part, data: bytearray, stored: _Stored | None
     ) -> tuple[_Part, str, str, bool]:
         """Upload one part unless S3 holds the same bytes already.
 
@@ -680,6 +688,14 @@ def _part_size(size: int, wanted: int, stored: dict[int, _Stored]) -> int:
         return first.size
     # S3 allows 10,000 parts: a huge file gets larger parts, in whole MiB.
     return max(wanted, -(-size // MAX_PARTS // MIB) * MIB)
+
+
+def _read_into(src: Any, buffer: bytearray) -> int:
+    """Fill ``buffer`` from the unbuffered file ``src``; the bytes read (fewer at its end)."""
+    view, got = memoryview(buffer), 0
+    while got < len(buffer) and (n := src.readinto(view[got:])):
+        got += n
+    return got
 
 
 def _layout(size: int, part_size: int) -> list[_Part]:

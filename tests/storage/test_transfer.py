@@ -99,8 +99,8 @@ def _header(request: Any, name: str) -> str:
 
 def _body(request: Any) -> bytes:
     """The bytes a prepared request will send, leaving its stream where it was."""
-    if isinstance(request.body, bytes):
-        return request.body
+    if isinstance(request.body, bytes | bytearray):
+        return bytes(request.body)
     position = request.body.tell()
     request.body.seek(0)
     data = request.body.read()
@@ -155,6 +155,24 @@ def test_multipart_upload_round_trips_with_matching_digests(store, s3, big, tmp_
     assert s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
 
 
+def test_one_part_at_a_time_reuses_its_buffer_and_still_sends_each_part(s3, rng, tmp_path):
+    """Concurrency 1: each full part is read into the previous part's buffer once it is sent."""
+    data = rng.bytes(4 * PART + 11)
+    path = tmp_path / "five.bin"
+    path.write_bytes(data)
+    bodies: list[Any] = []
+    store = ObjectStore(part_size_mib=5, concurrency=1)
+    upload_client(store).meta.events.register(
+        "before-send.s3.UploadPart", lambda request, **_: bodies.append(request.body)
+    )
+
+    done = upload_verified(store, path, f"s3://{BUCKET}/one/five.bin")
+
+    assert all(body is bodies[0] for body in bodies[:4])  # four full parts, one buffer
+    assert (done.size, done.sha256) == (len(data), _sha256(data))
+    assert s3.get_object(Bucket=BUCKET, Key="one/five.bin")["Body"].read() == data
+
+
 def test_every_part_carries_a_signed_crc32_of_its_body(store, s3, big):
     """moto does not verify checksums, so the requests are inspected before they are sent.
 
@@ -162,9 +180,10 @@ def test_every_part_carries_a_signed_crc32_of_its_body(store, s3, big):
     the file's own SHA-256, for the manifest, is computed from the same bytes.
     """
     path, data = big
-    sent: list[Any] = []
+    # Each body is copied as it is sent: a part's buffer is reused for a later part.
+    sent: list[tuple[Any, bytes]] = []
     upload_client(store).meta.events.register(
-        "before-send.s3.UploadPart", lambda request, **_: sent.append(request)
+        "before-send.s3.UploadPart", lambda request, **_: sent.append((request, _body(request)))
     )
     created = []
     store.s3.meta.events.register(
@@ -179,9 +198,9 @@ def test_every_part_carries_a_signed_crc32_of_its_body(store, s3, big):
 
     assert _header(created[0], "x-amz-checksum-algorithm") == "CRC32"
     expected = {_b64crc32(p) for p in _parts(data)}
-    assert {_header(r, "x-amz-checksum-crc32") for r in sent} == expected
-    for request in sent:
-        body = _body(request)
+    assert {_header(r, "x-amz-checksum-crc32") for r, _ in sent} == expected
+    assert sorted(body for _, body in sent) == sorted(_parts(data))
+    for request, body in sent:
         assert _header(request, "x-amz-checksum-crc32") == _b64crc32(body)
         # The checksum header is signed; the payload is not hashed a third time for SigV4.
         assert _header(request, "x-amz-content-sha256") == "UNSIGNED-PAYLOAD"
