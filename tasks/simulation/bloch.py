@@ -46,7 +46,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -171,11 +171,7 @@ class SpinSet:
             dw=self.dw[pick],
             replicas=None
             if self.replicas is None
-            else Replicas(
-                index=self.replicas.index[pick],
-                offsets=self.replicas.offsets,
-                box=self.replicas.box,
-            ),
+            else replace(self.replicas, index=self.replicas.index[pick]),
         )
 
 

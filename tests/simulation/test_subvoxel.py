@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from tasks.errors import InputError
 from tasks.mr.fft import ifft2c
-from tasks.simulation.bloch import Replicas, SpinSet, dephasing_periods, simulate, to_kspace
+from tasks.simulation.bloch import SpinSet, dephasing_periods, simulate, to_kspace
 from tasks.simulation.phantoms import coil_maps, shepp_logan, spins
 from tasks.simulation.sequence import (
     ADC,
@@ -83,16 +84,8 @@ def unfolded(spin_set: SpinSet) -> tuple[SpinSet, np.ndarray]:
 
 def without_box(spin_set: SpinSet) -> SpinSet:
     """The spins with point replicas only (no uniform spread), to compare with unfolded ones."""
-    replicas = spin_set.replicas
-    assert replicas is not None
-    return SpinSet(
-        positions=spin_set.positions,
-        m0=spin_set.m0,
-        t1=spin_set.t1,
-        t2=spin_set.t2,
-        dw=spin_set.dw,
-        replicas=Replicas(index=replicas.index, offsets=replicas.offsets, box=np.zeros(3)),
-    )
+    assert spin_set.replicas is not None
+    return replace(spin_set, replicas=replace(spin_set.replicas, box=np.zeros(3)))
 
 
 @pytest.mark.parametrize("chunk", [65536, 7])
