@@ -238,6 +238,8 @@ def subprocess_env(
             "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
+            # A 503 (SQLite busy under load) is logged with its cause, for a failing test.
+            "PREFECT_SERVER_LOG_RETRYABLE_ERRORS": "true",
             "SCIFLOW_STORAGE_ROOT": str(storage),
             "SCIFLOW_SCRATCH_ROOT": str(scratch),
             # As every worker sciflow starts or documents: without it a Prefect 3.8 worker
