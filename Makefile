@@ -105,8 +105,13 @@ $(BENCH_STAMP): pyproject.toml | $(STAMP)
 server: install  ## Start a Prefect server with its UI on http://127.0.0.1:4200.
 	$(BIN)/prefect server start --host 127.0.0.1 --port 4200
 
+# The worker asks for due runs every WORKER_QUERY_S seconds (Prefect's default is 10): a run
+# started from the UI waits for the next query, and one small query every 2 s is nothing to
+# a local server.
+WORKER_QUERY_S := 2
+
 worker: install  ## Start a process worker for the sciflow-local work pool (needs `make server`).
-	PREFECT_API_URL=$(LOCAL_API) PREFECT_WORKER_ENABLE_CANCELLATION=true $(BIN)/prefect worker start --pool sciflow-local --type process
+	PREFECT_API_URL=$(LOCAL_API) PREFECT_WORKER_ENABLE_CANCELLATION=true PREFECT_WORKER_QUERY_SECONDS=$(WORKER_QUERY_S) $(BIN)/prefect worker start --pool sciflow-local --type process
 
 pools: install  ## Create or update the work pools (sciflow-local, every saved unit's) with their limits, on `make server`.
 	PREFECT_API_URL=$(LOCAL_API) $(BIN)/python -m blocks.pools

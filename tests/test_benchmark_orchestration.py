@@ -126,3 +126,10 @@ def test_a_request_beyond_loopback_fails_the_run(
 
     with pytest.raises(RuntimeError, match=r"beyond loopback.*example\.org"):
         orchestration.main(["--quick", "--repeats", "1"])
+
+
+def test_the_benchmarks_worker_polls_as_make_worker_does() -> None:
+    makefile = (Path(__file__).parents[1] / "Makefile").read_text()
+
+    assert f"WORKER_QUERY_S := {orchestration.WORKER_QUERY_S}\n" in makefile
+    assert "PREFECT_WORKER_QUERY_SECONDS=$(WORKER_QUERY_S)" in makefile
